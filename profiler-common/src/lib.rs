@@ -1,0 +1,213 @@
+//! Types shared by the eBPF programs (`profiler-ebpf`) and the userspace
+//! aggregator (`profiler`). Everything here is `#[repr(C)]` and plain data:
+//! the kernel side writes it into the ring buffer, userspace reads it back.
+#![no_std]
+
+/// Maximum number of user stack frames captured per event.
+pub const MAX_FRAMES: usize = 127;
+
+/// Words copied from the user stack pointer at a syscall. Glibc's syscall
+/// wrappers are frameless, so the frame-pointer walk skips the wrapper's
+/// caller; its return address is among these words and userspace re-inserts it.
+pub const STACK_HINT_WORDS: usize = 8;
+
+/// What an [`EventHeader`] describes.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A heap block was returned by an allocator entry point (`addr`, `size`).
+    Alloc = 1,
+    /// A heap block was released (`addr`).
+    Free = 2,
+    /// `realloc`-like move: `old_addr` is released, `addr`/`size` allocated.
+    Realloc = 3,
+    /// `mmap` returned `addr` for `size` bytes; `arg` = flags, `old_size` = fd.
+    Mmap = 4,
+    /// `munmap(addr, size)` succeeded.
+    Munmap = 5,
+    /// `mremap(old_addr, old_size) -> (addr, size)` succeeded.
+    Mremap = 6,
+    /// `brk` returned the break `addr`.
+    Brk = 7,
+    /// A handle was opened: fd in `addr`, [`HandleKind`] in `arg`, detail in `size`.
+    FdOpen = 8,
+    /// fd `addr` was closed.
+    FdClose = 9,
+}
+
+impl EventKind {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Alloc,
+            2 => Self::Free,
+            3 => Self::Realloc,
+            4 => Self::Mmap,
+            5 => Self::Munmap,
+            6 => Self::Mremap,
+            7 => Self::Brk,
+            8 => Self::FdOpen,
+            9 => Self::FdClose,
+            _ => return None,
+        })
+    }
+}
+
+/// Which kind of handle an fd is. Extended as more fd-creating calls are traced.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleKind {
+    Socket = 1,
+}
+
+/// The allocator entry points we probe. The index doubles as the `api` field
+/// of heap events and as the probe's slot in the counters.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocApi {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    Free = 4,
+    PosixMemalign = 5,
+    AlignedAlloc = 6,
+    Memalign = 7,
+    Valloc = 8,
+    Pvalloc = 9,
+}
+
+pub const ALLOC_APIS: [AllocApi; 10] = [
+    AllocApi::Malloc,
+    AllocApi::Calloc,
+    AllocApi::Realloc,
+    AllocApi::Reallocarray,
+    AllocApi::Free,
+    AllocApi::PosixMemalign,
+    AllocApi::AlignedAlloc,
+    AllocApi::Memalign,
+    AllocApi::Valloc,
+    AllocApi::Pvalloc,
+];
+
+impl AllocApi {
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc",
+            Self::Calloc => "calloc",
+            Self::Realloc => "realloc",
+            Self::Reallocarray => "reallocarray",
+            Self::Free => "free",
+            Self::PosixMemalign => "posix_memalign",
+            Self::AlignedAlloc => "aligned_alloc",
+            Self::Memalign => "memalign",
+            Self::Valloc => "valloc",
+            Self::Pvalloc => "pvalloc",
+        }
+    }
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        ALLOC_APIS.get(v as usize).copied()
+    }
+}
+
+/// The syscalls we trace (x86_64 numbers) and their counter slots.
+pub mod syscalls {
+    pub const CLOSE: u64 = 3;
+    pub const MMAP: u64 = 9;
+    pub const MUNMAP: u64 = 11;
+    pub const BRK: u64 = 12;
+    pub const MREMAP: u64 = 25;
+    pub const SOCKET: u64 = 41;
+    pub const ACCEPT: u64 = 43;
+    pub const SOCKETPAIR: u64 = 53;
+    pub const ACCEPT4: u64 = 288;
+
+    /// (number, name) of every traced syscall, in counter-slot order.
+    pub const TRACED: [(u64, &str); 9] = [
+        (MMAP, "mmap"),
+        (MUNMAP, "munmap"),
+        (MREMAP, "mremap"),
+        (BRK, "brk"),
+        (SOCKET, "socket"),
+        (SOCKETPAIR, "socketpair"),
+        (ACCEPT, "accept"),
+        (ACCEPT4, "accept4"),
+        (CLOSE, "close"),
+    ];
+
+    pub fn slot(nr: u64) -> Option<usize> {
+        let mut i = 0;
+        while i < TRACED.len() {
+            if TRACED[i].0 == nr {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// Slots of the kernel-side per-CPU counter array.
+pub mod counters {
+    use super::{syscalls, ALLOC_APIS};
+
+    /// Per allocator entry point: calls seen (entry probe hits).
+    pub const API_CALLS: usize = 0;
+    /// Per traced syscall: completed calls seen.
+    pub const SYSCALLS: usize = API_CALLS + ALLOC_APIS.len();
+    /// Stack captures that failed (`bpf_get_stack` returned an error).
+    pub const STACK_FAILED: usize = SYSCALLS + syscalls::TRACED.len();
+    /// Events not delivered because the ring buffer was full.
+    pub const RINGBUF_DROPS: usize = STACK_FAILED + 1;
+    /// Allocator calls not tracked because the in-flight call map was full.
+    pub const INFLIGHT_MAP_FULL: usize = RINGBUF_DROPS + 1;
+    /// Allocator calls made from inside another probed allocator call
+    /// (e.g. reallocarray -> realloc); the outer call is the one recorded.
+    pub const NESTED_CALLS: usize = INFLIGHT_MAP_FULL + 1;
+    /// Allocations that returned NULL / failed (not counted as outstanding).
+    pub const FAILED_ALLOCS: usize = NESTED_CALLS + 1;
+    /// Returns seen without a matching entry (probe attached mid-call).
+    pub const UNMATCHED_RETURNS: usize = FAILED_ALLOCS + 1;
+    /// Syscalls not tracked because the in-flight syscall map was full.
+    pub const INFLIGHT_SYSCALL_MAP_FULL: usize = UNMATCHED_RETURNS + 1;
+    pub const COUNT: usize = INFLIGHT_SYSCALL_MAP_FULL + 1;
+}
+
+/// Fixed part of every ring-buffer record. `frames` user stack frames
+/// (innermost first) follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u16,
+    /// [`AllocApi`] for heap events, the syscall number for syscall events.
+    pub api: u16,
+    /// Number of stack frames that follow the header.
+    pub frames: u16,
+    /// 1 when the stack capture failed.
+    pub stack_failed: u16,
+    pub tgid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub size: u64,
+    pub old_addr: u64,
+    pub old_size: u64,
+    pub arg: u64,
+    /// Non-zero for syscall events: words at the user stack pointer.
+    pub stack_hint: [u64; STACK_HINT_WORDS],
+}
+
+/// A complete record as the kernel side assembles it before output.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub header: EventHeader,
+    pub frames: [u64; MAX_FRAMES],
+}
+
+pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::EventHeader {}
+}

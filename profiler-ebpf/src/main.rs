@@ -1,0 +1,449 @@
+//! Kernel side of the profiler: allocator uprobes and syscall raw
+//! tracepoints, filtered to the target processes, each emitting one
+//! ring-buffer record with the user stack captured where the frame chain is
+//! intact (at the allocator's return, or at syscall exit plus stack hints).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user,
+    },
+    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    EbpfContext,
+};
+use profiler_common::{
+    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE,
+    MAX_FRAMES, STACK_HINT_WORDS,
+};
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT as u32, 0);
+
+/// Processes (tgids) being profiled. Written by userspace.
+#[map]
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Allocator calls in flight, per thread.
+#[map]
+static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments of traced syscalls in flight, per thread.
+#[map]
+static SYSCALL_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct InFlight {
+    api: u16,
+    depth: u16,
+    _pad: u32,
+    size: u64,
+    arg: u64,
+    ptr: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SyscallArgs {
+    nr: u64,
+    args: [u64; 5],
+}
+
+#[inline(always)]
+fn count(slot: usize) {
+    if let Some(v) = COUNTERS.get_ptr_mut(slot as u32) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_target() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+/// Fills the per-CPU scratch record's header; returns it for the caller to complete.
+#[inline(always)]
+fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
+    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let h = &mut ev.header;
+    h.kind = kind as u16;
+    h.api = api;
+    h.frames = 0;
+    h.stack_failed = 0;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.tid = pid_tgid as u32;
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.addr = 0;
+    h.size = 0;
+    h.old_addr = 0;
+    h.old_size = 0;
+    h.arg = 0;
+    h.stack_hint = [0; STACK_HINT_WORDS];
+    Some(ev)
+}
+
+/// Captures the user stack of the current task into `ev`.
+#[inline(always)]
+fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            ev.frames.as_mut_ptr() as *mut _,
+            (MAX_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n < 0 {
+        ev.header.stack_failed = 1;
+        count(counters::STACK_FAILED);
+    } else {
+        ev.header.frames = (n as u64 / 8) as u16;
+    }
+}
+
+/// Sends the header plus its captured frames.
+#[inline(always)]
+fn submit(ev: &Event) {
+    let mut frames = ev.header.frames as usize;
+    if frames > MAX_FRAMES {
+        frames = MAX_FRAMES;
+    }
+    let len = HEADER_SIZE + frames * 8;
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const Event as *const u8, len) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(counters::RINGBUF_DROPS);
+    }
+}
+
+// ---------------------------------------------------------------- allocator
+
+#[inline(always)]
+fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
+    if !is_target() {
+        return 0;
+    }
+    count(counters::API_CALLS + api as usize);
+    let key = bpf_get_current_pid_tgid();
+    if let Some(f) = INFLIGHT.get_ptr_mut(&key) {
+        let f = unsafe { &mut *f };
+        if f.depth > 0 {
+            // Called from inside another probed allocator call; the outer call is recorded.
+            f.depth += 1;
+            count(counters::NESTED_CALLS);
+            return 0;
+        }
+    }
+    let entry = InFlight { api: api as u16, depth: 1, _pad: 0, size, arg, ptr };
+    if INFLIGHT.insert(&key, &entry, 0).is_err() {
+        count(counters::INFLIGHT_MAP_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Malloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Calloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Realloc, arg(&ctx, 1), 0, arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Reallocarray, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::PosixMemalign, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+}
+
+#[uprobe]
+pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::AlignedAlloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Memalign, arg(&ctx, 1), arg(&ctx, 0), 0)
+}
+
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Valloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(AllocApi::Pvalloc, arg(&ctx, 0), 0, 0)
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    if !is_target() {
+        return 0;
+    }
+    count(counters::API_CALLS + AllocApi::Free as usize);
+    let ptr = arg(&ctx, 0);
+    if ptr == 0 {
+        return 0;
+    }
+    let key = bpf_get_current_pid_tgid();
+    if let Some(f) = unsafe { INFLIGHT.get(&key) } {
+        if f.depth > 0 {
+            // realloc(p, 0) frees through free(); the realloc return records it.
+            count(counters::NESTED_CALLS);
+            return 0;
+        }
+    }
+    if let Some(ev) = scratch(EventKind::Free, AllocApi::Free as u16) {
+        ev.header.addr = ptr;
+        submit(ev);
+    }
+    0
+}
+
+/// One return probe serves every allocator: the in-flight entry says which call it was.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    if !is_target() {
+        return 0;
+    }
+    let key = bpf_get_current_pid_tgid();
+    let Some(f) = INFLIGHT.get_ptr_mut(&key) else {
+        count(counters::UNMATCHED_RETURNS);
+        return 0;
+    };
+    let f = unsafe { &mut *f };
+    if f.depth > 1 {
+        f.depth -= 1;
+        return 0;
+    }
+    let call = *f;
+    let _ = INFLIGHT.remove(&key);
+    let ret: u64 = ctx.ret::<u64>();
+    let Some(api) = AllocApi::from_u16(call.api) else { return 0 };
+
+    let (kind, addr) = match api {
+        AllocApi::PosixMemalign => {
+            if ret as u32 != 0 {
+                count(counters::FAILED_ALLOCS);
+                return 0;
+            }
+            match unsafe { bpf_probe_read_user(call.ptr as *const u64) } {
+                Ok(p) => (EventKind::Alloc, p),
+                Err(_) => {
+                    count(counters::FAILED_ALLOCS);
+                    return 0;
+                }
+            }
+        }
+        AllocApi::Realloc | AllocApi::Reallocarray => {
+            if ret == 0 {
+                let zero_size = call.size == 0 || (api == AllocApi::Reallocarray && call.arg == 0);
+                if zero_size && call.ptr != 0 {
+                    // realloc(p, 0) frees p and returns NULL.
+                    if let Some(ev) = scratch(EventKind::Free, api as u16) {
+                        ev.header.addr = call.ptr;
+                        submit(ev);
+                    }
+                } else {
+                    count(counters::FAILED_ALLOCS);
+                }
+                return 0;
+            }
+            (EventKind::Realloc, ret)
+        }
+        _ => {
+            if ret == 0 {
+                count(counters::FAILED_ALLOCS);
+                return 0;
+            }
+            (EventKind::Alloc, ret)
+        }
+    };
+
+    let Some(ev) = scratch(kind, api as u16) else { return 0 };
+    ev.header.addr = addr;
+    ev.header.size = call.size;
+    ev.header.arg = call.arg;
+    ev.header.old_addr = call.ptr;
+    capture_stack(&ctx, ev);
+    submit(ev);
+    0
+}
+
+// ---------------------------------------------------------------- syscalls
+
+/// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).
+mod regs {
+    pub const R10: usize = 7 * 8;
+    pub const R8: usize = 9 * 8;
+    pub const DX: usize = 12 * 8;
+    pub const SI: usize = 13 * 8;
+    pub const DI: usize = 14 * 8;
+    pub const SP: usize = 19 * 8;
+}
+
+#[inline(always)]
+fn reg(regs: *const u8, offset: usize) -> u64 {
+    unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64).unwrap_or(0) }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    if !is_target() {
+        return 0;
+    }
+    let nr: u64 = ctx.arg(1);
+    if syscalls::slot(nr).is_none() {
+        return 0;
+    }
+    let regs: *const u8 = ctx.arg(0);
+    let saved = SyscallArgs {
+        nr,
+        args: [
+            reg(regs, regs::DI),
+            reg(regs, regs::SI),
+            reg(regs, regs::DX),
+            reg(regs, regs::R10),
+            reg(regs, regs::R8),
+        ],
+    };
+    if SYSCALL_ARGS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
+        count(counters::INFLIGHT_SYSCALL_MAP_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn is_error(ret: u64) -> bool {
+    ret > (-4096i64) as u64
+}
+
+/// Completes a syscall record: stack plus the words at the user stack pointer.
+#[inline(always)]
+fn submit_with_stack(ctx: &RawTracePointContext, regs: *const u8, ev: &mut Event) {
+    capture_stack(ctx, ev);
+    let sp = reg(regs, regs::SP);
+    if let Ok(words) = unsafe { bpf_probe_read_user(sp as *const [u64; STACK_HINT_WORDS]) } {
+        ev.header.stack_hint = words;
+    }
+    submit(ev);
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    if !is_target() {
+        return 0;
+    }
+    let key = bpf_get_current_pid_tgid();
+    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return 0 };
+    let _ = SYSCALL_ARGS.remove(&key);
+    let regs: *const u8 = ctx.arg(0);
+    let ret: u64 = ctx.arg(1);
+    if let Some(slot) = syscalls::slot(saved.nr) {
+        count(counters::SYSCALLS + slot);
+    }
+    if is_error(ret) {
+        // A failed close still releases the fd, except for a bad fd.
+        if !(saved.nr == syscalls::CLOSE && ret != (-9i64) as u64) {
+            return 0;
+        }
+    }
+    let a = saved.args;
+    let nr16 = saved.nr as u16;
+    match saved.nr {
+        syscalls::MMAP => {
+            let Some(ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
+            ev.header.addr = ret;
+            ev.header.size = a[1];
+            ev.header.arg = a[3];
+            ev.header.old_size = a[4];
+            submit_with_stack(&ctx, regs, ev);
+        }
+        syscalls::MUNMAP => {
+            let Some(ev) = scratch(EventKind::Munmap, nr16) else { return 0 };
+            ev.header.addr = a[0];
+            ev.header.size = a[1];
+            submit(ev);
+        }
+        syscalls::MREMAP => {
+            let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
+            ev.header.old_addr = a[0];
+            ev.header.old_size = a[1];
+            ev.header.size = a[2];
+            ev.header.arg = a[3];
+            ev.header.addr = ret;
+            submit_with_stack(&ctx, regs, ev);
+        }
+        syscalls::BRK => {
+            let Some(ev) = scratch(EventKind::Brk, nr16) else { return 0 };
+            ev.header.addr = ret;
+            ev.header.size = a[0];
+            submit_with_stack(&ctx, regs, ev);
+        }
+        syscalls::SOCKET | syscalls::ACCEPT | syscalls::ACCEPT4 => {
+            let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+            ev.header.addr = ret;
+            ev.header.arg = HandleKind::Socket as u64;
+            if saved.nr == syscalls::SOCKET {
+                ev.header.size = (a[0] << 32) | (a[1] & 0xff);
+            }
+            submit_with_stack(&ctx, regs, ev);
+        }
+        syscalls::SOCKETPAIR => {
+            let Ok(fds) = (unsafe { bpf_probe_read_user(a[3] as *const [i32; 2]) }) else {
+                return 0;
+            };
+            let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+            ev.header.addr = fds[0] as u64;
+            ev.header.old_addr = fds[1] as u64;
+            ev.header.arg = HandleKind::Socket as u64;
+            ev.header.size = (a[0] << 32) | (a[1] & 0xff);
+            submit_with_stack(&ctx, regs, ev);
+        }
+        syscalls::CLOSE => {
+            let Some(ev) = scratch(EventKind::FdClose, nr16) else { return 0 };
+            ev.header.addr = a[0];
+            submit(ev);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

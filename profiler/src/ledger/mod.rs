@@ -1,0 +1,531 @@
+//! The ledger: what is outstanding right now, and which stack made it so.
+//!
+//! It consumes allocation-lifecycle operations (already decoded, stacks
+//! already interned) and keeps, per process, the live heap blocks, the mapped
+//! address ranges, the program break and the open handles, plus a running
+//! total per (kind, stack) site. It knows nothing about eBPF or symbols, so
+//! every rule here is unit-tested.
+
+pub mod intervals;
+
+use std::collections::HashMap;
+
+use intervals::{IntervalMap, Piece};
+use serde::Serialize;
+
+/// Interned stack identifier (see `stacks::StackTable`).
+pub type StackId = u32;
+
+/// What an outstanding resource is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Blocks from the malloc family.
+    Heap,
+    /// Anonymous `mmap` ranges.
+    Mmap,
+    /// File-backed `mmap` ranges (libraries, mapped files).
+    FileMmap,
+    /// Growth of the program break.
+    Brk,
+    /// Open socket fds.
+    Sockets,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Heap, Kind::Mmap, Kind::FileMmap, Kind::Brk, Kind::Sockets];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Heap => "heap",
+            Kind::Mmap => "mmap",
+            Kind::FileMmap => "file-mmap",
+            Kind::Brk => "brk",
+            Kind::Sockets => "sockets",
+        }
+    }
+
+    /// Memory kinds are measured in bytes, handle kinds in open handles.
+    pub fn is_memory(self) -> bool {
+        !matches!(self, Kind::Sockets)
+    }
+}
+
+/// A (kind, stack) pair: one allocation site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Site {
+    pub kind: Kind,
+    pub stack: StackId,
+}
+
+/// What is outstanding at one site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Bytes (memory kinds); open handles count as 1 each.
+    pub bytes: u64,
+    /// Live blocks, mappings or handles.
+    pub count: u64,
+    /// Sum of the allocation timestamps of the live items (for mean age).
+    ts_sum: u128,
+}
+
+impl Outstanding {
+    /// Mean age in nanoseconds of the live items at `now_ns`.
+    pub fn mean_age_ns(&self, now_ns: u64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let mean_ts = (self.ts_sum / self.count as u128) as u64;
+        now_ns.saturating_sub(mean_ts)
+    }
+}
+
+/// One lifecycle operation, as the ledger understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Alloc { addr: u64, size: u64, stack: StackId },
+    Free { addr: u64 },
+    Realloc { old: u64, addr: u64, size: u64, stack: StackId },
+    Map { addr: u64, len: u64, file_backed: bool, stack: StackId },
+    Unmap { addr: u64, len: u64 },
+    Remap { old: u64, old_len: u64, addr: u64, len: u64, stack: StackId },
+    Brk { brk: u64, stack: StackId },
+    OpenHandle { fd: u64, kind: Kind, stack: StackId },
+    CloseHandle { fd: u64 },
+}
+
+/// Things the ledger saw that it could not match. None of them is an error
+/// of the profiler, but each can mean data the report does not cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerCounters {
+    /// `free` of an address we never saw allocated (allocated before attach,
+    /// or its allocation event was lost).
+    pub unknown_frees: u64,
+    /// `realloc` of a block we never saw allocated.
+    pub unknown_reallocs: u64,
+    /// Allocation at an address that was still live: its free was missed.
+    pub overwritten_blocks: u64,
+    /// Bytes unmapped that we never saw mapped (mapped before attach, or by the loader).
+    pub untracked_unmap_bytes: u64,
+    /// close of an fd we never saw opened (opened before attach).
+    pub unknown_closes: u64,
+    /// An fd number handed out again while we still held it open: its close was missed.
+    pub reused_fds: u64,
+}
+
+const PAGE: u64 = 4096;
+
+fn page_up(len: u64) -> u64 {
+    len.saturating_add(PAGE - 1) & !(PAGE - 1)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    size: u64,
+    stack: StackId,
+    ts: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    site: Site,
+    ts: u64,
+    /// Identifies the mapping call, so a range split by partial unmaps still
+    /// counts as one mapping until all of it is gone.
+    call: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Handle {
+    site: Site,
+    ts: u64,
+}
+
+#[derive(Default)]
+struct ProcessLedger {
+    heap: HashMap<u64, Block>,
+    mappings: IntervalMap<Region>,
+    brk_ranges: IntervalMap<Region>,
+    brk: Option<u64>,
+    handles: HashMap<u64, Handle>,
+}
+
+/// Outstanding resources of every profiled process.
+#[derive(Default)]
+pub struct Ledger {
+    processes: HashMap<u32, ProcessLedger>,
+    sites: HashMap<Site, Outstanding>,
+    /// Remaining bytes of each mapping call still (partly) mapped.
+    mapping_calls: HashMap<u64, u64>,
+    next_call: u64,
+    pub counters: LedgerCounters,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the program break a process had when we attached, so later `brk`
+    /// growth is measured from it.
+    pub fn set_initial_brk(&mut self, tgid: u32, brk: u64) {
+        self.processes.entry(tgid).or_default().brk = Some(brk);
+    }
+
+    /// Current outstanding totals per site (zero sites omitted).
+    pub fn sites(&self) -> impl Iterator<Item = (&Site, &Outstanding)> {
+        self.sites.iter().filter(|(_, o)| o.count > 0)
+    }
+
+    /// Total outstanding for one kind.
+    pub fn total(&self, kind: Kind) -> Outstanding {
+        let mut total = Outstanding::default();
+        for (site, o) in self.sites() {
+            if site.kind == kind {
+                total.bytes += o.bytes;
+                total.count += o.count;
+                total.ts_sum += o.ts_sum;
+            }
+        }
+        total
+    }
+
+    fn add(&mut self, site: Site, bytes: u64, ts: u64) {
+        let o = self.sites.entry(site).or_default();
+        o.bytes += bytes;
+        o.count += 1;
+        o.ts_sum += ts as u128;
+    }
+
+    fn sub(&mut self, site: Site, bytes: u64, ts: u64) {
+        if let Some(o) = self.sites.get_mut(&site) {
+            o.bytes = o.bytes.saturating_sub(bytes);
+            o.count = o.count.saturating_sub(1);
+            o.ts_sum = o.ts_sum.saturating_sub(ts as u128);
+        }
+    }
+
+    /// Applies one operation by process `tgid` at time `ts` (ns).
+    pub fn apply(&mut self, tgid: u32, ts: u64, op: Op) {
+        match op {
+            Op::Alloc { addr, size, stack } => self.alloc(tgid, ts, addr, size, stack),
+            Op::Free { addr } => {
+                if !self.free(tgid, addr) {
+                    self.counters.unknown_frees += 1;
+                }
+            }
+            Op::Realloc { old, addr, size, stack } => {
+                if old != 0 && !self.free(tgid, old) {
+                    self.counters.unknown_reallocs += 1;
+                }
+                self.alloc(tgid, ts, addr, size, stack);
+            }
+            Op::Map { addr, len, file_backed, stack } => {
+                let kind = if file_backed { Kind::FileMmap } else { Kind::Mmap };
+                self.map(tgid, ts, addr, page_up(len), Site { kind, stack });
+            }
+            Op::Unmap { addr, len } => {
+                let removed = self.proc(tgid).mappings.remove(addr, addr.saturating_add(page_up(len)));
+                let tracked = self.release_pieces(&removed);
+                self.counters.untracked_unmap_bytes += page_up(len).saturating_sub(tracked);
+            }
+            Op::Remap { old, old_len, addr, len, stack } => self.remap(tgid, ts, old, old_len, addr, len, stack),
+            Op::Brk { brk, stack } => self.brk(tgid, ts, brk, stack),
+            Op::OpenHandle { fd, kind, stack } => {
+                let site = Site { kind, stack };
+                if let Some(prev) = self.proc(tgid).handles.insert(fd, Handle { site, ts }) {
+                    self.counters.reused_fds += 1;
+                    self.sub(prev.site, 1, prev.ts);
+                }
+                self.add(site, 1, ts);
+            }
+            Op::CloseHandle { fd } => match self.proc(tgid).handles.remove(&fd) {
+                Some(h) => self.sub(h.site, 1, h.ts),
+                None => self.counters.unknown_closes += 1,
+            },
+        }
+    }
+
+    fn proc(&mut self, tgid: u32) -> &mut ProcessLedger {
+        self.processes.entry(tgid).or_default()
+    }
+
+    fn alloc(&mut self, tgid: u32, ts: u64, addr: u64, size: u64, stack: StackId) {
+        let block = Block { size, stack, ts };
+        if let Some(prev) = self.proc(tgid).heap.insert(addr, block) {
+            self.counters.overwritten_blocks += 1;
+            self.sub(Site { kind: Kind::Heap, stack: prev.stack }, prev.size, prev.ts);
+        }
+        self.add(Site { kind: Kind::Heap, stack }, size, ts);
+    }
+
+    /// Returns false when `addr` was not a live block.
+    fn free(&mut self, tgid: u32, addr: u64) -> bool {
+        match self.proc(tgid).heap.remove(&addr) {
+            Some(b) => {
+                self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn new_call(&mut self, len: u64) -> u64 {
+        self.next_call += 1;
+        self.mapping_calls.insert(self.next_call, len);
+        self.next_call
+    }
+
+    fn map(&mut self, tgid: u32, ts: u64, addr: u64, len: u64, site: Site) {
+        if len == 0 {
+            return;
+        }
+        let call = self.new_call(len);
+        let region = Region { site, ts, call };
+        let replaced = self.proc(tgid).mappings.insert(addr, addr + len, region);
+        self.release_pieces(&replaced);
+        self.add(site, len, ts);
+    }
+
+    /// Releases removed pieces from their sites; returns the bytes released.
+    fn release_pieces(&mut self, pieces: &[Piece<Region>]) -> u64 {
+        let mut released = 0;
+        for p in pieces {
+            released += p.len();
+            let remaining = self.mapping_calls.get_mut(&p.value.call).map(|r| {
+                *r = r.saturating_sub(p.len());
+                *r
+            });
+            let o = self.sites.entry(p.value.site).or_default();
+            o.bytes = o.bytes.saturating_sub(p.len());
+            if remaining == Some(0) {
+                self.mapping_calls.remove(&p.value.call);
+                o.count = o.count.saturating_sub(1);
+                o.ts_sum = o.ts_sum.saturating_sub(p.value.ts as u128);
+            }
+        }
+        released
+    }
+
+    /// `mremap`: the surviving part of the old range moves (keeping its
+    /// original site), growth is attributed to the mremap call's stack.
+    #[allow(clippy::too_many_arguments)]
+    fn remap(&mut self, tgid: u32, ts: u64, old: u64, old_len: u64, addr: u64, len: u64, stack: StackId) {
+        let (old_len, len) = (page_up(old_len), page_up(len));
+        if old_len == 0 {
+            // Duplicates a shared mapping: a new range of `len` bytes.
+            self.map(tgid, ts, addr, len, Site { kind: Kind::Mmap, stack });
+            return;
+        }
+        let removed = self.proc(tgid).mappings.remove(old, old + old_len);
+        let tracked: u64 = removed.iter().map(Piece::len).sum();
+        self.counters.untracked_unmap_bytes += old_len - tracked.min(old_len);
+        let keep_end = old + old_len.min(len);
+        let mut growth_kind = Kind::Mmap;
+        for p in &removed {
+            if p.start < keep_end {
+                growth_kind = p.value.site.kind;
+                let end = p.end.min(keep_end);
+                let moved = Piece { start: p.start, end, value: p.value };
+                let dropped = Piece { start: end, end: p.end, value: p.value };
+                if dropped.len() > 0 {
+                    self.release_pieces(&[dropped]);
+                }
+                let delta = addr.wrapping_sub(old);
+                let replaced = self.proc(tgid).mappings.insert(
+                    moved.start.wrapping_add(delta),
+                    moved.end.wrapping_add(delta),
+                    moved.value,
+                );
+                self.release_pieces(&replaced);
+            } else {
+                self.release_pieces(&[p.clone()]);
+            }
+        }
+        if len > old_len {
+            self.map(tgid, ts, addr + old_len, len - old_len, Site { kind: growth_kind, stack });
+        }
+    }
+
+    fn brk(&mut self, tgid: u32, ts: u64, brk: u64, stack: StackId) {
+        let Some(current) = self.proc(tgid).brk else {
+            self.proc(tgid).brk = Some(brk);
+            return;
+        };
+        self.proc(tgid).brk = Some(brk);
+        if brk > current {
+            let site = Site { kind: Kind::Brk, stack };
+            let call = self.new_call(brk - current);
+            let region = Region { site, ts, call };
+            self.proc(tgid).brk_ranges.insert(current, brk, region);
+            self.add(site, brk - current, ts);
+        } else if brk < current {
+            let removed = self.proc(tgid).brk_ranges.remove(brk, current);
+            self.release_pieces(&removed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ledger: &Ledger, kind: Kind, stack: StackId) -> (u64, u64) {
+        let o = ledger.sites.get(&Site { kind, stack }).copied().unwrap_or_default();
+        (o.bytes, o.count)
+    }
+
+    #[test]
+    fn alloc_and_free_balance() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 7 });
+        l.apply(1, 11, Op::Alloc { addr: 0x20, size: 50, stack: 7 });
+        l.apply(1, 12, Op::Free { addr: 0x10 });
+        assert_eq!(at(&l, Kind::Heap, 7), (50, 1));
+        assert_eq!(l.total(Kind::Heap).bytes, 50);
+    }
+
+    #[test]
+    fn free_of_unknown_address_is_counted_not_applied() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 7 });
+        l.apply(1, 11, Op::Free { addr: 0x99 });
+        assert_eq!(l.counters.unknown_frees, 1);
+        assert_eq!(at(&l, Kind::Heap, 7), (100, 1));
+    }
+
+    #[test]
+    fn realloc_in_place_moves_ownership_to_the_realloc_site() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 11, Op::Realloc { old: 0x10, addr: 0x10, size: 300, stack: 2 });
+        assert_eq!(at(&l, Kind::Heap, 1), (0, 0));
+        assert_eq!(at(&l, Kind::Heap, 2), (300, 1));
+    }
+
+    #[test]
+    fn realloc_moved_releases_the_old_block() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 11, Op::Realloc { old: 0x10, addr: 0x80, size: 300, stack: 2 });
+        l.apply(1, 12, Op::Free { addr: 0x10 });
+        assert_eq!(l.counters.unknown_frees, 1, "old block is gone after a moving realloc");
+        assert_eq!(at(&l, Kind::Heap, 2), (300, 1));
+        l.apply(1, 13, Op::Free { addr: 0x80 });
+        assert_eq!(l.total(Kind::Heap), Outstanding::default());
+    }
+
+    #[test]
+    fn realloc_of_null_is_an_allocation_and_of_unknown_is_counted() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Realloc { old: 0, addr: 0x10, size: 8, stack: 1 });
+        l.apply(1, 10, Op::Realloc { old: 0x999, addr: 0x20, size: 8, stack: 1 });
+        assert_eq!(at(&l, Kind::Heap, 1), (16, 2));
+        assert_eq!(l.counters.unknown_reallocs, 1);
+    }
+
+    #[test]
+    fn processes_have_separate_address_spaces() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(2, 10, Op::Free { addr: 0x10 });
+        assert_eq!(at(&l, Kind::Heap, 1), (100, 1));
+        assert_eq!(l.counters.unknown_frees, 1);
+    }
+
+    #[test]
+    fn partial_munmap_keeps_the_mapping_counted_until_fully_gone() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Unmap { addr: 0x11000, len: PAGE });
+        assert_eq!(at(&l, Kind::Mmap, 3), (3 * PAGE, 1));
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: PAGE });
+        l.apply(1, 12, Op::Unmap { addr: 0x12000, len: 2 * PAGE });
+        assert_eq!(at(&l, Kind::Mmap, 3), (0, 0));
+        assert_eq!(l.counters.untracked_unmap_bytes, 0);
+    }
+
+    #[test]
+    fn mmap_lengths_are_rounded_to_pages_and_unknown_unmaps_counted() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 100, file_backed: false, stack: 3 });
+        assert_eq!(at(&l, Kind::Mmap, 3), (PAGE, 1));
+        l.apply(1, 11, Op::Unmap { addr: 0x40000, len: 2 * PAGE });
+        assert_eq!(l.counters.untracked_unmap_bytes, 2 * PAGE);
+    }
+
+    #[test]
+    fn mremap_grow_in_place_attributes_growth_to_mremap_site() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 2 * PAGE, addr: 0x10000, len: 5 * PAGE, stack: 4 });
+        assert_eq!(at(&l, Kind::Mmap, 3), (2 * PAGE, 1));
+        assert_eq!(at(&l, Kind::Mmap, 4), (3 * PAGE, 1));
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: 5 * PAGE });
+        assert_eq!(l.total(Kind::Mmap), Outstanding::default());
+    }
+
+    #[test]
+    fn mremap_shrink_releases_the_tail() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 4 * PAGE, addr: 0x10000, len: PAGE, stack: 4 });
+        assert_eq!(at(&l, Kind::Mmap, 3), (PAGE, 1));
+        assert_eq!(at(&l, Kind::Mmap, 4), (0, 0));
+    }
+
+    #[test]
+    fn mremap_move_relocates_the_range() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 2 * PAGE, addr: 0x80000, len: 3 * PAGE, stack: 4 });
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: 2 * PAGE });
+        assert_eq!(l.counters.untracked_unmap_bytes, 2 * PAGE, "old range no longer mapped");
+        assert_eq!(at(&l, Kind::Mmap, 3), (2 * PAGE, 1));
+        assert_eq!(at(&l, Kind::Mmap, 4), (PAGE, 1));
+        l.apply(1, 13, Op::Unmap { addr: 0x80000, len: 3 * PAGE });
+        assert_eq!(l.total(Kind::Mmap), Outstanding::default());
+    }
+
+    #[test]
+    fn map_fixed_over_a_live_range_replaces_it() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Map { addr: 0x11000, len: PAGE, file_backed: true, stack: 5 });
+        assert_eq!(at(&l, Kind::Mmap, 3), (3 * PAGE, 1));
+        assert_eq!(at(&l, Kind::FileMmap, 5), (PAGE, 1));
+    }
+
+    #[test]
+    fn brk_growth_and_shrink() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Brk { brk: 0x1000, stack: 1 });
+        l.apply(1, 11, Op::Brk { brk: 0x5000, stack: 2 });
+        l.apply(1, 12, Op::Brk { brk: 0x7000, stack: 3 });
+        l.apply(1, 13, Op::Brk { brk: 0x4000, stack: 4 });
+        assert_eq!(at(&l, Kind::Brk, 2), (0x3000, 1));
+        assert_eq!(at(&l, Kind::Brk, 3), (0, 0));
+    }
+
+    #[test]
+    fn handles_open_close_and_reuse() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::OpenHandle { fd: 3, kind: Kind::Sockets, stack: 1 });
+        l.apply(1, 11, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 1 });
+        l.apply(1, 12, Op::CloseHandle { fd: 3 });
+        l.apply(1, 13, Op::CloseHandle { fd: 9 });
+        l.apply(1, 14, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 2 });
+        assert_eq!(at(&l, Kind::Sockets, 1), (0, 0));
+        assert_eq!(at(&l, Kind::Sockets, 2), (1, 1));
+        assert_eq!(l.counters.unknown_closes, 1);
+        assert_eq!(l.counters.reused_fds, 1);
+    }
+
+    #[test]
+    fn mean_age() {
+        let mut l = Ledger::new();
+        l.apply(1, 100, Op::Alloc { addr: 1, size: 1, stack: 1 });
+        l.apply(1, 300, Op::Alloc { addr: 2, size: 1, stack: 1 });
+        assert_eq!(l.total(Kind::Heap).mean_age_ns(1200), 1000);
+    }
+}
