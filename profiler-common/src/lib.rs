@@ -23,7 +23,7 @@ pub enum EventKind {
     Realloc = 3,
     /// `mmap` returned `addr` for `size` bytes; `arg` = flags, `old_size` = fd.
     Mmap = 4,
-    /// `munmap(addr, size)` succeeded.
+    /// `munmap(addr, size)` was called (recorded on entry, see the eBPF side).
     Munmap = 5,
     /// `mremap(old_addr, old_size) -> (addr, size)` succeeded.
     Mremap = 6,
@@ -31,7 +31,7 @@ pub enum EventKind {
     Brk = 7,
     /// A handle was opened: fd in `addr`, [`HandleKind`] in `arg`, detail in `size`.
     FdOpen = 8,
-    /// fd `addr` was closed.
+    /// `close(addr)` was called (recorded on entry).
     FdClose = 9,
 }
 

@@ -325,6 +325,23 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
+    // Releases are recorded on entry, before another thread can be handed the
+    // same address or fd number; recording them on exit could reorder them
+    // after that reuse.
+    match nr {
+        syscalls::MUNMAP | syscalls::CLOSE => {
+            if let Some(slot) = syscalls::slot(nr) {
+                count(counters::SYSCALLS + slot);
+            }
+            let kind = if nr == syscalls::MUNMAP { EventKind::Munmap } else { EventKind::FdClose };
+            let Some(ev) = scratch(kind, nr as u16) else { return 0 };
+            ev.header.addr = reg(regs, regs::DI);
+            ev.header.size = reg(regs, regs::SI);
+            submit(ev);
+            return 0;
+        }
+        _ => {}
+    }
     let saved = SyscallArgs {
         nr,
         args: [
@@ -371,10 +388,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         count(counters::SYSCALLS + slot);
     }
     if is_error(ret) {
-        // A failed close still releases the fd, except for a bad fd.
-        if !(saved.nr == syscalls::CLOSE && ret != (-9i64) as u64) {
-            return 0;
-        }
+        return 0;
     }
     let a = saved.args;
     let nr16 = saved.nr as u16;
@@ -386,12 +400,6 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             ev.header.arg = a[3];
             ev.header.old_size = a[4];
             submit_with_stack(&ctx, regs, ev);
-        }
-        syscalls::MUNMAP => {
-            let Some(ev) = scratch(EventKind::Munmap, nr16) else { return 0 };
-            ev.header.addr = a[0];
-            ev.header.size = a[1];
-            submit(ev);
         }
         syscalls::MREMAP => {
             let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
@@ -427,11 +435,6 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             ev.header.arg = HandleKind::Socket as u64;
             ev.header.size = (a[0] << 32) | (a[1] & 0xff);
             submit_with_stack(&ctx, regs, ev);
-        }
-        syscalls::CLOSE => {
-            let Some(ev) = scratch(EventKind::FdClose, nr16) else { return 0 };
-            ev.header.addr = a[0];
-            submit(ev);
         }
         _ => {}
     }

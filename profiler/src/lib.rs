@@ -8,3 +8,13 @@
 //! `target` finds, launches and watches the profiled process.
 
 pub mod ledger;
+pub mod collector;
+pub mod events;
+pub mod preflight;
+pub mod probes;
+pub mod procmaps;
+pub mod record;
+pub mod report;
+pub mod stacks;
+pub mod symbols;
+pub mod target;

@@ -11,7 +11,7 @@ pub mod intervals;
 use std::collections::HashMap;
 
 use intervals::{IntervalMap, Piece};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Interned stack identifier (see `stacks::StackTable`).
 pub type StackId = u32;
@@ -96,7 +96,7 @@ pub enum Op {
 
 /// Things the ledger saw that it could not match. None of them is an error
 /// of the profiler, but each can mean data the report does not cover.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerCounters {
     /// `free` of an address we never saw allocated (allocated before attach,
     /// or its allocation event was lost).

@@ -1,0 +1,189 @@
+//! Turns decoded events into ledger operations: computes effective sizes,
+//! repairs and interns stacks (locating their frames while the process is
+//! alive), and at the end assembles the report's per-site entries.
+
+use std::collections::HashMap;
+
+use profiler_common::{syscalls, AllocApi, EventKind, HandleKind};
+
+use crate::{
+    events::RawEvent,
+    ledger::{Kind, Ledger, Op, StackId},
+    procmaps::ProcessMaps,
+    report::model::StackEntry,
+    stacks::{repair_syscall_stack, AddressSpace, Location, StackTable},
+    symbols::Symbols,
+};
+
+const MAP_ANONYMOUS: u64 = 0x20;
+const PAGE: u64 = 4096;
+
+#[derive(Default)]
+pub struct Collector {
+    pub ledger: Ledger,
+    stacks: StackTable,
+    /// Frame locations of each interned stack, innermost first.
+    locations: Vec<Vec<Location>>,
+    /// The call (allocator entry point or syscall) that allocated at each stack.
+    api: Vec<&'static str>,
+    spaces: HashMap<u32, AddressSpace>,
+    pub events_received: u64,
+    pub undecodable_events: u64,
+    pub stack_failures: u64,
+}
+
+/// Bytes an allocator call makes outstanding.
+fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
+    match api {
+        AllocApi::Calloc | AllocApi::Reallocarray => size.saturating_mul(arg),
+        AllocApi::Pvalloc => size.max(1).div_ceil(PAGE) * PAGE,
+        _ => size,
+    }
+}
+
+fn api_name(ev: &RawEvent) -> &'static str {
+    match ev.kind {
+        EventKind::Alloc | EventKind::Realloc | EventKind::Free => {
+            AllocApi::from_u16(ev.header.api).map_or("?", AllocApi::symbol)
+        }
+        _ => syscalls::TRACED.iter().find(|(nr, _)| *nr == ev.header.api as u64).map_or("?", |(_, n)| *n),
+    }
+}
+
+impl Collector {
+    /// Registers a process about to be profiled, with its current mappings.
+    pub fn add_process(&mut self, pid: u32, maps: ProcessMaps, initial_brk: Option<u64>) {
+        if let Some(brk) = initial_brk {
+            self.ledger.set_initial_brk(pid, brk);
+        }
+        self.spaces.insert(pid, AddressSpace::new(pid, maps));
+    }
+
+    fn space(&mut self, tgid: u32) -> &mut AddressSpace {
+        self.spaces.entry(tgid).or_insert_with(|| AddressSpace::new(tgid, ProcessMaps::read(tgid).unwrap_or_default()))
+    }
+
+    fn intern(&mut self, ev: &RawEvent, syscall: bool) -> StackId {
+        let tgid = ev.header.tgid;
+        if ev.header.stack_failed != 0 {
+            self.stack_failures += 1;
+        }
+        let raw: Vec<u64> = ev.frames().collect();
+        let frames = if syscall {
+            repair_syscall_stack(&raw, &ev.header.stack_hint, self.space(tgid))
+        } else {
+            raw
+        };
+        let (id, new) = self.stacks.intern(tgid, &frames);
+        if new {
+            let space = self.space(tgid);
+            let locs = frames.iter().map(|&a| space.locate(a)).collect();
+            self.locations.push(locs);
+            self.api.push(api_name(ev));
+        }
+        id
+    }
+
+    /// Applies one ring-buffer record.
+    pub fn ingest(&mut self, bytes: &[u8]) {
+        self.events_received += 1;
+        let Some(ev) = RawEvent::decode(bytes) else {
+            self.undecodable_events += 1;
+            return;
+        };
+        let h = ev.header;
+        let op = match ev.kind {
+            EventKind::Alloc => {
+                let Some(api) = AllocApi::from_u16(h.api) else { return };
+                let stack = self.intern(&ev, false);
+                Op::Alloc { addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
+            }
+            EventKind::Realloc => {
+                let Some(api) = AllocApi::from_u16(h.api) else { return };
+                let stack = self.intern(&ev, false);
+                Op::Realloc { old: h.old_addr, addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
+            }
+            EventKind::Free => Op::Free { addr: h.addr },
+            EventKind::Mmap => {
+                let stack = self.intern(&ev, true);
+                Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
+            }
+            EventKind::Munmap => Op::Unmap { addr: h.addr, len: h.size },
+            EventKind::Mremap => {
+                let stack = self.intern(&ev, true);
+                Op::Remap { old: h.old_addr, old_len: h.old_size, addr: h.addr, len: h.size, stack }
+            }
+            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, true) },
+            EventKind::FdOpen => {
+                let kind = match h.arg {
+                    x if x == HandleKind::Socket as u64 => Kind::Sockets,
+                    _ => return,
+                };
+                let stack = self.intern(&ev, true);
+                if h.api as u64 == syscalls::SOCKETPAIR {
+                    self.ledger.apply(h.tgid, h.ts_ns, Op::OpenHandle { fd: h.old_addr, kind, stack });
+                }
+                Op::OpenHandle { fd: h.addr, kind, stack }
+            }
+            EventKind::FdClose => Op::CloseHandle { fd: h.addr },
+        };
+        self.ledger.apply(h.tgid, h.ts_ns, op);
+    }
+
+    /// The report's per-site entries, named, largest first within each kind.
+    pub fn entries(&self, symbols: &Symbols, now_ns: u64) -> Vec<StackEntry> {
+        let sites: Vec<_> = self.ledger.sites().map(|(s, o)| (*s, *o)).collect();
+        let mut by_pid: HashMap<u32, Vec<Location>> = HashMap::new();
+        for (site, _) in &sites {
+            let (tgid, _) = self.stacks.get(site.stack);
+            by_pid.entry(tgid).or_default().extend(self.locations[site.stack as usize].iter().cloned());
+        }
+        let mut names = HashMap::new();
+        for (pid, mut locs) in by_pid {
+            locs.sort_by_key(|l| format!("{l:?}"));
+            locs.dedup();
+            names.extend(symbols.resolve(pid, &locs));
+        }
+        let mut entries: Vec<StackEntry> = sites
+            .iter()
+            .map(|(site, o)| {
+                let (pid, _) = self.stacks.get(site.stack);
+                // Innermost first overall; an address's inlined frames are listed outermost
+                // first by the symbolizer, so reverse them.
+                let frames = self.locations[site.stack as usize]
+                    .iter()
+                    .flat_map(|l| names.get(l).cloned().unwrap_or_default().into_iter().rev())
+                    .collect();
+                StackEntry {
+                    kind: site.kind.name().to_string(),
+                    pid,
+                    bytes: if site.kind.is_memory() { o.bytes } else { 0 },
+                    count: o.count,
+                    mean_age_s: o.mean_age_ns(now_ns) as f64 / 1e9,
+                    api: self.api[site.stack as usize].to_string(),
+                    frames,
+                }
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (Kind::ALL.iter().position(|k| k.name() == a.kind), std::cmp::Reverse((a.bytes, a.count)))
+                .cmp(&(Kind::ALL.iter().position(|k| k.name() == b.kind), std::cmp::Reverse((b.bytes, b.count))))
+        });
+        entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_sizes() {
+        assert_eq!(requested_bytes(AllocApi::Malloc, 10, 0), 10);
+        assert_eq!(requested_bytes(AllocApi::Calloc, 10, 3), 30);
+        assert_eq!(requested_bytes(AllocApi::Reallocarray, 10, 3), 30);
+        assert_eq!(requested_bytes(AllocApi::Pvalloc, 10, 0), 4096);
+        assert_eq!(requested_bytes(AllocApi::Pvalloc, 0, 0), 4096);
+        assert_eq!(requested_bytes(AllocApi::Pvalloc, 4097, 0), 8192);
+    }
+}

@@ -1,0 +1,36 @@
+//! Checks that must pass before anything is attached, each with an error
+//! that says what is wrong and what to do.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the profiler must run as root (it loads eBPF programs and attaches probes); try `sudo`");
+    }
+    Ok(())
+}
+
+pub fn require_btf() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); a kernel built with CONFIG_DEBUG_INFO_BTF=y is required");
+    }
+    Ok(())
+}
+
+/// Creates the output directory and proves it is writable.
+pub fn prepare_output_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("output directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// The `start_brk` of a process (field 47 of /proc/PID/stat).
+pub fn start_brk(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(47 - 3)?.parse().ok()
+}

@@ -1,0 +1,119 @@
+//! Loading the eBPF object and attaching its programs: the syscall raw
+//! tracepoints (global, filtered in the kernel by the TARGETS map) and the
+//! allocator uprobes on the target's own C library. Dropping [`Probes`]
+//! detaches everything.
+
+use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{uprobe::UProbeScope, RawTracePoint, UProbe},
+    Ebpf, EbpfLoader,
+};
+use object::{Object, ObjectSymbol};
+use profiler_common::{counters, AllocApi, ALLOC_APIS};
+
+/// The compiled eBPF object (see build.rs).
+static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/profiler.bpf.o"));
+
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Human-readable list of what is attached, for the report.
+    pub attached: Vec<String>,
+    /// Allocator entry points that could not be probed, with the reason.
+    pub skipped: Vec<String>,
+}
+
+impl Probes {
+    pub fn load(ringbuf_bytes: u32) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this profiler binary was built without its eBPF programs; build it with `cargo xtask build`");
+        }
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs into the kernel")?;
+        Ok(Self { ebpf, attached: Vec::new(), skipped: Vec::new() })
+    }
+
+    /// Adds a process to the in-kernel filter.
+    pub fn add_target(&mut self, tgid: u32) -> Result<()> {
+        let mut targets: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+        targets.insert(tgid, 1, 0).context("adding the target to the filter map")?;
+        Ok(())
+    }
+
+    pub fn attach_syscalls(&mut self) -> Result<()> {
+        for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+            let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            p.attach(tp).with_context(|| format!("attaching raw tracepoint {tp}"))?;
+            self.attached.push(format!("raw_tracepoint:{tp}"));
+        }
+        Ok(())
+    }
+
+    /// Attaches the allocator probes to `libc` (a path valid for us, e.g.
+    /// through `/proc/PID/root`) for process `pid`. Entry points that are
+    /// aliases of one already probed (same address) are skipped, since two
+    /// probes at one address would count each call twice.
+    pub fn attach_allocator(&mut self, libc: &Path, pid: u32) -> Result<()> {
+        let data = std::fs::read(libc).with_context(|| format!("reading {}", libc.display()))?;
+        let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
+        let mut address_of = BTreeMap::new();
+        for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+            if let Ok(name) = sym.name() {
+                if sym.is_definition() && ALLOC_APIS.iter().any(|a| a.symbol() == name) {
+                    address_of.entry(name.to_string()).or_insert(sym.address());
+                }
+            }
+        }
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
+        let mut probed_at: BTreeMap<u64, AllocApi> = BTreeMap::new();
+        for api in ALLOC_APIS {
+            let name = api.symbol();
+            let Some(&addr) = address_of.get(name) else {
+                self.skipped.push(format!("{name}: not exported by {}", libc.display()));
+                continue;
+            };
+            if let Some(first) = probed_at.get(&addr) {
+                self.skipped.push(format!("{name}: alias of {} (same address)", first.symbol()));
+                continue;
+            }
+            probed_at.insert(addr, api);
+            let entry = format!("{name}_enter");
+            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            p.attach(name, libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
+            if api != AllocApi::Free {
+                let r: &mut UProbe = self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
+                if r.fd().is_err() {
+                    r.load()?;
+                }
+                r.attach(name, libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
+                self.attached.push(format!("uprobe+uretprobe:{name}"));
+            } else {
+                self.attached.push(format!("uprobe:{name}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
+    }
+
+    /// Kernel-side counters, summed over CPUs.
+    pub fn counters(&self) -> Result<[u64; counters::COUNT]> {
+        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS map")?)?;
+        let mut out = [0u64; counters::COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,329 @@
+//! A recording session: validate, find or launch the target, attach the
+//! probes, drain events into the collector until the session ends (target
+//! exit, `--duration`, SIGINT, SIGTERM), then build and write the report
+//! while the target's address space still exists.
+
+use std::{
+    ffi::OsString,
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use profiler_common::{counters, syscalls, ALLOC_APIS};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    collector::Collector,
+    ledger::Kind,
+    preflight,
+    probes::Probes,
+    report::{
+        flame,
+        model::{Accuracy, TargetInfo, Total, SCHEMA_VERSION},
+        text, Report,
+    },
+    symbols::Symbols,
+    target::{
+        launch::{self, Control, TargetEvent},
+        pidfd, ProcessInfo,
+    },
+};
+
+/// What to profile.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    Pid(u32),
+    Command(Vec<OsString>),
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub target: TargetSpec,
+    pub duration: Option<Duration>,
+    /// Output directory; default `./profile-<target>-<timestamp>`.
+    pub output: Option<PathBuf>,
+    /// Stacks per kind in the text summary.
+    pub top: usize,
+    pub ringbuf_bytes: u32,
+    /// Print the text summary to stdout at the end.
+    pub print_summary: bool,
+}
+
+/// The result of a session.
+pub struct Recorded {
+    pub report: Report,
+    pub output: PathBuf,
+}
+
+fn default_output(spec: &TargetSpec) -> PathBuf {
+    let name = match spec {
+        TargetSpec::Pid(pid) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| format!("{}-{pid}", s.trim()))
+            .unwrap_or_else(|_| pid.to_string()),
+        TargetSpec::Command(argv) => Path::new(&argv[0]).file_name().unwrap_or_default().to_string_lossy().into_owned(),
+    };
+    let ts = chrono_like_timestamp();
+    PathBuf::from(format!("profile-{name}-{ts}"))
+}
+
+fn chrono_like_timestamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil-from-days (Howard Hinnant), UTC.
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Registers an fd we own with the reactor.
+fn watch<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd and is moved into the AsyncFd, which
+    // deregisters it before dropping it.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| anyhow::anyhow!("registering with the reactor: {}", e.into_parts().1))
+}
+
+enum Target {
+    Attached { pidfd: AsyncFd<std::os::fd::OwnedFd> },
+    Launched(launch::Launched),
+}
+
+pub fn record(opts: RecordOptions) -> Result<Recorded> {
+    preflight::require_root()?;
+    preflight::require_btf()?;
+    let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
+    preflight::prepare_output_dir(&output)?;
+    if let TargetSpec::Pid(pid) = opts.target {
+        ProcessInfo::inspect(pid)?; // clear error before anything else happens
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run(opts, output))
+}
+
+async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
+    let (info, mut target) = match &opts.target {
+        TargetSpec::Pid(pid) => {
+            let info = ProcessInfo::inspect(*pid)?;
+            let fd = watch(pidfd(*pid)?)?;
+            (info, Target::Attached { pidfd: fd })
+        }
+        TargetSpec::Command(argv) => {
+            let launched = launch::launch(argv)?;
+            (launched.info.clone(), Target::Launched(launched))
+        }
+    };
+    let attach = || -> Result<Probes> {
+        let mut probes = Probes::load(opts.ringbuf_bytes)?;
+        probes.add_target(info.pid)?;
+        probes.attach_syscalls()?;
+        probes.attach_allocator(&info.libc, info.pid)?;
+        Ok(probes)
+    };
+    let mut probes = match attach() {
+        Ok(p) => p,
+        Err(e) => {
+            if let Target::Launched(l) = &mut target {
+                let _ = l.control.send(Control::Kill);
+                l.join();
+            }
+            return Err(e);
+        }
+    };
+    let mut ring = watch(probes.take_ringbuf()?)?;
+    let mut collector = Collector::default();
+    let initial_brk = match &target {
+        Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
+        Target::Launched(_) => preflight::start_brk(info.pid),
+    };
+    collector.add_process(info.pid, info.maps.clone(), initial_brk);
+
+    let started = Instant::now();
+    let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let mode = match &target {
+        Target::Attached { .. } => "attach",
+        Target::Launched(l) => {
+            l.control.send(Control::Resume).ok();
+            "launch"
+        }
+    };
+    let interactive = std::io::stderr().is_terminal();
+    eprintln!(
+        "profiling pid {} ({}); {}",
+        info.pid,
+        info.command,
+        match opts.duration {
+            Some(d) => format!("for {}s, Ctrl-C to stop early", d.as_secs_f64()),
+            None => "Ctrl-C to stop".to_string(),
+        }
+    );
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut held_at_exit = false;
+    let end_reason = loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    collector.ingest(&item);
+                }
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break "SIGINT".to_string(),
+            _ = sigterm.recv() => break "SIGTERM".to_string(),
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                break "duration elapsed".to_string()
+            }
+            ev = async {
+                match &mut target {
+                    Target::Launched(l) => l.events.recv().await,
+                    Target::Attached { pidfd } => {
+                        let _ = pidfd.readable().await;
+                        Some(TargetEvent::Exited("exited".into()))
+                    }
+                }
+            } => {
+                match ev {
+                    Some(TargetEvent::Exiting) => { held_at_exit = true; break "target exited".to_string() }
+                    Some(TargetEvent::Exited(how)) => break format!("target exited ({how})"),
+                    None => break "target exited".to_string(),
+                }
+            }
+            _ = tick.tick() => {
+                if interactive {
+                    let heap = collector.ledger.total(Kind::Heap);
+                    eprint!(
+                        "\r{:>6.0}s  heap {} in {} blocks  events {}   ",
+                        started.elapsed().as_secs_f64(),
+                        flame::human_bytes(heap.bytes),
+                        heap.count,
+                        collector.events_received
+                    );
+                }
+            }
+        }
+    };
+    if interactive {
+        eprintln!();
+    }
+    // Everything the target did before the end is already in the ring buffer.
+    while let Some(item) = ring.get_mut().next() {
+        collector.ingest(&item);
+    }
+
+    let kernel = probes.counters()?;
+    let report = build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
+    let written = write_outputs(&report, &output, opts.top);
+
+    // Only now may the target go: its address space was needed for the report.
+    if let Target::Launched(l) = &mut target {
+        let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
+        l.join();
+    }
+    drop(ring);
+    drop(probes);
+    written?;
+    if opts.print_summary {
+        print!("{}", text::render(&report, opts.top));
+    }
+    eprintln!("wrote {}", output.display());
+    Ok(Recorded { report, output })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    collector: &Collector,
+    probes: &Probes,
+    kernel: &[u64; counters::COUNT],
+    info: &ProcessInfo,
+    mode: &str,
+    started_at: u64,
+    elapsed: Duration,
+    end_reason: String,
+) -> Report {
+    let stacks = collector.entries(&Symbols::default(), monotonic_ns());
+    let totals = Kind::ALL
+        .iter()
+        .map(|k| {
+            let o = collector.ledger.total(*k);
+            let bytes = if k.is_memory() { o.bytes } else { 0 };
+            (k.name().to_string(), Total { bytes, count: o.count })
+        })
+        .collect();
+    let mut calls_seen = std::collections::BTreeMap::new();
+    for api in ALLOC_APIS {
+        calls_seen.insert(api.symbol().to_string(), kernel[counters::API_CALLS + api as usize]);
+    }
+    for (i, (_, name)) in syscalls::TRACED.iter().enumerate() {
+        calls_seen.insert(name.to_string(), kernel[counters::SYSCALLS + i]);
+    }
+    Report {
+        schema_version: SCHEMA_VERSION,
+        profiler_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: TargetInfo {
+            pid: info.pid,
+            command: info.command.clone(),
+            mode: mode.to_string(),
+            libc: info.maps.libc().unwrap_or_default().to_string(),
+        },
+        started_at,
+        duration_s: elapsed.as_secs_f64(),
+        end_reason,
+        totals,
+        stacks,
+        accuracy: Accuracy {
+            calls_seen,
+            events_received: collector.events_received,
+            undecodable_events: collector.undecodable_events,
+            stack_failures: collector.stack_failures.max(kernel[counters::STACK_FAILED]),
+            ringbuf_drops: kernel[counters::RINGBUF_DROPS],
+            inflight_map_full: kernel[counters::INFLIGHT_MAP_FULL],
+            inflight_syscall_map_full: kernel[counters::INFLIGHT_SYSCALL_MAP_FULL],
+            nested_calls: kernel[counters::NESTED_CALLS],
+            failed_allocations: kernel[counters::FAILED_ALLOCS],
+            unmatched_returns: kernel[counters::UNMATCHED_RETURNS],
+            ledger: collector.ledger.counters,
+            probes_skipped: probes.skipped.clone(),
+            probes_attached: probes.attached.clone(),
+        },
+    }
+}
+
+/// Writes report.json, report.txt and, per kind with anything outstanding,
+/// `<kind>.folded` and `<kind>.svg`.
+pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
+    let write = |name: &str, data: &[u8]| {
+        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
+    };
+    write("report.json", &serde_json::to_vec_pretty(report)?)?;
+    write("report.txt", text::render(report, top).as_bytes())?;
+    for kind in report.totals.keys() {
+        let lines = flame::folded(report, kind);
+        if lines.is_empty() {
+            continue;
+        }
+        write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
+        write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The report: a versioned, serializable model of what was outstanding when
+//! recording ended (`model`), and its renderings: the human summary (`text`),
+//! folded stacks and flamegraphs (`flame`).
+
+pub mod flame;
+pub mod model;
+pub mod text;
+
+pub use model::Report;

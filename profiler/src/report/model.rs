@@ -1,0 +1,102 @@
+//! The report model, serialized as `report.json`. The schema is documented
+//! in `docs/report-schema.md`; bump [`SCHEMA_VERSION`] on incompatible change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ledger::LedgerCounters, symbols::Frame};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub profiler_version: String,
+    pub target: TargetInfo,
+    /// Unix time (s) recording started.
+    pub started_at: u64,
+    pub duration_s: f64,
+    /// Why recording ended: `target exited (...)`, `duration elapsed`, `SIGINT`, `SIGTERM`.
+    pub end_reason: String,
+    /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
+    pub totals: BTreeMap<String, Total>,
+    /// Outstanding per allocation site, largest first within each kind.
+    pub stacks: Vec<StackEntry>,
+    pub accuracy: Accuracy,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub command: String,
+    /// `launch` (started by the profiler) or `attach` (`--pid`).
+    pub mode: String,
+    pub libc: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Total {
+    /// Outstanding bytes (0 for handle kinds).
+    pub bytes: u64,
+    /// Outstanding blocks, mappings or open handles.
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StackEntry {
+    pub kind: String,
+    pub pid: u32,
+    /// Outstanding bytes (0 for handle kinds).
+    pub bytes: u64,
+    /// Outstanding blocks, mappings or open handles.
+    pub count: u64,
+    /// Mean age of the outstanding items when recording ended.
+    pub mean_age_s: f64,
+    /// The allocator entry point or syscall that allocated (`malloc`, `mmap`, ...).
+    pub api: String,
+    /// Innermost first; inlined frames are expanded.
+    pub frames: Vec<Frame>,
+}
+
+/// Everything that could make the numbers incomplete. Each field is measured;
+/// none is zero merely because it was not counted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Calls seen per probe (allocator entry points and syscalls).
+    pub calls_seen: BTreeMap<String, u64>,
+    pub events_received: u64,
+    /// Records that could not be decoded.
+    pub undecodable_events: u64,
+    /// Events whose user stack could not be captured (attributed to `[stack unavailable]`).
+    pub stack_failures: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Allocator calls not tracked because the in-flight map was full.
+    pub inflight_map_full: u64,
+    /// Syscalls not tracked because the in-flight syscall map was full.
+    pub inflight_syscall_map_full: u64,
+    /// Allocator calls made inside another probed allocator call (recorded once, as the outer call).
+    pub nested_calls: u64,
+    /// Allocations that failed (returned NULL); not outstanding.
+    pub failed_allocations: u64,
+    /// Allocator returns without a seen entry (calls in flight when we attached).
+    pub unmatched_returns: u64,
+    #[serde(flatten)]
+    pub ledger: LedgerCounters,
+    /// Allocator entry points not probed, and why.
+    pub probes_skipped: Vec<String>,
+    pub probes_attached: Vec<String>,
+}
+
+impl Report {
+    /// Entries of one kind, largest first.
+    pub fn entries<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a StackEntry> + 'a {
+        self.stacks.iter().filter(move |e| e.kind == kind)
+    }
+
+    /// Whether a kind counts handles rather than bytes.
+    pub fn is_handle_kind(kind: &str) -> bool {
+        kind == "sockets"
+    }
+}

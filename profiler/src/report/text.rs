@@ -1,0 +1,85 @@
+//! The human summary (`report.txt`, also printed at the end of a run).
+
+use std::fmt::Write;
+
+use super::{flame::human_bytes, Report};
+
+/// Frames shown per stack in the text summary.
+const FRAMES_SHOWN: usize = 16;
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut s = String::new();
+    let t = &report.target;
+    let _ = writeln!(s, "Leak report for pid {} ({}), {} mode", t.pid, t.command, t.mode);
+    let _ = writeln!(s, "Recorded {:.1}s; ended: {}", report.duration_s, report.end_reason);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Outstanding when recording ended:");
+    if report.totals.values().all(|t| t.count == 0) {
+        let _ = writeln!(s, "  nothing");
+    }
+    for (kind, total) in &report.totals {
+        if total.count == 0 {
+            continue;
+        }
+        if Report::is_handle_kind(kind) {
+            let _ = writeln!(s, "  {kind:<10} {:>12} open handles", total.count);
+        } else {
+            let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
+        }
+    }
+    for kind in report.totals.keys() {
+        let entries: Vec<_> = report.entries(kind).take(top).collect();
+        if entries.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Top {kind} stacks:");
+        for (i, e) in entries.iter().enumerate() {
+            let what = if Report::is_handle_kind(kind) {
+                format!("{} open", e.count)
+            } else {
+                format!("{} in {} blocks", human_bytes(e.bytes), e.count)
+            };
+            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s", i + 1, e.api, e.mean_age_s);
+            if e.frames.is_empty() {
+                let _ = writeln!(s, "      [stack unavailable]");
+            }
+            for f in e.frames.iter().take(FRAMES_SHOWN) {
+                let place = match (&f.file, f.line) {
+                    (Some(file), Some(line)) => format!(" ({file}:{line})"),
+                    _ => format!(" [{}]", f.module),
+                };
+                let inl = if f.inlined { " (inlined)" } else { "" };
+                let _ = writeln!(s, "      {}{place}{inl}", f.function);
+            }
+            if e.frames.len() > FRAMES_SHOWN {
+                let _ = writeln!(s, "      ... {} more frames", e.frames.len() - FRAMES_SHOWN);
+            }
+        }
+    }
+    let a = &report.accuracy;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Accuracy:");
+    let calls: Vec<String> = a.calls_seen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(s, "  calls seen: {}", calls.join(" "));
+    let _ = writeln!(
+        s,
+        "  events {} | lost to full ring buffer {} | undecodable {} | stack captures failed {}",
+        a.events_received, a.ringbuf_drops, a.undecodable_events, a.stack_failures
+    );
+    let _ = writeln!(
+        s,
+        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {}",
+        a.inflight_map_full, a.inflight_syscall_map_full, a.nested_calls, a.failed_allocations, a.unmatched_returns
+    );
+    let l = &a.ledger;
+    let _ = writeln!(
+        s,
+        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | reused fds {}",
+        l.unknown_frees, l.unknown_reallocs, l.overwritten_blocks, human_bytes(l.untracked_unmap_bytes), l.unknown_closes, l.reused_fds
+    );
+    for skipped in &a.probes_skipped {
+        let _ = writeln!(s, "  not probed: {skipped}");
+    }
+    s
+}

@@ -1,0 +1,222 @@
+//! Call stacks: interning raw frame lists into small ids, locating each
+//! frame in the process's mappings while the process is alive, and repairing
+//! syscall stacks whose frame-pointer walk skipped the wrapper's caller.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::FileExt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{ledger::StackId, procmaps::ProcessMaps};
+
+/// Deduplicated frame lists (innermost first).
+#[derive(Default)]
+pub struct StackTable {
+    index: HashMap<Box<[u64]>, StackId>,
+    stacks: Vec<(u32, Box<[u64]>)>,
+}
+
+impl StackTable {
+    /// Returns the id of `frames` captured in process `tgid`.
+    pub fn intern(&mut self, tgid: u32, frames: &[u64]) -> (StackId, bool) {
+        // The tgid is part of the key: addresses mean different code in different processes.
+        let mut key = Vec::with_capacity(frames.len() + 1);
+        key.push(tgid as u64);
+        key.extend_from_slice(frames);
+        if let Some(id) = self.index.get(key.as_slice()) {
+            return (*id, false);
+        }
+        let id = self.stacks.len() as StackId;
+        self.stacks.push((tgid, frames.into()));
+        self.index.insert(key.into_boxed_slice(), id);
+        (id, true)
+    }
+
+    /// (tgid, frames) of a stack.
+    pub fn get(&self, id: StackId) -> (u32, &[u64]) {
+        let (tgid, frames) = &self.stacks[id as usize];
+        (*tgid, frames)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
+    }
+}
+
+/// Where a code address lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// Inside a mapped file, at this file offset.
+    File { path: Arc<str>, offset: u64 },
+    /// Executable memory with no file behind it (JIT code, `[vdso]`, ...).
+    Anonymous { name: Arc<str>, addr: u64 },
+    /// Not mapped when we looked.
+    Unmapped { addr: u64 },
+}
+
+/// Locates addresses of one process, caching answers and re-reading the
+/// maps when an address falls outside the last snapshot.
+pub struct AddressSpace {
+    pid: u32,
+    maps: ProcessMaps,
+    read_at: Option<Instant>,
+    cache: HashMap<u64, Location>,
+    paths: HashMap<String, Arc<str>>,
+    files: HashMap<Arc<str>, Option<File>>,
+    libc: Option<Arc<str>>,
+}
+
+const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
+
+impl AddressSpace {
+    pub fn new(pid: u32, maps: ProcessMaps) -> Self {
+        let mut space = Self {
+            pid,
+            maps: ProcessMaps::default(),
+            read_at: None,
+            cache: HashMap::new(),
+            paths: HashMap::new(),
+            files: HashMap::new(),
+            libc: None,
+        };
+        space.set_maps(maps);
+        space
+    }
+
+    fn set_maps(&mut self, maps: ProcessMaps) {
+        if let Some(libc) = maps.libc() {
+            self.libc = Some(self.intern_path(libc));
+        }
+        self.maps = maps;
+        self.read_at = Some(Instant::now());
+    }
+
+    fn intern_path(&mut self, path: &str) -> Arc<str> {
+        self.paths.entry(path.to_string()).or_insert_with(|| Arc::from(path)).clone()
+    }
+
+    /// Re-reads `/proc/PID/maps` (no-op once the process is gone).
+    pub fn refresh(&mut self) {
+        if let Ok(maps) = ProcessMaps::read(self.pid) {
+            self.set_maps(maps);
+        }
+    }
+
+    pub fn locate(&mut self, addr: u64) -> Location {
+        if let Some(loc) = self.cache.get(&addr) {
+            return loc.clone();
+        }
+        if self.maps.find(addr).is_none() && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
+            self.refresh();
+        }
+        let loc = match self.maps.find(addr).cloned() {
+            Some(m) => match m.file() {
+                Some(path) => Location::File { path: self.intern_path(path), offset: m.file_offset(addr) },
+                None => {
+                    let name = if m.name.is_empty() { "[anon]" } else { m.name.as_str() };
+                    Location::Anonymous { name: self.intern_path(name), addr }
+                }
+            },
+            None => Location::Unmapped { addr },
+        };
+        self.cache.insert(addr, loc.clone());
+        loc
+    }
+
+    /// Whether `addr` lies in the process's C library.
+    pub fn in_libc(&mut self, addr: u64) -> bool {
+        match (self.locate(addr), &self.libc) {
+            (Location::File { path, .. }, Some(libc)) => Arc::ptr_eq(&path, libc) || *path == **libc,
+            _ => false,
+        }
+    }
+
+    /// Whether `addr` is plausibly a return address: it is in executable
+    /// file-backed code and the bytes before it encode a `call`.
+    pub fn is_return_address(&mut self, addr: u64) -> bool {
+        let Some(m) = self.maps.find(addr).cloned() else { return false };
+        if !m.executable {
+            return false;
+        }
+        let Location::File { path, offset } = self.locate(addr) else { return false };
+        if offset < 7 {
+            return false;
+        }
+        let pid = self.pid;
+        let file = self.files.entry(path.clone()).or_insert_with(|| {
+            File::open(format!("/proc/{pid}/root{path}")).or_else(|_| File::open(&*path)).ok()
+        });
+        let mut before = [0u8; 7];
+        match file {
+            Some(f) if f.read_exact_at(&mut before, offset - 7).is_ok() => follows_call(&before),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the 7 bytes preceding an address end with an x86-64 `call`.
+fn follows_call(b: &[u8; 7]) -> bool {
+    let modrm_is_call = |m: u8| (m >> 3) & 7 == 2;
+    b[2] == 0xe8 // call rel32
+        || (b[5] == 0xff && modrm_is_call(b[6]) && b[6] >> 6 == 3) // call reg
+        || (b[4] == 0xff && modrm_is_call(b[5]) && b[5] >> 6 == 1) // call [reg+disp8]
+        || (b[1] == 0xff && modrm_is_call(b[2]) && (b[2] >> 6 == 2 || b[2] & 0xc7 == 0x05)) // [reg+disp32], [rip+disp32]
+        || (b[0] == 0xff && modrm_is_call(b[1]) && b[1] >> 6 == 2 && b[1] & 7 == 4) // [sib+disp32]
+        || (b[3] == 0xff && modrm_is_call(b[4]) && b[4] >> 6 == 1 && b[4] & 7 == 4) // [sib+disp8]
+        || (b[4] == 0xff && modrm_is_call(b[5]) && b[5] >> 6 == 0 && b[5] & 7 == 4) // [sib]
+        || (b[5] == 0xff && modrm_is_call(b[6]) && b[6] >> 6 == 0) // [reg]
+}
+
+/// Completes a stack captured at a syscall. The kernel's frame-pointer walk
+/// starts in the (frameless) libc wrapper and continues from the caller's
+/// frame pointer, skipping the caller itself; its return address is the first
+/// return-address-like word at the user stack pointer (`hints`). The wrapper
+/// frame itself is dropped, so the leaf is the function that made the call.
+pub fn repair_syscall_stack(frames: &[u64], hints: &[u64], space: &mut AddressSpace) -> Vec<u64> {
+    let mut out: Vec<u64> = frames.to_vec();
+    if out.is_empty() {
+        return out;
+    }
+    if let Some(ret) = hints.iter().copied().find(|&w| w != 0 && space.is_return_address(w)) {
+        if out.get(1) != Some(&ret) {
+            out.insert(1, ret);
+        }
+    }
+    if out.len() > 1 && space.in_libc(out[0]) {
+        out.remove(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_per_process_and_stable() {
+        let mut t = StackTable::default();
+        let (a, new_a) = t.intern(1, &[1, 2, 3]);
+        let (b, new_b) = t.intern(1, &[1, 2, 3]);
+        let (c, _) = t.intern(2, &[1, 2, 3]);
+        assert!(new_a && !new_b);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(t.get(c), (2, &[1u64, 2, 3][..]));
+    }
+
+    #[test]
+    fn recognises_call_encodings() {
+        assert!(follows_call(&[0, 0, 0xe8, 1, 2, 3, 4])); // call rel32
+        assert!(follows_call(&[0, 0, 0, 0, 0, 0xff, 0xd0])); // call *%rax
+        assert!(follows_call(&[0, 0xff, 0x15, 1, 2, 3, 4])); // call *disp(%rip)
+        assert!(follows_call(&[0, 0, 0, 0, 0xff, 0x50, 0x08])); // call *8(%rax)
+        assert!(!follows_call(&[0x48, 0x89, 0xc7, 0x48, 0x89, 0xc7, 0x90]));
+    }
+}

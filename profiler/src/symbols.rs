@@ -1,0 +1,126 @@
+//! Naming frames: turns frame [`Location`]s into function names with
+//! file:line and inlined frames (blazesym, from the ELF files and their
+//! DWARF), falling back to `module+0xoffset` so no frame is ever dropped.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer};
+use serde::Serialize;
+
+use crate::stacks::Location;
+
+/// One named frame. An address inside inlined code yields several frames,
+/// outermost first, the inner ones marked `inlined`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Frame {
+    pub function: String,
+    pub module: String,
+    /// File offset (or absolute address, for anonymous memory), hex.
+    pub offset: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub inlined: bool,
+}
+
+pub struct Symbols {
+    symbolizer: Symbolizer,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self { symbolizer }
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn fallback(loc: &Location) -> Frame {
+    let (module, offset) = match loc {
+        Location::File { path, offset } => (basename(path).to_string(), *offset),
+        Location::Anonymous { name, addr } => (name.to_string(), *addr),
+        Location::Unmapped { addr } => ("[unknown]".to_string(), *addr),
+    };
+    Frame {
+        function: format!("{module}+{offset:#x}"),
+        module,
+        offset: format!("{offset:#x}"),
+        file: None,
+        line: None,
+        inlined: false,
+    }
+}
+
+impl Symbols {
+    /// Names every location. `pid` lets files be read through the target's
+    /// root (`/proc/PID/root`) while it is alive; the plain path is the fallback.
+    pub fn resolve(&self, pid: u32, locations: &[Location]) -> HashMap<Location, Vec<Frame>> {
+        let mut by_file: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
+        let mut names = HashMap::new();
+        for loc in locations {
+            match loc {
+                Location::File { path, offset } => by_file.entry(path.clone()).or_default().push(*offset),
+                other => {
+                    names.insert(other.clone(), vec![fallback(other)]);
+                }
+            }
+        }
+        for (path, mut offsets) in by_file {
+            offsets.sort_unstable();
+            offsets.dedup();
+            // Frames are return addresses: look up the call instruction before them.
+            let lookups: Vec<u64> = offsets.iter().map(|o| o.saturating_sub(1)).collect();
+            let in_root = format!("/proc/{pid}/root{path}");
+            let file = if Path::new(&in_root).exists() { in_root } else { path.to_string() };
+            let results = self
+                .symbolizer
+                .symbolize(&Source::Elf(Elf::new(&file)), Input::FileOffset(&lookups))
+                .unwrap_or_default();
+            for (i, offset) in offsets.iter().enumerate() {
+                let loc = Location::File { path: path.clone(), offset: *offset };
+                let frames = match results.get(i) {
+                    Some(Symbolized::Sym(sym)) => {
+                        let module = basename(&path).to_string();
+                        let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
+                            ci.map(|c| (c.to_path().display().to_string(), c.line)).unwrap_or_default()
+                        };
+                        let (file, line) = code(sym.code_info.as_deref());
+                        let mut frames = vec![Frame {
+                            function: sym.name.to_string(),
+                            module: module.clone(),
+                            offset: format!("{offset:#x}"),
+                            file: (!file.is_empty()).then_some(file),
+                            line,
+                            inlined: false,
+                        }];
+                        // An inlined copy of the function into itself adds nothing.
+                        for inl in sym.inlined.iter().filter(|i| i.name != sym.name) {
+                            let (file, line) = code(inl.code_info.as_ref());
+                            frames.push(Frame {
+                                function: inl.name.to_string(),
+                                module: module.clone(),
+                                offset: format!("{offset:#x}"),
+                                file: (!file.is_empty()).then_some(file),
+                                line,
+                                inlined: true,
+                            });
+                        }
+                        frames
+                    }
+                    _ => vec![fallback(&loc)],
+                };
+                names.insert(loc, frames);
+            }
+        }
+        names
+    }
+}
