@@ -12,9 +12,14 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// The kernel's BTF; `PROFILER_BTF` overrides the path (for testing).
 pub fn require_btf() -> Result<()> {
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); a kernel built with CONFIG_DEBUG_INFO_BTF=y is required");
+    let path = std::env::var_os("PROFILER_BTF").unwrap_or_else(|| "/sys/kernel/btf/vmlinux".into());
+    if !Path::new(&path).exists() {
+        bail!(
+            "this kernel exposes no BTF ({} is missing); a kernel built with CONFIG_DEBUG_INFO_BTF=y is required",
+            Path::new(&path).display()
+        );
     }
     Ok(())
 }
