@@ -6,7 +6,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_user,
@@ -20,6 +20,9 @@ use profiler_common::{
     counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE,
     MAX_FRAMES, STACK_HINT_WORDS,
 };
+
+/// Pending bytes in the ring buffer above which the reader is woken at once.
+const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
@@ -123,7 +126,14 @@ fn submit(ev: &Event) {
     }
     let len = HEADER_SIZE + frames * 8;
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const Event as *const u8, len) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    // Waking the reader per event costs more than the event itself; it
+    // drains on a short timer and is woken early only when data piles up.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_THRESHOLD {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         count(counters::RINGBUF_DROPS);
     }
 }

@@ -178,6 +178,8 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel side wakes us only when events pile up (see profiler-ebpf).
+    let mut drain = tokio::time::interval(Duration::from_millis(10));
     let mut held_at_exit = false;
     let end_reason = loop {
         tokio::select! {
@@ -207,6 +209,11 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                     Some(TargetEvent::Exiting) => { held_at_exit = true; break "target exited".to_string() }
                     Some(TargetEvent::Exited(how)) => break format!("target exited ({how})"),
                     None => break "target exited".to_string(),
+                }
+            }
+            _ = drain.tick() => {
+                while let Some(item) = ring.get_mut().next() {
+                    collector.ingest(&item);
                 }
             }
             _ = tick.tick() => {
