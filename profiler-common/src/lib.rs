@@ -62,7 +62,7 @@ pub enum HandleKind {
 /// The allocator entry points we probe. The index doubles as the `api` field
 /// of heap events and as the probe's slot in the counters.
 #[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocApi {
     Malloc = 0,
     Calloc = 1,

@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE,
-    MAX_FRAMES, STACK_HINT_WORDS,
+    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE, MAX_FRAMES,
+    STACK_HINT_WORDS,
 };
 
 /// Pending bytes in the ring buffer above which the reader is woken at once.
@@ -156,7 +156,14 @@ fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
             return 0;
         }
     }
-    let entry = InFlight { api: api as u16, depth: 1, _pad: 0, size, arg, ptr };
+    let entry = InFlight {
+        api: api as u16,
+        depth: 1,
+        _pad: 0,
+        size,
+        arg,
+        ptr,
+    };
     if INFLIGHT.insert(&key, &entry, 0).is_err() {
         count(counters::INFLIGHT_MAP_FULL);
     }
@@ -185,12 +192,22 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Reallocarray, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+    alloc_enter(
+        AllocApi::Reallocarray,
+        arg(&ctx, 2),
+        arg(&ctx, 1),
+        arg(&ctx, 0),
+    )
 }
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::PosixMemalign, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+    alloc_enter(
+        AllocApi::PosixMemalign,
+        arg(&ctx, 2),
+        arg(&ctx, 1),
+        arg(&ctx, 0),
+    )
 }
 
 #[uprobe]
@@ -257,7 +274,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let call = *f;
     let _ = INFLIGHT.remove(&key);
     let ret: u64 = ctx.ret::<u64>();
-    let Some(api) = AllocApi::from_u16(call.api) else { return 0 };
+    let Some(api) = AllocApi::from_u16(call.api) else {
+        return 0;
+    };
 
     let (kind, addr) = match api {
         AllocApi::PosixMemalign => {
@@ -298,7 +317,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         }
     };
 
-    let Some(ev) = scratch(kind, api as u16) else { return 0 };
+    let Some(ev) = scratch(kind, api as u16) else {
+        return 0;
+    };
     ev.header.addr = addr;
     ev.header.size = call.size;
     ev.header.arg = call.arg;
@@ -343,8 +364,14 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             if let Some(slot) = syscalls::slot(nr) {
                 count(counters::SYSCALLS + slot);
             }
-            let kind = if nr == syscalls::MUNMAP { EventKind::Munmap } else { EventKind::FdClose };
-            let Some(ev) = scratch(kind, nr as u16) else { return 0 };
+            let kind = if nr == syscalls::MUNMAP {
+                EventKind::Munmap
+            } else {
+                EventKind::FdClose
+            };
+            let Some(ev) = scratch(kind, nr as u16) else {
+                return 0;
+            };
             ev.header.addr = reg(regs, regs::DI);
             ev.header.size = reg(regs, regs::SI);
             submit(ev);
@@ -362,7 +389,10 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             reg(regs, regs::R8),
         ],
     };
-    if SYSCALL_ARGS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
+    if SYSCALL_ARGS
+        .insert(&bpf_get_current_pid_tgid(), &saved, 0)
+        .is_err()
+    {
         count(counters::INFLIGHT_SYSCALL_MAP_FULL);
     }
     0
@@ -390,7 +420,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let key = bpf_get_current_pid_tgid();
-    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return 0 };
+    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else {
+        return 0;
+    };
     let _ = SYSCALL_ARGS.remove(&key);
     let regs: *const u8 = ctx.arg(0);
     let ret: u64 = ctx.arg(1);
@@ -404,7 +436,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let nr16 = saved.nr as u16;
     match saved.nr {
         syscalls::MMAP => {
-            let Some(ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
+            let Some(ev) = scratch(EventKind::Mmap, nr16) else {
+                return 0;
+            };
             ev.header.addr = ret;
             ev.header.size = a[1];
             ev.header.arg = a[3];
@@ -412,7 +446,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             submit_with_stack(&ctx, regs, ev);
         }
         syscalls::MREMAP => {
-            let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
+            let Some(ev) = scratch(EventKind::Mremap, nr16) else {
+                return 0;
+            };
             ev.header.old_addr = a[0];
             ev.header.old_size = a[1];
             ev.header.size = a[2];
@@ -421,13 +457,17 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             submit_with_stack(&ctx, regs, ev);
         }
         syscalls::BRK => {
-            let Some(ev) = scratch(EventKind::Brk, nr16) else { return 0 };
+            let Some(ev) = scratch(EventKind::Brk, nr16) else {
+                return 0;
+            };
             ev.header.addr = ret;
             ev.header.size = a[0];
             submit_with_stack(&ctx, regs, ev);
         }
         syscalls::SOCKET | syscalls::ACCEPT | syscalls::ACCEPT4 => {
-            let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+            let Some(ev) = scratch(EventKind::FdOpen, nr16) else {
+                return 0;
+            };
             ev.header.addr = ret;
             ev.header.arg = HandleKind::Socket as u64;
             if saved.nr == syscalls::SOCKET {
@@ -439,7 +479,9 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             let Ok(fds) = (unsafe { bpf_probe_read_user(a[3] as *const [i32; 2]) }) else {
                 return 0;
             };
-            let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+            let Some(ev) = scratch(EventKind::FdOpen, nr16) else {
+                return 0;
+            };
             ev.header.addr = fds[0] as u64;
             ev.header.old_addr = fds[1] as u64;
             ev.header.arg = HandleKind::Socket as u64;

@@ -25,7 +25,10 @@ pub struct Collector {
     /// Frame locations of each interned stack, innermost first.
     locations: Vec<Vec<Location>>,
     /// The call (allocator entry point or syscall) that allocated at each stack.
-    api: Vec<&'static str>,
+    api: Vec<String>,
+    /// Extra names of probed allocator entry points that other exported
+    /// symbols alias (same address), e.g. glibc's memalign = aligned_alloc.
+    aliases: HashMap<AllocApi, Vec<&'static str>>,
     spaces: HashMap<u32, AddressSpace>,
     pub events_received: u64,
     pub undecodable_events: u64,
@@ -41,15 +44,6 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
     }
 }
 
-fn api_name(ev: &RawEvent) -> &'static str {
-    match ev.kind {
-        EventKind::Alloc | EventKind::Realloc | EventKind::Free => {
-            AllocApi::from_u16(ev.header.api).map_or("?", AllocApi::symbol)
-        }
-        _ => syscalls::TRACED.iter().find(|(nr, _)| *nr == ev.header.api as u64).map_or("?", |(_, n)| *n),
-    }
-}
-
 impl Collector {
     /// Registers a process about to be profiled, with its current mappings.
     pub fn add_process(&mut self, pid: u32, maps: ProcessMaps, initial_brk: Option<u64>) {
@@ -59,8 +53,34 @@ impl Collector {
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
     }
 
+    /// Records that `alias` is the same function as the probed `api`.
+    pub fn add_alias(&mut self, api: AllocApi, alias: AllocApi) {
+        self.aliases.entry(api).or_default().push(alias.symbol());
+    }
+
+    fn api_name(&self, ev: &RawEvent) -> String {
+        match ev.kind {
+            EventKind::Alloc | EventKind::Realloc | EventKind::Free => {
+                match AllocApi::from_u16(ev.header.api) {
+                    Some(api) => std::iter::once(api.symbol())
+                        .chain(self.aliases.get(&api).into_iter().flatten().copied())
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    None => "?".to_string(),
+                }
+            }
+            _ => syscalls::TRACED
+                .iter()
+                .find(|(nr, _)| *nr == ev.header.api as u64)
+                .map_or("?", |(_, n)| *n)
+                .to_string(),
+        }
+    }
+
     fn space(&mut self, tgid: u32) -> &mut AddressSpace {
-        self.spaces.entry(tgid).or_insert_with(|| AddressSpace::new(tgid, ProcessMaps::read(tgid).unwrap_or_default()))
+        self.spaces
+            .entry(tgid)
+            .or_insert_with(|| AddressSpace::new(tgid, ProcessMaps::read(tgid).unwrap_or_default()))
     }
 
     fn intern(&mut self, ev: &RawEvent, syscall: bool) -> StackId {
@@ -79,7 +99,8 @@ impl Collector {
             let space = self.space(tgid);
             let locs = frames.iter().map(|&a| space.locate(a)).collect();
             self.locations.push(locs);
-            self.api.push(api_name(ev));
+            let name = self.api_name(ev);
+            self.api.push(name);
         }
         id
     }
@@ -94,26 +115,56 @@ impl Collector {
         let h = ev.header;
         let op = match ev.kind {
             EventKind::Alloc => {
-                let Some(api) = AllocApi::from_u16(h.api) else { return };
+                let Some(api) = AllocApi::from_u16(h.api) else {
+                    return;
+                };
                 let stack = self.intern(&ev, false);
-                Op::Alloc { addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
+                Op::Alloc {
+                    addr: h.addr,
+                    size: requested_bytes(api, h.size, h.arg),
+                    stack,
+                }
             }
             EventKind::Realloc => {
-                let Some(api) = AllocApi::from_u16(h.api) else { return };
+                let Some(api) = AllocApi::from_u16(h.api) else {
+                    return;
+                };
                 let stack = self.intern(&ev, false);
-                Op::Realloc { old: h.old_addr, addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
+                Op::Realloc {
+                    old: h.old_addr,
+                    addr: h.addr,
+                    size: requested_bytes(api, h.size, h.arg),
+                    stack,
+                }
             }
             EventKind::Free => Op::Free { addr: h.addr },
             EventKind::Mmap => {
                 let stack = self.intern(&ev, true);
-                Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
+                Op::Map {
+                    addr: h.addr,
+                    len: h.size,
+                    file_backed: h.arg & MAP_ANONYMOUS == 0,
+                    stack,
+                }
             }
-            EventKind::Munmap => Op::Unmap { addr: h.addr, len: h.size },
+            EventKind::Munmap => Op::Unmap {
+                addr: h.addr,
+                len: h.size,
+            },
             EventKind::Mremap => {
                 let stack = self.intern(&ev, true);
-                Op::Remap { old: h.old_addr, old_len: h.old_size, addr: h.addr, len: h.size, stack }
+                Op::Remap {
+                    old: h.old_addr,
+                    old_len: h.old_size,
+                    addr: h.addr,
+                    len: h.size,
+                    stack,
+                }
             }
-            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, true) },
+            EventKind::Brk => Op::Brk {
+                brk: h.addr,
+                stack: self.intern(&ev, true),
+            },
             EventKind::FdOpen => {
                 let kind = match h.arg {
                     x if x == HandleKind::Socket as u64 => Kind::Sockets,
@@ -121,9 +172,21 @@ impl Collector {
                 };
                 let stack = self.intern(&ev, true);
                 if h.api as u64 == syscalls::SOCKETPAIR {
-                    self.ledger.apply(h.tgid, h.ts_ns, Op::OpenHandle { fd: h.old_addr, kind, stack });
+                    self.ledger.apply(
+                        h.tgid,
+                        h.ts_ns,
+                        Op::OpenHandle {
+                            fd: h.old_addr,
+                            kind,
+                            stack,
+                        },
+                    );
                 }
-                Op::OpenHandle { fd: h.addr, kind, stack }
+                Op::OpenHandle {
+                    fd: h.addr,
+                    kind,
+                    stack,
+                }
             }
             EventKind::FdClose => Op::CloseHandle { fd: h.addr },
         };
@@ -136,11 +199,14 @@ impl Collector {
         let mut by_pid: HashMap<u32, Vec<Location>> = HashMap::new();
         for (site, _) in &sites {
             let (tgid, _) = self.stacks.get(site.stack);
-            by_pid.entry(tgid).or_default().extend(self.locations[site.stack as usize].iter().cloned());
+            by_pid
+                .entry(tgid)
+                .or_default()
+                .extend(self.locations[site.stack as usize].iter().cloned());
         }
         let mut names = HashMap::new();
         for (pid, mut locs) in by_pid {
-            locs.sort_by_key(|l| format!("{l:?}"));
+            locs.sort_unstable();
             locs.dedup();
             names.extend(symbols.resolve(pid, &locs));
         }
@@ -160,14 +226,20 @@ impl Collector {
                     bytes: if site.kind.is_memory() { o.bytes } else { 0 },
                     count: o.count,
                     mean_age_s: o.mean_age_ns(now_ns) as f64 / 1e9,
-                    api: self.api[site.stack as usize].to_string(),
+                    api: self.api[site.stack as usize].clone(),
                     frames,
                 }
             })
             .collect();
         entries.sort_by(|a, b| {
-            (Kind::ALL.iter().position(|k| k.name() == a.kind), std::cmp::Reverse((a.bytes, a.count)))
-                .cmp(&(Kind::ALL.iter().position(|k| k.name() == b.kind), std::cmp::Reverse((b.bytes, b.count))))
+            (
+                Kind::ALL.iter().position(|k| k.name() == a.kind),
+                std::cmp::Reverse((a.bytes, a.count)),
+            )
+                .cmp(&(
+                    Kind::ALL.iter().position(|k| k.name() == b.kind),
+                    std::cmp::Reverse((b.bytes, b.count)),
+                ))
         });
         entries
     }

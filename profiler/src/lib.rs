@@ -7,9 +7,9 @@
 //! JSON, folded stacks and flamegraphs). `record` drives a whole session;
 //! `target` finds, launches and watches the profiled process.
 
-pub mod ledger;
 pub mod collector;
 pub mod events;
+pub mod ledger;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use profiler::record::{record, RecordOptions, TargetSpec};
 
 #[derive(Parser)]
-#[command(name = "profiler", version, about = "eBPF leak profiler: outstanding memory and handles by call stack")]
+#[command(
+    name = "profiler",
+    version,
+    about = "eBPF leak profiler: outstanding memory and handles by call stack"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,14 +24,21 @@ enum Command {
     /// Ends when the target exits, after --duration, or on Ctrl-C / SIGTERM; in
     /// every case the complete report is written: report.txt, report.json and,
     /// per kind with anything outstanding, <kind>.folded and <kind>.svg.
-    #[command(after_help = "Examples:\n  profiler record --pid 1234 --duration 60\n  profiler record -- ./my-program --its-args")]
+    #[command(
+        after_help = "Examples:\n  profiler record --pid 1234 --duration 60\n  profiler record -- ./my-program --its-args"
+    )]
     Record(RecordArgs),
 }
 
 #[derive(Args)]
 struct RecordArgs {
     /// Attach to this running process.
-    #[arg(long, short, conflicts_with = "command", required_unless_present = "command")]
+    #[arg(
+        long,
+        short,
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
     pid: Option<u32>,
 
     /// Stop after this many seconds.

@@ -23,6 +23,8 @@ pub struct Probes {
     pub attached: Vec<String>,
     /// Allocator entry points that could not be probed, with the reason.
     pub skipped: Vec<String>,
+    /// (probed entry point, alias at the same address that was not probed separately).
+    pub aliases: Vec<(AllocApi, AllocApi)>,
 }
 
 impl Probes {
@@ -34,14 +36,21 @@ impl Probes {
             .map_max_entries("EVENTS", ringbuf_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
-        Ok(Self { ebpf, attached: Vec::new(), skipped: Vec::new() })
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            skipped: Vec::new(),
+            aliases: Vec::new(),
+        })
     }
 
     /// Adds a process to the in-kernel filter.
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         let mut targets: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
-        targets.insert(tgid, 1, 0).context("adding the target to the filter map")?;
+        targets
+            .insert(tgid, 1, 0)
+            .context("adding the target to the filter map")?;
         Ok(())
     }
 
@@ -49,7 +58,8 @@ impl Probes {
         for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
             let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
-            p.attach(tp).with_context(|| format!("attaching raw tracepoint {tp}"))?;
+            p.attach(tp)
+                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
             self.attached.push(format!("raw_tracepoint:{tp}"));
         }
         Ok(())
@@ -61,7 +71,8 @@ impl Probes {
     /// probes at one address would count each call twice.
     pub fn attach_allocator(&mut self, libc: &Path, pid: u32) -> Result<()> {
         let data = std::fs::read(libc).with_context(|| format!("reading {}", libc.display()))?;
-        let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
+        let elf =
+            object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
         let mut address_of = BTreeMap::new();
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if let Ok(name) = sym.name() {
@@ -75,26 +86,41 @@ impl Probes {
         for api in ALLOC_APIS {
             let name = api.symbol();
             let Some(&addr) = address_of.get(name) else {
-                self.skipped.push(format!("{name}: not exported by {}", libc.display()));
+                self.skipped
+                    .push(format!("{name}: not exported by {}", libc.display()));
                 continue;
             };
             if let Some(first) = probed_at.get(&addr) {
-                self.skipped.push(format!("{name}: alias of {} (same address)", first.symbol()));
+                self.skipped.push(format!(
+                    "{name}: alias of {} (same address), counted there",
+                    first.symbol()
+                ));
+                self.aliases.push((*first, api));
                 continue;
             }
             probed_at.insert(addr, api);
             let entry = format!("{name}_enter");
-            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(&entry)
+                .context(entry.clone())?
+                .try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
-            p.attach(name, libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
+            p.attach(name, libc, scope)
+                .with_context(|| format!("attaching uprobe {name}"))?;
             if api != AllocApi::Free {
-                let r: &mut UProbe = self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
+                let r: &mut UProbe = self
+                    .ebpf
+                    .program_mut("alloc_return")
+                    .context("alloc_return")?
+                    .try_into()?;
                 if r.fd().is_err() {
                     r.load()?;
                 }
-                r.attach(name, libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
+                r.attach(name, libc, scope)
+                    .with_context(|| format!("attaching uretprobe {name}"))?;
                 self.attached.push(format!("uprobe+uretprobe:{name}"));
             } else {
                 self.attached.push(format!("uprobe:{name}"));
@@ -104,12 +130,15 @@ impl Probes {
     }
 
     pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
+        Ok(RingBuf::try_from(
+            self.ebpf.take_map("EVENTS").context("EVENTS map")?,
+        )?)
     }
 
     /// Kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counters::COUNT]> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS map")?)?;
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS map")?)?;
         let mut out = [0u64; counters::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();

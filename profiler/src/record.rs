@@ -65,14 +65,21 @@ fn default_output(spec: &TargetSpec) -> PathBuf {
         TargetSpec::Pid(pid) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|s| format!("{}-{pid}", s.trim()))
             .unwrap_or_else(|_| pid.to_string()),
-        TargetSpec::Command(argv) => Path::new(&argv[0]).file_name().unwrap_or_default().to_string_lossy().into_owned(),
+        TargetSpec::Command(argv) => Path::new(&argv[0])
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned(),
     };
     let ts = chrono_like_timestamp();
     PathBuf::from(format!("profile-{name}-{ts}"))
 }
 
 fn chrono_like_timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     // Civil-from-days (Howard Hinnant), UTC.
     let z = days as i64 + 719468;
@@ -84,7 +91,12 @@ fn chrono_like_timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn monotonic_ns() -> u64 {
@@ -97,23 +109,31 @@ fn monotonic_ns() -> u64 {
 fn watch<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its fd and is moved into the AsyncFd, which
     // deregisters it before dropping it.
-    unsafe { AsyncFd::register(inner) }.map_err(|e| anyhow::anyhow!("registering with the reactor: {}", e.into_parts().1))
+    unsafe { AsyncFd::register(inner) }
+        .map_err(|e| anyhow::anyhow!("registering with the reactor: {}", e.into_parts().1))
 }
 
 enum Target {
-    Attached { pidfd: AsyncFd<std::os::fd::OwnedFd> },
+    Attached {
+        pidfd: AsyncFd<std::os::fd::OwnedFd>,
+    },
     Launched(launch::Launched),
 }
 
 pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::require_root()?;
     preflight::require_btf()?;
-    let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
+    let output = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&opts.target));
     preflight::prepare_output_dir(&output)?;
     if let TargetSpec::Pid(pid) = opts.target {
         ProcessInfo::inspect(pid)?; // clear error before anything else happens
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(opts, output))
 }
 
@@ -149,13 +169,22 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut ring = watch(probes.take_ringbuf()?)?;
     let mut collector = Collector::default();
     let initial_brk = match &target {
-        Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
+        Target::Attached { .. } => info
+            .maps
+            .heap_end()
+            .or_else(|| preflight::start_brk(info.pid)),
         Target::Launched(_) => preflight::start_brk(info.pid),
     };
     collector.add_process(info.pid, info.maps.clone(), initial_brk);
+    for (api, alias) in &probes.aliases {
+        collector.add_alias(*api, *alias);
+    }
 
     let started = Instant::now();
-    let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let started_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let mode = match &target {
         Target::Attached { .. } => "attach",
         Target::Launched(l) => {
@@ -239,12 +268,25 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     }
 
     let kernel = probes.counters()?;
-    let report = build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
+    let report = build_report(
+        &collector,
+        &probes,
+        &kernel,
+        &info,
+        mode,
+        started_at,
+        started.elapsed(),
+        end_reason,
+    );
     let written = write_outputs(&report, &output, opts.top);
 
     // Only now may the target go: its address space was needed for the report.
     if let Target::Launched(l) = &mut target {
-        let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
+        let _ = l.control.send(if held_at_exit {
+            Control::Release
+        } else {
+            Control::Detach
+        });
         l.join();
     }
     drop(ring);
@@ -253,7 +295,17 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     if opts.print_summary {
         print!("{}", text::render(&report, opts.top));
     }
-    eprintln!("wrote {}", output.display());
+    let flamegraphs: Vec<String> = report
+        .totals
+        .keys()
+        .filter(|k| !flame::folded(&report, k).is_empty())
+        .map(|k| format!("{k}.svg"))
+        .collect();
+    eprintln!(
+        "wrote {} (report.txt, report.json; flamegraphs: {})",
+        output.display(),
+        flamegraphs.join(", ")
+    );
     Ok(Recorded { report, output })
 }
 
@@ -274,12 +326,21 @@ fn build_report(
         .map(|k| {
             let o = collector.ledger.total(*k);
             let bytes = if k.is_memory() { o.bytes } else { 0 };
-            (k.name().to_string(), Total { bytes, count: o.count })
+            (
+                k.name().to_string(),
+                Total {
+                    bytes,
+                    count: o.count,
+                },
+            )
         })
         .collect();
     let mut calls_seen = std::collections::BTreeMap::new();
     for api in ALLOC_APIS {
-        calls_seen.insert(api.symbol().to_string(), kernel[counters::API_CALLS + api as usize]);
+        calls_seen.insert(
+            api.symbol().to_string(),
+            kernel[counters::API_CALLS + api as usize],
+        );
     }
     for (i, (_, name)) in syscalls::TRACED.iter().enumerate() {
         calls_seen.insert(name.to_string(), kernel[counters::SYSCALLS + i]);
@@ -320,7 +381,8 @@ fn build_report(
 /// `<kind>.folded` and `<kind>.svg`.
 pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
     let write = |name: &str, data: &[u8]| {
-        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
+        std::fs::write(dir.join(name), data)
+            .with_context(|| format!("writing {}", dir.join(name).display()))
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
@@ -329,7 +391,10 @@ pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
         if lines.is_empty() {
             continue;
         }
-        write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
+        write(
+            &format!("{kind}.folded"),
+            (lines.join("\n") + "\n").as_bytes(),
+        )?;
         write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
     }
     Ok(())

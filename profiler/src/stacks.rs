@@ -40,18 +40,10 @@ impl StackTable {
         let (tgid, frames) = &self.stacks[id as usize];
         (*tgid, frames)
     }
-
-    pub fn len(&self) -> usize {
-        self.stacks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stacks.is_empty()
-    }
 }
 
 /// Where a code address lives.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Location {
     /// Inside a mapped file, at this file offset.
     File { path: Arc<str>, offset: u64 },
@@ -99,7 +91,10 @@ impl AddressSpace {
     }
 
     fn intern_path(&mut self, path: &str) -> Arc<str> {
-        self.paths.entry(path.to_string()).or_insert_with(|| Arc::from(path)).clone()
+        self.paths
+            .entry(path.to_string())
+            .or_insert_with(|| Arc::from(path))
+            .clone()
     }
 
     /// Re-reads `/proc/PID/maps` (no-op once the process is gone).
@@ -113,15 +108,27 @@ impl AddressSpace {
         if let Some(loc) = self.cache.get(&addr) {
             return loc.clone();
         }
-        if self.maps.find(addr).is_none() && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
+        if self.maps.find(addr).is_none()
+            && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL)
+        {
             self.refresh();
         }
         let loc = match self.maps.find(addr).cloned() {
             Some(m) => match m.file() {
-                Some(path) => Location::File { path: self.intern_path(path), offset: m.file_offset(addr) },
+                Some(path) => Location::File {
+                    path: self.intern_path(path),
+                    offset: m.file_offset(addr),
+                },
                 None => {
-                    let name = if m.name.is_empty() { "[anon]" } else { m.name.as_str() };
-                    Location::Anonymous { name: self.intern_path(name), addr }
+                    let name = if m.name.is_empty() {
+                        "[anon]"
+                    } else {
+                        m.name.as_str()
+                    };
+                    Location::Anonymous {
+                        name: self.intern_path(name),
+                        addr,
+                    }
                 }
             },
             None => Location::Unmapped { addr },
@@ -133,7 +140,9 @@ impl AddressSpace {
     /// Whether `addr` lies in the process's C library.
     pub fn in_libc(&mut self, addr: u64) -> bool {
         match (self.locate(addr), &self.libc) {
-            (Location::File { path, .. }, Some(libc)) => Arc::ptr_eq(&path, libc) || *path == **libc,
+            (Location::File { path, .. }, Some(libc)) => {
+                Arc::ptr_eq(&path, libc) || *path == **libc
+            }
             _ => false,
         }
     }
@@ -141,17 +150,23 @@ impl AddressSpace {
     /// Whether `addr` is plausibly a return address: it is in executable
     /// file-backed code and the bytes before it encode a `call`.
     pub fn is_return_address(&mut self, addr: u64) -> bool {
-        let Some(m) = self.maps.find(addr).cloned() else { return false };
+        let Some(m) = self.maps.find(addr).cloned() else {
+            return false;
+        };
         if !m.executable {
             return false;
         }
-        let Location::File { path, offset } = self.locate(addr) else { return false };
+        let Location::File { path, offset } = self.locate(addr) else {
+            return false;
+        };
         if offset < 7 {
             return false;
         }
         let pid = self.pid;
         let file = self.files.entry(path.clone()).or_insert_with(|| {
-            File::open(format!("/proc/{pid}/root{path}")).or_else(|_| File::open(&*path)).ok()
+            File::open(format!("/proc/{pid}/root{path}"))
+                .or_else(|_| File::open(&*path))
+                .ok()
         });
         let mut before = [0u8; 7];
         match file {
@@ -184,7 +199,11 @@ pub fn repair_syscall_stack(frames: &[u64], hints: &[u64], space: &mut AddressSp
     if out.is_empty() {
         return out;
     }
-    if let Some(ret) = hints.iter().copied().find(|&w| w != 0 && space.is_return_address(w)) {
+    if let Some(ret) = hints
+        .iter()
+        .copied()
+        .find(|&w| w != 0 && space.is_return_address(w))
+    {
         if out.get(1) != Some(&ret) {
             out.insert(1, ret);
         }

@@ -17,6 +17,10 @@ impl<V> Piece<V> {
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
 }
 
 /// Disjoint ranges keyed by start address.
@@ -27,7 +31,9 @@ pub struct IntervalMap<V> {
 
 impl<V> Default for IntervalMap<V> {
     fn default() -> Self {
-        Self { ranges: BTreeMap::new() }
+        Self {
+            ranges: BTreeMap::new(),
+        }
     }
 }
 
@@ -62,7 +68,11 @@ impl<V: Clone> IntervalMap<V> {
             if e > end {
                 self.ranges.insert(end, (e, value.clone()));
             }
-            removed.push(Piece { start: s.max(start), end: e.min(end), value });
+            removed.push(Piece {
+                start: s.max(start),
+                end: e.min(end),
+                value,
+            });
         }
         removed
     }
@@ -77,7 +87,11 @@ impl<V: Clone> IntervalMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Piece<&V>> {
-        self.ranges.iter().map(|(s, (e, v))| Piece { start: *s, end: *e, value: v })
+        self.ranges.iter().map(|(s, (e, v))| Piece {
+            start: *s,
+            end: *e,
+            value: v,
+        })
     }
 
     pub fn total_len(&self) -> u64 {
@@ -102,8 +116,18 @@ mod tests {
         let mut m = IntervalMap::new();
         m.insert(0x1000, 0x5000, 'a');
         let removed = m.remove(0x2000, 0x3000);
-        assert_eq!(removed, vec![Piece { start: 0x2000, end: 0x3000, value: 'a' }]);
-        assert_eq!(spans(&m), vec![(0x1000, 0x2000, 'a'), (0x3000, 0x5000, 'a')]);
+        assert_eq!(
+            removed,
+            vec![Piece {
+                start: 0x2000,
+                end: 0x3000,
+                value: 'a'
+            }]
+        );
+        assert_eq!(
+            spans(&m),
+            vec![(0x1000, 0x2000, 'a'), (0x3000, 0x5000, 'a')]
+        );
         assert_eq!(m.total_len(), 0x3000);
     }
 
@@ -125,7 +149,10 @@ mod tests {
         let removed = m.remove(0x1800, 0x5800);
         let lens: u64 = removed.iter().map(Piece::len).sum();
         assert_eq!(lens, 0x800 + 0x1000 + 0x800);
-        assert_eq!(spans(&m), vec![(0x1000, 0x1800, 'a'), (0x5800, 0x6000, 'c')]);
+        assert_eq!(
+            spans(&m),
+            vec![(0x1000, 0x1800, 'a'), (0x5800, 0x6000, 'c')]
+        );
     }
 
     #[test]
@@ -145,7 +172,11 @@ mod tests {
         assert_eq!(replaced.len(), 1);
         assert_eq!(
             spans(&m),
-            vec![(0x1000, 0x2000, 'a'), (0x2000, 0x3000, 'b'), (0x3000, 0x4000, 'a')]
+            vec![
+                (0x1000, 0x2000, 'a'),
+                (0x2000, 0x3000, 'b'),
+                (0x3000, 0x4000, 'a')
+            ]
         );
     }
 }

@@ -10,8 +10,16 @@ const FRAMES_SHOWN: usize = 16;
 pub fn render(report: &Report, top: usize) -> String {
     let mut s = String::new();
     let t = &report.target;
-    let _ = writeln!(s, "Leak report for pid {} ({}), {} mode", t.pid, t.command, t.mode);
-    let _ = writeln!(s, "Recorded {:.1}s; ended: {}", report.duration_s, report.end_reason);
+    let _ = writeln!(
+        s,
+        "Leak report for pid {} ({}), {} mode",
+        t.pid, t.command, t.mode
+    );
+    let _ = writeln!(
+        s,
+        "Recorded {:.1}s; ended: {}",
+        report.duration_s, report.end_reason
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "Outstanding when recording ended:");
     if report.totals.values().all(|t| t.count == 0) {
@@ -24,7 +32,12 @@ pub fn render(report: &Report, top: usize) -> String {
         if Report::is_handle_kind(kind) {
             let _ = writeln!(s, "  {kind:<10} {:>12} open handles", total.count);
         } else {
-            let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
+            let _ = writeln!(
+                s,
+                "  {kind:<10} {:>12} in {} blocks",
+                human_bytes(total.bytes),
+                total.count
+            );
         }
     }
     for kind in report.totals.keys() {
@@ -40,7 +53,13 @@ pub fn render(report: &Report, top: usize) -> String {
             } else {
                 format!("{} in {} blocks", human_bytes(e.bytes), e.count)
             };
-            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s", i + 1, e.api, e.mean_age_s);
+            let _ = writeln!(
+                s,
+                "  #{} {what} via {}, mean age {:.1}s",
+                i + 1,
+                e.api,
+                e.mean_age_s
+            );
             if e.frames.is_empty() {
                 let _ = writeln!(s, "      [stack unavailable]");
             }
@@ -60,7 +79,11 @@ pub fn render(report: &Report, top: usize) -> String {
     let a = &report.accuracy;
     let _ = writeln!(s);
     let _ = writeln!(s, "Accuracy:");
-    let calls: Vec<String> = a.calls_seen.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let calls: Vec<String> = a
+        .calls_seen
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let _ = writeln!(s, "  calls seen: {}", calls.join(" "));
     let _ = writeln!(
         s,

@@ -5,11 +5,7 @@
 //! written. All ptrace calls happen on one dedicated thread, the tracer.
 
 use std::{
-    ffi::OsString,
-    os::unix::process::CommandExt,
-    process::Command,
-    sync::mpsc,
-    thread,
+    ffi::OsString, os::unix::process::CommandExt, process::Command, sync::mpsc, thread,
     time::Duration,
 };
 
@@ -84,8 +80,15 @@ pub fn launch(argv: &[OsString]) -> Result<Launched> {
             let _ = ready_tx.send(ProcessInfo::inspect(child.as_raw() as u32));
             trace(child, control_rx, event_tx);
         })?;
-    let info = ready_rx.recv().map_err(|_| anyhow!("tracer thread died"))??;
-    Ok(Launched { info, control: control_tx, events: event_rx, thread: Some(thread) })
+    let info = ready_rx
+        .recv()
+        .map_err(|_| anyhow!("tracer thread died"))??;
+    Ok(Launched {
+        info,
+        control: control_tx,
+        events: event_rx,
+        thread: Some(thread),
+    })
 }
 
 fn start_stopped(argv: &[OsString]) -> Result<Pid> {
@@ -96,13 +99,21 @@ fn start_stopped(argv: &[OsString]) -> Result<Pid> {
     unsafe {
         cmd.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
     }
-    let child = cmd.spawn().with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
     let pid = Pid::from_raw(child.id() as i32);
     match waitpid(pid, None)? {
         WaitStatus::Stopped(_, Signal::SIGTRAP) => {}
-        other => bail!("{} did not stop at exec: {other:?}", program.to_string_lossy()),
+        other => bail!(
+            "{} did not stop at exec: {other:?}",
+            program.to_string_lossy()
+        ),
     }
-    ptrace::setoptions(pid, Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL)?;
+    ptrace::setoptions(
+        pid,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL,
+    )?;
     if let Err(e) = run_until_libc_mapped(pid) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
@@ -121,7 +132,9 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     let rip = ptrace::getregs(pid)?.rip;
     let loader = maps.find(rip).and_then(|m| m.file()).map(str::to_string);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let no_libc = || anyhow!("no C library: the program is statically linked or does not use libc, so the allocator probes have nothing to attach to");
+    let no_libc = || {
+        anyhow!("no C library: the program is statically linked or does not use libc, so the allocator probes have nothing to attach to")
+    };
     match (&loader, &exe) {
         (Some(l), Some(e)) if std::path::Path::new(l) != e.as_path() => {}
         _ => return Err(no_libc()),
@@ -143,7 +156,9 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
                 }
                 at_exit = !at_exit;
             }
-            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => bail!("exited before its C library was loaded"),
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                bail!("exited before its C library was loaded")
+            }
             WaitStatus::PtraceEvent(_, _, _) => bail!("exited before its C library was loaded"),
             _ => {}
         }
@@ -151,7 +166,11 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
 }
 
 /// The tracer loop after setup: forward signals, hold the exit, obey controls.
-fn trace(pid: Pid, control: mpsc::Receiver<Control>, events: tokio::sync::mpsc::UnboundedSender<TargetEvent>) {
+fn trace(
+    pid: Pid,
+    control: mpsc::Receiver<Control>,
+    events: tokio::sync::mpsc::UnboundedSender<TargetEvent>,
+) {
     match control.recv() {
         Ok(Control::Resume) => {}
         _ => {
@@ -205,7 +224,9 @@ fn trace(pid: Pid, control: mpsc::Receiver<Control>, events: tokio::sync::mpsc::
                 // Hold the exit until the report is written (or we are told to go).
                 loop {
                     match control.recv() {
-                        Ok(Control::Release) | Ok(Control::Detach) | Ok(Control::Kill) | Err(_) => break,
+                        Ok(Control::Release) | Ok(Control::Detach) | Ok(Control::Kill) | Err(_) => {
+                            break
+                        }
                         Ok(Control::Resume) => {}
                     }
                 }
