@@ -13,10 +13,7 @@ fn main() {
     match fs::read(&object) {
         Ok(bytes) => fs::write(&out, bytes).unwrap(),
         Err(_) => {
-            println!(
-                "cargo:warning=eBPF object {} not found; run `cargo xtask build`",
-                object.display()
-            );
+            println!("cargo:warning=eBPF object {} not found; run `cargo xtask build`", object.display());
             fs::write(&out, []).unwrap();
         }
     }

@@ -32,10 +32,7 @@ const SOCKET_LEAKS: [(&str, u64); 2] = [("leak_sockets", 3), ("leak_socketpair",
 const CONTROLS: [&str; 3] = ["control_heap", "control_mmap", "control_sockets"];
 
 fn require_root() {
-    assert!(
-        nix_is_root(),
-        "these tests load eBPF programs and must run as root: use `cargo xtask test`"
-    );
+    assert!(nix_is_root(), "these tests load eBPF programs and must run as root: use `cargo xtask test`");
 }
 
 fn nix_is_root() -> bool {
@@ -50,18 +47,10 @@ fn tmp() -> PathBuf {
 }
 
 fn compile(source: &str, out: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(source);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(source);
     let exe = tmp().join(out);
     let st = Command::new("cc")
-        .args([
-            "-O1",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-fno-inline",
-            "-pthread",
-        ])
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread"])
         .args(extra)
         .arg("-o")
         .arg(&exe)
@@ -96,8 +85,7 @@ fn folded_by_leaf(dir: &Path, kind: &str) -> BTreeMap<String, u64> {
 }
 
 fn report_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json"))
-        .expect("valid JSON")
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json")).expect("valid JSON")
 }
 
 /// Blocks per leaf function of one kind, from report.json.
@@ -105,10 +93,7 @@ fn blocks_by_leaf(report: &serde_json::Value, kind: &str) -> BTreeMap<String, u6
     let mut out = BTreeMap::new();
     for e in report["stacks"].as_array().unwrap() {
         if e["kind"] == kind {
-            let leaf = e["frames"][0]["function"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
+            let leaf = e["frames"][0]["function"].as_str().unwrap_or("").to_string();
             *out.entry(leaf).or_default() += e["count"].as_u64().unwrap();
         }
     }
@@ -120,94 +105,52 @@ fn assert_ground_truth(dir: &Path) {
     let report = report_json(dir);
     let blocks = blocks_by_leaf(&report, "heap");
     for (f, bytes, n) in HEAP_LEAKS {
-        assert_eq!(
-            heap.get(f),
-            Some(&bytes),
-            "heap bytes of {f}; heap.folded sums: {heap:?}"
-        );
+        assert_eq!(heap.get(f), Some(&bytes), "heap bytes of {f}; heap.folded sums: {heap:?}");
         assert_eq!(blocks.get(f), Some(&n), "heap blocks of {f}");
     }
     let mmap = folded_by_leaf(dir, "mmap");
     for (f, bytes) in MMAP_LEAKS {
-        assert_eq!(
-            mmap.get(f),
-            Some(&bytes),
-            "mmap bytes of {f}; mmap.folded sums: {mmap:?}"
-        );
+        assert_eq!(mmap.get(f), Some(&bytes), "mmap bytes of {f}; mmap.folded sums: {mmap:?}");
     }
     let sockets = folded_by_leaf(dir, "sockets");
     for (f, n) in SOCKET_LEAKS {
-        assert_eq!(
-            sockets.get(f),
-            Some(&n),
-            "open sockets of {f}; sockets.folded sums: {sockets:?}"
-        );
+        assert_eq!(sockets.get(f), Some(&n), "open sockets of {f}; sockets.folded sums: {sockets:?}");
     }
     for kind in ["heap", "mmap", "file-mmap", "brk", "sockets"] {
         let text = std::fs::read_to_string(dir.join(format!("{kind}.folded"))).unwrap_or_default();
         for control in CONTROLS {
-            assert!(
-                !text.contains(control),
-                "non-leaking {control} appears in {kind}.folded:\n{text}"
-            );
+            assert!(!text.contains(control), "non-leaking {control} appears in {kind}.folded:\n{text}");
         }
     }
     let acc = &report["accuracy"];
     assert_eq!(acc["ringbuf_drops"], 0);
     assert_eq!(acc["stack_failures"], 0);
-    assert!(
-        acc["calls_seen"]["malloc"].as_u64().unwrap() >= 12,
-        "malloc calls counted: {acc}"
-    );
+    assert!(acc["calls_seen"]["malloc"].as_u64().unwrap() >= 12, "malloc calls counted: {acc}");
     assert_eq!(report["schema_version"], 1);
 }
 
 fn record(args: &[&str]) -> Output {
-    Command::new(PROFILER)
-        .arg("record")
-        .args(args)
-        .output()
-        .expect("running the profiler")
+    Command::new(PROFILER).arg("record").args(args).output().expect("running the profiler")
 }
 
 #[test]
 fn launch_mode_attributes_exact_bytes_blocks_and_handles() {
     require_root();
     let dir = out_dir("launch");
-    let out = record(&[
-        "-q",
-        "-o",
-        dir.to_str().unwrap(),
-        "--",
-        fixture().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "profiler failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = record(&["-q", "-o", dir.to_str().unwrap(), "--", fixture().to_str().unwrap()]);
+    assert!(out.status.success(), "profiler failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_ground_truth(&dir);
     let report = report_json(&dir);
     assert_eq!(report["target"]["mode"], "launch");
-    assert!(report["end_reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("target exited"));
+    assert!(report["end_reason"].as_str().unwrap().starts_with("target exited"));
     // Frames carry file:line from DWARF.
     let txt = std::fs::read_to_string(dir.join("report.txt")).unwrap();
-    assert!(
-        txt.contains("leak_pvalloc (") && txt.contains("leaky.c:"),
-        "{txt}"
-    );
+    assert!(txt.contains("leak_pvalloc (") && txt.contains("leaky.c:"), "{txt}");
 }
 
 /// Starts `leaky --wait`, returns it once it is waiting for SIGUSR1.
 fn start_waiting_fixture() -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new(fixture())
-        .arg("--wait")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(fixture()).arg("--wait").stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -227,10 +170,7 @@ fn start_profiler(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
     let mut stderr = BufReader::new(p.stderr.take().unwrap());
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
-    assert!(
-        first.starts_with("profiling pid"),
-        "profiler did not attach: {first}"
-    );
+    assert!(first.starts_with("profiling pid"), "profiler did not attach: {first}");
     let rest = std::thread::spawn(move || {
         let mut all = first;
         let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
@@ -240,11 +180,7 @@ fn start_profiler(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
 }
 
 fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-s", sig, &pid.to_string()]).status().unwrap().success());
 }
 
 fn pid_mode(name: &str, end: &str) -> PathBuf {
@@ -299,55 +235,31 @@ fn pid_mode_reports_target_exit() {
     let dir = out_dir("pid-exit");
     let (mut target, _stdout) = start_waiting_fixture();
     let pid = target.id().to_string();
-    let (mut profiler, stderr) =
-        start_profiler(&["-q", "-o", dir.to_str().unwrap(), "--pid", &pid]);
+    let (mut profiler, stderr) = start_profiler(&["-q", "-o", dir.to_str().unwrap(), "--pid", &pid]);
     target.kill().unwrap();
     target.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while profiler.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "profiler did not notice the target exit"
-        );
+        assert!(Instant::now() < deadline, "profiler did not notice the target exit");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        profiler.wait().unwrap().success(),
-        "{}",
-        stderr.join().unwrap()
-    );
-    assert!(report_json(&dir)["end_reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("target exited"));
+    assert!(profiler.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    assert!(report_json(&dir)["end_reason"].as_str().unwrap().starts_with("target exited"));
 }
 
 #[test]
 fn flamegraphs_are_valid_svg_naming_the_leaking_functions() {
     require_root();
     let dir = out_dir("svg");
-    let out = record(&[
-        "-q",
-        "-o",
-        dir.to_str().unwrap(),
-        "--",
-        fixture().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = record(&["-q", "-o", dir.to_str().unwrap(), "--", fixture().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for (kind, names) in [
         ("heap", vec!["leak_malloc", "leak_calloc", "thread_main"]),
         ("mmap", vec!["leak_mmap"]),
         ("sockets", vec!["leak_sockets", "leak_socketpair"]),
     ] {
         let svg = std::fs::read_to_string(dir.join(format!("{kind}.svg"))).unwrap();
-        let options = roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..Default::default()
-        };
+        let options = roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() };
         let doc = roxmltree::Document::parse_with_options(&svg, options)
             .unwrap_or_else(|e| panic!("{kind}.svg is not valid XML: {e}"));
         assert_eq!(doc.root_element().tag_name().name(), "svg");
@@ -360,11 +272,7 @@ fn flamegraphs_are_valid_svg_naming_the_leaking_functions() {
 
 fn assert_fails(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit 1, stderr: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(1), "expected exit 1, stderr: {stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
 }
 
@@ -373,10 +281,7 @@ fn bad_input_fails_clearly_before_attaching() {
     require_root();
     let dir = out_dir("bad");
     let d = dir.to_str().unwrap();
-    assert_fails(
-        &record(&["-o", d, "--pid", "999999999"]),
-        "no process with pid 999999999",
-    );
+    assert_fails(&record(&["-o", d, "--pid", "999999999"]), "no process with pid 999999999");
 
     let file = tmp().join("not-a-dir");
     std::fs::write(&file, b"").unwrap();
@@ -387,25 +292,15 @@ fn bad_input_fails_clearly_before_attaching() {
     );
 
     let static_exe = compile("leaky.c", "leaky-static", &["-static"]);
-    assert_fails(
-        &record(&["-o", d, "--", static_exe.to_str().unwrap()]),
-        "no C library",
-    );
-    let mut running = Command::new(&static_exe)
-        .arg("--wait")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    assert_fails(&record(&["-o", d, "--", static_exe.to_str().unwrap()]), "no C library");
+    let mut running = Command::new(&static_exe).arg("--wait").stdout(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let out = record(&["-o", d, "--pid", &running.id().to_string()]);
     running.kill().unwrap();
     running.wait().unwrap();
     assert_fails(&out, "no C library");
 
-    assert_fails(
-        &record(&["-o", d, "--", "/nonexistent/program"]),
-        "cannot run /nonexistent/program",
-    );
+    assert_fails(&record(&["-o", d, "--", "/nonexistent/program"]), "cannot run /nonexistent/program");
 
     let out = Command::new(PROFILER)
         .args(["record", "-o", d, "--pid", "1"])
@@ -415,15 +310,7 @@ fn bad_input_fails_clearly_before_attaching() {
     assert_fails(&out, "no BTF");
 
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            PROFILER,
-            "record",
-            "--pid",
-            "1",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PROFILER, "record", "--pid", "1"])
         .output()
         .unwrap();
     assert_fails(&out, "must run as root");

@@ -33,6 +33,11 @@ pub enum EventKind {
     FdOpen = 8,
     /// `close(addr)` was called (recorded on entry).
     FdClose = 9,
+    /// The target called the user-named marker function (e.g. end of warm-up).
+    Marker = 10,
+    /// `write(1, _, size)` was called: lets a marker line on stdout be placed
+    /// exactly in the event stream.
+    StdoutWrite = 11,
 }
 
 impl EventKind {
@@ -47,6 +52,8 @@ impl EventKind {
             7 => Self::Brk,
             8 => Self::FdOpen,
             9 => Self::FdClose,
+            10 => Self::Marker,
+            11 => Self::StdoutWrite,
             _ => return None,
         })
     }
@@ -112,6 +119,7 @@ impl AllocApi {
 
 /// The syscalls we trace (x86_64 numbers) and their counter slots.
 pub mod syscalls {
+    pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
     pub const MMAP: u64 = 9;
     pub const MUNMAP: u64 = 11;

@@ -8,8 +8,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -17,8 +16,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE, MAX_FRAMES,
-    STACK_HINT_WORDS,
+    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE, MAX_FRAMES, STACK_HINT_WORDS,
 };
 
 /// Pending bytes in the ring buffer above which the reader is woken at once.
@@ -156,14 +154,7 @@ fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
             return 0;
         }
     }
-    let entry = InFlight {
-        api: api as u16,
-        depth: 1,
-        _pad: 0,
-        size,
-        arg,
-        ptr,
-    };
+    let entry = InFlight { api: api as u16, depth: 1, _pad: 0, size, arg, ptr };
     if INFLIGHT.insert(&key, &entry, 0).is_err() {
         count(counters::INFLIGHT_MAP_FULL);
     }
@@ -192,22 +183,12 @@ pub fn realloc_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(
-        AllocApi::Reallocarray,
-        arg(&ctx, 2),
-        arg(&ctx, 1),
-        arg(&ctx, 0),
-    )
+    alloc_enter(AllocApi::Reallocarray, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
 }
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(
-        AllocApi::PosixMemalign,
-        arg(&ctx, 2),
-        arg(&ctx, 1),
-        arg(&ctx, 0),
-    )
+    alloc_enter(AllocApi::PosixMemalign, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
 }
 
 #[uprobe]
@@ -329,6 +310,17 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// A call to a user-named function in the target (`--warmup-function`).
+#[uprobe]
+pub fn marker(_ctx: ProbeContext) -> u32 {
+    if is_target() {
+        if let Some(ev) = scratch(EventKind::Marker, 0) {
+            submit(ev);
+        }
+    }
+    0
+}
+
 // ---------------------------------------------------------------- syscalls
 
 /// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).
@@ -352,10 +344,19 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let nr: u64 = ctx.arg(1);
+    let regs: *const u8 = ctx.arg(0);
+    if nr == syscalls::WRITE {
+        if reg(regs, regs::DI) == 1 {
+            if let Some(ev) = scratch(EventKind::StdoutWrite, nr as u16) {
+                ev.header.size = reg(regs, regs::DX);
+                submit(ev);
+            }
+        }
+        return 0;
+    }
     if syscalls::slot(nr).is_none() {
         return 0;
     }
-    let regs: *const u8 = ctx.arg(0);
     // Releases are recorded on entry, before another thread can be handed the
     // same address or fd number; recording them on exit could reorder them
     // after that reuse.
@@ -364,11 +365,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             if let Some(slot) = syscalls::slot(nr) {
                 count(counters::SYSCALLS + slot);
             }
-            let kind = if nr == syscalls::MUNMAP {
-                EventKind::Munmap
-            } else {
-                EventKind::FdClose
-            };
+            let kind = if nr == syscalls::MUNMAP { EventKind::Munmap } else { EventKind::FdClose };
             let Some(ev) = scratch(kind, nr as u16) else {
                 return 0;
             };
@@ -389,10 +386,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             reg(regs, regs::R8),
         ],
     };
-    if SYSCALL_ARGS
-        .insert(&bpf_get_current_pid_tgid(), &saved, 0)
-        .is_err()
-    {
+    if SYSCALL_ARGS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
         count(counters::INFLIGHT_SYSCALL_MAP_FULL);
     }
     0

@@ -30,6 +30,12 @@ pub struct Collector {
     /// symbols alias (same address), e.g. glibc's memalign = aligned_alloc.
     aliases: HashMap<AllocApi, Vec<&'static str>>,
     spaces: HashMap<u32, AddressSpace>,
+    /// When (ns, monotonic) the marker function was last called.
+    pub marker_seen_at: Option<u64>,
+    /// Bytes the target asked to write to stdout so far, and for each write
+    /// (running total after it, time): places stdout marker lines in time.
+    pub stdout_written: u64,
+    stdout_writes: Vec<(u64, u64)>,
     pub events_received: u64,
     pub undecodable_events: u64,
     pub stack_failures: u64,
@@ -89,11 +95,8 @@ impl Collector {
             self.stack_failures += 1;
         }
         let raw: Vec<u64> = ev.frames().collect();
-        let frames = if syscall {
-            repair_syscall_stack(&raw, &ev.header.stack_hint, self.space(tgid))
-        } else {
-            raw
-        };
+        let frames =
+            if syscall { repair_syscall_stack(&raw, &ev.header.stack_hint, self.space(tgid)) } else { raw };
         let (id, new) = self.stacks.intern(tgid, &frames);
         if new {
             let space = self.space(tgid);
@@ -119,11 +122,7 @@ impl Collector {
                     return;
                 };
                 let stack = self.intern(&ev, false);
-                Op::Alloc {
-                    addr: h.addr,
-                    size: requested_bytes(api, h.size, h.arg),
-                    stack,
-                }
+                Op::Alloc { addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
             }
             EventKind::Realloc => {
                 let Some(api) = AllocApi::from_u16(h.api) else {
@@ -140,31 +139,14 @@ impl Collector {
             EventKind::Free => Op::Free { addr: h.addr },
             EventKind::Mmap => {
                 let stack = self.intern(&ev, true);
-                Op::Map {
-                    addr: h.addr,
-                    len: h.size,
-                    file_backed: h.arg & MAP_ANONYMOUS == 0,
-                    stack,
-                }
+                Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
             }
-            EventKind::Munmap => Op::Unmap {
-                addr: h.addr,
-                len: h.size,
-            },
+            EventKind::Munmap => Op::Unmap { addr: h.addr, len: h.size },
             EventKind::Mremap => {
                 let stack = self.intern(&ev, true);
-                Op::Remap {
-                    old: h.old_addr,
-                    old_len: h.old_size,
-                    addr: h.addr,
-                    len: h.size,
-                    stack,
-                }
+                Op::Remap { old: h.old_addr, old_len: h.old_size, addr: h.addr, len: h.size, stack }
             }
-            EventKind::Brk => Op::Brk {
-                brk: h.addr,
-                stack: self.intern(&ev, true),
-            },
+            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, true) },
             EventKind::FdOpen => {
                 let kind = match h.arg {
                     x if x == HandleKind::Socket as u64 => Kind::Sockets,
@@ -172,25 +154,30 @@ impl Collector {
                 };
                 let stack = self.intern(&ev, true);
                 if h.api as u64 == syscalls::SOCKETPAIR {
-                    self.ledger.apply(
-                        h.tgid,
-                        h.ts_ns,
-                        Op::OpenHandle {
-                            fd: h.old_addr,
-                            kind,
-                            stack,
-                        },
-                    );
+                    self.ledger.apply(h.tgid, h.ts_ns, Op::OpenHandle { fd: h.old_addr, kind, stack });
                 }
-                Op::OpenHandle {
-                    fd: h.addr,
-                    kind,
-                    stack,
-                }
+                Op::OpenHandle { fd: h.addr, kind, stack }
             }
             EventKind::FdClose => Op::CloseHandle { fd: h.addr },
+            EventKind::StdoutWrite => {
+                self.stdout_written += h.size;
+                self.stdout_writes.push((self.stdout_written, h.ts_ns));
+                return;
+            }
+            EventKind::Marker => {
+                // Events are in order: everything live now was allocated before the marker.
+                self.ledger.exclude_live();
+                self.marker_seen_at = Some(h.ts_ns);
+                return;
+            }
         };
         self.ledger.apply(h.tgid, h.ts_ns, op);
+    }
+
+    /// When the write carrying stdout byte `offset` (0-based) was made.
+    pub fn stdout_write_time(&self, offset: u64) -> Option<u64> {
+        let i = self.stdout_writes.partition_point(|(end, _)| *end <= offset);
+        self.stdout_writes.get(i).map(|(_, ts)| *ts)
     }
 
     /// The report's per-site entries, named, largest first within each kind.
@@ -199,10 +186,7 @@ impl Collector {
         let mut by_pid: HashMap<u32, Vec<Location>> = HashMap::new();
         for (site, _) in &sites {
             let (tgid, _) = self.stacks.get(site.stack);
-            by_pid
-                .entry(tgid)
-                .or_default()
-                .extend(self.locations[site.stack as usize].iter().cloned());
+            by_pid.entry(tgid).or_default().extend(self.locations[site.stack as usize].iter().cloned());
         }
         let mut names = HashMap::new();
         for (pid, mut locs) in by_pid {
@@ -232,14 +216,10 @@ impl Collector {
             })
             .collect();
         entries.sort_by(|a, b| {
-            (
-                Kind::ALL.iter().position(|k| k.name() == a.kind),
-                std::cmp::Reverse((a.bytes, a.count)),
-            )
-                .cmp(&(
-                    Kind::ALL.iter().position(|k| k.name() == b.kind),
-                    std::cmp::Reverse((b.bytes, b.count)),
-                ))
+            (Kind::ALL.iter().position(|k| k.name() == a.kind), std::cmp::Reverse((a.bytes, a.count))).cmp(&(
+                Kind::ALL.iter().position(|k| k.name() == b.kind),
+                std::cmp::Reverse((b.bytes, b.count)),
+            ))
         });
         entries
     }
@@ -248,6 +228,15 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdout_offsets_map_to_their_write() {
+        let c = Collector { stdout_writes: vec![(10, 100), (25, 200)], ..Default::default() };
+        assert_eq!(c.stdout_write_time(0), Some(100));
+        assert_eq!(c.stdout_write_time(9), Some(100));
+        assert_eq!(c.stdout_write_time(10), Some(200));
+        assert_eq!(c.stdout_write_time(25), None);
+    }
 
     #[test]
     fn effective_sizes() {

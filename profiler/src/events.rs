@@ -20,17 +20,11 @@ impl<'a> RawEvent<'a> {
         let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let kind = EventKind::from_u16(header.kind)?;
         let frames_len = (header.frames as usize * 8).min(bytes.len() - HEADER_SIZE);
-        Some(Self {
-            header,
-            kind,
-            frames: &bytes[HEADER_SIZE..HEADER_SIZE + frames_len],
-        })
+        Some(Self { header, kind, frames: &bytes[HEADER_SIZE..HEADER_SIZE + frames_len] })
     }
 
     pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
-        self.frames
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        self.frames.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
     }
 }
 

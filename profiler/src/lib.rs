@@ -9,6 +9,7 @@
 
 pub mod collector;
 pub mod events;
+pub mod gate;
 pub mod ledger;
 pub mod preflight;
 pub mod probes;

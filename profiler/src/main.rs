@@ -1,10 +1,13 @@
 //! `profiler`: find what a process leaks (heap, mappings, sockets) and which
-//! code leaked it.
+//! code leaked it; or gate a CI build on it.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use profiler::record::{record, RecordOptions, TargetSpec};
+use profiler::{
+    gate::{gate, GateOptions, Verdict},
+    record::{record, RecordOptions, TargetSpec, Warmup},
+};
 
 #[derive(Parser)]
 #[command(
@@ -24,21 +27,64 @@ enum Command {
     /// Ends when the target exits, after --duration, or on Ctrl-C / SIGTERM; in
     /// every case the complete report is written: report.txt, report.json and,
     /// per kind with anything outstanding, <kind>.folded and <kind>.svg.
+    ///
+    /// Exit codes: 0 report written, 1 the profiler failed (bad input, cannot attach), 2 usage error.
     #[command(
         after_help = "Examples:\n  profiler record --pid 1234 --duration 60\n  profiler record -- ./my-program --its-args"
     )]
     Record(RecordArgs),
+
+    /// Run a command under the profiler and fail if it leaks: the CI leak regression gate.
+    ///
+    /// With no configuration, fails when heap bytes or sockets allocated by the
+    /// program's own code are still outstanding when it exits; allocations made
+    /// entirely inside the C runtime and dynamic loader are allowed. Budgets,
+    /// per-stack limits and allow-lists come from a TOML file (./leakgate.toml
+    /// when present); a committed baseline (./leakgate-baseline.json when present)
+    /// fails only stacks that grew beyond it and new stacks beyond the budgets.
+    ///
+    /// Writes gate.json, junit.xml and summary.md (also appended to
+    /// $GITHUB_STEP_SUMMARY) plus each run's full profile to --output.
+    ///
+    /// Exit codes: 0 pass, 1 leak regression, 2 the gate itself failed (bad
+    /// configuration, command not runnable, cannot attach).
+    #[command(
+        after_help = "Examples:\n  profiler gate -- ./tests-binary\n  profiler gate --warmup-marker 'server ready' --runs 3 -- ./server --selftest\n  profiler gate --update-baseline -- ./tests-binary"
+    )]
+    Gate(GateArgs),
+}
+
+#[derive(Args)]
+struct WarmupArgs {
+    /// Exclude everything still live this many seconds after start (warm-up).
+    #[arg(long, value_name = "SECS")]
+    warmup: Option<f64>,
+
+    /// Exclude everything still live when the program prints a line containing TEXT.
+    #[arg(long, value_name = "TEXT")]
+    warmup_marker: Option<String>,
+
+    /// Exclude everything still live when the program calls FUNCTION (a no-op in its own binary).
+    #[arg(long, value_name = "FUNCTION")]
+    warmup_function: Option<String>,
+}
+
+impl WarmupArgs {
+    fn into_warmup(self) -> Result<Warmup, String> {
+        let after = match self.warmup {
+            Some(s) if !(s >= 0.0 && s.is_finite()) => {
+                return Err("--warmup must be a number of seconds".into())
+            }
+            s => s.map(Duration::from_secs_f64),
+        };
+        Ok(Warmup { after, stdout_marker: self.warmup_marker, function: self.warmup_function })
+    }
 }
 
 #[derive(Args)]
 struct RecordArgs {
     /// Attach to this running process.
-    #[arg(
-        long,
-        short,
-        conflicts_with = "command",
-        required_unless_present = "command"
-    )]
+    #[arg(long, short, conflicts_with = "command", required_unless_present = "command")]
     pid: Option<u32>,
 
     /// Stop after this many seconds.
@@ -61,25 +107,73 @@ struct RecordArgs {
     #[arg(long, short)]
     quiet: bool,
 
+    #[command(flatten)]
+    warmup: WarmupArgs,
+
     /// Command to launch and profile from its first instruction.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<OsString>,
 }
 
-/// Exit codes: 0 success, 1 the profiler failed (bad input, cannot attach), 2 usage error (clap).
+#[derive(Args)]
+struct GateArgs {
+    /// Gate configuration (TOML) [default: ./leakgate.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Baseline of per-stack outstanding values [default: ./leakgate-baseline.json].
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+
+    /// Record this run as the new baseline instead of gating.
+    #[arg(long)]
+    update_baseline: bool,
+
+    /// Run the command this many times; a stack counts with its smallest value, the spread is its noise.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    runs: usize,
+
+    /// Where gate.json, junit.xml, summary.md and the profiles go.
+    #[arg(long, short, default_value = "leak-gate", value_name = "DIR")]
+    output: PathBuf,
+
+    /// Stacks per kind in each run's text report.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+
+    #[command(flatten)]
+    warmup: WarmupArgs,
+
+    /// The command to gate.
+    #[arg(last = true, value_name = "CMD", required = true)]
+    command: Vec<OsString>,
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Command::Record(args) = cli.command;
+    match Cli::parse().command {
+        Command::Record(args) => run_record(args),
+        Command::Gate(args) => run_gate(args),
+    }
+}
+
+fn run_record(args: RecordArgs) -> ExitCode {
     if let Some(d) = args.duration {
         if !(d > 0.0 && d.is_finite()) {
-            eprintln!("error: --duration must be a positive number of seconds");
-            return ExitCode::from(2);
+            return usage_error("--duration must be a positive number of seconds");
         }
     }
     if !args.ringbuf_mb.is_power_of_two() {
-        eprintln!("error: --ringbuf-mb must be a power of two");
-        return ExitCode::from(2);
+        return usage_error("--ringbuf-mb must be a power of two");
     }
+    let warmup = match args.warmup.into_warmup() {
+        Ok(w) => w,
+        Err(e) => return usage_error(&e),
+    };
     let target = match args.pid {
         Some(pid) => TargetSpec::Pid(pid),
         None => TargetSpec::Command(args.command),
@@ -91,12 +185,38 @@ fn main() -> ExitCode {
         top: args.top,
         ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
         print_summary: !args.quiet,
+        warmup,
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn run_gate(args: GateArgs) -> ExitCode {
+    let warmup = match args.warmup.into_warmup() {
+        Ok(w) => w,
+        Err(e) => return usage_error(&e),
+    };
+    let opts = GateOptions {
+        command: args.command,
+        config: args.config,
+        baseline: args.baseline,
+        update_baseline: args.update_baseline,
+        warmup,
+        runs: args.runs,
+        output: args.output,
+        top: args.top,
+    };
+    match gate(&opts) {
+        Ok((Verdict::Pass, _)) => ExitCode::SUCCESS,
+        Ok((Verdict::LeakRegression, _)) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("leak gate: error (the gate itself failed): {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -30,27 +30,22 @@ pub struct Probes {
 impl Probes {
     pub fn load(ringbuf_bytes: u32) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!("this profiler binary was built without its eBPF programs; build it with `cargo xtask build`");
+            bail!(
+                "this profiler binary was built without its eBPF programs; build it with `cargo xtask build`"
+            );
         }
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ringbuf_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
-        Ok(Self {
-            ebpf,
-            attached: Vec::new(),
-            skipped: Vec::new(),
-            aliases: Vec::new(),
-        })
+        Ok(Self { ebpf, attached: Vec::new(), skipped: Vec::new(), aliases: Vec::new() })
     }
 
     /// Adds a process to the in-kernel filter.
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         let mut targets: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
-        targets
-            .insert(tgid, 1, 0)
-            .context("adding the target to the filter map")?;
+        targets.insert(tgid, 1, 0).context("adding the target to the filter map")?;
         Ok(())
     }
 
@@ -58,8 +53,7 @@ impl Probes {
         for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
             let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
-            p.attach(tp)
-                .with_context(|| format!("attaching raw tracepoint {tp}"))?;
+            p.attach(tp).with_context(|| format!("attaching raw tracepoint {tp}"))?;
             self.attached.push(format!("raw_tracepoint:{tp}"));
         }
         Ok(())
@@ -71,8 +65,7 @@ impl Probes {
     /// probes at one address would count each call twice.
     pub fn attach_allocator(&mut self, libc: &Path, pid: u32) -> Result<()> {
         let data = std::fs::read(libc).with_context(|| format!("reading {}", libc.display()))?;
-        let elf =
-            object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
+        let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
         let mut address_of = BTreeMap::new();
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if let Ok(name) = sym.name() {
@@ -86,41 +79,29 @@ impl Probes {
         for api in ALLOC_APIS {
             let name = api.symbol();
             let Some(&addr) = address_of.get(name) else {
-                self.skipped
-                    .push(format!("{name}: not exported by {}", libc.display()));
+                self.skipped.push(format!("{name}: not exported by {}", libc.display()));
                 continue;
             };
             if let Some(first) = probed_at.get(&addr) {
-                self.skipped.push(format!(
-                    "{name}: alias of {} (same address), counted there",
-                    first.symbol()
-                ));
+                self.skipped
+                    .push(format!("{name}: alias of {} (same address), counted there", first.symbol()));
                 self.aliases.push((*first, api));
                 continue;
             }
             probed_at.insert(addr, api);
             let entry = format!("{name}_enter");
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(&entry)
-                .context(entry.clone())?
-                .try_into()?;
+            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
-            p.attach(name, libc, scope)
-                .with_context(|| format!("attaching uprobe {name}"))?;
+            p.attach(name, libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
             if api != AllocApi::Free {
-                let r: &mut UProbe = self
-                    .ebpf
-                    .program_mut("alloc_return")
-                    .context("alloc_return")?
-                    .try_into()?;
+                let r: &mut UProbe =
+                    self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
                 if r.fd().is_err() {
                     r.load()?;
                 }
-                r.attach(name, libc, scope)
-                    .with_context(|| format!("attaching uretprobe {name}"))?;
+                r.attach(name, libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
                 self.attached.push(format!("uprobe+uretprobe:{name}"));
             } else {
                 self.attached.push(format!("uprobe:{name}"));
@@ -129,10 +110,20 @@ impl Probes {
         Ok(())
     }
 
+    /// Emits a marker event whenever process `pid` calls `function` in `binary`.
+    pub fn attach_marker(&mut self, binary: &Path, function: &str, pid: u32) -> Result<()> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
+        let p: &mut UProbe = self.ebpf.program_mut("marker").context("marker")?.try_into()?;
+        p.load()?;
+        p.attach(function, binary, scope).with_context(|| {
+            format!("attaching the marker to function `{function}` in {}", binary.display())
+        })?;
+        self.attached.push(format!("uprobe:{function} (marker)"));
+        Ok(())
+    }
+
     pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(
-            self.ebpf.take_map("EVENTS").context("EVENTS map")?,
-        )?)
+        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
     }
 
     /// Kernel-side counters, summed over CPUs.

@@ -36,9 +36,7 @@ pub struct ProcessMaps {
 
 impl ProcessMaps {
     pub fn read(pid: u32) -> io::Result<Self> {
-        Ok(Self::parse(&std::fs::read_to_string(format!(
-            "/proc/{pid}/maps"
-        ))?))
+        Ok(Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?))
     }
 
     pub fn parse(text: &str) -> Self {
@@ -55,18 +53,12 @@ impl ProcessMaps {
 
     /// The path of the C library mapped into the process (glibc or musl).
     pub fn libc(&self) -> Option<&str> {
-        self.mappings
-            .iter()
-            .filter_map(Mapping::file)
-            .find(|p| is_libc(Path::new(p)))
+        self.mappings.iter().filter_map(Mapping::file).find(|p| is_libc(Path::new(p)))
     }
 
     /// The end of the `[heap]` mapping: the program break, page-rounded.
     pub fn heap_end(&self) -> Option<u64> {
-        self.mappings
-            .iter()
-            .find(|m| m.name == "[heap]")
-            .map(|m| m.end)
+        self.mappings.iter().find(|m| m.name == "[heap]").map(|m| m.end)
     }
 }
 
@@ -83,13 +75,8 @@ pub fn is_libc(path: &Path) -> bool {
 
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut fields = line.splitn(6, ' ');
-    let (range, perms, offset, _dev, inode) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
+    let (range, perms, offset, _dev, inode) =
+        (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
     let name = fields.next().unwrap_or("").trim_start().to_string();
     let (start, end) = range.split_once('-')?;
     Some(Mapping {

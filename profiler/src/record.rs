@@ -41,6 +41,24 @@ pub enum TargetSpec {
     Command(Vec<OsString>),
 }
 
+/// What is excluded as warm-up: everything still live when the first of
+/// these happens does not count (nor does its later release).
+#[derive(Clone, Debug, Default)]
+pub struct Warmup {
+    /// This long after recording starts.
+    pub after: Option<Duration>,
+    /// When the launched program prints a line containing this.
+    pub stdout_marker: Option<String>,
+    /// When the program calls this function (a no-op in its own binary).
+    pub function: Option<String>,
+}
+
+impl Warmup {
+    pub fn is_set(&self) -> bool {
+        self.after.is_some() || self.stdout_marker.is_some() || self.function.is_some()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RecordOptions {
     pub target: TargetSpec,
@@ -52,6 +70,7 @@ pub struct RecordOptions {
     pub ringbuf_bytes: u32,
     /// Print the text summary to stdout at the end.
     pub print_summary: bool,
+    pub warmup: Warmup,
 }
 
 /// The result of a session.
@@ -65,21 +84,16 @@ fn default_output(spec: &TargetSpec) -> PathBuf {
         TargetSpec::Pid(pid) => std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|s| format!("{}-{pid}", s.trim()))
             .unwrap_or_else(|_| pid.to_string()),
-        TargetSpec::Command(argv) => Path::new(&argv[0])
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned(),
+        TargetSpec::Command(argv) => {
+            Path::new(&argv[0]).file_name().unwrap_or_default().to_string_lossy().into_owned()
+        }
     };
     let ts = chrono_like_timestamp();
     PathBuf::from(format!("profile-{name}-{ts}"))
 }
 
 fn chrono_like_timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     // Civil-from-days (Howard Hinnant), UTC.
     let z = days as i64 + 719468;
@@ -91,12 +105,7 @@ fn chrono_like_timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn monotonic_ns() -> u64 {
@@ -114,26 +123,19 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
 }
 
 enum Target {
-    Attached {
-        pidfd: AsyncFd<std::os::fd::OwnedFd>,
-    },
+    Attached { pidfd: AsyncFd<std::os::fd::OwnedFd> },
     Launched(launch::Launched),
 }
 
 pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::require_root()?;
     preflight::require_btf()?;
-    let output = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&opts.target));
+    let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
     preflight::prepare_output_dir(&output)?;
     if let TargetSpec::Pid(pid) = opts.target {
         ProcessInfo::inspect(pid)?; // clear error before anything else happens
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run(opts, output))
 }
 
@@ -145,7 +147,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             (info, Target::Attached { pidfd: fd })
         }
         TargetSpec::Command(argv) => {
-            let launched = launch::launch(argv)?;
+            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
             (launched.info.clone(), Target::Launched(launched))
         }
     };
@@ -154,6 +156,9 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         probes.add_target(info.pid)?;
         probes.attach_syscalls()?;
         probes.attach_allocator(&info.libc, info.pid)?;
+        if let Some(function) = &opts.warmup.function {
+            probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
+        }
         Ok(probes)
     };
     let mut probes = match attach() {
@@ -169,10 +174,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut ring = watch(probes.take_ringbuf()?)?;
     let mut collector = Collector::default();
     let initial_brk = match &target {
-        Target::Attached { .. } => info
-            .maps
-            .heap_end()
-            .or_else(|| preflight::start_brk(info.pid)),
+        Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
         Target::Launched(_) => preflight::start_brk(info.pid),
     };
     collector.add_process(info.pid, info.maps.clone(), initial_brk);
@@ -181,10 +183,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     }
 
     let started = Instant::now();
-    let started_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let mode = match &target {
         Target::Attached { .. } => "attach",
         Target::Launched(l) => {
@@ -210,6 +209,15 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
     let mut drain = tokio::time::interval(Duration::from_millis(10));
     let mut held_at_exit = false;
+    let mut warmup_end: Option<String> = None;
+    let warmup_deadline = opts.warmup.after.map(|d| tokio::time::Instant::now() + d);
+    let (marker_tx, mut marker_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let (Target::Launched(l), Some(marker)) = (&mut target, &opts.warmup.stdout_marker) {
+        if let Some(stdout) = l.stdout.take() {
+            relay_stdout(stdout, marker.clone(), marker_tx, relayed.clone());
+        }
+    }
     let end_reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -240,6 +248,20 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                     None => break "target exited".to_string(),
                 }
             }
+            _ = async { tokio::time::sleep_until(warmup_deadline.unwrap()).await },
+                if warmup_deadline.is_some() && warmup_end.is_none() => {
+                while let Some(item) = ring.get_mut().next() {
+                    collector.ingest(&item);
+                }
+                collector.ledger.exclude_live();
+                warmup_end = Some(format!("after {:.1}s", started.elapsed().as_secs_f64()));
+            }
+            Some(line_end) = marker_rx.recv(), if warmup_end.is_none() => {
+                while let Some(item) = ring.get_mut().next() {
+                    collector.ingest(&item);
+                }
+                warmup_end = Some(exclude_before_marker_line(&mut collector, line_end, &opts.warmup));
+            }
             _ = drain.tick() => {
                 while let Some(item) = ring.get_mut().next() {
                     collector.ingest(&item);
@@ -266,27 +288,37 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     while let Some(item) = ring.get_mut().next() {
         collector.ingest(&item);
     }
+    if opts.warmup.stdout_marker.is_some() && warmup_end.is_none() {
+        // The marker line may still be in the pipe: let the relay catch up with what was written.
+        let wait_until = Instant::now() + Duration::from_secs(1);
+        while relayed.load(std::sync::atomic::Ordering::Acquire) < collector.stdout_written
+            && Instant::now() < wait_until
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Ok(line_end) = marker_rx.try_recv() {
+            warmup_end = Some(exclude_before_marker_line(&mut collector, line_end, &opts.warmup));
+        }
+    }
 
+    if warmup_end.is_none() {
+        if let (Some(function), Some(_)) = (&opts.warmup.function, collector.marker_seen_at) {
+            warmup_end = Some(format!("at the last call of {function}()"));
+        }
+    }
     let kernel = probes.counters()?;
-    let report = build_report(
-        &collector,
-        &probes,
-        &kernel,
-        &info,
-        mode,
-        started_at,
-        started.elapsed(),
-        end_reason,
-    );
+    let mut report =
+        build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
+    report.warmup = match (&warmup_end, opts.warmup.is_set()) {
+        (Some(end), _) => Some(format!("excluded everything live {end}")),
+        (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
+        (None, false) => None,
+    };
     let written = write_outputs(&report, &output, opts.top);
 
     // Only now may the target go: its address space was needed for the report.
     if let Target::Launched(l) = &mut target {
-        let _ = l.control.send(if held_at_exit {
-            Control::Release
-        } else {
-            Control::Detach
-        });
+        let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
         l.join();
     }
     drop(ring);
@@ -326,21 +358,12 @@ fn build_report(
         .map(|k| {
             let o = collector.ledger.total(*k);
             let bytes = if k.is_memory() { o.bytes } else { 0 };
-            (
-                k.name().to_string(),
-                Total {
-                    bytes,
-                    count: o.count,
-                },
-            )
+            (k.name().to_string(), Total { bytes, count: o.count })
         })
         .collect();
     let mut calls_seen = std::collections::BTreeMap::new();
     for api in ALLOC_APIS {
-        calls_seen.insert(
-            api.symbol().to_string(),
-            kernel[counters::API_CALLS + api as usize],
-        );
+        calls_seen.insert(api.symbol().to_string(), kernel[counters::API_CALLS + api as usize]);
     }
     for (i, (_, name)) in syscalls::TRACED.iter().enumerate() {
         calls_seen.insert(name.to_string(), kernel[counters::SYSCALLS + i]);
@@ -357,6 +380,7 @@ fn build_report(
         started_at,
         duration_s: elapsed.as_secs_f64(),
         end_reason,
+        warmup: None,
         totals,
         stacks,
         accuracy: Accuracy {
@@ -377,12 +401,57 @@ fn build_report(
     }
 }
 
+/// Copies the program's output to ours. Sends the stdout offset just past
+/// each line containing the marker; `relayed` counts the bytes copied.
+fn relay_stdout(
+    stdout: std::process::ChildStdout,
+    marker: String,
+    seen: tokio::sync::mpsc::UnboundedSender<u64>,
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stdout();
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => offset += n as u64,
+            }
+            let _ = out.write_all(&line).and_then(|_| out.flush());
+            if String::from_utf8_lossy(&line).contains(&marker) {
+                let _ = seen.send(offset);
+            }
+            relayed.store(offset, std::sync::atomic::Ordering::Release);
+        }
+    });
+}
+
+/// Ends the warm-up at the `write` that carried the marker line (exact even
+/// though the line is read later); returns how it ended, for the report.
+fn exclude_before_marker_line(collector: &mut Collector, line_end: u64, warmup: &Warmup) -> String {
+    let marker = warmup.stdout_marker.as_deref().unwrap_or_default();
+    match collector.stdout_write_time(line_end.saturating_sub(1)) {
+        Some(ts) => {
+            collector.ledger.exclude_allocated_before(ts);
+            format!("at the write of output line {marker:?}")
+        }
+        None => {
+            // The write event was lost: fall back to the moment the line was read.
+            collector.ledger.exclude_live();
+            format!("when output line {marker:?} was read (its write was not seen; approximate)")
+        }
+    }
+}
+
 /// Writes report.json, report.txt and, per kind with anything outstanding,
 /// `<kind>.folded` and `<kind>.svg`.
 pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
     let write = |name: &str, data: &[u8]| {
-        std::fs::write(dir.join(name), data)
-            .with_context(|| format!("writing {}", dir.join(name).display()))
+        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
@@ -391,10 +460,7 @@ pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
         if lines.is_empty() {
             continue;
         }
-        write(
-            &format!("{kind}.folded"),
-            (lines.join("\n") + "\n").as_bytes(),
-        )?;
+        write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
         write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
     }
     Ok(())

@@ -91,10 +91,7 @@ impl AddressSpace {
     }
 
     fn intern_path(&mut self, path: &str) -> Arc<str> {
-        self.paths
-            .entry(path.to_string())
-            .or_insert_with(|| Arc::from(path))
-            .clone()
+        self.paths.entry(path.to_string()).or_insert_with(|| Arc::from(path)).clone()
     }
 
     /// Re-reads `/proc/PID/maps` (no-op once the process is gone).
@@ -108,27 +105,15 @@ impl AddressSpace {
         if let Some(loc) = self.cache.get(&addr) {
             return loc.clone();
         }
-        if self.maps.find(addr).is_none()
-            && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL)
-        {
+        if self.maps.find(addr).is_none() && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
             self.refresh();
         }
         let loc = match self.maps.find(addr).cloned() {
             Some(m) => match m.file() {
-                Some(path) => Location::File {
-                    path: self.intern_path(path),
-                    offset: m.file_offset(addr),
-                },
+                Some(path) => Location::File { path: self.intern_path(path), offset: m.file_offset(addr) },
                 None => {
-                    let name = if m.name.is_empty() {
-                        "[anon]"
-                    } else {
-                        m.name.as_str()
-                    };
-                    Location::Anonymous {
-                        name: self.intern_path(name),
-                        addr,
-                    }
+                    let name = if m.name.is_empty() { "[anon]" } else { m.name.as_str() };
+                    Location::Anonymous { name: self.intern_path(name), addr }
                 }
             },
             None => Location::Unmapped { addr },
@@ -140,9 +125,7 @@ impl AddressSpace {
     /// Whether `addr` lies in the process's C library.
     pub fn in_libc(&mut self, addr: u64) -> bool {
         match (self.locate(addr), &self.libc) {
-            (Location::File { path, .. }, Some(libc)) => {
-                Arc::ptr_eq(&path, libc) || *path == **libc
-            }
+            (Location::File { path, .. }, Some(libc)) => Arc::ptr_eq(&path, libc) || *path == **libc,
             _ => false,
         }
     }
@@ -164,9 +147,7 @@ impl AddressSpace {
         }
         let pid = self.pid;
         let file = self.files.entry(path.clone()).or_insert_with(|| {
-            File::open(format!("/proc/{pid}/root{path}"))
-                .or_else(|_| File::open(&*path))
-                .ok()
+            File::open(format!("/proc/{pid}/root{path}")).or_else(|_| File::open(&*path)).ok()
         });
         let mut before = [0u8; 7];
         match file {
@@ -199,11 +180,7 @@ pub fn repair_syscall_stack(frames: &[u64], hints: &[u64], space: &mut AddressSp
     if out.is_empty() {
         return out;
     }
-    if let Some(ret) = hints
-        .iter()
-        .copied()
-        .find(|&w| w != 0 && space.is_return_address(w))
-    {
+    if let Some(ret) = hints.iter().copied().find(|&w| w != 0 && space.is_return_address(w)) {
         if out.get(1) != Some(&ret) {
             out.insert(1, ret);
         }

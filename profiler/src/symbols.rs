@@ -68,9 +68,7 @@ impl Symbols {
         let mut names = HashMap::new();
         for loc in locations {
             match loc {
-                Location::File { path, offset } => {
-                    by_file.entry(path.clone()).or_default().push(*offset)
-                }
+                Location::File { path, offset } => by_file.entry(path.clone()).or_default().push(*offset),
                 other => {
                     names.insert(other.clone(), vec![fallback(other)]);
                 }
@@ -82,26 +80,18 @@ impl Symbols {
             // Frames are return addresses: look up the call instruction before them.
             let lookups: Vec<u64> = offsets.iter().map(|o| o.saturating_sub(1)).collect();
             let in_root = format!("/proc/{pid}/root{path}");
-            let file = if Path::new(&in_root).exists() {
-                in_root
-            } else {
-                path.to_string()
-            };
+            let file = if Path::new(&in_root).exists() { in_root } else { path.to_string() };
             let results = self
                 .symbolizer
                 .symbolize(&Source::Elf(Elf::new(&file)), Input::FileOffset(&lookups))
                 .unwrap_or_default();
             for (i, offset) in offsets.iter().enumerate() {
-                let loc = Location::File {
-                    path: path.clone(),
-                    offset: *offset,
-                };
+                let loc = Location::File { path: path.clone(), offset: *offset };
                 let frames = match results.get(i) {
                     Some(Symbolized::Sym(sym)) => {
                         let module = basename(&path).to_string();
                         let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
-                            ci.map(|c| (c.to_path().display().to_string(), c.line))
-                                .unwrap_or_default()
+                            ci.map(|c| (c.to_path().display().to_string(), c.line)).unwrap_or_default()
                         };
                         let (file, line) = code(sym.code_info.as_deref());
                         let mut frames = vec![Frame {

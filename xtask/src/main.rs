@@ -66,19 +66,14 @@ fn main() -> ExitCode {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
 }
@@ -92,9 +87,7 @@ fn status(cmd: &mut Command) -> Result<()> {
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    env::split_paths(&env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// Where we install tools of our own (bpf-linker).
@@ -117,14 +110,12 @@ enum EbpfToolchain {
 impl EbpfToolchain {
     fn describe(&self) -> String {
         match self {
-            Self::Nightly { linker_dir } => format!(
-                "rustup nightly + rust-src, bpf-linker in {}",
-                linker_dir.display()
-            ),
-            Self::Debian { linker_dir } => format!(
-                "Debian rustc + rust-web-src, bpf-linker in {}",
-                linker_dir.display()
-            ),
+            Self::Nightly { linker_dir } => {
+                format!("rustup nightly + rust-src, bpf-linker in {}", linker_dir.display())
+            }
+            Self::Debian { linker_dir } => {
+                format!("Debian rustc + rust-web-src, bpf-linker in {}", linker_dir.display())
+            }
         }
     }
 }
@@ -138,9 +129,7 @@ fn bpf_linker_dir() -> Option<PathBuf> {
 }
 
 fn nightly_has_rust_src() -> bool {
-    let Ok(out) = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output()
+    let Ok(out) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()
     else {
         return false;
     };
@@ -171,27 +160,20 @@ fn ebpf_toolchain() -> Result<EbpfToolchain> {
         }
         eprintln!("xtask: installing Debian's Rust with library sources and LLVM 22 (apt-get)");
         status(Command::new("apt-get").arg("update").arg("-q"))?;
-        status(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-q",
-                    "rustc-web",
-                    "cargo-web",
-                    "rust-web-src",
-                    "llvm-22-dev",
-                ]),
-        )?;
+        status(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-q",
+            "rustc-web",
+            "cargo-web",
+            "rust-web-src",
+            "llvm-22-dev",
+        ]))?;
     }
     let linker_dir = match bpf_linker_dir() {
         Some(d) => d,
         None => {
-            eprintln!(
-                "xtask: building bpf-linker 0.13.0 against LLVM 22 into {}",
-                tools_dir().display()
-            );
+            eprintln!("xtask: building bpf-linker 0.13.0 against LLVM 22 into {}", tools_dir().display());
             status(
                 Command::new("cargo")
                     .env("LLVM_PREFIX", "/usr/lib/llvm-22")
@@ -232,8 +214,7 @@ fn build_ebpf() -> Result<PathBuf> {
         }
     };
     let path = env::join_paths(
-        std::iter::once(linker_dir.clone())
-            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+        std::iter::once(linker_dir.clone()).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
     )?;
     for var in [
         "RUSTUP_TOOLCHAIN",
@@ -249,12 +230,7 @@ fn build_ebpf() -> Result<PathBuf> {
         .env("PATH", path)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            [
-                "--cfg=bpf_target_arch=\"x86_64\"",
-                "-Cdebuginfo=2",
-                "-Clink-arg=--btf",
-            ]
-            .join("\x1f"),
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
         )
         .args([
             "build",
@@ -274,18 +250,12 @@ fn build_ebpf() -> Result<PathBuf> {
 fn build(release: bool) -> Result<PathBuf> {
     let object = build_ebpf()?;
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .env("PROFILER_EBPF_OBJECT", &object)
-        .args(["build", "-p", "profiler"]);
+    cmd.current_dir(workspace_root()).env("PROFILER_EBPF_OBJECT", &object).args(["build", "-p", "profiler"]);
     if release {
         cmd.arg("--release");
     }
     status(&mut cmd)?;
-    Ok(workspace_root().join(if release {
-        "target/release/profiler"
-    } else {
-        "target/debug/profiler"
-    }))
+    Ok(workspace_root().join(if release { "target/release/profiler" } else { "target/debug/profiler" }))
 }
 
 /// Compiles the bundled demo (the leaky fixture) with frame pointers.
@@ -294,14 +264,7 @@ fn build_demo() -> Result<PathBuf> {
     std::fs::create_dir_all(out.parent().unwrap())?;
     status(
         Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-inline",
-                "-pthread",
-                "-o",
-            ])
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
             .arg(&out)
             .arg(workspace_root().join("tests/fixtures/leaky.c")),
     )
@@ -318,9 +281,7 @@ fn as_root(program: &Path, args: &[OsString]) -> Command {
     } else {
         eprintln!("xtask: not root; running through sudo");
         let mut c = Command::new("sudo");
-        c.arg("--preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,PROFILER_EBPF_OBJECT")
-            .arg(program)
-            .args(args);
+        c.arg("--preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,PROFILER_EBPF_OBJECT").arg(program).args(args);
         c
     }
 }
@@ -347,7 +308,6 @@ fn test(args: Vec<OsString>) -> Result<()> {
     let mut full: Vec<OsString> = vec!["test".into(), "--workspace".into()];
     full.extend(args);
     let mut cmd = as_root(Path::new(&cargo), &full);
-    cmd.current_dir(workspace_root())
-        .env("PROFILER_EBPF_OBJECT", &object);
+    cmd.current_dir(workspace_root()).env("PROFILER_EBPF_OBJECT", &object);
     status(&mut cmd)
 }

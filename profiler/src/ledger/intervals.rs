@@ -31,9 +31,7 @@ pub struct IntervalMap<V> {
 
 impl<V> Default for IntervalMap<V> {
     fn default() -> Self {
-        Self {
-            ranges: BTreeMap::new(),
-        }
+        Self { ranges: BTreeMap::new() }
     }
 }
 
@@ -50,16 +48,9 @@ impl<V: Clone> IntervalMap<V> {
             return removed;
         }
         // A range starting before `start` may straddle it.
-        let first = self
-            .ranges
-            .range(..start)
-            .next_back()
-            .filter(|(_, (e, _))| *e > start)
-            .map(|(s, _)| *s);
-        let keys: Vec<u64> = first
-            .into_iter()
-            .chain(self.ranges.range(start..end).map(|(s, _)| *s))
-            .collect();
+        let first = self.ranges.range(..start).next_back().filter(|(_, (e, _))| *e > start).map(|(s, _)| *s);
+        let keys: Vec<u64> =
+            first.into_iter().chain(self.ranges.range(start..end).map(|(s, _)| *s)).collect();
         for s in keys {
             let (e, value) = self.ranges.remove(&s).expect("key just listed");
             if s < start {
@@ -68,11 +59,7 @@ impl<V: Clone> IntervalMap<V> {
             if e > end {
                 self.ranges.insert(end, (e, value.clone()));
             }
-            removed.push(Piece {
-                start: s.max(start),
-                end: e.min(end),
-                value,
-            });
+            removed.push(Piece { start: s.max(start), end: e.min(end), value });
         }
         removed
     }
@@ -87,11 +74,11 @@ impl<V: Clone> IntervalMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Piece<&V>> {
-        self.ranges.iter().map(|(s, (e, v))| Piece {
-            start: *s,
-            end: *e,
-            value: v,
-        })
+        self.ranges.iter().map(|(s, (e, v))| Piece { start: *s, end: *e, value: v })
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = Piece<&mut V>> {
+        self.ranges.iter_mut().map(|(s, (e, v))| Piece { start: *s, end: *e, value: v })
     }
 
     pub fn total_len(&self) -> u64 {
@@ -116,18 +103,8 @@ mod tests {
         let mut m = IntervalMap::new();
         m.insert(0x1000, 0x5000, 'a');
         let removed = m.remove(0x2000, 0x3000);
-        assert_eq!(
-            removed,
-            vec![Piece {
-                start: 0x2000,
-                end: 0x3000,
-                value: 'a'
-            }]
-        );
-        assert_eq!(
-            spans(&m),
-            vec![(0x1000, 0x2000, 'a'), (0x3000, 0x5000, 'a')]
-        );
+        assert_eq!(removed, vec![Piece { start: 0x2000, end: 0x3000, value: 'a' }]);
+        assert_eq!(spans(&m), vec![(0x1000, 0x2000, 'a'), (0x3000, 0x5000, 'a')]);
         assert_eq!(m.total_len(), 0x3000);
     }
 
@@ -149,10 +126,7 @@ mod tests {
         let removed = m.remove(0x1800, 0x5800);
         let lens: u64 = removed.iter().map(Piece::len).sum();
         assert_eq!(lens, 0x800 + 0x1000 + 0x800);
-        assert_eq!(
-            spans(&m),
-            vec![(0x1000, 0x1800, 'a'), (0x5800, 0x6000, 'c')]
-        );
+        assert_eq!(spans(&m), vec![(0x1000, 0x1800, 'a'), (0x5800, 0x6000, 'c')]);
     }
 
     #[test]
@@ -170,13 +144,6 @@ mod tests {
         m.insert(0x1000, 0x4000, 'a');
         let replaced = m.insert(0x2000, 0x3000, 'b');
         assert_eq!(replaced.len(), 1);
-        assert_eq!(
-            spans(&m),
-            vec![
-                (0x1000, 0x2000, 'a'),
-                (0x2000, 0x3000, 'b'),
-                (0x3000, 0x4000, 'a')
-            ]
-        );
+        assert_eq!(spans(&m), vec![(0x1000, 0x2000, 'a'), (0x2000, 0x3000, 'b'), (0x3000, 0x4000, 'a')]);
     }
 }

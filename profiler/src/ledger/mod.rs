@@ -33,13 +33,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
-        Kind::Heap,
-        Kind::Mmap,
-        Kind::FileMmap,
-        Kind::Brk,
-        Kind::Sockets,
-    ];
+    pub const ALL: [Kind; 5] = [Kind::Heap, Kind::Mmap, Kind::FileMmap, Kind::Brk, Kind::Sockets];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -89,49 +83,15 @@ impl Outstanding {
 /// One lifecycle operation, as the ledger understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    Alloc {
-        addr: u64,
-        size: u64,
-        stack: StackId,
-    },
-    Free {
-        addr: u64,
-    },
-    Realloc {
-        old: u64,
-        addr: u64,
-        size: u64,
-        stack: StackId,
-    },
-    Map {
-        addr: u64,
-        len: u64,
-        file_backed: bool,
-        stack: StackId,
-    },
-    Unmap {
-        addr: u64,
-        len: u64,
-    },
-    Remap {
-        old: u64,
-        old_len: u64,
-        addr: u64,
-        len: u64,
-        stack: StackId,
-    },
-    Brk {
-        brk: u64,
-        stack: StackId,
-    },
-    OpenHandle {
-        fd: u64,
-        kind: Kind,
-        stack: StackId,
-    },
-    CloseHandle {
-        fd: u64,
-    },
+    Alloc { addr: u64, size: u64, stack: StackId },
+    Free { addr: u64 },
+    Realloc { old: u64, addr: u64, size: u64, stack: StackId },
+    Map { addr: u64, len: u64, file_backed: bool, stack: StackId },
+    Unmap { addr: u64, len: u64 },
+    Remap { old: u64, old_len: u64, addr: u64, len: u64, stack: StackId },
+    Brk { brk: u64, stack: StackId },
+    OpenHandle { fd: u64, kind: Kind, stack: StackId },
+    CloseHandle { fd: u64 },
 }
 
 /// Things the ledger saw that it could not match. None of them is an error
@@ -164,6 +124,9 @@ struct Block {
     size: u64,
     stack: StackId,
     ts: u64,
+    /// False once excluded by [`Ledger::exclude_live`]: it no longer counts,
+    /// and neither does its release.
+    counted: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,12 +136,14 @@ struct Region {
     /// Identifies the mapping call, so a range split by partial unmaps still
     /// counts as one mapping until all of it is gone.
     call: u64,
+    counted: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Handle {
     site: Site,
     ts: u64,
+    counted: bool,
 }
 
 #[derive(Default)]
@@ -254,59 +219,80 @@ impl Ledger {
                     self.counters.unknown_frees += 1;
                 }
             }
-            Op::Realloc {
-                old,
-                addr,
-                size,
-                stack,
-            } => {
+            Op::Realloc { old, addr, size, stack } => {
                 if old != 0 && !self.free(tgid, old) {
                     self.counters.unknown_reallocs += 1;
                 }
                 self.alloc(tgid, ts, addr, size, stack);
             }
-            Op::Map {
-                addr,
-                len,
-                file_backed,
-                stack,
-            } => {
-                let kind = if file_backed {
-                    Kind::FileMmap
-                } else {
-                    Kind::Mmap
-                };
+            Op::Map { addr, len, file_backed, stack } => {
+                let kind = if file_backed { Kind::FileMmap } else { Kind::Mmap };
                 self.map(tgid, ts, addr, page_up(len), Site { kind, stack });
             }
             Op::Unmap { addr, len } => {
-                let removed = self
-                    .proc(tgid)
-                    .mappings
-                    .remove(addr, addr.saturating_add(page_up(len)));
+                let removed = self.proc(tgid).mappings.remove(addr, addr.saturating_add(page_up(len)));
                 let tracked = self.release_pieces(&removed);
                 self.counters.untracked_unmap_bytes += page_up(len).saturating_sub(tracked);
             }
-            Op::Remap {
-                old,
-                old_len,
-                addr,
-                len,
-                stack,
-            } => self.remap(tgid, ts, old, old_len, addr, len, stack),
+            Op::Remap { old, old_len, addr, len, stack } => {
+                self.remap(tgid, ts, old, old_len, addr, len, stack)
+            }
             Op::Brk { brk, stack } => self.brk(tgid, ts, brk, stack),
             Op::OpenHandle { fd, kind, stack } => {
                 let site = Site { kind, stack };
-                if let Some(prev) = self.proc(tgid).handles.insert(fd, Handle { site, ts }) {
+                if let Some(prev) = self.proc(tgid).handles.insert(fd, Handle { site, ts, counted: true }) {
                     self.counters.reused_fds += 1;
-                    self.sub(prev.site, 1, prev.ts);
+                    if prev.counted {
+                        self.sub(prev.site, 1, prev.ts);
+                    }
                 }
                 self.add(site, 1, ts);
             }
             Op::CloseHandle { fd } => match self.proc(tgid).handles.remove(&fd) {
-                Some(h) => self.sub(h.site, 1, h.ts),
+                Some(h) if h.counted => self.sub(h.site, 1, h.ts),
+                Some(_) => {}
                 None => self.counters.unknown_closes += 1,
             },
         }
+    }
+
+    /// Stops counting everything live now (e.g. at the end of a warm-up):
+    /// those items leave the totals, and their later release changes nothing.
+    /// Only what is allocated from now on counts.
+    pub fn exclude_live(&mut self) {
+        self.exclude_allocated_before(u64::MAX);
+    }
+
+    /// Like [`exclude_live`](Self::exclude_live), for the items allocated
+    /// before `ts` only: exact even when applied after later events.
+    pub fn exclude_allocated_before(&mut self, ts: u64) {
+        let mut heap = Vec::new();
+        let mut handles = Vec::new();
+        let mut pieces = Vec::new();
+        for p in self.processes.values_mut() {
+            for b in p.heap.values_mut().filter(|b| b.counted && b.ts < ts) {
+                b.counted = false;
+                heap.push(*b);
+            }
+            for h in p.handles.values_mut().filter(|h| h.counted && h.ts < ts) {
+                h.counted = false;
+                handles.push(*h);
+            }
+            for ranges in [&mut p.mappings, &mut p.brk_ranges] {
+                for piece in ranges.iter_mut().filter(|p| p.value.counted && p.value.ts < ts) {
+                    pieces.push(Piece { start: piece.start, end: piece.end, value: *piece.value });
+                    piece.value.counted = false;
+                }
+            }
+        }
+        for b in heap {
+            self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+        }
+        for h in handles {
+            self.sub(h.site, 1, h.ts);
+        }
+        // Release the pieces as if unmapped: a mapping stops counting when all its pieces have.
+        self.release_pieces(&pieces);
     }
 
     fn proc(&mut self, tgid: u32) -> &mut ProcessLedger {
@@ -314,40 +300,23 @@ impl Ledger {
     }
 
     fn alloc(&mut self, tgid: u32, ts: u64, addr: u64, size: u64, stack: StackId) {
-        let block = Block { size, stack, ts };
+        let block = Block { size, stack, ts, counted: true };
         if let Some(prev) = self.proc(tgid).heap.insert(addr, block) {
             self.counters.overwritten_blocks += 1;
-            self.sub(
-                Site {
-                    kind: Kind::Heap,
-                    stack: prev.stack,
-                },
-                prev.size,
-                prev.ts,
-            );
+            if prev.counted {
+                self.sub(Site { kind: Kind::Heap, stack: prev.stack }, prev.size, prev.ts);
+            }
         }
-        self.add(
-            Site {
-                kind: Kind::Heap,
-                stack,
-            },
-            size,
-            ts,
-        );
+        self.add(Site { kind: Kind::Heap, stack }, size, ts);
     }
 
     /// Returns false when `addr` was not a live block.
     fn free(&mut self, tgid: u32, addr: u64) -> bool {
         match self.proc(tgid).heap.remove(&addr) {
             Some(b) => {
-                self.sub(
-                    Site {
-                        kind: Kind::Heap,
-                        stack: b.stack,
-                    },
-                    b.size,
-                    b.ts,
-                );
+                if b.counted {
+                    self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+                }
                 true
             }
             None => false,
@@ -365,7 +334,7 @@ impl Ledger {
             return;
         }
         let call = self.new_call(len);
-        let region = Region { site, ts, call };
+        let region = Region { site, ts, call, counted: true };
         let replaced = self.proc(tgid).mappings.insert(addr, addr + len, region);
         self.release_pieces(&replaced);
         self.add(site, len, ts);
@@ -376,6 +345,9 @@ impl Ledger {
         let mut released = 0;
         for p in pieces {
             released += p.len();
+            if !p.value.counted {
+                continue;
+            }
             let remaining = self.mapping_calls.get_mut(&p.value.call).map(|r| {
                 *r = r.saturating_sub(p.len());
                 *r
@@ -394,29 +366,11 @@ impl Ledger {
     /// `mremap`: the surviving part of the old range moves (keeping its
     /// original site), growth is attributed to the mremap call's stack.
     #[allow(clippy::too_many_arguments)]
-    fn remap(
-        &mut self,
-        tgid: u32,
-        ts: u64,
-        old: u64,
-        old_len: u64,
-        addr: u64,
-        len: u64,
-        stack: StackId,
-    ) {
+    fn remap(&mut self, tgid: u32, ts: u64, old: u64, old_len: u64, addr: u64, len: u64, stack: StackId) {
         let (old_len, len) = (page_up(old_len), page_up(len));
         if old_len == 0 {
             // Duplicates a shared mapping: a new range of `len` bytes.
-            self.map(
-                tgid,
-                ts,
-                addr,
-                len,
-                Site {
-                    kind: Kind::Mmap,
-                    stack,
-                },
-            );
+            self.map(tgid, ts, addr, len, Site { kind: Kind::Mmap, stack });
             return;
         }
         let removed = self.proc(tgid).mappings.remove(old, old + old_len);
@@ -428,16 +382,8 @@ impl Ledger {
             if p.start < keep_end {
                 growth_kind = p.value.site.kind;
                 let end = p.end.min(keep_end);
-                let moved = Piece {
-                    start: p.start,
-                    end,
-                    value: p.value,
-                };
-                let dropped = Piece {
-                    start: end,
-                    end: p.end,
-                    value: p.value,
-                };
+                let moved = Piece { start: p.start, end, value: p.value };
+                let dropped = Piece { start: end, end: p.end, value: p.value };
                 if !dropped.is_empty() {
                     self.release_pieces(&[dropped]);
                 }
@@ -453,16 +399,7 @@ impl Ledger {
             }
         }
         if len > old_len {
-            self.map(
-                tgid,
-                ts,
-                addr + old_len,
-                len - old_len,
-                Site {
-                    kind: growth_kind,
-                    stack,
-                },
-            );
+            self.map(tgid, ts, addr + old_len, len - old_len, Site { kind: growth_kind, stack });
         }
     }
 
@@ -473,12 +410,9 @@ impl Ledger {
         };
         self.proc(tgid).brk = Some(brk);
         if brk > current {
-            let site = Site {
-                kind: Kind::Brk,
-                stack,
-            };
+            let site = Site { kind: Kind::Brk, stack };
             let call = self.new_call(brk - current);
-            let region = Region { site, ts, call };
+            let region = Region { site, ts, call, counted: true };
             self.proc(tgid).brk_ranges.insert(current, brk, region);
             self.add(site, brk - current, ts);
         } else if brk < current {
@@ -493,35 +427,15 @@ mod tests {
     use super::*;
 
     fn at(ledger: &Ledger, kind: Kind, stack: StackId) -> (u64, u64) {
-        let o = ledger
-            .sites
-            .get(&Site { kind, stack })
-            .copied()
-            .unwrap_or_default();
+        let o = ledger.sites.get(&Site { kind, stack }).copied().unwrap_or_default();
         (o.bytes, o.count)
     }
 
     #[test]
     fn alloc_and_free_balance() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Alloc {
-                addr: 0x10,
-                size: 100,
-                stack: 7,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Alloc {
-                addr: 0x20,
-                size: 50,
-                stack: 7,
-            },
-        );
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 7 });
+        l.apply(1, 11, Op::Alloc { addr: 0x20, size: 50, stack: 7 });
         l.apply(1, 12, Op::Free { addr: 0x10 });
         assert_eq!(at(&l, Kind::Heap, 7), (50, 1));
         assert_eq!(l.total(Kind::Heap).bytes, 50);
@@ -530,15 +444,7 @@ mod tests {
     #[test]
     fn free_of_unknown_address_is_counted_not_applied() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Alloc {
-                addr: 0x10,
-                size: 100,
-                stack: 7,
-            },
-        );
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 7 });
         l.apply(1, 11, Op::Free { addr: 0x99 });
         assert_eq!(l.counters.unknown_frees, 1);
         assert_eq!(at(&l, Kind::Heap, 7), (100, 1));
@@ -547,25 +453,8 @@ mod tests {
     #[test]
     fn realloc_in_place_moves_ownership_to_the_realloc_site() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Alloc {
-                addr: 0x10,
-                size: 100,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Realloc {
-                old: 0x10,
-                addr: 0x10,
-                size: 300,
-                stack: 2,
-            },
-        );
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 11, Op::Realloc { old: 0x10, addr: 0x10, size: 300, stack: 2 });
         assert_eq!(at(&l, Kind::Heap, 1), (0, 0));
         assert_eq!(at(&l, Kind::Heap, 2), (300, 1));
     }
@@ -573,30 +462,10 @@ mod tests {
     #[test]
     fn realloc_moved_releases_the_old_block() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Alloc {
-                addr: 0x10,
-                size: 100,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Realloc {
-                old: 0x10,
-                addr: 0x80,
-                size: 300,
-                stack: 2,
-            },
-        );
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 11, Op::Realloc { old: 0x10, addr: 0x80, size: 300, stack: 2 });
         l.apply(1, 12, Op::Free { addr: 0x10 });
-        assert_eq!(
-            l.counters.unknown_frees, 1,
-            "old block is gone after a moving realloc"
-        );
+        assert_eq!(l.counters.unknown_frees, 1, "old block is gone after a moving realloc");
         assert_eq!(at(&l, Kind::Heap, 2), (300, 1));
         l.apply(1, 13, Op::Free { addr: 0x80 });
         assert_eq!(l.total(Kind::Heap), Outstanding::default());
@@ -605,26 +474,8 @@ mod tests {
     #[test]
     fn realloc_of_null_is_an_allocation_and_of_unknown_is_counted() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Realloc {
-                old: 0,
-                addr: 0x10,
-                size: 8,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            10,
-            Op::Realloc {
-                old: 0x999,
-                addr: 0x20,
-                size: 8,
-                stack: 1,
-            },
-        );
+        l.apply(1, 10, Op::Realloc { old: 0, addr: 0x10, size: 8, stack: 1 });
+        l.apply(1, 10, Op::Realloc { old: 0x999, addr: 0x20, size: 8, stack: 1 });
         assert_eq!(at(&l, Kind::Heap, 1), (16, 2));
         assert_eq!(l.counters.unknown_reallocs, 1);
     }
@@ -632,15 +483,7 @@ mod tests {
     #[test]
     fn processes_have_separate_address_spaces() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Alloc {
-                addr: 0x10,
-                size: 100,
-                stack: 1,
-            },
-        );
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
         l.apply(2, 10, Op::Free { addr: 0x10 });
         assert_eq!(at(&l, Kind::Heap, 1), (100, 1));
         assert_eq!(l.counters.unknown_frees, 1);
@@ -649,41 +492,11 @@ mod tests {
     #[test]
     fn partial_munmap_keeps_the_mapping_counted_until_fully_gone() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 4 * PAGE,
-                file_backed: false,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Unmap {
-                addr: 0x11000,
-                len: PAGE,
-            },
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Unmap { addr: 0x11000, len: PAGE });
         assert_eq!(at(&l, Kind::Mmap, 3), (3 * PAGE, 1));
-        l.apply(
-            1,
-            12,
-            Op::Unmap {
-                addr: 0x10000,
-                len: PAGE,
-            },
-        );
-        l.apply(
-            1,
-            12,
-            Op::Unmap {
-                addr: 0x12000,
-                len: 2 * PAGE,
-            },
-        );
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: PAGE });
+        l.apply(1, 12, Op::Unmap { addr: 0x12000, len: 2 * PAGE });
         assert_eq!(at(&l, Kind::Mmap, 3), (0, 0));
         assert_eq!(l.counters.untracked_unmap_bytes, 0);
     }
@@ -691,89 +504,28 @@ mod tests {
     #[test]
     fn mmap_lengths_are_rounded_to_pages_and_unknown_unmaps_counted() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 100,
-                file_backed: false,
-                stack: 3,
-            },
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 100, file_backed: false, stack: 3 });
         assert_eq!(at(&l, Kind::Mmap, 3), (PAGE, 1));
-        l.apply(
-            1,
-            11,
-            Op::Unmap {
-                addr: 0x40000,
-                len: 2 * PAGE,
-            },
-        );
+        l.apply(1, 11, Op::Unmap { addr: 0x40000, len: 2 * PAGE });
         assert_eq!(l.counters.untracked_unmap_bytes, 2 * PAGE);
     }
 
     #[test]
     fn mremap_grow_in_place_attributes_growth_to_mremap_site() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 2 * PAGE,
-                file_backed: false,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Remap {
-                old: 0x10000,
-                old_len: 2 * PAGE,
-                addr: 0x10000,
-                len: 5 * PAGE,
-                stack: 4,
-            },
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 2 * PAGE, addr: 0x10000, len: 5 * PAGE, stack: 4 });
         assert_eq!(at(&l, Kind::Mmap, 3), (2 * PAGE, 1));
         assert_eq!(at(&l, Kind::Mmap, 4), (3 * PAGE, 1));
-        l.apply(
-            1,
-            12,
-            Op::Unmap {
-                addr: 0x10000,
-                len: 5 * PAGE,
-            },
-        );
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: 5 * PAGE });
         assert_eq!(l.total(Kind::Mmap), Outstanding::default());
     }
 
     #[test]
     fn mremap_shrink_releases_the_tail() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 4 * PAGE,
-                file_backed: false,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Remap {
-                old: 0x10000,
-                old_len: 4 * PAGE,
-                addr: 0x10000,
-                len: PAGE,
-                stack: 4,
-            },
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 4 * PAGE, addr: 0x10000, len: PAGE, stack: 4 });
         assert_eq!(at(&l, Kind::Mmap, 3), (PAGE, 1));
         assert_eq!(at(&l, Kind::Mmap, 4), (0, 0));
     }
@@ -781,76 +533,21 @@ mod tests {
     #[test]
     fn mremap_move_relocates_the_range() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 2 * PAGE,
-                file_backed: false,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Remap {
-                old: 0x10000,
-                old_len: 2 * PAGE,
-                addr: 0x80000,
-                len: 3 * PAGE,
-                stack: 4,
-            },
-        );
-        l.apply(
-            1,
-            12,
-            Op::Unmap {
-                addr: 0x10000,
-                len: 2 * PAGE,
-            },
-        );
-        assert_eq!(
-            l.counters.untracked_unmap_bytes,
-            2 * PAGE,
-            "old range no longer mapped"
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Remap { old: 0x10000, old_len: 2 * PAGE, addr: 0x80000, len: 3 * PAGE, stack: 4 });
+        l.apply(1, 12, Op::Unmap { addr: 0x10000, len: 2 * PAGE });
+        assert_eq!(l.counters.untracked_unmap_bytes, 2 * PAGE, "old range no longer mapped");
         assert_eq!(at(&l, Kind::Mmap, 3), (2 * PAGE, 1));
         assert_eq!(at(&l, Kind::Mmap, 4), (PAGE, 1));
-        l.apply(
-            1,
-            13,
-            Op::Unmap {
-                addr: 0x80000,
-                len: 3 * PAGE,
-            },
-        );
+        l.apply(1, 13, Op::Unmap { addr: 0x80000, len: 3 * PAGE });
         assert_eq!(l.total(Kind::Mmap), Outstanding::default());
     }
 
     #[test]
     fn map_fixed_over_a_live_range_replaces_it() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Map {
-                addr: 0x10000,
-                len: 4 * PAGE,
-                file_backed: false,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Map {
-                addr: 0x11000,
-                len: PAGE,
-                file_backed: true,
-                stack: 5,
-            },
-        );
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 4 * PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 11, Op::Map { addr: 0x11000, len: PAGE, file_backed: true, stack: 5 });
         assert_eq!(at(&l, Kind::Mmap, 3), (3 * PAGE, 1));
         assert_eq!(at(&l, Kind::FileMmap, 5), (PAGE, 1));
     }
@@ -858,38 +555,10 @@ mod tests {
     #[test]
     fn brk_growth_and_shrink() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::Brk {
-                brk: 0x1000,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::Brk {
-                brk: 0x5000,
-                stack: 2,
-            },
-        );
-        l.apply(
-            1,
-            12,
-            Op::Brk {
-                brk: 0x7000,
-                stack: 3,
-            },
-        );
-        l.apply(
-            1,
-            13,
-            Op::Brk {
-                brk: 0x4000,
-                stack: 4,
-            },
-        );
+        l.apply(1, 10, Op::Brk { brk: 0x1000, stack: 1 });
+        l.apply(1, 11, Op::Brk { brk: 0x5000, stack: 2 });
+        l.apply(1, 12, Op::Brk { brk: 0x7000, stack: 3 });
+        l.apply(1, 13, Op::Brk { brk: 0x4000, stack: 4 });
         assert_eq!(at(&l, Kind::Brk, 2), (0x3000, 1));
         assert_eq!(at(&l, Kind::Brk, 3), (0, 0));
     }
@@ -897,35 +566,11 @@ mod tests {
     #[test]
     fn handles_open_close_and_reuse() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            10,
-            Op::OpenHandle {
-                fd: 3,
-                kind: Kind::Sockets,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            11,
-            Op::OpenHandle {
-                fd: 4,
-                kind: Kind::Sockets,
-                stack: 1,
-            },
-        );
+        l.apply(1, 10, Op::OpenHandle { fd: 3, kind: Kind::Sockets, stack: 1 });
+        l.apply(1, 11, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 1 });
         l.apply(1, 12, Op::CloseHandle { fd: 3 });
         l.apply(1, 13, Op::CloseHandle { fd: 9 });
-        l.apply(
-            1,
-            14,
-            Op::OpenHandle {
-                fd: 4,
-                kind: Kind::Sockets,
-                stack: 2,
-            },
-        );
+        l.apply(1, 14, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 2 });
         assert_eq!(at(&l, Kind::Sockets, 1), (0, 0));
         assert_eq!(at(&l, Kind::Sockets, 2), (1, 1));
         assert_eq!(l.counters.unknown_closes, 1);
@@ -933,26 +578,42 @@ mod tests {
     }
 
     #[test]
+    fn excluded_items_neither_count_nor_subtract_when_released() {
+        let mut l = Ledger::new();
+        l.apply(1, 1, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 1, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 2 });
+        l.apply(1, 1, Op::OpenHandle { fd: 3, kind: Kind::Sockets, stack: 3 });
+        l.exclude_live();
+        assert_eq!(l.sites().count(), 0);
+        l.apply(1, 2, Op::Alloc { addr: 0x20, size: 7, stack: 1 });
+        l.apply(1, 2, Op::Free { addr: 0x10 });
+        l.apply(1, 2, Op::Unmap { addr: 0x10000, len: PAGE });
+        l.apply(1, 2, Op::CloseHandle { fd: 3 });
+        assert_eq!(at(&l, Kind::Heap, 1), (7, 1));
+        assert_eq!(at(&l, Kind::Mmap, 2), (0, 0));
+        assert_eq!(at(&l, Kind::Sockets, 3), (0, 0));
+        assert_eq!(l.counters, LedgerCounters::default(), "releases of excluded items are not unknown");
+    }
+
+    #[test]
+    fn exclusion_by_time_keeps_later_items_even_when_applied_late() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
+        l.apply(1, 10, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 2 });
+        l.apply(1, 30, Op::Alloc { addr: 0x20, size: 7, stack: 1 });
+        l.apply(1, 30, Op::Map { addr: 0x40000, len: PAGE, file_backed: false, stack: 2 });
+        l.exclude_allocated_before(20);
+        assert_eq!(at(&l, Kind::Heap, 1), (7, 1));
+        assert_eq!(at(&l, Kind::Mmap, 2), (PAGE, 1));
+        l.apply(1, 40, Op::Unmap { addr: 0x10000, len: 2 * PAGE });
+        assert_eq!(at(&l, Kind::Mmap, 2), (PAGE, 1));
+    }
+
+    #[test]
     fn mean_age() {
         let mut l = Ledger::new();
-        l.apply(
-            1,
-            100,
-            Op::Alloc {
-                addr: 1,
-                size: 1,
-                stack: 1,
-            },
-        );
-        l.apply(
-            1,
-            300,
-            Op::Alloc {
-                addr: 2,
-                size: 1,
-                stack: 1,
-            },
-        );
+        l.apply(1, 100, Op::Alloc { addr: 1, size: 1, stack: 1 });
+        l.apply(1, 300, Op::Alloc { addr: 2, size: 1, stack: 1 });
         assert_eq!(l.total(Kind::Heap).mean_age_ns(1200), 1000);
     }
 }

@@ -19,13 +19,7 @@ pub fn folded_path(entry: &StackEntry) -> String {
     if entry.frames.is_empty() {
         return UNAVAILABLE.to_string();
     }
-    entry
-        .frames
-        .iter()
-        .rev()
-        .map(|f| frame_name(&f.function))
-        .collect::<Vec<_>>()
-        .join(";")
+    entry.frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
 }
 
 /// The value a kind is measured in: bytes, or open handles.
@@ -43,11 +37,7 @@ pub fn folded(report: &Report, kind: &str) -> Vec<String> {
     for e in report.entries(kind) {
         *merged.entry(folded_path(e)).or_default() += value(e);
     }
-    merged
-        .into_iter()
-        .filter(|(_, v)| *v > 0)
-        .map(|(p, v)| format!("{p} {v}"))
-        .collect()
+    merged.into_iter().filter(|(_, v)| *v > 0).map(|(p, v)| format!("{p} {v}")).collect()
 }
 
 pub fn human_bytes(bytes: u64) -> String {
@@ -84,20 +74,9 @@ pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
             report.target.pid
         )
     };
-    options.count_name = if handles {
-        "handles".into()
-    } else {
-        "bytes".into()
-    };
-    options.colors = Palette::Basic(if handles {
-        BasicPalette::Io
-    } else {
-        BasicPalette::Mem
-    });
-    options.subtitle = Some(format!(
-        "outstanding when recording ended ({})",
-        report.end_reason
-    ));
+    options.count_name = if handles { "handles".into() } else { "bytes".into() };
+    options.colors = Palette::Basic(if handles { BasicPalette::Io } else { BasicPalette::Mem });
+    options.subtitle = Some(format!("outstanding when recording ended ({})", report.end_reason));
     let mut out = Vec::new();
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut out)
         .with_context(|| format!("rendering the {kind} flamegraph"))?;
@@ -134,23 +113,12 @@ mod tests {
         Report {
             schema_version: 1,
             profiler_version: "0".into(),
-            target: TargetInfo {
-                pid: 1,
-                command: "demo".into(),
-                mode: "launch".into(),
-                libc: String::new(),
-            },
+            target: TargetInfo { pid: 1, command: "demo".into(), mode: "launch".into(), libc: String::new() },
             started_at: 0,
             duration_s: 1.0,
             end_reason: "test".into(),
-            totals: [(
-                "heap".to_string(),
-                Total {
-                    bytes: 300,
-                    count: 3,
-                },
-            )]
-            .into(),
+            warmup: None,
+            totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),
@@ -164,10 +132,7 @@ mod tests {
     #[test]
     fn folded_is_root_first_merged_and_typed_by_kind() {
         let r = report();
-        assert_eq!(
-            folded(&r, "heap"),
-            vec!["[stack unavailable] 50", "_start;main;leak_a 250"]
-        );
+        assert_eq!(folded(&r, "heap"), vec!["[stack unavailable] 50", "_start;main;leak_a 250"]);
         assert_eq!(folded(&r, "sockets"), vec!["main;leak_sock:x 2"]);
     }
 

@@ -19,6 +19,9 @@ pub struct Report {
     pub duration_s: f64,
     /// Why recording ended: `target exited (...)`, `duration elapsed`, `SIGINT`, `SIGTERM`.
     pub end_reason: String,
+    /// What was excluded as warm-up, if a warm-up was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
     /// Outstanding per allocation site, largest first within each kind.

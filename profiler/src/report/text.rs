@@ -10,16 +10,11 @@ const FRAMES_SHOWN: usize = 16;
 pub fn render(report: &Report, top: usize) -> String {
     let mut s = String::new();
     let t = &report.target;
-    let _ = writeln!(
-        s,
-        "Leak report for pid {} ({}), {} mode",
-        t.pid, t.command, t.mode
-    );
-    let _ = writeln!(
-        s,
-        "Recorded {:.1}s; ended: {}",
-        report.duration_s, report.end_reason
-    );
+    let _ = writeln!(s, "Leak report for pid {} ({}), {} mode", t.pid, t.command, t.mode);
+    let _ = writeln!(s, "Recorded {:.1}s; ended: {}", report.duration_s, report.end_reason);
+    if let Some(w) = &report.warmup {
+        let _ = writeln!(s, "Warm-up: {w}");
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "Outstanding when recording ended:");
     if report.totals.values().all(|t| t.count == 0) {
@@ -32,12 +27,7 @@ pub fn render(report: &Report, top: usize) -> String {
         if Report::is_handle_kind(kind) {
             let _ = writeln!(s, "  {kind:<10} {:>12} open handles", total.count);
         } else {
-            let _ = writeln!(
-                s,
-                "  {kind:<10} {:>12} in {} blocks",
-                human_bytes(total.bytes),
-                total.count
-            );
+            let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
     for kind in report.totals.keys() {
@@ -53,13 +43,7 @@ pub fn render(report: &Report, top: usize) -> String {
             } else {
                 format!("{} in {} blocks", human_bytes(e.bytes), e.count)
             };
-            let _ = writeln!(
-                s,
-                "  #{} {what} via {}, mean age {:.1}s",
-                i + 1,
-                e.api,
-                e.mean_age_s
-            );
+            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s", i + 1, e.api, e.mean_age_s);
             if e.frames.is_empty() {
                 let _ = writeln!(s, "      [stack unavailable]");
             }
@@ -79,11 +63,7 @@ pub fn render(report: &Report, top: usize) -> String {
     let a = &report.accuracy;
     let _ = writeln!(s);
     let _ = writeln!(s, "Accuracy:");
-    let calls: Vec<String> = a
-        .calls_seen
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let calls: Vec<String> = a.calls_seen.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(s, "  calls seen: {}", calls.join(" "));
     let _ = writeln!(
         s,

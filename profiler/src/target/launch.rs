@@ -5,8 +5,7 @@
 //! written. All ptrace calls happen on one dedicated thread, the tracer.
 
 use std::{
-    ffi::OsString, os::unix::process::CommandExt, process::Command, sync::mpsc, thread,
-    time::Duration,
+    ffi::OsString, os::unix::process::CommandExt, process::Command, sync::mpsc, thread, time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -46,6 +45,8 @@ pub enum Control {
 
 pub struct Launched {
     pub info: ProcessInfo,
+    /// The program's stdout, when it was asked to be piped to us.
+    pub stdout: Option<std::process::ChildStdout>,
     pub control: mpsc::Sender<Control>,
     pub events: tokio::sync::mpsc::UnboundedReceiver<TargetEvent>,
     thread: Option<thread::JoinHandle<()>>,
@@ -62,53 +63,44 @@ impl Launched {
 
 /// Starts `argv` stopped, runs it until its C library is mapped, and returns
 /// it still stopped; nothing of it has run but the dynamic loader.
-pub fn launch(argv: &[OsString]) -> Result<Launched> {
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<ProcessInfo>>();
+pub fn launch(argv: &[OsString], pipe_stdout: bool) -> Result<Launched> {
+    type Ready = Result<(ProcessInfo, Option<std::process::ChildStdout>)>;
+    let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let (control_tx, control_rx) = mpsc::channel();
     let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
     let argv = argv.to_vec();
-    let thread = thread::Builder::new()
-        .name("tracer".into())
-        .spawn(move || {
-            let child = match start_stopped(&argv) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(ProcessInfo::inspect(child.as_raw() as u32));
-            trace(child, control_rx, event_tx);
-        })?;
-    let info = ready_rx
-        .recv()
-        .map_err(|_| anyhow!("tracer thread died"))??;
-    Ok(Launched {
-        info,
-        control: control_tx,
-        events: event_rx,
-        thread: Some(thread),
-    })
+    let thread = thread::Builder::new().name("tracer".into()).spawn(move || {
+        let (child, stdout) = match start_stopped(&argv, pipe_stdout) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready_tx.send(ProcessInfo::inspect(child.as_raw() as u32).map(|i| (i, stdout)));
+        trace(child, control_rx, event_tx);
+    })?;
+    let (info, stdout) = ready_rx.recv().map_err(|_| anyhow!("tracer thread died"))??;
+    Ok(Launched { info, stdout, control: control_tx, events: event_rx, thread: Some(thread) })
 }
 
-fn start_stopped(argv: &[OsString]) -> Result<Pid> {
+fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<std::process::ChildStdout>)> {
     let (program, args) = argv.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
+    if pipe_stdout {
+        cmd.stdout(std::process::Stdio::piped());
+    }
     // SAFETY: ptrace(TRACEME) is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
     let pid = Pid::from_raw(child.id() as i32);
+    let stdout = child.stdout.take();
     match waitpid(pid, None)? {
         WaitStatus::Stopped(_, Signal::SIGTRAP) => {}
-        other => bail!(
-            "{} did not stop at exec: {other:?}",
-            program.to_string_lossy()
-        ),
+        other => bail!("{} did not stop at exec: {other:?}", program.to_string_lossy()),
     }
     ptrace::setoptions(
         pid,
@@ -119,7 +111,7 @@ fn start_stopped(argv: &[OsString]) -> Result<Pid> {
         let _ = waitpid(pid, None);
         return Err(e.context(format!("{}", program.to_string_lossy())));
     }
-    Ok(pid)
+    Ok((pid, stdout))
 }
 
 /// Steps through the dynamic loader's syscalls until libc appears in the
@@ -224,9 +216,7 @@ fn trace(
                 // Hold the exit until the report is written (or we are told to go).
                 loop {
                     match control.recv() {
-                        Ok(Control::Release) | Ok(Control::Detach) | Ok(Control::Kill) | Err(_) => {
-                            break
-                        }
+                        Ok(Control::Release) | Ok(Control::Detach) | Ok(Control::Kill) | Err(_) => break,
                         Ok(Control::Resume) => {}
                     }
                 }

@@ -52,13 +52,7 @@ impl ProcessInfo {
             );
         };
         let libc = PathBuf::from(format!("/proc/{pid}/root{libc}"));
-        Ok(Self {
-            pid,
-            command,
-            name,
-            libc,
-            maps,
-        })
+        Ok(Self { pid, command, name, libc, maps })
     }
 }
 

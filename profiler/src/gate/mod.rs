@@ -1,0 +1,203 @@
+//! The CI leak gate: run a command under the profiler (once or `--runs N`
+//! times), compare what it left outstanding with the budgets of a committed
+//! TOML config and optionally a committed baseline, and decide. Exit codes
+//! (see `main.rs`): 0 pass, 1 leak regression, 2 the gate itself failed.
+
+pub mod config;
+pub mod decide;
+pub mod output;
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    record::{record, RecordOptions, TargetSpec, Warmup},
+    report::{flame, Report},
+};
+use config::Config;
+use decide::{decide, Baseline, Decision, Observed};
+
+/// Used when present in the working directory and no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "leakgate.toml";
+pub const DEFAULT_BASELINE: &str = "leakgate-baseline.json";
+
+#[derive(Clone, Debug)]
+pub struct GateOptions {
+    pub command: Vec<OsString>,
+    pub config: Option<PathBuf>,
+    pub baseline: Option<PathBuf>,
+    pub update_baseline: bool,
+    pub warmup: Warmup,
+    pub runs: usize,
+    pub output: PathBuf,
+    pub top: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    LeakRegression,
+}
+
+/// Modules of the C runtime and dynamic loader. Allocations whose frames all
+/// lie in these are "runtime": the program did not ask for them.
+fn is_runtime_module(module: &str) -> bool {
+    const PREFIXES: [&str; 9] =
+        ["libc.so", "libc-", "ld-linux", "ld-musl", "libpthread", "libdl", "libgcc_s", "librt", "libm."];
+    PREFIXES.iter().any(|p| module.starts_with(p)) || module == "[vdso]"
+}
+
+/// Per-stack values of one run, identical names merged.
+fn observe(report: &Report) -> BTreeMap<(String, String), Observed> {
+    let mut out: BTreeMap<(String, String), Observed> = BTreeMap::new();
+    for e in &report.stacks {
+        let stack = flame::folded_path(e);
+        let runtime = !e.frames.is_empty() && e.frames.iter().all(|f| is_runtime_module(&f.module));
+        let o = out.entry((e.kind.clone(), stack.clone())).or_insert_with(|| Observed {
+            kind: e.kind.clone(),
+            stack,
+            value: 0,
+            noise: 0,
+            runtime,
+            frames: e
+                .frames
+                .iter()
+                .map(|f| match (&f.file, f.line) {
+                    (Some(file), Some(line)) => {
+                        format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
+                    }
+                    _ => f.function.clone(),
+                })
+                .collect(),
+        });
+        o.value += flame::value(e);
+    }
+    out
+}
+
+/// Combines runs: the value is the minimum over runs (a stack absent from a
+/// run counts 0 there), the noise is the spread.
+fn combine(runs: &[BTreeMap<(String, String), Observed>]) -> Vec<Observed> {
+    let mut all: BTreeMap<(String, String), Observed> = BTreeMap::new();
+    for run in runs {
+        for (k, o) in run {
+            all.entry(k.clone()).or_insert_with(|| o.clone());
+        }
+    }
+    all.into_iter()
+        .map(|(k, mut o)| {
+            let values: Vec<u64> = runs.iter().map(|r| r.get(&k).map_or(0, |x| x.value)).collect();
+            let (min, max) = (*values.iter().min().unwrap_or(&0), *values.iter().max().unwrap_or(&0));
+            o.value = min;
+            o.noise = max - min;
+            o
+        })
+        .collect()
+}
+
+fn load_config(opts: &GateOptions) -> Result<Config> {
+    match &opts.config {
+        Some(path) => Config::load(path),
+        None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
+        None => Ok(Config::default()),
+    }
+}
+
+fn load_baseline(opts: &GateOptions) -> Result<Option<Baseline>> {
+    if opts.update_baseline {
+        return Ok(None);
+    }
+    let path = opts.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
+    if !path.exists() {
+        if opts.baseline.is_some() {
+            bail!("baseline {} does not exist (create it with --update-baseline)", path.display());
+        }
+        return Ok(None);
+    }
+    let text = std::fs::read(&path).with_context(|| format!("reading baseline {}", path.display()))?;
+    let baseline: Baseline =
+        serde_json::from_slice(&text).with_context(|| format!("invalid baseline {}", path.display()))?;
+    Ok(Some(baseline))
+}
+
+/// Runs the gate; `Err` means the gate itself failed (exit 2).
+pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
+    if opts.command.is_empty() {
+        bail!("no command to gate: use `profiler gate [OPTIONS] -- CMD ARGS`");
+    }
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let config = load_config(opts)?;
+    let baseline = load_baseline(opts)?;
+    let mut runs = Vec::new();
+    for i in 1..=opts.runs {
+        let dir = opts.output.join(format!("run-{i}"));
+        let recorded = record(RecordOptions {
+            target: TargetSpec::Command(opts.command.clone()),
+            duration: None,
+            output: Some(dir),
+            top: opts.top,
+            ringbuf_bytes: 16 << 20,
+            print_summary: false,
+            warmup: opts.warmup.clone(),
+        })
+        .with_context(|| format!("run {i} of {}", opts.runs))?;
+        runs.push(observe(&recorded.report));
+    }
+    let observed = combine(&runs);
+    if opts.update_baseline {
+        let path = opts.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
+        let baseline = Baseline::from_observed(&observed);
+        std::fs::write(&path, serde_json::to_vec_pretty(&baseline)?)
+            .with_context(|| format!("writing baseline {}", path.display()))?;
+        println!("leak gate: baseline of {} stacks written to {}", baseline.stacks.len(), path.display());
+        let decision = decide(&observed, &config, Some(&baseline));
+        return Ok((Verdict::Pass, decision));
+    }
+    let decision = decide(&observed, &config, baseline.as_ref());
+    output::write_all(&decision, opts)?;
+    print!("{}", output::text(&decision, opts));
+    Ok((if decision.passed { Verdict::Pass } else { Verdict::LeakRegression }, decision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(stack: &str, value: u64) -> ((String, String), Observed) {
+        let o = Observed {
+            kind: "heap".into(),
+            stack: stack.into(),
+            value,
+            noise: 0,
+            runtime: false,
+            frames: vec![],
+        };
+        (("heap".into(), stack.into()), o)
+    }
+
+    #[test]
+    fn runs_combine_to_minimum_with_spread_as_noise() {
+        let a: BTreeMap<_, _> = [obs("main;x", 100), obs("main;flaky", 10)].into();
+        let b: BTreeMap<_, _> = [obs("main;x", 130)].into();
+        let combined = combine(&[a, b]);
+        let x = combined.iter().find(|o| o.stack == "main;x").unwrap();
+        assert_eq!((x.value, x.noise), (100, 30));
+        let flaky = combined.iter().find(|o| o.stack == "main;flaky").unwrap();
+        assert_eq!((flaky.value, flaky.noise), (0, 10));
+    }
+
+    #[test]
+    fn runtime_modules() {
+        assert!(is_runtime_module("libc.so.6"));
+        assert!(is_runtime_module("ld-linux-x86-64.so.2"));
+        assert!(!is_runtime_module("leaky"));
+        assert!(!is_runtime_module("libcrypto.so.3"));
+    }
+}
