@@ -6,6 +6,7 @@
 //! - `build`: eBPF programs, then the profiler with them embedded.
 //! - `run [ARGS]`: build, then `profiler record ARGS` as root (through sudo if
 //!   needed). Without ARGS it profiles the bundled demo (the leaky fixture).
+//! - `gate ARGS`: build, then `profiler gate ARGS` as root; exits with its code.
 //! - `test`: set up, build and run the whole test suite as root.
 
 use std::{
@@ -40,6 +41,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build, then run `profiler gate ARGS` as root (the CI leak gate).
+    Gate {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Build and run the full test suite (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
         Task::Setup => ebpf_toolchain().map(|t| eprintln!("eBPF toolchain: {}", t.describe())),
         Task::Build { debug } => build(!debug).map(|_| ()),
         Task::Run { args } => run(args),
+        Task::Gate { args } => gate(args),
         Task::Test { args } => test(args),
     };
     match result {
@@ -300,6 +307,14 @@ fn run(args: Vec<OsString>) -> Result<()> {
         bail!("profiler exited with {st}");
     }
     Ok(())
+}
+
+/// Exits with the gate's own code (0 pass, 1 leak regression, 2 gate failure).
+fn gate(args: Vec<OsString>) -> Result<()> {
+    let profiler = build(true)?;
+    let full: Vec<OsString> = std::iter::once("gate".into()).chain(args).collect();
+    let st = as_root(&profiler, &full).status()?;
+    std::process::exit(st.code().unwrap_or(2));
 }
 
 fn test(args: Vec<OsString>) -> Result<()> {
