@@ -333,11 +333,9 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         .filter(|k| !flame::folded(&report, k).is_empty())
         .map(|k| format!("{k}.svg"))
         .collect();
-    eprintln!(
-        "wrote {} (report.txt, report.json; flamegraphs: {})",
-        output.display(),
-        flamegraphs.join(", ")
-    );
+    let flamegraphs =
+        if flamegraphs.is_empty() { "none, nothing outstanding".to_string() } else { flamegraphs.join(", ") };
+    eprintln!("wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})", output.display());
     Ok(Recorded { report, output })
 }
 
