@@ -11,7 +11,7 @@ use crate::{
     ledger::{Kind, Ledger, Op, StackId},
     procmaps::ProcessMaps,
     report::model::StackEntry,
-    stacks::{repair_syscall_stack, AddressSpace, Location, StackTable},
+    stacks::{repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location, StackTable},
     symbols::Symbols,
 };
 
@@ -39,6 +39,8 @@ pub struct Collector {
     pub events_received: u64,
     pub undecodable_events: u64,
     pub stack_failures: u64,
+    /// Events whose stack walk left executable memory and was cut there.
+    pub truncated_stacks: u64,
 }
 
 /// Bytes an allocator call makes outstanding.
@@ -95,8 +97,11 @@ impl Collector {
             self.stack_failures += 1;
         }
         let raw: Vec<u64> = ev.frames().collect();
-        let frames =
+        let mut frames =
             if syscall { repair_syscall_stack(&raw, &ev.header.stack_hint, self.space(tgid)) } else { raw };
+        if truncate_at_invalid_frame(&mut frames, self.space(tgid)) {
+            self.truncated_stacks += 1;
+        }
         let (id, new) = self.stacks.intern(tgid, &frames);
         if new {
             let space = self.space(tgid);

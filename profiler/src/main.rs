@@ -133,6 +133,10 @@ struct GateArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     runs: usize,
 
+    /// Judge each run this many seconds after start (for programs that do not exit), instead of at exit.
+    #[arg(long, short, value_name = "SECS")]
+    duration: Option<f64>,
+
     /// Where gate.json, junit.xml, summary.md and the profiles go.
     #[arg(long, short, default_value = "leak-gate", value_name = "DIR")]
     output: PathBuf,
@@ -201,7 +205,13 @@ fn run_gate(args: GateArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage_error(&e),
     };
+    if let Some(d) = args.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return usage_error("--duration must be a positive number of seconds");
+        }
+    }
     let opts = GateOptions {
+        duration: args.duration.map(Duration::from_secs_f64),
         command: args.command,
         config: args.config,
         baseline: args.baseline,

@@ -386,6 +386,7 @@ fn build_report(
             events_received: collector.events_received,
             undecodable_events: collector.undecodable_events,
             stack_failures: collector.stack_failures.max(kernel[counters::STACK_FAILED]),
+            truncated_stacks: collector.truncated_stacks,
             ringbuf_drops: kernel[counters::RINGBUF_DROPS],
             inflight_map_full: kernel[counters::INFLIGHT_MAP_FULL],
             inflight_syscall_map_full: kernel[counters::INFLIGHT_SYSCALL_MAP_FULL],

@@ -122,6 +122,15 @@ impl AddressSpace {
         loc
     }
 
+    /// Whether `addr` is in executable memory (file-backed or JIT). A
+    /// frame-pointer walk that reaches anything else has left the real stack.
+    pub fn is_code(&mut self, addr: u64) -> bool {
+        if self.maps.find(addr).is_none() {
+            self.locate(addr); // refreshes the maps on a miss
+        }
+        self.maps.find(addr).is_some_and(|m| m.executable)
+    }
+
     /// Whether `addr` lies in the process's C library.
     pub fn in_libc(&mut self, addr: u64) -> bool {
         match (self.locate(addr), &self.libc) {
@@ -170,6 +179,20 @@ fn follows_call(b: &[u8; 7]) -> bool {
         || (b[5] == 0xff && modrm_is_call(b[6]) && b[6] >> 6 == 0) // [reg]
 }
 
+/// Cuts a stack at its first frame outside executable memory: code built
+/// without frame pointers (typically libc) leaves the walk following data
+/// words, and nothing after such a frame is real. Returns whether it cut.
+pub fn truncate_at_invalid_frame(frames: &mut Vec<u64>, space: &mut AddressSpace) -> bool {
+    // The innermost frame is kept even if odd: it is where the call happened.
+    match frames.iter().skip(1).position(|&a| !space.is_code(a)) {
+        Some(i) => {
+            frames.truncate(i + 1);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Completes a stack captured at a syscall. The kernel's frame-pointer walk
 /// starts in the (frameless) libc wrapper and continues from the caller's
 /// frame pointer, skipping the caller itself; its return address is the first
@@ -205,6 +228,25 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(t.get(c), (2, &[1u64, 2, 3][..]));
+    }
+
+    #[test]
+    fn stacks_are_cut_at_the_first_frame_outside_code() {
+        let maps = ProcessMaps::parse(
+            "1000-2000 r-xp 00000000 fe:00 1 /bin/prog\n\
+             3000-4000 rw-p 00000000 fe:00 1 /bin/prog\n\
+             5000-6000 r-xp 00000000 00:00 0 \n",
+        );
+        // A pid that cannot exist, so the maps above are never refreshed.
+        let mut space = AddressSpace::new(u32::MAX, maps);
+        let mut jit_ok = vec![0x1100, 0x5100, 0x1200];
+        assert!(!truncate_at_invalid_frame(&mut jit_ok, &mut space), "anonymous code (JIT) is code");
+        let mut into_data = vec![0x1100, 0x1200, 0x3100, 0x1300];
+        assert!(truncate_at_invalid_frame(&mut into_data, &mut space));
+        assert_eq!(into_data, vec![0x1100, 0x1200]);
+        let mut garbage = vec![0x1100, 0x2f656c61636f6c2f];
+        assert!(truncate_at_invalid_frame(&mut garbage, &mut space));
+        assert_eq!(garbage, vec![0x1100]);
     }
 
     #[test]

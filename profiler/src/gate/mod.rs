@@ -34,6 +34,9 @@ pub struct GateOptions {
     pub update_baseline: bool,
     pub warmup: Warmup,
     pub runs: usize,
+    /// End each run after this long (a checkpoint while the program is alive)
+    /// instead of at its exit.
+    pub duration: Option<std::time::Duration>,
     pub output: PathBuf,
     pub top: usize,
 }
@@ -140,7 +143,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
         let dir = opts.output.join(format!("run-{i}"));
         let recorded = record(RecordOptions {
             target: TargetSpec::Command(opts.command.clone()),
-            duration: None,
+            duration: opts.duration,
             output: Some(dir),
             top: opts.top,
             ringbuf_bytes: 16 << 20,

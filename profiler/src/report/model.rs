@@ -73,6 +73,10 @@ pub struct Accuracy {
     pub undecodable_events: u64,
     /// Events whose user stack could not be captured (attributed to `[stack unavailable]`).
     pub stack_failures: u64,
+    /// Events whose stack walk left executable memory (code without frame
+    /// pointers, typically inside libc) and was cut there.
+    #[serde(default)]
+    pub truncated_stacks: u64,
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
     /// Allocator calls not tracked because the in-flight map was full.

@@ -67,8 +67,8 @@ pub fn render(report: &Report, top: usize) -> String {
     let _ = writeln!(s, "  calls seen: {}", calls.join(" "));
     let _ = writeln!(
         s,
-        "  events {} | lost to full ring buffer {} | undecodable {} | stack captures failed {}",
-        a.events_received, a.ringbuf_drops, a.undecodable_events, a.stack_failures
+        "  events {} | lost to full ring buffer {} | undecodable {} | stack captures failed {} | stacks cut at a frame without frame pointer {}",
+        a.events_received, a.ringbuf_drops, a.undecodable_events, a.stack_failures, a.truncated_stacks
     );
     let _ = writeln!(
         s,
