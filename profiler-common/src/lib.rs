@@ -29,7 +29,9 @@ pub enum EventKind {
     Mremap = 6,
     /// `brk` returned the break `addr`.
     Brk = 7,
-    /// A handle was opened: fd in `addr`, [`HandleKind`] in `arg`, detail in `size`.
+    /// A handle was opened: fd in `addr` (and `old_addr` for a pair, else
+    /// `u64::MAX`), [`HandleKind`] in `arg`, detail in `size` (socket:
+    /// `domain << 32 | type`; accept: the listening fd), `old_size` = 1 if close-on-exec.
     FdOpen = 8,
     /// `close(addr)` was called (recorded on entry).
     FdClose = 9,
@@ -38,6 +40,17 @@ pub enum EventKind {
     /// `write(1, _, size)` was called: lets a marker line on stdout be placed
     /// exactly in the event stream.
     StdoutWrite = 11,
+    /// fd `old_addr` was duplicated as `addr` (dup, dup2, dup3, fcntl F_DUPFD*);
+    /// `old_size` = 1 if the new fd is close-on-exec.
+    FdDup = 12,
+    /// `close_range(addr, size, arg flags)` was called (recorded on entry).
+    CloseRange = 13,
+    /// fcntl(F_SETFD): fd `addr`, `arg` = 1 if close-on-exec is now set.
+    FdSetCloexec = 14,
+    /// The process exec'd a new program.
+    Exec = 15,
+    /// The process forked child process `addr` (not a thread).
+    Fork = 16,
 }
 
 impl EventKind {
@@ -54,6 +67,11 @@ impl EventKind {
             9 => Self::FdClose,
             10 => Self::Marker,
             11 => Self::StdoutWrite,
+            12 => Self::FdDup,
+            13 => Self::CloseRange,
+            14 => Self::FdSetCloexec,
+            15 => Self::Exec,
+            16 => Self::Fork,
             _ => return None,
         })
     }
@@ -64,6 +82,23 @@ impl EventKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandleKind {
     Socket = 1,
+    /// Files, including memfd.
+    File = 2,
+    Pipe = 3,
+    /// eventfd, timerfd, signalfd, epoll, inotify, pidfd, io_uring.
+    Event = 4,
+}
+
+impl HandleKind {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            1 => Self::Socket,
+            2 => Self::File,
+            3 => Self::Pipe,
+            4 => Self::Event,
+            _ => return None,
+        })
+    }
 }
 
 /// The allocator entry points we probe. The index doubles as the `api` field
@@ -120,18 +155,45 @@ impl AllocApi {
 /// The syscalls we trace (x86_64 numbers) and their counter slots.
 pub mod syscalls {
     pub const WRITE: u64 = 1;
+    pub const OPEN: u64 = 2;
     pub const CLOSE: u64 = 3;
     pub const MMAP: u64 = 9;
     pub const MUNMAP: u64 = 11;
     pub const BRK: u64 = 12;
+    pub const PIPE: u64 = 22;
     pub const MREMAP: u64 = 25;
+    pub const DUP: u64 = 32;
+    pub const DUP2: u64 = 33;
     pub const SOCKET: u64 = 41;
     pub const ACCEPT: u64 = 43;
     pub const SOCKETPAIR: u64 = 53;
+    pub const CLONE: u64 = 56;
+    pub const FORK: u64 = 57;
+    pub const VFORK: u64 = 58;
+    pub const FCNTL: u64 = 72;
+    pub const CREAT: u64 = 85;
+    pub const EPOLL_CREATE: u64 = 213;
+    pub const INOTIFY_INIT: u64 = 253;
+    pub const OPENAT: u64 = 257;
+    pub const SIGNALFD: u64 = 282;
+    pub const TIMERFD_CREATE: u64 = 283;
+    pub const EVENTFD: u64 = 284;
     pub const ACCEPT4: u64 = 288;
+    pub const SIGNALFD4: u64 = 289;
+    pub const EVENTFD2: u64 = 290;
+    pub const EPOLL_CREATE1: u64 = 291;
+    pub const DUP3: u64 = 292;
+    pub const PIPE2: u64 = 293;
+    pub const INOTIFY_INIT1: u64 = 294;
+    pub const MEMFD_CREATE: u64 = 319;
+    pub const IO_URING_SETUP: u64 = 425;
+    pub const PIDFD_OPEN: u64 = 434;
+    pub const CLONE3: u64 = 435;
+    pub const CLOSE_RANGE: u64 = 436;
+    pub const OPENAT2: u64 = 437;
 
     /// (number, name) of every traced syscall, in counter-slot order.
-    pub const TRACED: [(u64, &str); 9] = [
+    pub const TRACED: [(u64, &str); 37] = [
         (MMAP, "mmap"),
         (MUNMAP, "munmap"),
         (MREMAP, "mremap"),
@@ -141,17 +203,90 @@ pub mod syscalls {
         (ACCEPT, "accept"),
         (ACCEPT4, "accept4"),
         (CLOSE, "close"),
+        (OPEN, "open"),
+        (OPENAT, "openat"),
+        (OPENAT2, "openat2"),
+        (CREAT, "creat"),
+        (PIPE, "pipe"),
+        (PIPE2, "pipe2"),
+        (EVENTFD, "eventfd"),
+        (EVENTFD2, "eventfd2"),
+        (TIMERFD_CREATE, "timerfd_create"),
+        (SIGNALFD, "signalfd"),
+        (SIGNALFD4, "signalfd4"),
+        (EPOLL_CREATE, "epoll_create"),
+        (EPOLL_CREATE1, "epoll_create1"),
+        (INOTIFY_INIT, "inotify_init"),
+        (INOTIFY_INIT1, "inotify_init1"),
+        (MEMFD_CREATE, "memfd_create"),
+        (PIDFD_OPEN, "pidfd_open"),
+        (IO_URING_SETUP, "io_uring_setup"),
+        (DUP, "dup"),
+        (DUP2, "dup2"),
+        (DUP3, "dup3"),
+        (FCNTL, "fcntl"),
+        (CLOSE_RANGE, "close_range"),
+        (CLONE, "clone"),
+        (CLONE3, "clone3"),
+        (FORK, "fork"),
+        (VFORK, "vfork"),
+        (WRITE, "write"),
     ];
 
     pub fn slot(nr: u64) -> Option<usize> {
-        let mut i = 0;
-        while i < TRACED.len() {
-            if TRACED[i].0 == nr {
-                return Some(i);
-            }
-            i += 1;
-        }
-        None
+        Some(match nr {
+            MMAP => 0,
+            MUNMAP => 1,
+            MREMAP => 2,
+            BRK => 3,
+            SOCKET => 4,
+            SOCKETPAIR => 5,
+            ACCEPT => 6,
+            ACCEPT4 => 7,
+            CLOSE => 8,
+            OPEN => 9,
+            OPENAT => 10,
+            OPENAT2 => 11,
+            CREAT => 12,
+            PIPE => 13,
+            PIPE2 => 14,
+            EVENTFD => 15,
+            EVENTFD2 => 16,
+            TIMERFD_CREATE => 17,
+            SIGNALFD => 18,
+            SIGNALFD4 => 19,
+            EPOLL_CREATE => 20,
+            EPOLL_CREATE1 => 21,
+            INOTIFY_INIT => 22,
+            INOTIFY_INIT1 => 23,
+            MEMFD_CREATE => 24,
+            PIDFD_OPEN => 25,
+            IO_URING_SETUP => 26,
+            DUP => 27,
+            DUP2 => 28,
+            DUP3 => 29,
+            FCNTL => 30,
+            CLOSE_RANGE => 31,
+            CLONE => 32,
+            CLONE3 => 33,
+            FORK => 34,
+            VFORK => 35,
+            WRITE => 36,
+            _ => return None,
+        })
+    }
+
+    /// The handle kind a successful fd-creating syscall makes, if it makes one.
+    pub fn creates(nr: u64) -> Option<super::HandleKind> {
+        use super::HandleKind::*;
+        Some(match nr {
+            SOCKET | SOCKETPAIR | ACCEPT | ACCEPT4 => Socket,
+            OPEN | OPENAT | OPENAT2 | CREAT | MEMFD_CREATE => File,
+            PIPE | PIPE2 => Pipe,
+            EVENTFD | EVENTFD2 | TIMERFD_CREATE | SIGNALFD | SIGNALFD4 | EPOLL_CREATE | EPOLL_CREATE1
+            | INOTIFY_INIT | INOTIFY_INIT1 | PIDFD_OPEN | IO_URING_SETUP => Event,
+            _ => return None,
+        })
     }
 }
 

@@ -10,13 +10,13 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, HandleKind, HEADER_SIZE, MAX_FRAMES, STACK_HINT_WORDS,
+    counters, syscalls, AllocApi, Event, EventKind, HEADER_SIZE, MAX_FRAMES, STACK_HINT_WORDS,
 };
 
 /// Pending bytes in the ring buffer above which the reader is woken at once.
@@ -58,7 +58,8 @@ struct InFlight {
 #[derive(Clone, Copy)]
 struct SyscallArgs {
     nr: u64,
-    args: [u64; 5],
+    /// di, si, dx, r10, r8, and one value read from user memory at entry.
+    args: [u64; 6],
 }
 
 #[inline(always)]
@@ -333,6 +334,30 @@ mod regs {
     pub const SP: usize = 19 * 8;
 }
 
+/// Flags meaning close-on-exec (`O_CLOEXEC`, `SOCK_CLOEXEC`, `EFD_CLOEXEC`, ...: all 0o2000000).
+const O_CLOEXEC: u64 = 0o2000000;
+const MFD_CLOEXEC: u64 = 1;
+const CLONE_THREAD: u64 = 0x10000;
+const F_DUPFD: u64 = 0;
+const F_SETFD: u64 = 2;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// Settings written by userspace.
+pub mod config {
+    /// Offset of `child_pid` in the `sched_process_fork` record (from tracefs).
+    pub const FORK_CHILD_PID_OFFSET: u32 = 0;
+    /// 1 to add forked children of targets to TARGETS.
+    pub const FOLLOW_CHILDREN: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+#[map]
+static CONFIG: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(config::COUNT, 0);
+
+fn setting(slot: u32) -> u64 {
+    CONFIG.get(slot).copied().unwrap_or(0)
+}
+
 #[inline(always)]
 fn reg(regs: *const u8, offset: usize) -> u64 {
     unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64).unwrap_or(0) }
@@ -345,47 +370,47 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }
     let nr: u64 = ctx.arg(1);
     let regs: *const u8 = ctx.arg(0);
-    if nr == syscalls::WRITE {
-        if reg(regs, regs::DI) == 1 {
-            if let Some(ev) = scratch(EventKind::StdoutWrite, nr as u16) {
-                ev.header.size = reg(regs, regs::DX);
-                submit(ev);
-            }
-        }
-        return 0;
-    }
-    if syscalls::slot(nr).is_none() {
-        return 0;
-    }
+    let Some(slot) = syscalls::slot(nr) else { return 0 };
+    let di = reg(regs, regs::DI);
     // Releases are recorded on entry, before another thread can be handed the
     // same address or fd number; recording them on exit could reorder them
     // after that reuse.
-    match nr {
-        syscalls::MUNMAP | syscalls::CLOSE => {
-            if let Some(slot) = syscalls::slot(nr) {
-                count(counters::SYSCALLS + slot);
+    let immediate = match nr {
+        syscalls::WRITE => {
+            if di == 1 {
+                if let Some(ev) = scratch(EventKind::StdoutWrite, nr as u16) {
+                    ev.header.size = reg(regs, regs::DX);
+                    submit(ev);
+                }
             }
-            let kind = if nr == syscalls::MUNMAP { EventKind::Munmap } else { EventKind::FdClose };
-            let Some(ev) = scratch(kind, nr as u16) else {
-                return 0;
-            };
-            ev.header.addr = reg(regs, regs::DI);
-            ev.header.size = reg(regs, regs::SI);
-            submit(ev);
             return 0;
+        }
+        syscalls::MUNMAP => Some(EventKind::Munmap),
+        syscalls::CLOSE => Some(EventKind::FdClose),
+        syscalls::CLOSE_RANGE => Some(EventKind::CloseRange),
+        _ => None,
+    };
+    if let Some(kind) = immediate {
+        count(counters::SYSCALLS + slot);
+        let Some(ev) = scratch(kind, nr as u16) else { return 0 };
+        ev.header.addr = di;
+        ev.header.size = reg(regs, regs::SI);
+        ev.header.arg = reg(regs, regs::DX);
+        submit(ev);
+        return 0;
+    }
+    let mut saved = SyscallArgs {
+        nr,
+        args: [di, reg(regs, regs::SI), reg(regs, regs::DX), reg(regs, regs::R10), reg(regs, regs::R8), 0],
+    };
+    // Flags that live in user memory, read while the pointer is surely valid.
+    match nr {
+        syscalls::OPENAT2 | syscalls::CLONE3 => {
+            let ptr = if nr == syscalls::OPENAT2 { saved.args[2] } else { di };
+            saved.args[5] = unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0);
         }
         _ => {}
     }
-    let saved = SyscallArgs {
-        nr,
-        args: [
-            reg(regs, regs::DI),
-            reg(regs, regs::SI),
-            reg(regs, regs::DX),
-            reg(regs, regs::R10),
-            reg(regs, regs::R8),
-        ],
-    };
     if SYSCALL_ARGS.insert(&bpf_get_current_pid_tgid(), &saved, 0).is_err() {
         count(counters::INFLIGHT_SYSCALL_MAP_FULL);
     }
@@ -408,15 +433,33 @@ fn submit_with_stack(ctx: &RawTracePointContext, regs: *const u8, ev: &mut Event
     submit(ev);
 }
 
+/// Whether a successful fd-creating call asked for close-on-exec.
+#[inline(always)]
+fn cloexec_requested(nr: u64, a: &[u64; 6]) -> bool {
+    let flags = match nr {
+        syscalls::OPEN => a[1],
+        syscalls::OPENAT => a[2],
+        syscalls::OPENAT2 => a[5],
+        syscalls::SOCKET | syscalls::SOCKETPAIR => a[1],
+        syscalls::ACCEPT4 => a[3],
+        syscalls::PIPE2 | syscalls::TIMERFD_CREATE | syscalls::EVENTFD2 => a[1],
+        syscalls::SIGNALFD4 => a[3],
+        syscalls::EPOLL_CREATE1 | syscalls::INOTIFY_INIT1 => a[0],
+        syscalls::MEMFD_CREATE => return a[1] & MFD_CLOEXEC != 0,
+        syscalls::PIDFD_OPEN | syscalls::IO_URING_SETUP => return true,
+        syscalls::DUP3 => a[2],
+        _ => 0,
+    };
+    flags & O_CLOEXEC != 0
+}
+
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if !is_target() {
         return 0;
     }
     let key = bpf_get_current_pid_tgid();
-    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else {
-        return 0;
-    };
+    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return 0 };
     let _ = SYSCALL_ARGS.remove(&key);
     let regs: *const u8 = ctx.arg(0);
     let ret: u64 = ctx.arg(1);
@@ -427,12 +470,37 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let a = saved.args;
-    let nr16 = saved.nr as u16;
-    match saved.nr {
+    let nr = saved.nr;
+    let nr16 = nr as u16;
+    if let Some(kind) = syscalls::creates(nr) {
+        // signalfd on an existing fd updates it rather than creating one.
+        if (nr == syscalls::SIGNALFD || nr == syscalls::SIGNALFD4) && a[0] as i32 != -1 {
+            return 0;
+        }
+        let (first, second) = match nr {
+            syscalls::PIPE | syscalls::PIPE2 | syscalls::SOCKETPAIR => {
+                let ptr = if nr == syscalls::SOCKETPAIR { a[3] } else { a[0] };
+                let Ok(fds) = (unsafe { bpf_probe_read_user(ptr as *const [i32; 2]) }) else { return 0 };
+                (fds[0] as u64, fds[1] as u64)
+            }
+            _ => (ret, u64::MAX),
+        };
+        let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+        ev.header.addr = first;
+        ev.header.old_addr = second;
+        ev.header.arg = kind as u64;
+        ev.header.old_size = cloexec_requested(nr, &a) as u64;
+        ev.header.size = match nr {
+            syscalls::SOCKET | syscalls::SOCKETPAIR => (a[0] << 32) | (a[1] & 0xff),
+            syscalls::ACCEPT | syscalls::ACCEPT4 => a[0],
+            _ => 0,
+        };
+        submit_with_stack(&ctx, regs, ev);
+        return 0;
+    }
+    match nr {
         syscalls::MMAP => {
-            let Some(ev) = scratch(EventKind::Mmap, nr16) else {
-                return 0;
-            };
+            let Some(ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.size = a[1];
             ev.header.arg = a[3];
@@ -440,9 +508,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             submit_with_stack(&ctx, regs, ev);
         }
         syscalls::MREMAP => {
-            let Some(ev) = scratch(EventKind::Mremap, nr16) else {
-                return 0;
-            };
+            let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
             ev.header.old_addr = a[0];
             ev.header.old_size = a[1];
             ev.header.size = a[2];
@@ -451,38 +517,85 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             submit_with_stack(&ctx, regs, ev);
         }
         syscalls::BRK => {
-            let Some(ev) = scratch(EventKind::Brk, nr16) else {
-                return 0;
-            };
+            let Some(ev) = scratch(EventKind::Brk, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.size = a[0];
             submit_with_stack(&ctx, regs, ev);
         }
-        syscalls::SOCKET | syscalls::ACCEPT | syscalls::ACCEPT4 => {
-            let Some(ev) = scratch(EventKind::FdOpen, nr16) else {
-                return 0;
-            };
-            ev.header.addr = ret;
-            ev.header.arg = HandleKind::Socket as u64;
-            if saved.nr == syscalls::SOCKET {
-                ev.header.size = (a[0] << 32) | (a[1] & 0xff);
+        syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL => {
+            if nr == syscalls::FCNTL {
+                match a[1] {
+                    F_DUPFD | F_DUPFD_CLOEXEC => {}
+                    F_SETFD => {
+                        let Some(ev) = scratch(EventKind::FdSetCloexec, nr16) else { return 0 };
+                        ev.header.addr = a[0];
+                        ev.header.arg = a[2] & 1;
+                        submit(ev);
+                        return 0;
+                    }
+                    _ => return 0,
+                }
             }
-            submit_with_stack(&ctx, regs, ev);
-        }
-        syscalls::SOCKETPAIR => {
-            let Ok(fds) = (unsafe { bpf_probe_read_user(a[3] as *const [i32; 2]) }) else {
+            // dup2(fd, fd) is a no-op.
+            if (nr == syscalls::DUP2 || nr == syscalls::DUP3) && a[0] == a[1] {
                 return 0;
+            }
+            let Some(ev) = scratch(EventKind::FdDup, nr16) else { return 0 };
+            ev.header.addr = ret;
+            ev.header.old_addr = a[0];
+            ev.header.old_size = match nr {
+                syscalls::FCNTL => (a[1] == F_DUPFD_CLOEXEC) as u64,
+                _ => cloexec_requested(nr, &a) as u64,
             };
-            let Some(ev) = scratch(EventKind::FdOpen, nr16) else {
-                return 0;
-            };
-            ev.header.addr = fds[0] as u64;
-            ev.header.old_addr = fds[1] as u64;
-            ev.header.arg = HandleKind::Socket as u64;
-            ev.header.size = (a[0] << 32) | (a[1] & 0xff);
             submit_with_stack(&ctx, regs, ev);
         }
         _ => {}
+    }
+    0
+}
+
+// ---------------------------------------------------------------- processes
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    if is_target() {
+        if let Some(ev) = scratch(EventKind::Exec, 0) {
+            submit(ev);
+        }
+    }
+    0
+}
+
+/// Runs in the parent before the child is first scheduled, so a followed
+/// child is in TARGETS before it executes anything.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if !is_target() {
+        return 0;
+    }
+    // Threads are part of the process already; only new processes matter.
+    if let Some(saved) = unsafe { SYSCALL_ARGS.get(&bpf_get_current_pid_tgid()) } {
+        let thread = match saved.nr {
+            syscalls::CLONE => saved.args[0] & CLONE_THREAD != 0,
+            syscalls::CLONE3 => saved.args[5] & CLONE_THREAD != 0,
+            _ => false,
+        };
+        if thread {
+            return 0;
+        }
+    }
+    // The offset comes from a map, and the verifier forbids variable offsets
+    // on the context pointer: read through an address instead.
+    let field = ctx.as_ptr() as u64 + (setting(config::FORK_CHILD_PID_OFFSET) & 0xfff);
+    let Ok(child) = (unsafe { bpf_probe_read_kernel(field as *const i32) }) else {
+        return 0;
+    };
+    if setting(config::FOLLOW_CHILDREN) == 1 {
+        let _ = TARGETS.insert(&(child as u32), &1, 0);
+    }
+    if let Some(ev) = scratch(EventKind::Fork, 0) {
+        ev.header.addr = child as u64;
+        submit(ev);
     }
     0
 }

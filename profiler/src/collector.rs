@@ -41,6 +41,69 @@ pub struct Collector {
     pub stack_failures: u64,
     /// Events whose stack walk left executable memory and was cut there.
     pub truncated_stacks: u64,
+    /// Processes that exec'd / were forked since last taken (for the session
+    /// to attach allocator probes to their new image).
+    pub execs: Vec<u32>,
+    pub forks: Vec<(u32, u32)>,
+}
+
+/// What a new fd is within its kind, from the call that made it.
+fn handle_detail(nr: u64, socket: u64) -> &'static str {
+    const AF_UNIX: u64 = 1;
+    const AF_INET: u64 = 2;
+    const AF_INET6: u64 = 10;
+    const AF_NETLINK: u64 = 16;
+    const SOCK_STREAM: u64 = 1;
+    const SOCK_DGRAM: u64 = 2;
+    match nr {
+        syscalls::SOCKET | syscalls::SOCKETPAIR => match (socket >> 32, socket & 0xf) {
+            (AF_INET | AF_INET6, SOCK_STREAM) => "tcp",
+            (AF_INET | AF_INET6, SOCK_DGRAM) => "udp",
+            (AF_UNIX, _) => "unix",
+            (AF_NETLINK, _) => "netlink",
+            _ => "other",
+        },
+        syscalls::MEMFD_CREATE => "memfd",
+        syscalls::OPEN | syscalls::OPENAT | syscalls::OPENAT2 | syscalls::CREAT => "file",
+        syscalls::PIPE | syscalls::PIPE2 => "pipe",
+        syscalls::EVENTFD | syscalls::EVENTFD2 => "eventfd",
+        syscalls::TIMERFD_CREATE => "timerfd",
+        syscalls::SIGNALFD | syscalls::SIGNALFD4 => "signalfd",
+        syscalls::EPOLL_CREATE | syscalls::EPOLL_CREATE1 => "epoll",
+        syscalls::INOTIFY_INIT | syscalls::INOTIFY_INIT1 => "inotify",
+        syscalls::PIDFD_OPEN => "pidfd",
+        syscalls::IO_URING_SETUP => "io_uring",
+        _ => "other",
+    }
+}
+
+/// Kind and detail of an fd opened before we attached, from its
+/// `/proc/PID/fd` link (`socket:[..]`, `pipe:[..]`, `anon_inode:[eventfd]`, a path).
+pub fn classify_fd_link(link: &str) -> (Kind, &'static str) {
+    if link.starts_with("socket:") {
+        return (Kind::Sockets, "socket");
+    }
+    if link.starts_with("pipe:") {
+        return (Kind::Pipes, "pipe");
+    }
+    if let Some(anon) = link.strip_prefix("anon_inode:") {
+        let anon = anon.trim_start_matches('[').trim_end_matches(']');
+        let detail = match anon {
+            "eventfd" => "eventfd",
+            "timerfd" => "timerfd",
+            "signalfd" => "signalfd",
+            "eventpoll" => "epoll",
+            "inotify" => "inotify",
+            "pidfd" => "pidfd",
+            "io_uring" => "io_uring",
+            _ => "other",
+        };
+        return (Kind::Events, detail);
+    }
+    if link.starts_with("/memfd:") {
+        return (Kind::Files, "memfd");
+    }
+    (Kind::Files, "file")
 }
 
 /// Bytes an allocator call makes outstanding.
@@ -53,12 +116,27 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
 }
 
 impl Collector {
-    /// Registers a process about to be profiled, with its current mappings.
+    /// Registers a process about to be profiled, with its current mappings
+    /// and the fds it already has open (not leaks: reported as pre-existing).
     pub fn add_process(&mut self, pid: u32, maps: ProcessMaps, initial_brk: Option<u64>) {
         if let Some(brk) = initial_brk {
             self.ledger.set_initial_brk(pid, brk);
         }
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+        for entry in dir.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+            let Ok(link) = std::fs::read_link(entry.path()) else { continue };
+            let (kind, detail) = classify_fd_link(&link.to_string_lossy());
+            let cloexec = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+                .ok()
+                .and_then(|info| {
+                    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim().to_string();
+                    u64::from_str_radix(&flags, 8).ok()
+                })
+                .is_some_and(|flags| flags & 0o2000000 != 0);
+            self.ledger.add_preexisting(pid, fd, kind, detail, cloexec);
+        }
     }
 
     /// Records that `alias` is the same function as the probed `api`.
@@ -121,6 +199,11 @@ impl Collector {
             return;
         };
         let h = ev.header;
+        if matches!(ev.kind, EventKind::Mmap | EventKind::Mremap | EventKind::Munmap) {
+            if let Some(space) = self.spaces.get_mut(&h.tgid) {
+                space.invalidate();
+            }
+        }
         let op = match ev.kind {
             EventKind::Alloc => {
                 let Some(api) = AllocApi::from_u16(h.api) else {
@@ -153,15 +236,47 @@ impl Collector {
             }
             EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, true) },
             EventKind::FdOpen => {
-                let kind = match h.arg {
-                    x if x == HandleKind::Socket as u64 => Kind::Sockets,
-                    _ => return,
+                let Some(handle) = HandleKind::from_u64(h.arg) else { return };
+                let kind = match handle {
+                    HandleKind::Socket => Kind::Sockets,
+                    HandleKind::File => Kind::Files,
+                    HandleKind::Pipe => Kind::Pipes,
+                    HandleKind::Event => Kind::Events,
+                };
+                let nr = h.api as u64;
+                let detail = match nr {
+                    syscalls::ACCEPT | syscalls::ACCEPT4 => {
+                        self.ledger.handle_of(h.tgid, h.size).map_or("other", |(_, detail)| detail)
+                    }
+                    _ => handle_detail(nr, h.size),
                 };
                 let stack = self.intern(&ev, true);
-                if h.api as u64 == syscalls::SOCKETPAIR {
-                    self.ledger.apply(h.tgid, h.ts_ns, Op::OpenHandle { fd: h.old_addr, kind, stack });
+                let cloexec = h.old_size != 0;
+                if h.old_addr != u64::MAX {
+                    let second = Op::OpenHandle { fd: h.old_addr, kind, detail, cloexec, stack };
+                    self.ledger.apply(h.tgid, h.ts_ns, second);
                 }
-                Op::OpenHandle { fd: h.addr, kind, stack }
+                Op::OpenHandle { fd: h.addr, kind, detail, cloexec, stack }
+            }
+            EventKind::FdDup => {
+                let stack = self.intern(&ev, true);
+                Op::DupHandle { old: h.old_addr, new: h.addr, cloexec: h.old_size != 0, stack }
+            }
+            EventKind::CloseRange => {
+                const CLOSE_RANGE_CLOEXEC: u64 = 4;
+                Op::CloseRange { first: h.addr, last: h.size, cloexec_only: h.arg & CLOSE_RANGE_CLOEXEC != 0 }
+            }
+            EventKind::FdSetCloexec => Op::SetCloexec { fd: h.addr, on: h.arg != 0 },
+            EventKind::Exec => {
+                // A new program: new mappings, maybe a new C library.
+                self.spaces.remove(&h.tgid);
+                self.execs.push(h.tgid);
+                Op::Exec
+            }
+            EventKind::Fork => {
+                let child = h.addr as u32;
+                self.forks.push((h.tgid, child));
+                Op::Fork { child }
             }
             EventKind::FdClose => Op::CloseHandle { fd: h.addr },
             EventKind::StdoutWrite => {
@@ -241,6 +356,19 @@ mod tests {
         assert_eq!(c.stdout_write_time(9), Some(100));
         assert_eq!(c.stdout_write_time(10), Some(200));
         assert_eq!(c.stdout_write_time(25), None);
+    }
+
+    #[test]
+    fn fd_details() {
+        assert_eq!(handle_detail(syscalls::SOCKET, (2 << 32) | 1), "tcp");
+        assert_eq!(handle_detail(syscalls::SOCKET, (10 << 32) | 2), "udp");
+        assert_eq!(handle_detail(syscalls::SOCKETPAIR, (1 << 32) | 1), "unix");
+        assert_eq!(handle_detail(syscalls::EPOLL_CREATE1, 0), "epoll");
+        assert_eq!(classify_fd_link("anon_inode:[eventfd]"), (Kind::Events, "eventfd"));
+        assert_eq!(classify_fd_link("anon_inode:inotify"), (Kind::Events, "inotify"));
+        assert_eq!(classify_fd_link("pipe:[1234]"), (Kind::Pipes, "pipe"));
+        assert_eq!(classify_fd_link("/dev/pts/0"), (Kind::Files, "file"));
+        assert_eq!(classify_fd_link("/memfd:x (deleted)"), (Kind::Files, "memfd"));
     }
 
     #[test]

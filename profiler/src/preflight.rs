@@ -41,3 +41,19 @@ pub fn start_brk(pid: u32) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 2..];
     after_comm.split(' ').nth(47 - 3)?.parse().ok()
 }
+
+/// Makes sure tracefs is mounted (classic tracepoints are attached through it).
+pub fn ensure_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status();
+    if !matches!(status, Ok(s) if s.success()) || !Path::new("/sys/kernel/tracing/events").exists() {
+        bail!("tracefs is not mounted and could not be mounted at /sys/kernel/tracing");
+    }
+    Ok(())
+}

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, RawTracePoint, UProbe},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use object::{Object, ObjectSymbol};
@@ -122,6 +122,22 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches the exec and fork tracepoints; with `follow`, children forked
+    /// by a target become targets in the kernel before they first run.
+    pub fn attach_process_tracepoints(&mut self, follow: bool) -> Result<()> {
+        let offset = fork_child_pid_offset()?;
+        let mut config: Array<_, u64> = Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
+        config.set(0, offset, 0)?;
+        config.set(1, follow as u64, 0)?;
+        for name in ["sched_process_exec", "sched_process_fork"] {
+            let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;
+            self.attached.push(format!("tracepoint:sched:{name}"));
+        }
+        Ok(())
+    }
+
     pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
         Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
     }
@@ -135,5 +151,38 @@ impl Probes {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// Where `child_pid` sits in a `sched_process_fork` record: the layout
+/// changed across kernels (comm became `__data_loc`), so read it from tracefs.
+fn fork_child_pid_offset() -> Result<u64> {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}/events/sched/sched_process_fork/format")).ok())
+        .context("cannot read the sched_process_fork tracepoint format: is tracefs mounted? (mount -t tracefs tracefs /sys/kernel/tracing)")?;
+    parse_field_offset(&format, "child_pid").context("sched_process_fork has no child_pid field")
+}
+
+fn parse_field_offset(format: &str, field: &str) -> Option<u64> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        if decl.split_whitespace().last()? != field {
+            return None;
+        }
+        rest.trim().strip_prefix("offset:")?.split(';').next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_tracepoint_field_offsets() {
+        let old = "\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
+        let new = "\tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
+        assert_eq!(super::parse_field_offset(old, "child_pid"), Some(44));
+        assert_eq!(super::parse_field_offset(new, "child_pid"), Some(20));
+        assert_eq!(super::parse_field_offset(new, "parent_pid"), None);
     }
 }

@@ -56,6 +56,12 @@ impl ProcessMaps {
         self.mappings.iter().filter_map(Mapping::file).find(|p| is_libc(Path::new(p)))
     }
 
+    /// Whether the C library's code is mapped (the loader maps a library in
+    /// steps: first a read-only reservation, then its segments).
+    pub fn libc_code_mapped(&self) -> bool {
+        self.mappings.iter().any(|m| m.executable && m.file().is_some_and(|p| is_libc(Path::new(p))))
+    }
+
     /// The end of the `[heap]` mapping: the program break, page-rounded.
     pub fn heap_end(&self) -> Option<u64> {
         self.mappings.iter().find(|m| m.name == "[heap]").map(|m| m.end)

@@ -130,6 +130,7 @@ enum Target {
 pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::require_root()?;
     preflight::require_btf()?;
+    preflight::ensure_tracefs()?;
     let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
     preflight::prepare_output_dir(&output)?;
     if let TargetSpec::Pid(pid) = opts.target {
@@ -155,6 +156,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         let mut probes = Probes::load(opts.ringbuf_bytes)?;
         probes.add_target(info.pid)?;
         probes.attach_syscalls()?;
+        probes.attach_process_tracepoints(false)?;
         probes.attach_allocator(&info.libc, info.pid)?;
         if let Some(function) = &opts.warmup.function {
             probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
@@ -380,6 +382,14 @@ fn build_report(
         end_reason,
         warmup: None,
         totals,
+        handles: {
+            let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
+                Default::default();
+            for ((kind, detail), count) in collector.ledger.handle_counts() {
+                handles.entry(kind.name().to_string()).or_default().insert(detail.to_string(), count);
+            }
+            handles
+        },
         stacks,
         accuracy: Accuracy {
             calls_seen,

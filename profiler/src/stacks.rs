@@ -63,6 +63,8 @@ pub struct AddressSpace {
     paths: HashMap<String, Arc<str>>,
     files: HashMap<Arc<str>, Option<File>>,
     libc: Option<Arc<str>>,
+    /// Set when the process changed its mappings since the last read.
+    stale: bool,
 }
 
 const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
@@ -77,6 +79,7 @@ impl AddressSpace {
             paths: HashMap::new(),
             files: HashMap::new(),
             libc: None,
+            stale: false,
         };
         space.set_maps(maps);
         space
@@ -88,10 +91,26 @@ impl AddressSpace {
         }
         self.maps = maps;
         self.read_at = Some(Instant::now());
+        self.stale = false;
     }
 
     fn intern_path(&mut self, path: &str) -> Arc<str> {
         self.paths.entry(path.to_string()).or_insert_with(|| Arc::from(path)).clone()
+    }
+
+    /// The mappings changed: re-read them before the next lookup that needs it.
+    pub fn invalidate(&mut self) {
+        self.read_at = None;
+        self.stale = true;
+    }
+
+    /// Re-reads the maps when they changed or lack `addr`, at most every
+    /// [`REFRESH_INTERVAL`].
+    fn refresh_if_outdated(&mut self, addr: u64) {
+        let outdated = self.stale || self.maps.find(addr).is_none();
+        if outdated && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
+            self.refresh();
+        }
     }
 
     /// Re-reads `/proc/PID/maps` (no-op once the process is gone).
@@ -105,9 +124,7 @@ impl AddressSpace {
         if let Some(loc) = self.cache.get(&addr) {
             return loc.clone();
         }
-        if self.maps.find(addr).is_none() && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
-            self.refresh();
-        }
+        self.refresh_if_outdated(addr);
         let loc = match self.maps.find(addr).cloned() {
             Some(m) => match m.file() {
                 Some(path) => Location::File { path: self.intern_path(path), offset: m.file_offset(addr) },
@@ -125,9 +142,7 @@ impl AddressSpace {
     /// Whether `addr` is in executable memory (file-backed or JIT). A
     /// frame-pointer walk that reaches anything else has left the real stack.
     pub fn is_code(&mut self, addr: u64) -> bool {
-        if self.maps.find(addr).is_none() {
-            self.locate(addr); // refreshes the maps on a miss
-        }
+        self.refresh_if_outdated(addr);
         self.maps.find(addr).is_some_and(|m| m.executable)
     }
 

@@ -30,10 +30,25 @@ pub enum Kind {
     Brk,
     /// Open socket fds.
     Sockets,
+    /// Open files (including memfd).
+    Files,
+    /// Open pipe ends.
+    Pipes,
+    /// eventfd, timerfd, signalfd, epoll, inotify, pidfd and io_uring fds.
+    Events,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Heap, Kind::Mmap, Kind::FileMmap, Kind::Brk, Kind::Sockets];
+    pub const ALL: [Kind; 8] = [
+        Kind::Heap,
+        Kind::Mmap,
+        Kind::FileMmap,
+        Kind::Brk,
+        Kind::Sockets,
+        Kind::Files,
+        Kind::Pipes,
+        Kind::Events,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,12 +57,15 @@ impl Kind {
             Kind::FileMmap => "file-mmap",
             Kind::Brk => "brk",
             Kind::Sockets => "sockets",
+            Kind::Files => "files",
+            Kind::Pipes => "pipes",
+            Kind::Events => "events",
         }
     }
 
     /// Memory kinds are measured in bytes, handle kinds in open handles.
     pub fn is_memory(self) -> bool {
-        !matches!(self, Kind::Sockets)
+        matches!(self, Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk)
     }
 }
 
@@ -83,15 +101,75 @@ impl Outstanding {
 /// One lifecycle operation, as the ledger understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
-    Alloc { addr: u64, size: u64, stack: StackId },
-    Free { addr: u64 },
-    Realloc { old: u64, addr: u64, size: u64, stack: StackId },
-    Map { addr: u64, len: u64, file_backed: bool, stack: StackId },
-    Unmap { addr: u64, len: u64 },
-    Remap { old: u64, old_len: u64, addr: u64, len: u64, stack: StackId },
-    Brk { brk: u64, stack: StackId },
-    OpenHandle { fd: u64, kind: Kind, stack: StackId },
-    CloseHandle { fd: u64 },
+    Alloc {
+        addr: u64,
+        size: u64,
+        stack: StackId,
+    },
+    Free {
+        addr: u64,
+    },
+    Realloc {
+        old: u64,
+        addr: u64,
+        size: u64,
+        stack: StackId,
+    },
+    Map {
+        addr: u64,
+        len: u64,
+        file_backed: bool,
+        stack: StackId,
+    },
+    Unmap {
+        addr: u64,
+        len: u64,
+    },
+    Remap {
+        old: u64,
+        old_len: u64,
+        addr: u64,
+        len: u64,
+        stack: StackId,
+    },
+    Brk {
+        brk: u64,
+        stack: StackId,
+    },
+    /// A new fd; `detail` says what it is within its kind (`tcp`, `eventfd`, ...).
+    OpenHandle {
+        fd: u64,
+        kind: Kind,
+        detail: &'static str,
+        cloexec: bool,
+        stack: StackId,
+    },
+    /// `new` now refers to what `old` does (closing whatever `new` was).
+    DupHandle {
+        old: u64,
+        new: u64,
+        cloexec: bool,
+        stack: StackId,
+    },
+    CloseHandle {
+        fd: u64,
+    },
+    /// close_range: closes `first..=last`, or only marks them close-on-exec.
+    CloseRange {
+        first: u64,
+        last: u64,
+        cloexec_only: bool,
+    },
+    SetCloexec {
+        fd: u64,
+        on: bool,
+    },
+    /// The process exec'd: its memory is gone, close-on-exec fds are closed.
+    Exec,
+    /// The process forked `child`, which inherits its fds.
+    Fork {
+        child: u32,
+    },
 }
 
 /// Things the ledger saw that it could not match. None of them is an error
@@ -111,6 +189,9 @@ pub struct LedgerCounters {
     pub unknown_closes: u64,
     /// An fd number handed out again while we still held it open: its close was missed.
     pub reused_fds: u64,
+    /// dup of an fd we never saw opened.
+    #[serde(default)]
+    pub unknown_dups: u64,
 }
 
 const PAGE: u64 = 4096;
@@ -142,8 +223,19 @@ struct Region {
 #[derive(Clone, Copy, Debug)]
 struct Handle {
     site: Site,
+    detail: &'static str,
     ts: u64,
     counted: bool,
+    cloexec: bool,
+}
+
+/// Open handles of one (kind, detail), split by origin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleCount {
+    /// Opened while recording (and counted as outstanding).
+    pub open: u64,
+    /// Open before recording started (or excluded as warm-up): not leaks.
+    pub pre_existing: u64,
 }
 
 #[derive(Default)]
@@ -238,22 +330,151 @@ impl Ledger {
                 self.remap(tgid, ts, old, old_len, addr, len, stack)
             }
             Op::Brk { brk, stack } => self.brk(tgid, ts, brk, stack),
-            Op::OpenHandle { fd, kind, stack } => {
-                let site = Site { kind, stack };
-                if let Some(prev) = self.proc(tgid).handles.insert(fd, Handle { site, ts, counted: true }) {
-                    self.counters.reused_fds += 1;
-                    if prev.counted {
-                        self.sub(prev.site, 1, prev.ts);
+            Op::OpenHandle { fd, kind, detail, cloexec, stack } => {
+                let h = Handle { site: Site { kind, stack }, detail, ts, counted: true, cloexec };
+                self.open_handle(tgid, fd, h, true);
+            }
+            Op::DupHandle { old, new, cloexec, stack } => {
+                let Some(orig) = self.proc(tgid).handles.get(&old).copied() else {
+                    self.counters.unknown_dups += 1;
+                    return;
+                };
+                let site = Site { kind: orig.site.kind, stack };
+                let h = Handle { site, detail: orig.detail, ts, counted: true, cloexec };
+                self.close_handle(tgid, new);
+                self.open_handle(tgid, new, h, false);
+            }
+            Op::CloseHandle { fd } => {
+                if !self.close_handle(tgid, fd) {
+                    self.counters.unknown_closes += 1;
+                }
+            }
+            Op::CloseRange { first, last, cloexec_only } => {
+                let fds: Vec<u64> = self
+                    .proc(tgid)
+                    .handles
+                    .keys()
+                    .copied()
+                    .filter(|fd| (first..=last).contains(fd))
+                    .collect();
+                for fd in fds {
+                    if cloexec_only {
+                        self.proc(tgid).handles.get_mut(&fd).expect("listed").cloexec = true;
+                    } else {
+                        self.close_handle(tgid, fd);
                     }
                 }
-                self.add(site, 1, ts);
             }
-            Op::CloseHandle { fd } => match self.proc(tgid).handles.remove(&fd) {
-                Some(h) if h.counted => self.sub(h.site, 1, h.ts),
-                Some(_) => {}
-                None => self.counters.unknown_closes += 1,
-            },
+            Op::SetCloexec { fd, on } => {
+                if let Some(h) = self.proc(tgid).handles.get_mut(&fd) {
+                    h.cloexec = on;
+                }
+            }
+            Op::Exec => self.exec(tgid),
+            Op::Fork { child } => self.fork(tgid, child),
         }
+    }
+
+    fn open_handle(&mut self, tgid: u32, fd: u64, h: Handle, fresh_number: bool) {
+        if let Some(prev) = self.proc(tgid).handles.insert(fd, h) {
+            if fresh_number {
+                // The kernel hands out free numbers only: we missed a close.
+                self.counters.reused_fds += 1;
+            }
+            if prev.counted {
+                self.sub(prev.site, 1, prev.ts);
+            }
+        }
+        if h.counted {
+            self.add(h.site, 1, h.ts);
+        }
+    }
+
+    /// Returns false when `fd` was not open.
+    fn close_handle(&mut self, tgid: u32, fd: u64) -> bool {
+        match self.proc(tgid).handles.remove(&fd) {
+            Some(h) => {
+                if h.counted {
+                    self.sub(h.site, 1, h.ts);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an fd that was open before recording started.
+    pub fn add_preexisting(&mut self, tgid: u32, fd: u64, kind: Kind, detail: &'static str, cloexec: bool) {
+        let site = Site { kind, stack: StackId::MAX };
+        let h = Handle { site, detail, ts: 0, counted: false, cloexec };
+        self.proc(tgid).handles.insert(fd, h);
+    }
+
+    /// What an open fd is, if we know it.
+    pub fn handle_of(&self, tgid: u32, fd: u64) -> Option<(Kind, &'static str)> {
+        let h = self.processes.get(&tgid)?.handles.get(&fd)?;
+        Some((h.site.kind, h.detail))
+    }
+
+    /// Open handles by (kind, detail), over all processes.
+    pub fn handle_counts(&self) -> std::collections::BTreeMap<(Kind, &'static str), HandleCount> {
+        let mut out: std::collections::BTreeMap<(Kind, &'static str), HandleCount> = Default::default();
+        for h in self.processes.values().flat_map(|p| p.handles.values()) {
+            let c = out.entry((h.site.kind, h.detail)).or_default();
+            if h.counted {
+                c.open += 1;
+            } else {
+                c.pre_existing += 1;
+            }
+        }
+        out
+    }
+
+    /// exec: the old image's memory is gone; close-on-exec fds are closed.
+    fn exec(&mut self, tgid: u32) {
+        let Some(p) = self.processes.get_mut(&tgid) else { return };
+        let blocks: Vec<Block> = p.heap.drain().map(|(_, b)| b).filter(|b| b.counted).collect();
+        let mut pieces = p.mappings.remove(0, u64::MAX);
+        pieces.extend(p.brk_ranges.remove(0, u64::MAX));
+        p.brk = None;
+        let cloexec: Vec<u64> = p.handles.iter().filter(|(_, h)| h.cloexec).map(|(fd, _)| *fd).collect();
+        for b in blocks {
+            self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+        }
+        self.release_pieces(&pieces);
+        for fd in cloexec {
+            self.close_handle(tgid, fd);
+        }
+    }
+
+    /// fork: the child gets the parent's fds (same stacks, counted for the
+    /// child too) and a copy of its memory, which is the parent's doing and
+    /// so not counted for the child.
+    fn fork(&mut self, parent: u32, child: u32) {
+        let Some(p) = self.processes.get(&parent) else { return };
+        let handles: Vec<(u64, Handle)> = p.handles.iter().map(|(fd, h)| (*fd, *h)).collect();
+        let heap: Vec<(u64, Block)> =
+            p.heap.iter().map(|(a, b)| (*a, Block { counted: false, ..*b })).collect();
+        let mappings: Vec<Piece<Region>> = p
+            .mappings
+            .iter()
+            .map(|r| Piece { start: r.start, end: r.end, value: Region { counted: false, ..*r.value } })
+            .collect();
+        let brk = p.brk;
+        let c = self.processes.entry(child).or_default();
+        c.heap.extend(heap);
+        for m in mappings {
+            c.mappings.insert(m.start, m.end, m.value);
+        }
+        c.brk = brk;
+        for (fd, h) in handles {
+            self.open_handle(child, fd, h, false);
+        }
+    }
+
+    /// The processes the ledger has seen.
+    pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processes.keys().copied()
     }
 
     /// Stops counting everything live now (e.g. at the end of a warm-up):
@@ -426,6 +647,14 @@ impl Ledger {
 mod tests {
     use super::*;
 
+    fn sock(fd: u64, stack: StackId) -> Op {
+        Op::OpenHandle { fd, kind: Kind::Sockets, detail: "tcp", cloexec: false, stack }
+    }
+
+    fn file(fd: u64, cloexec: bool, stack: StackId) -> Op {
+        Op::OpenHandle { fd, kind: Kind::Files, detail: "file", cloexec, stack }
+    }
+
     fn at(ledger: &Ledger, kind: Kind, stack: StackId) -> (u64, u64) {
         let o = ledger.sites.get(&Site { kind, stack }).copied().unwrap_or_default();
         (o.bytes, o.count)
@@ -566,11 +795,11 @@ mod tests {
     #[test]
     fn handles_open_close_and_reuse() {
         let mut l = Ledger::new();
-        l.apply(1, 10, Op::OpenHandle { fd: 3, kind: Kind::Sockets, stack: 1 });
-        l.apply(1, 11, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 1 });
+        l.apply(1, 10, sock(3, 1));
+        l.apply(1, 11, sock(4, 1));
         l.apply(1, 12, Op::CloseHandle { fd: 3 });
         l.apply(1, 13, Op::CloseHandle { fd: 9 });
-        l.apply(1, 14, Op::OpenHandle { fd: 4, kind: Kind::Sockets, stack: 2 });
+        l.apply(1, 14, sock(4, 2));
         assert_eq!(at(&l, Kind::Sockets, 1), (0, 0));
         assert_eq!(at(&l, Kind::Sockets, 2), (1, 1));
         assert_eq!(l.counters.unknown_closes, 1);
@@ -582,7 +811,7 @@ mod tests {
         let mut l = Ledger::new();
         l.apply(1, 1, Op::Alloc { addr: 0x10, size: 100, stack: 1 });
         l.apply(1, 1, Op::Map { addr: 0x10000, len: 2 * PAGE, file_backed: false, stack: 2 });
-        l.apply(1, 1, Op::OpenHandle { fd: 3, kind: Kind::Sockets, stack: 3 });
+        l.apply(1, 1, sock(3, 3));
         l.exclude_live();
         assert_eq!(l.sites().count(), 0);
         l.apply(1, 2, Op::Alloc { addr: 0x20, size: 7, stack: 1 });
@@ -607,6 +836,82 @@ mod tests {
         assert_eq!(at(&l, Kind::Mmap, 2), (PAGE, 1));
         l.apply(1, 40, Op::Unmap { addr: 0x10000, len: 2 * PAGE });
         assert_eq!(at(&l, Kind::Mmap, 2), (PAGE, 1));
+    }
+
+    #[test]
+    fn dup_takes_the_kind_of_the_original_and_the_stack_of_the_call() {
+        let mut l = Ledger::new();
+        l.apply(1, 1, sock(3, 1));
+        l.apply(1, 2, file(4, false, 2));
+        l.apply(1, 3, Op::DupHandle { old: 3, new: 5, cloexec: false, stack: 7 });
+        assert_eq!(at(&l, Kind::Sockets, 7), (1, 1));
+        assert_eq!(l.handle_of(1, 5), Some((Kind::Sockets, "tcp")));
+        // dup2 onto an open fd closes it first.
+        l.apply(1, 4, Op::DupHandle { old: 3, new: 4, cloexec: false, stack: 8 });
+        assert_eq!(at(&l, Kind::Files, 2), (0, 0));
+        assert_eq!(at(&l, Kind::Sockets, 8), (1, 1));
+        assert_eq!(l.counters.reused_fds, 0);
+        l.apply(1, 5, Op::DupHandle { old: 99, new: 6, cloexec: false, stack: 8 });
+        assert_eq!(l.counters.unknown_dups, 1);
+    }
+
+    #[test]
+    fn close_range_closes_or_marks_cloexec() {
+        let mut l = Ledger::new();
+        for fd in 3..8 {
+            l.apply(1, 1, file(fd, false, 1));
+        }
+        l.apply(1, 2, Op::CloseRange { first: 6, last: u64::MAX, cloexec_only: false });
+        assert_eq!(at(&l, Kind::Files, 1), (3, 3));
+        l.apply(1, 3, Op::CloseRange { first: 3, last: 3, cloexec_only: true });
+        l.apply(1, 4, Op::Exec);
+        assert_eq!(at(&l, Kind::Files, 1), (2, 2), "exec closed the fd marked close-on-exec");
+    }
+
+    #[test]
+    fn exec_closes_cloexec_fds_and_forgets_the_old_image() {
+        let mut l = Ledger::new();
+        l.apply(1, 1, file(3, true, 1));
+        l.apply(1, 1, file(4, false, 1));
+        l.apply(1, 1, file(5, false, 1));
+        l.apply(1, 1, Op::SetCloexec { fd: 5, on: true });
+        l.apply(1, 1, Op::Alloc { addr: 0x10, size: 10, stack: 2 });
+        l.apply(1, 1, Op::Map { addr: 0x10000, len: PAGE, file_backed: false, stack: 3 });
+        l.apply(1, 2, Op::Exec);
+        assert_eq!(at(&l, Kind::Files, 1), (1, 1));
+        assert_eq!(l.total(Kind::Heap), Outstanding::default());
+        assert_eq!(l.total(Kind::Mmap), Outstanding::default());
+        l.apply(1, 3, Op::Free { addr: 0x10 });
+        assert_eq!(l.counters.unknown_frees, 1, "the old image's blocks are gone");
+    }
+
+    #[test]
+    fn fork_child_inherits_fds_with_parent_stacks_but_not_memory_attribution() {
+        let mut l = Ledger::new();
+        l.apply(1, 1, sock(3, 1));
+        l.apply(1, 1, Op::Alloc { addr: 0x10, size: 10, stack: 2 });
+        l.apply(1, 2, Op::Fork { child: 2 });
+        assert_eq!(at(&l, Kind::Sockets, 1), (2, 2), "one in each process");
+        assert_eq!(at(&l, Kind::Heap, 2), (10, 1), "the copy is not the child's allocation");
+        l.apply(2, 3, Op::Free { addr: 0x10 });
+        assert_eq!(l.counters.unknown_frees, 0, "the child may free its inherited copy");
+        assert_eq!(at(&l, Kind::Heap, 2), (10, 1), "the parent's block is still live");
+        l.apply(2, 4, Op::CloseHandle { fd: 3 });
+        assert_eq!(at(&l, Kind::Sockets, 1), (1, 1));
+    }
+
+    #[test]
+    fn preexisting_fds_are_known_but_never_counted() {
+        let mut l = Ledger::new();
+        l.add_preexisting(1, 0, Kind::Files, "file", false);
+        l.add_preexisting(1, 9, Kind::Sockets, "socket", true);
+        assert_eq!(l.sites().count(), 0);
+        l.apply(1, 1, Op::DupHandle { old: 9, new: 10, cloexec: false, stack: 4 });
+        assert_eq!(at(&l, Kind::Sockets, 4), (1, 1), "a dup made while recording counts");
+        l.apply(1, 2, Op::CloseHandle { fd: 0 });
+        assert_eq!(l.counters.unknown_closes, 0);
+        let counts = l.handle_counts();
+        assert_eq!(counts[&(Kind::Sockets, "socket")], HandleCount { open: 1, pre_existing: 1 });
     }
 
     #[test]

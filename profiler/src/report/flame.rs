@@ -119,6 +119,7 @@ mod tests {
             end_reason: "test".into(),
             warmup: None,
             totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
+            handles: Default::default(),
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),

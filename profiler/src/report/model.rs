@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ledger::LedgerCounters, symbols::Frame};
+use crate::{
+    ledger::{HandleCount, LedgerCounters},
+    symbols::Frame,
+};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -24,6 +27,10 @@ pub struct Report {
     pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
+    /// Open fds by kind and type (`sockets`: `tcp`, `udp`, `unix`, ...), split
+    /// into opened while recording and pre-existing (open before, not leaks).
+    #[serde(default)]
+    pub handles: BTreeMap<String, BTreeMap<String, HandleCount>>,
     /// Outstanding per allocation site, largest first within each kind.
     pub stacks: Vec<StackEntry>,
     pub accuracy: Accuracy,
@@ -104,6 +111,6 @@ impl Report {
 
     /// Whether a kind counts handles rather than bytes.
     pub fn is_handle_kind(kind: &str) -> bool {
-        kind == "sockets"
+        matches!(kind, "sockets" | "files" | "pipes" | "events")
     }
 }

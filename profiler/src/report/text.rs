@@ -30,6 +30,15 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
+    if !report.handles.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Open handles by type (opened while recording / pre-existing, not leaks):");
+        for (kind, details) in &report.handles {
+            let parts: Vec<String> =
+                details.iter().map(|(d, c)| format!("{d} {}/{}", c.open, c.pre_existing)).collect();
+            let _ = writeln!(s, "  {kind:<10} {}", parts.join(", "));
+        }
+    }
     for kind in report.totals.keys() {
         let entries: Vec<_> = report.entries(kind).take(top).collect();
         if entries.is_empty() {
@@ -78,8 +87,14 @@ pub fn render(report: &Report, top: usize) -> String {
     let l = &a.ledger;
     let _ = writeln!(
         s,
-        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | reused fds {}",
-        l.unknown_frees, l.unknown_reallocs, l.overwritten_blocks, human_bytes(l.untracked_unmap_bytes), l.unknown_closes, l.reused_fds
+        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | dups of unknown fds {} | reused fds {}",
+        l.unknown_frees,
+        l.unknown_reallocs,
+        l.overwritten_blocks,
+        human_bytes(l.untracked_unmap_bytes),
+        l.unknown_closes,
+        l.unknown_dups,
+        l.reused_fds
     );
     for skipped in &a.probes_skipped {
         let _ = writeln!(s, "  not probed: {skipped}");

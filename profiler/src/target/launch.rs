@@ -118,7 +118,7 @@ fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<st
 /// maps. Fails when the program's own code runs first (static binary).
 fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     let maps = ProcessMaps::read(pid.as_raw() as u32)?;
-    if maps.libc().is_some() {
+    if maps.libc_code_mapped() {
         return Ok(()); // musl: the loader is the C library
     }
     let rip = ptrace::getregs(pid)?.rip;
@@ -139,7 +139,7 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
                 if at_exit {
                     let regs = ptrace::getregs(pid)?;
                     let maps = ProcessMaps::read(pid.as_raw() as u32)?;
-                    if maps.libc().is_some() {
+                    if maps.libc_code_mapped() {
                         return Ok(());
                     }
                     if maps.find(regs.rip).and_then(|m| m.file()) != loader.as_deref() {
