@@ -7,9 +7,13 @@
 pub const MAX_FRAMES: usize = 127;
 
 /// Words copied from the user stack pointer at a syscall. Glibc's syscall
-/// wrappers are frameless, so the frame-pointer walk skips the wrapper's
-/// caller; its return address is among these words and userspace re-inserts it.
-pub const STACK_HINT_WORDS: usize = 8;
+/// wrappers keep no frame pointer, so the frame-pointer walk skips the
+/// wrapper's caller; its return address is among these words (varargs
+/// wrappers such as `open` have frames of ~100 bytes) and userspace re-inserts it.
+pub const STACK_HINT_WORDS: usize = 64;
+
+/// Frames captured for syscall events, leaving room for the hint words.
+pub const MAX_SYSCALL_FRAMES: usize = MAX_FRAMES - STACK_HINT_WORDS;
 
 /// What an [`EventHeader`] describes.
 #[repr(u16)]
@@ -317,7 +321,7 @@ pub mod counters {
 }
 
 /// Fixed part of every ring-buffer record. `frames` user stack frames
-/// (innermost first) follow it directly.
+/// (innermost first) follow it directly, then `hints` stack-hint words.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EventHeader {
@@ -327,7 +331,9 @@ pub struct EventHeader {
     /// Number of stack frames that follow the header.
     pub frames: u16,
     /// 1 when the stack capture failed.
-    pub stack_failed: u16,
+    pub stack_failed: u8,
+    /// Number of stack-hint words (syscall events) that follow the frames.
+    pub hints: u8,
     pub tgid: u32,
     pub tid: u32,
     pub ts_ns: u64,
@@ -336,8 +342,6 @@ pub struct EventHeader {
     pub old_addr: u64,
     pub old_size: u64,
     pub arg: u64,
-    /// Non-zero for syscall events: words at the user stack pointer.
-    pub stack_hint: [u64; STACK_HINT_WORDS],
 }
 
 /// A complete record as the kernel side assembles it before output.

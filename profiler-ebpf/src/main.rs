@@ -16,7 +16,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, HEADER_SIZE, MAX_FRAMES, STACK_HINT_WORDS,
+    counters, syscalls, AllocApi, Event, EventKind, HEADER_SIZE, MAX_FRAMES, MAX_SYSCALL_FRAMES,
+    STACK_HINT_WORDS,
 };
 
 /// Pending bytes in the ring buffer above which the reader is woken at once.
@@ -85,6 +86,7 @@ fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
     h.api = api;
     h.frames = 0;
     h.stack_failed = 0;
+    h.hints = 0;
     h.tgid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -93,18 +95,17 @@ fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
     h.old_addr = 0;
     h.old_size = 0;
     h.arg = 0;
-    h.stack_hint = [0; STACK_HINT_WORDS];
     Some(ev)
 }
 
-/// Captures the user stack of the current task into `ev`.
+/// Captures up to `max_frames` frames of the user stack into `ev`.
 #[inline(always)]
-fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
+fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event, max_frames: usize) {
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
             ev.frames.as_mut_ptr() as *mut _,
-            (MAX_FRAMES * 8) as u32,
+            (max_frames * 8) as u32,
             BPF_F_USER_STACK as u64,
         )
     };
@@ -116,14 +117,14 @@ fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
     }
 }
 
-/// Sends the header plus its captured frames.
+/// Sends the header plus its captured frames and hint words.
 #[inline(always)]
 fn submit(ev: &Event) {
-    let mut frames = ev.header.frames as usize;
-    if frames > MAX_FRAMES {
-        frames = MAX_FRAMES;
+    let mut words = ev.header.frames as usize + ev.header.hints as usize;
+    if words > MAX_FRAMES {
+        words = MAX_FRAMES;
     }
-    let len = HEADER_SIZE + frames * 8;
+    let len = HEADER_SIZE + words * 8;
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const Event as *const u8, len) };
     // Waking the reader per event costs more than the event itself; it
     // drains on a short timer and is woken early only when data piles up.
@@ -306,7 +307,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     ev.header.size = call.size;
     ev.header.arg = call.arg;
     ev.header.old_addr = call.ptr;
-    capture_stack(&ctx, ev);
+    capture_stack(&ctx, ev, MAX_FRAMES);
     submit(ev);
     0
 }
@@ -425,10 +426,15 @@ fn is_error(ret: u64) -> bool {
 /// Completes a syscall record: stack plus the words at the user stack pointer.
 #[inline(always)]
 fn submit_with_stack(ctx: &RawTracePointContext, regs: *const u8, ev: &mut Event) {
-    capture_stack(ctx, ev);
-    let sp = reg(regs, regs::SP);
-    if let Ok(words) = unsafe { bpf_probe_read_user(sp as *const [u64; STACK_HINT_WORDS]) } {
-        ev.header.stack_hint = words;
+    capture_stack(ctx, ev, MAX_SYSCALL_FRAMES);
+    let n = ev.header.frames as usize;
+    if n <= MAX_SYSCALL_FRAMES {
+        let sp = reg(regs, regs::SP);
+        let dst = unsafe { ev.frames.as_mut_ptr().add(n) } as *mut core::ffi::c_void;
+        let size = (STACK_HINT_WORDS * 8) as u32;
+        if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, sp as *const _) } == 0 {
+            ev.header.hints = STACK_HINT_WORDS as u8;
+        }
     }
     submit(ev);
 }

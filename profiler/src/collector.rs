@@ -45,6 +45,22 @@ pub struct Collector {
     /// to attach allocator probes to their new image).
     pub execs: Vec<u32>,
     pub forks: Vec<(u32, u32)>,
+    /// Command line of every process seen, for the report.
+    commands: HashMap<u32, String>,
+}
+
+/// A process's command line (or its comm), for people.
+pub fn command_of(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|c| *c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    if args.is_empty() {
+        return std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| format!("[{}]", c.trim()));
+    }
+    Some(args.join(" "))
 }
 
 /// What a new fd is within its kind, from the call that made it.
@@ -116,6 +132,26 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
 }
 
 impl Collector {
+    /// Takes a new snapshot of a process's mappings now (e.g. a new image held
+    /// stopped by the tracer), so its events can be located even if it exits soon.
+    pub fn snapshot_process(&mut self, pid: u32) {
+        if let Ok(maps) = ProcessMaps::read(pid) {
+            self.spaces.insert(pid, AddressSpace::new(pid, maps));
+        }
+    }
+
+    /// Remembers what a process is running now (after a fork or exec).
+    pub fn note_process(&mut self, pid: u32) {
+        if let Some(cmd) = command_of(pid) {
+            self.commands.insert(pid, cmd);
+        }
+    }
+
+    /// The command of a process, as last seen.
+    pub fn command(&self, pid: u32) -> String {
+        self.commands.get(&pid).cloned().unwrap_or_else(|| format!("pid {pid}"))
+    }
+
     /// Registers a process about to be profiled, with its current mappings
     /// and the fds it already has open (not leaks: reported as pre-existing).
     pub fn add_process(&mut self, pid: u32, maps: ProcessMaps, initial_brk: Option<u64>) {
@@ -123,6 +159,7 @@ impl Collector {
             self.ledger.set_initial_brk(pid, brk);
         }
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
+        self.note_process(pid);
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for entry in dir.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
@@ -176,7 +213,7 @@ impl Collector {
         }
         let raw: Vec<u64> = ev.frames().collect();
         let mut frames =
-            if syscall { repair_syscall_stack(&raw, &ev.header.stack_hint, self.space(tgid)) } else { raw };
+            if syscall { repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)) } else { raw };
         if truncate_at_invalid_frame(&mut frames, self.space(tgid)) {
             self.truncated_stacks += 1;
         }
@@ -270,11 +307,19 @@ impl Collector {
             EventKind::Exec => {
                 // A new program: new mappings, maybe a new C library.
                 self.spaces.remove(&h.tgid);
+                self.note_process(h.tgid);
                 self.execs.push(h.tgid);
                 Op::Exec
             }
             EventKind::Fork => {
                 let child = h.addr as u32;
+                self.note_process(child);
+                // The child starts as a copy of the parent's address space, and may
+                // exec before we look at it: locate its first frames in the copy.
+                if let Some(parent) = self.spaces.get(&h.tgid) {
+                    let maps = parent.maps().clone();
+                    self.spaces.insert(child, AddressSpace::frozen(child, maps));
+                }
                 self.forks.push((h.tgid, child));
                 Op::Fork { child }
             }
@@ -327,6 +372,7 @@ impl Collector {
                 StackEntry {
                     kind: site.kind.name().to_string(),
                     pid,
+                    command: self.command(pid),
                     bytes: if site.kind.is_memory() { o.bytes } else { 0 },
                     count: o.count,
                     mean_age_s: o.mean_age_ns(now_ns) as f64 / 1e9,

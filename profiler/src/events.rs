@@ -8,6 +8,7 @@ pub struct RawEvent<'a> {
     pub kind: EventKind,
     /// Innermost frame first.
     frames: &'a [u8],
+    hints: &'a [u8],
 }
 
 impl<'a> RawEvent<'a> {
@@ -19,13 +20,29 @@ impl<'a> RawEvent<'a> {
         // SAFETY: the length was checked; EventHeader is plain old data.
         let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         let kind = EventKind::from_u16(header.kind)?;
-        let frames_len = (header.frames as usize * 8).min(bytes.len() - HEADER_SIZE);
-        Some(Self { header, kind, frames: &bytes[HEADER_SIZE..HEADER_SIZE + frames_len] })
+        let body = &bytes[HEADER_SIZE..];
+        let frames_len = (header.frames as usize * 8).min(body.len());
+        let hints_len = (header.hints as usize * 8).min(body.len() - frames_len);
+        Some(Self {
+            header,
+            kind,
+            frames: &body[..frames_len],
+            hints: &body[frames_len..frames_len + hints_len],
+        })
     }
 
     pub fn frames(&self) -> impl Iterator<Item = u64> + '_ {
-        self.frames.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        words(self.frames)
     }
+
+    /// Words found at the user stack pointer (syscall events).
+    pub fn hints(&self) -> Vec<u64> {
+        words(self.hints).collect()
+    }
+}
+
+fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
 }
 
 #[cfg(test)]
@@ -37,12 +54,15 @@ mod tests {
         let mut header: EventHeader = unsafe { std::mem::zeroed() };
         header.kind = EventKind::Alloc as u16;
         header.frames = 2;
+        header.hints = 1;
         header.addr = 0xabc;
         let mut bytes = vec![0u8; HEADER_SIZE];
         unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
         bytes.extend_from_slice(&0x1111u64.to_ne_bytes());
         bytes.extend_from_slice(&0x2222u64.to_ne_bytes());
+        bytes.extend_from_slice(&0x3333u64.to_ne_bytes());
         let ev = RawEvent::decode(&bytes).unwrap();
+        assert_eq!(ev.hints(), vec![0x3333]);
         assert_eq!(ev.kind, EventKind::Alloc);
         assert_eq!(ev.header.addr, 0xabc);
         assert_eq!(ev.frames().collect::<Vec<_>>(), vec![0x1111, 0x2222]);

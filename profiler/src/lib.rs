@@ -19,3 +19,4 @@ pub mod report;
 pub mod stacks;
 pub mod symbols;
 pub mod target;
+pub mod unwind;

@@ -87,6 +87,10 @@ struct RecordArgs {
     #[arg(long, short, conflicts_with = "command", required_unless_present = "command")]
     pid: Option<u32>,
 
+    /// With --pid: also profile processes it starts after attaching (launch mode always follows).
+    #[arg(long, requires = "pid")]
+    follow: bool,
+
     /// Stop after this many seconds.
     #[arg(long, short, value_name = "SECS")]
     duration: Option<f64>,
@@ -190,6 +194,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
         print_summary: !args.quiet,
         warmup,
+        follow: args.follow,
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,

@@ -34,6 +34,55 @@ use crate::{
     },
 };
 
+/// Which C library each process has allocator probes on, so each image is
+/// probed exactly once (two probes at one address would count calls twice).
+#[derive(Default)]
+struct ProbedProcesses {
+    libc_of: std::collections::HashMap<u32, (u64, u64)>,
+    /// Processes whose C library was not mapped yet when we looked.
+    pending: std::collections::HashMap<u32, Instant>,
+}
+
+impl ProbedProcesses {
+    /// Attaches the allocator probes for `pid` unless its current C library
+    /// already has them. Fails when the process has no C library (yet).
+    fn ensure(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let maps =
+            crate::procmaps::ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let Some(libc) = maps.libc().filter(|_| maps.libc_code_mapped()) else {
+            anyhow::bail!("no C library mapped");
+        };
+        let path = PathBuf::from(format!("/proc/{pid}/root{libc}"));
+        let meta = std::fs::metadata(&path)?;
+        let id = (meta.dev(), meta.ino());
+        if self.libc_of.get(&pid) == Some(&id) {
+            return Ok(());
+        }
+        probes.attach_allocator(&path, pid)?;
+        self.libc_of.insert(pid, id);
+        self.pending.remove(&pid);
+        Ok(())
+    }
+
+    /// `--follow` without ptrace: probe forked and exec'd processes as soon
+    /// as their C library is mapped (retrying for a while).
+    fn follow_up(&mut self, probes: &mut Probes, collector: &mut Collector) {
+        let forks: Vec<u32> = collector.forks.drain(..).map(|(_, child)| child).collect();
+        let execs: Vec<u32> = collector.execs.drain(..).collect();
+        for pid in forks.into_iter().chain(execs) {
+            // note_process already ran when the event was ingested.
+            self.pending.insert(pid, Instant::now());
+        }
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            if self.ensure(probes, pid).is_err() && self.pending[&pid].elapsed() > Duration::from_secs(5) {
+                self.pending.remove(&pid);
+            }
+        }
+    }
+}
+
 /// What to profile.
 #[derive(Clone, Debug)]
 pub enum TargetSpec {
@@ -71,6 +120,8 @@ pub struct RecordOptions {
     /// Print the text summary to stdout at the end.
     pub print_summary: bool,
     pub warmup: Warmup,
+    /// With `--pid`: also profile children started after attaching.
+    pub follow: bool,
 }
 
 /// The result of a session.
@@ -152,12 +203,15 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             (launched.info.clone(), Target::Launched(launched))
         }
     };
-    let attach = || -> Result<Probes> {
+    // Launch mode follows the whole tree; --pid only with --follow.
+    let follow = matches!(target, Target::Launched(_)) || opts.follow;
+    let mut probed = ProbedProcesses::default();
+    let mut attach = || -> Result<Probes> {
         let mut probes = Probes::load(opts.ringbuf_bytes)?;
         probes.add_target(info.pid)?;
         probes.attach_syscalls()?;
-        probes.attach_process_tracepoints(false)?;
-        probes.attach_allocator(&info.libc, info.pid)?;
+        probes.attach_process_tracepoints(follow)?;
+        probed.ensure(&mut probes, info.pid)?;
         if let Some(function) = &opts.warmup.function {
             probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
         }
@@ -245,6 +299,33 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 }
             } => {
                 match ev {
+                    Some(TargetEvent::NewImage { pid, how }) => {
+                        // Held stopped by the tracer until this is done.
+                        while let Some(item) = ring.get_mut().next() {
+                            collector.ingest(&item);
+                        }
+                        collector.note_process(pid);
+                        if how != launch::NewImage::Fork {
+                            collector.snapshot_process(pid);
+                        }
+                        if how != launch::NewImage::ExecWithoutLibc {
+                            if let Err(e) = probed.ensure(&mut probes, pid) {
+                                eprintln!("warning: no heap probes for pid {pid}: {e:#}");
+                            }
+                        }
+                        if let Target::Launched(l) = &target {
+                            let _ = l.control.send(Control::Resume);
+                        }
+                    }
+                    Some(TargetEvent::ProcessExiting { .. }) => {
+                        // Held at exit: take its events while its maps still exist.
+                        while let Some(item) = ring.get_mut().next() {
+                            collector.ingest(&item);
+                        }
+                        if let Target::Launched(l) = &target {
+                            let _ = l.control.send(Control::Resume);
+                        }
+                    }
                     Some(TargetEvent::Exiting) => { held_at_exit = true; break "target exited".to_string() }
                     Some(TargetEvent::Exited(how)) => break format!("target exited ({how})"),
                     None => break "target exited".to_string(),
@@ -267,6 +348,14 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             _ = drain.tick() => {
                 while let Some(item) = ring.get_mut().next() {
                     collector.ingest(&item);
+                }
+                match &target {
+                    Target::Attached { .. } if follow => probed.follow_up(&mut probes, &mut collector),
+                    _ => {
+                        // The tracer announces new images itself.
+                        collector.forks.clear();
+                        collector.execs.clear();
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -65,6 +65,10 @@ pub struct AddressSpace {
     libc: Option<Arc<str>>,
     /// Set when the process changed its mappings since the last read.
     stale: bool,
+    /// Never re-read: a forked child's copy of its parent's layout, which
+    /// /proc would no longer show once the child has exec'd.
+    frozen: bool,
+    unwinder: crate::unwind::Unwinder,
 }
 
 const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
@@ -80,6 +84,8 @@ impl AddressSpace {
             files: HashMap::new(),
             libc: None,
             stale: false,
+            frozen: false,
+            unwinder: Default::default(),
         };
         space.set_maps(maps);
         space
@@ -96,6 +102,16 @@ impl AddressSpace {
 
     fn intern_path(&mut self, path: &str) -> Arc<str> {
         self.paths.entry(path.to_string()).or_insert_with(|| Arc::from(path)).clone()
+    }
+
+    /// A snapshot that is never re-read (see `frozen`).
+    pub fn frozen(pid: u32, maps: ProcessMaps) -> Self {
+        Self { frozen: true, ..Self::new(pid, maps) }
+    }
+
+    /// The mappings as last read.
+    pub fn maps(&self) -> &ProcessMaps {
+        &self.maps
     }
 
     /// The mappings changed: re-read them before the next lookup that needs it.
@@ -115,6 +131,9 @@ impl AddressSpace {
 
     /// Re-reads `/proc/PID/maps` (no-op once the process is gone).
     pub fn refresh(&mut self) {
+        if self.frozen {
+            return;
+        }
         if let Ok(maps) = ProcessMaps::read(self.pid) {
             self.set_maps(maps);
         }
@@ -152,6 +171,15 @@ impl AddressSpace {
             (Location::File { path, .. }, Some(libc)) => Arc::ptr_eq(&path, libc) || *path == **libc,
             _ => false,
         }
+    }
+
+    /// Where, above the stack pointer, the code at `addr` keeps its return
+    /// address (from the module's call-frame information), in bytes.
+    pub fn return_address_slot(&mut self, addr: u64) -> Option<u64> {
+        let Location::File { path, offset } = self.locate(addr) else { return None };
+        let readable = format!("/proc/{}/root{path}", self.pid);
+        let readable = if std::path::Path::new(&readable).exists() { readable } else { path.to_string() };
+        self.unwinder.return_address_slot(&path, &readable, offset)
     }
 
     /// Whether `addr` is plausibly a return address: it is in executable
@@ -215,18 +243,45 @@ pub fn truncate_at_invalid_frame(frames: &mut Vec<u64>, space: &mut AddressSpace
 /// frame itself is dropped, so the leaf is the function that made the call.
 pub fn repair_syscall_stack(frames: &[u64], hints: &[u64], space: &mut AddressSpace) -> Vec<u64> {
     let mut out: Vec<u64> = frames.to_vec();
-    if out.is_empty() {
+    let Some(&ip) = out.first() else { return out };
+    let ret = unwind_out_of_libc(ip, hints, space)
+        .or_else(|| hints.iter().copied().find(|&w| w != 0 && space.is_return_address(w)));
+    let Some(ret) = ret else {
+        // The caller could not be found: keep the wrapper as the leaf, it still names the call.
+        out.truncate(1);
         return out;
+    };
+    if out.get(1) != Some(&ret) {
+        out.insert(1, ret);
     }
-    if let Some(ret) = hints.iter().copied().find(|&w| w != 0 && space.is_return_address(w)) {
-        if out.get(1) != Some(&ret) {
-            out.insert(1, ret);
-        }
-    }
-    if out.len() > 1 && space.in_libc(out[0]) {
+    if space.in_libc(out[0]) {
         out.remove(0);
     }
     out
+}
+
+/// Follows the call-frame information from the syscall instruction up
+/// through the C library's own frames (a wrapper may call an inner helper
+/// that makes the syscall) to the first return address outside it: the
+/// code that called the library. `hints` are the words at the stack pointer.
+fn unwind_out_of_libc(ip: u64, hints: &[u64], space: &mut AddressSpace) -> Option<u64> {
+    let mut pc = ip;
+    let mut sp_offset = 0u64; // bytes above the syscall's stack pointer
+    for depth in 0..8 {
+        // Past the first frame, `pc` is a return address: look up its call instruction.
+        let lookup = if depth == 0 { pc } else { pc - 1 };
+        let slot = space.return_address_slot(lookup)?;
+        let ret = *hints.get(((sp_offset + slot) / 8) as usize)?;
+        if !space.is_return_address(ret) {
+            return None;
+        }
+        if !space.in_libc(ret) {
+            return Some(ret);
+        }
+        sp_offset += slot + 8;
+        pc = ret;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
             ringbuf_bytes: 16 << 20,
             print_summary: false,
             warmup: opts.warmup.clone(),
+            follow: false,
         })
         .with_context(|| format!("run {i} of {}", opts.runs))?;
         runs.push(observe(&recorded.report));

@@ -104,6 +104,7 @@ mod tests {
         let entry = |kind: &str, bytes, count, frames: &[&str]| StackEntry {
             kind: kind.into(),
             pid: 1,
+            command: "demo".into(),
             bytes,
             count,
             mean_age_s: 0.0,

@@ -57,6 +57,9 @@ pub struct Total {
 pub struct StackEntry {
     pub kind: String,
     pub pid: u32,
+    /// The process's command line when last seen.
+    #[serde(default)]
+    pub command: String,
     /// Outstanding bytes (0 for handle kinds).
     pub bytes: u64,
     /// Outstanding blocks, mappings or open handles.

@@ -21,11 +21,28 @@ use nix::{
 use super::ProcessInfo;
 use crate::procmaps::ProcessMaps;
 
+/// How a new program image appeared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewImage {
+    /// A forked child process (it shares its parent's image and libc).
+    Fork,
+    /// A process exec'd a program; its C library is mapped.
+    Exec,
+    /// A process exec'd a program without a C library (static): no heap probes.
+    ExecWithoutLibc,
+}
+
 /// What the tracer thread reports.
 #[derive(Debug)]
 pub enum TargetEvent {
-    /// The process is exiting and held stopped; send [`Control::Release`] when done.
+    /// A process of the tree has a new image and is held stopped: attach its
+    /// probes, then send [`Control::Resume`].
+    NewImage { pid: u32, how: NewImage },
+    /// The launched process is exiting and held stopped; send [`Control::Release`] when done.
     Exiting,
+    /// Another process of the tree is exiting, held stopped until [`Control::Resume`]
+    /// so its last events can be located in its address space.
+    ProcessExiting { pid: u32 },
     /// The process is gone, with its exit code or the signal that killed it.
     Exited(String),
 }
@@ -157,85 +174,175 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     }
 }
 
-/// The tracer loop after setup: forward signals, hold the exit, obey controls.
-fn trace(
+/// Whether `pid` is a process (thread-group leader) rather than a thread.
+fn is_process(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| st.lines().find_map(|l| l.strip_prefix("Tgid:")).map(|t| t.trim().to_string()))
+        .is_some_and(|tgid| tgid == pid.to_string())
+}
+
+/// Tells the session about a new image and holds it until probes are attached.
+fn announce(
     pid: Pid,
+    how: NewImage,
+    control: &mpsc::Receiver<Control>,
+    events: &tokio::sync::mpsc::UnboundedSender<TargetEvent>,
+) -> Option<Control> {
+    let _ = events.send(TargetEvent::NewImage { pid: pid.as_raw() as u32, how });
+    match control.recv() {
+        Ok(Control::Resume) => None,
+        Ok(other) => Some(other),
+        Err(_) => Some(Control::Kill),
+    }
+}
+
+/// Stops every tracee and detaches from it, leaving the programs running.
+fn detach_all(tracees: &std::collections::BTreeSet<Pid>) {
+    for &pid in tracees {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGSTOP);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) | Ok(WaitStatus::PtraceEvent(..)) => {
+                    let _ = ptrace::detach(pid, Some(Signal::SIGCONT));
+                    break;
+                }
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    let _ = ptrace::cont(pid, Some(sig));
+                }
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
+                Ok(_) => {
+                    let _ = ptrace::cont(pid, None);
+                }
+            }
+        }
+    }
+}
+
+/// The tracer loop after setup: follow forks and execs (holding each new
+/// image until its probes are attached), forward signals, hold the root's
+/// exit, obey controls.
+fn trace(
+    root: Pid,
     control: mpsc::Receiver<Control>,
     events: tokio::sync::mpsc::UnboundedSender<TargetEvent>,
 ) {
+    use std::collections::BTreeSet;
     match control.recv() {
         Ok(Control::Resume) => {}
         _ => {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
+            let _ = nix::sys::signal::kill(root, Signal::SIGKILL);
+            let _ = waitpid(root, None);
             return;
         }
     }
-    let _ = ptrace::cont(pid, None);
+    let follow = Options::PTRACE_O_TRACEFORK
+        | Options::PTRACE_O_TRACEVFORK
+        | Options::PTRACE_O_TRACECLONE
+        | Options::PTRACE_O_TRACEEXEC;
+    let options =
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL | follow;
+    let _ = ptrace::setoptions(root, options);
+    let _ = ptrace::cont(root, None);
+    let mut tracees: BTreeSet<Pid> = [root].into();
+    // New tasks whose first stop (a SIGSTOP before they ever ran) is still to come.
+    let mut unborn: BTreeSet<Pid> = BTreeSet::new();
+    let mut root_gone = false;
     loop {
         match control.try_recv() {
             Ok(Control::Detach) => {
-                // Detaching requires a stopped tracee.
-                let _ = nix::sys::signal::kill(pid, Signal::SIGSTOP);
-                loop {
-                    match waitpid(pid, None) {
-                        Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {
-                            let _ = ptrace::detach(pid, Some(Signal::SIGCONT));
-                            return;
-                        }
-                        Ok(WaitStatus::Stopped(_, sig)) => {
-                            let _ = ptrace::cont(pid, Some(sig));
-                        }
-                        Ok(WaitStatus::PtraceEvent(..)) => {
-                            let _ = ptrace::detach(pid, None);
-                            return;
-                        }
-                        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return,
-                        Ok(_) => {
-                            let _ = ptrace::cont(pid, None);
-                        }
-                    }
-                }
+                detach_all(&tracees);
+                return;
             }
             Ok(Control::Kill) => {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(root, Signal::SIGKILL);
             }
             _ => {}
         }
-        let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
             Ok(WaitStatus::StillAlive) => {
-                thread::sleep(Duration::from_millis(5));
+                thread::sleep(Duration::from_millis(2));
                 continue;
             }
             Ok(s) => s,
-            Err(_) => return,
+            Err(_) => return, // no tracees left
         };
         match status {
-            WaitStatus::PtraceEvent(_, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
-                let _ = events.send(TargetEvent::Exiting);
-                // Hold the exit until the report is written (or we are told to go).
-                loop {
-                    match control.recv() {
-                        Ok(Control::Release) | Ok(Control::Detach) | Ok(Control::Kill) | Err(_) => break,
-                        Ok(Control::Resume) => {}
+            WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
+                let held = if pid == root {
+                    // Hold the exit until the report is written (or we are told to go).
+                    let _ = events.send(TargetEvent::Exiting);
+                    true
+                } else if is_process(pid) {
+                    let _ = events.send(TargetEvent::ProcessExiting { pid: pid.as_raw() as u32 });
+                    true
+                } else {
+                    false
+                };
+                if held {
+                    if let Ok(Control::Detach) = control.recv() {
+                        detach_all(&tracees);
+                        return;
                     }
                 }
                 let _ = ptrace::cont(pid, None);
             }
-            WaitStatus::Stopped(_, sig) => {
-                let _ = ptrace::cont(pid, Some(sig));
-            }
-            WaitStatus::Exited(_, code) => {
-                let _ = events.send(TargetEvent::Exited(format!("exit code {code}")));
-                return;
-            }
-            WaitStatus::Signaled(_, sig, _) => {
-                let _ = events.send(TargetEvent::Exited(format!("killed by {sig}")));
-                return;
-            }
-            _ => {
+            WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXEC as i32 => {
+                // A new program: let its loader map libc, then attach before it runs.
+                let ready = run_until_libc_mapped(pid).is_ok();
+                let how = if ready { NewImage::Exec } else { NewImage::ExecWithoutLibc };
+                if let Some(Control::Detach) = announce(pid, how, &control, &events) {
+                    detach_all(&tracees);
+                    return;
+                }
                 let _ = ptrace::cont(pid, None);
             }
+            WaitStatus::PtraceEvent(pid, _, _) => {
+                // fork / vfork / clone: the new task reports its own first stop.
+                if let Ok(new) = ptrace::getevent(pid) {
+                    let new = Pid::from_raw(new as i32);
+                    if tracees.insert(new) {
+                        unborn.insert(new);
+                    }
+                }
+                let _ = ptrace::cont(pid, None);
+            }
+            WaitStatus::Stopped(pid, Signal::SIGSTOP) if unborn.remove(&pid) || tracees.insert(pid) => {
+                if is_process(pid) {
+                    if let Some(Control::Detach) = announce(pid, NewImage::Fork, &control, &events) {
+                        detach_all(&tracees);
+                        return;
+                    }
+                }
+                let _ = ptrace::cont(pid, None);
+            }
+            WaitStatus::Stopped(pid, sig) => {
+                let _ = ptrace::cont(pid, Some(sig));
+            }
+            WaitStatus::Exited(pid, code) => {
+                tracees.remove(&pid);
+                if pid == root {
+                    root_gone = true;
+                    let _ = events.send(TargetEvent::Exited(format!("exit code {code}")));
+                }
+            }
+            WaitStatus::Signaled(pid, sig, _) => {
+                tracees.remove(&pid);
+                if pid == root {
+                    root_gone = true;
+                    let _ = events.send(TargetEvent::Exited(format!("killed by {sig}")));
+                }
+            }
+            WaitStatus::PtraceSyscall(pid) | WaitStatus::Continued(pid) => {
+                let _ = ptrace::cont(pid, None);
+            }
+            _ => {}
+        }
+        if root_gone {
+            // The session is over; leave the rest of the tree running untraced.
+            tracees.retain(|p| *p != root);
+            detach_all(&tracees);
+            return;
         }
     }
 }
