@@ -362,7 +362,7 @@ impl Collector {
         let mut entries: Vec<StackEntry> = sites
             .iter()
             .map(|(site, o)| {
-                let (pid, _) = self.stacks.get(site.stack);
+                let pid = site.pid;
                 // Innermost first overall; an address's inlined frames are listed outermost
                 // first by the symbolizer, so reverse them.
                 let frames = self.locations[site.stack as usize]

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use profiler::{
     gate::{gate, GateOptions, Verdict},
     record::{record, RecordOptions, TargetSpec, Warmup},
+    report::flame::GroupBy,
 };
 
 #[derive(Parser)]
@@ -111,6 +112,10 @@ struct RecordArgs {
     #[arg(long, short)]
     quiet: bool,
 
+    /// Root the flamegraphs at each process (`command [pid]`) instead of merging processes.
+    #[arg(long, value_enum, default_value_t = GroupBy::None)]
+    group_by: GroupBy,
+
     #[command(flatten)]
     warmup: WarmupArgs,
 
@@ -195,6 +200,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         print_summary: !args.quiet,
         warmup,
         follow: args.follow,
+        group_by: args.group_by,
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,

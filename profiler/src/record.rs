@@ -24,7 +24,7 @@ use crate::{
     probes::Probes,
     report::{
         flame,
-        model::{Accuracy, TargetInfo, Total, SCHEMA_VERSION},
+        model::{Accuracy, ProcessSummary, TargetInfo, Total, SCHEMA_VERSION},
         text, Report,
     },
     symbols::Symbols,
@@ -122,6 +122,7 @@ pub struct RecordOptions {
     pub warmup: Warmup,
     /// With `--pid`: also profile children started after attaching.
     pub follow: bool,
+    pub group_by: flame::GroupBy,
 }
 
 /// The result of a session.
@@ -400,12 +401,13 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let kernel = probes.counters()?;
     let mut report =
         build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
+    report.processes = summarize_processes(&report);
     report.warmup = match (&warmup_end, opts.warmup.is_set()) {
         (Some(end), _) => Some(format!("excluded everything live {end}")),
         (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
         (None, false) => None,
     };
-    let written = write_outputs(&report, &output, opts.top);
+    let written = write_outputs(&report, &output, opts.top, opts.group_by);
 
     // Only now may the target go: its address space was needed for the report.
     if let Target::Launched(l) = &mut target {
@@ -421,7 +423,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let flamegraphs: Vec<String> = report
         .totals
         .keys()
-        .filter(|k| !flame::folded(&report, k).is_empty())
+        .filter(|k| report.entries(k).next().is_some())
         .map(|k| format!("{k}.svg"))
         .collect();
     let flamegraphs =
@@ -471,6 +473,7 @@ fn build_report(
         end_reason,
         warmup: None,
         totals,
+        processes: Vec::new(),
         handles: {
             let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
                 Default::default();
@@ -545,16 +548,32 @@ fn exclude_before_marker_line(collector: &mut Collector, line_end: u64, warmup: 
     }
 }
 
+/// Outstanding totals per process, from the per-stack entries.
+fn summarize_processes(report: &Report) -> Vec<ProcessSummary> {
+    let mut by_pid: std::collections::BTreeMap<u32, ProcessSummary> = Default::default();
+    for e in &report.stacks {
+        let p = by_pid.entry(e.pid).or_insert_with(|| ProcessSummary {
+            pid: e.pid,
+            command: e.command.clone(),
+            totals: Default::default(),
+        });
+        let t = p.totals.entry(e.kind.clone()).or_default();
+        t.bytes += e.bytes;
+        t.count += e.count;
+    }
+    by_pid.into_values().collect()
+}
+
 /// Writes report.json, report.txt and, per kind with anything outstanding,
 /// `<kind>.folded` and `<kind>.svg`.
-pub fn write_outputs(report: &Report, dir: &Path, top: usize) -> Result<()> {
+pub fn write_outputs(report: &Report, dir: &Path, top: usize, group: flame::GroupBy) -> Result<()> {
     let write = |name: &str, data: &[u8]| {
         std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
     for kind in report.totals.keys() {
-        let lines = flame::folded(report, kind);
+        let lines = flame::folded(report, kind, group);
         if lines.is_empty() {
             continue;
         }

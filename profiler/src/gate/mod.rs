@@ -150,6 +150,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
             print_summary: false,
             warmup: opts.warmup.clone(),
             follow: false,
+            group_by: Default::default(),
         })
         .with_context(|| format!("run {i} of {}", opts.runs))?;
         runs.push(observe(&recorded.report));

@@ -74,6 +74,9 @@ impl Kind {
 pub struct Site {
     pub kind: Kind,
     pub stack: StackId,
+    /// The process holding the resource (a forked child holds copies of its
+    /// parent's fds under the parent's stacks).
+    pub pid: u32,
 }
 
 /// What is outstanding at one site.
@@ -319,7 +322,7 @@ impl Ledger {
             }
             Op::Map { addr, len, file_backed, stack } => {
                 let kind = if file_backed { Kind::FileMmap } else { Kind::Mmap };
-                self.map(tgid, ts, addr, page_up(len), Site { kind, stack });
+                self.map(tgid, ts, addr, page_up(len), Site { kind, stack, pid: tgid });
             }
             Op::Unmap { addr, len } => {
                 let removed = self.proc(tgid).mappings.remove(addr, addr.saturating_add(page_up(len)));
@@ -331,7 +334,7 @@ impl Ledger {
             }
             Op::Brk { brk, stack } => self.brk(tgid, ts, brk, stack),
             Op::OpenHandle { fd, kind, detail, cloexec, stack } => {
-                let h = Handle { site: Site { kind, stack }, detail, ts, counted: true, cloexec };
+                let h = Handle { site: Site { kind, stack, pid: tgid }, detail, ts, counted: true, cloexec };
                 self.open_handle(tgid, fd, h, true);
             }
             Op::DupHandle { old, new, cloexec, stack } => {
@@ -339,7 +342,7 @@ impl Ledger {
                     self.counters.unknown_dups += 1;
                     return;
                 };
-                let site = Site { kind: orig.site.kind, stack };
+                let site = Site { kind: orig.site.kind, stack, pid: tgid };
                 let h = Handle { site, detail: orig.detail, ts, counted: true, cloexec };
                 self.close_handle(tgid, new);
                 self.open_handle(tgid, new, h, false);
@@ -405,7 +408,7 @@ impl Ledger {
 
     /// Records an fd that was open before recording started.
     pub fn add_preexisting(&mut self, tgid: u32, fd: u64, kind: Kind, detail: &'static str, cloexec: bool) {
-        let site = Site { kind, stack: StackId::MAX };
+        let site = Site { kind, stack: StackId::MAX, pid: tgid };
         let h = Handle { site, detail, ts: 0, counted: false, cloexec };
         self.proc(tgid).handles.insert(fd, h);
     }
@@ -439,7 +442,7 @@ impl Ledger {
         p.brk = None;
         let cloexec: Vec<u64> = p.handles.iter().filter(|(_, h)| h.cloexec).map(|(fd, _)| *fd).collect();
         for b in blocks {
-            self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+            self.sub(Site { kind: Kind::Heap, stack: b.stack, pid: tgid }, b.size, b.ts);
         }
         self.release_pieces(&pieces);
         for fd in cloexec {
@@ -468,7 +471,7 @@ impl Ledger {
         }
         c.brk = brk;
         for (fd, h) in handles {
-            self.open_handle(child, fd, h, false);
+            self.open_handle(child, fd, Handle { site: Site { pid: child, ..h.site }, ..h }, false);
         }
     }
 
@@ -490,10 +493,10 @@ impl Ledger {
         let mut heap = Vec::new();
         let mut handles = Vec::new();
         let mut pieces = Vec::new();
-        for p in self.processes.values_mut() {
+        for (&tgid, p) in self.processes.iter_mut() {
             for b in p.heap.values_mut().filter(|b| b.counted && b.ts < ts) {
                 b.counted = false;
-                heap.push(*b);
+                heap.push((tgid, *b));
             }
             for h in p.handles.values_mut().filter(|h| h.counted && h.ts < ts) {
                 h.counted = false;
@@ -506,8 +509,8 @@ impl Ledger {
                 }
             }
         }
-        for b in heap {
-            self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+        for (tgid, b) in heap {
+            self.sub(Site { kind: Kind::Heap, stack: b.stack, pid: tgid }, b.size, b.ts);
         }
         for h in handles {
             self.sub(h.site, 1, h.ts);
@@ -525,10 +528,10 @@ impl Ledger {
         if let Some(prev) = self.proc(tgid).heap.insert(addr, block) {
             self.counters.overwritten_blocks += 1;
             if prev.counted {
-                self.sub(Site { kind: Kind::Heap, stack: prev.stack }, prev.size, prev.ts);
+                self.sub(Site { kind: Kind::Heap, stack: prev.stack, pid: tgid }, prev.size, prev.ts);
             }
         }
-        self.add(Site { kind: Kind::Heap, stack }, size, ts);
+        self.add(Site { kind: Kind::Heap, stack, pid: tgid }, size, ts);
     }
 
     /// Returns false when `addr` was not a live block.
@@ -536,7 +539,7 @@ impl Ledger {
         match self.proc(tgid).heap.remove(&addr) {
             Some(b) => {
                 if b.counted {
-                    self.sub(Site { kind: Kind::Heap, stack: b.stack }, b.size, b.ts);
+                    self.sub(Site { kind: Kind::Heap, stack: b.stack, pid: tgid }, b.size, b.ts);
                 }
                 true
             }
@@ -591,7 +594,7 @@ impl Ledger {
         let (old_len, len) = (page_up(old_len), page_up(len));
         if old_len == 0 {
             // Duplicates a shared mapping: a new range of `len` bytes.
-            self.map(tgid, ts, addr, len, Site { kind: Kind::Mmap, stack });
+            self.map(tgid, ts, addr, len, Site { kind: Kind::Mmap, stack, pid: tgid });
             return;
         }
         let removed = self.proc(tgid).mappings.remove(old, old + old_len);
@@ -620,7 +623,7 @@ impl Ledger {
             }
         }
         if len > old_len {
-            self.map(tgid, ts, addr + old_len, len - old_len, Site { kind: growth_kind, stack });
+            self.map(tgid, ts, addr + old_len, len - old_len, Site { kind: growth_kind, stack, pid: tgid });
         }
     }
 
@@ -631,7 +634,7 @@ impl Ledger {
         };
         self.proc(tgid).brk = Some(brk);
         if brk > current {
-            let site = Site { kind: Kind::Brk, stack };
+            let site = Site { kind: Kind::Brk, stack, pid: tgid };
             let call = self.new_call(brk - current);
             let region = Region { site, ts, call, counted: true };
             self.proc(tgid).brk_ranges.insert(current, brk, region);
@@ -656,8 +659,11 @@ mod tests {
     }
 
     fn at(ledger: &Ledger, kind: Kind, stack: StackId) -> (u64, u64) {
-        let o = ledger.sites.get(&Site { kind, stack }).copied().unwrap_or_default();
-        (o.bytes, o.count)
+        ledger
+            .sites
+            .iter()
+            .filter(|(s, _)| s.kind == kind && s.stack == stack)
+            .fold((0, 0), |(b, c), (_, o)| (b + o.bytes, c + o.count))
     }
 
     #[test]

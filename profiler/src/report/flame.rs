@@ -31,11 +31,25 @@ pub fn value(entry: &StackEntry) -> u64 {
     }
 }
 
+/// How flamegraphs are rooted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// Stacks of all processes merged.
+    #[default]
+    None,
+    /// One tower per process, rooted at `command [pid]`.
+    Process,
+}
+
 /// Folded lines for one kind, identical paths merged, sorted.
-pub fn folded(report: &Report, kind: &str) -> Vec<String> {
+pub fn folded(report: &Report, kind: &str, group: GroupBy) -> Vec<String> {
     let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for e in report.entries(kind) {
-        *merged.entry(folded_path(e)).or_default() += value(e);
+        let path = match group {
+            GroupBy::None => folded_path(e),
+            GroupBy::Process => format!("{} [{}];{}", frame_name(&e.command), e.pid, folded_path(e)),
+        };
+        *merged.entry(path).or_default() += value(e);
     }
     merged.into_iter().filter(|(_, v)| *v > 0).map(|(p, v)| format!("{p} {v}")).collect()
 }
@@ -121,6 +135,7 @@ mod tests {
             warmup: None,
             totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
             handles: Default::default(),
+            processes: Vec::new(),
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),
@@ -134,14 +149,18 @@ mod tests {
     #[test]
     fn folded_is_root_first_merged_and_typed_by_kind() {
         let r = report();
-        assert_eq!(folded(&r, "heap"), vec!["[stack unavailable] 50", "_start;main;leak_a 250"]);
-        assert_eq!(folded(&r, "sockets"), vec!["main;leak_sock:x 2"]);
+        assert_eq!(
+            folded(&r, "heap", GroupBy::None),
+            vec!["[stack unavailable] 50", "_start;main;leak_a 250"]
+        );
+        assert_eq!(folded(&r, "sockets", GroupBy::None), vec!["main;leak_sock:x 2"]);
+        assert_eq!(folded(&r, "sockets", GroupBy::Process), vec!["demo [1];main;leak_sock:x 2"]);
     }
 
     #[test]
     fn svg_is_rendered_with_names() {
         let r = report();
-        let svg = String::from_utf8(svg(&r, "heap", &folded(&r, "heap")).unwrap()).unwrap();
+        let svg = String::from_utf8(svg(&r, "heap", &folded(&r, "heap", GroupBy::None)).unwrap()).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("leak_a"));
         assert!(svg.contains("300 B outstanding"));

@@ -27,6 +27,9 @@ pub struct Report {
     pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
+    /// Outstanding per process (launch mode follows the whole process tree).
+    #[serde(default)]
+    pub processes: Vec<ProcessSummary>,
     /// Open fds by kind and type (`sockets`: `tcp`, `udp`, `unix`, ...), split
     /// into opened while recording and pre-existing (open before, not leaks).
     #[serde(default)]
@@ -51,6 +54,14 @@ pub struct Total {
     pub bytes: u64,
     /// Outstanding blocks, mappings or open handles.
     pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub command: String,
+    /// Per kind, like the report's totals.
+    pub totals: BTreeMap<String, Total>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

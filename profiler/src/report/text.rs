@@ -30,6 +30,24 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
+    if report.processes.len() > 1 {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Per process:");
+        for p in &report.processes {
+            let parts: Vec<String> = p
+                .totals
+                .iter()
+                .map(|(k, t)| {
+                    if Report::is_handle_kind(k) {
+                        format!("{k} {}", t.count)
+                    } else {
+                        format!("{k} {}", human_bytes(t.bytes))
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "  {:>7} {:<40} {}", p.pid, p.command, parts.join(", "));
+        }
+    }
     if !report.handles.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "Open handles by type (opened while recording / pre-existing, not leaks):");
