@@ -8,7 +8,8 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -35,6 +36,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUN
 /// Processes (tgids) being profiled. Written by userspace.
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Cgroup (v2) ids being profiled, with all their descendants. Written by userspace.
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Allocator calls in flight, per thread.
 #[map]
@@ -73,7 +78,11 @@ fn count(slot: usize) {
 #[inline(always)]
 fn is_target() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    unsafe { TARGETS.get(&tgid).is_some() }
+    if unsafe { TARGETS.get(&tgid).is_some() } {
+        return true;
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    unsafe { CGROUPS.get(&cgroup).is_some() }
 }
 
 /// Fills the per-CPU scratch record's header; returns it for the caller to complete.

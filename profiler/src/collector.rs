@@ -163,6 +163,9 @@ impl Collector {
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for entry in dir.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+            if self.ledger.handle_of(pid, fd).is_some() {
+                continue; // seen being opened: not pre-existing
+            }
             let Ok(link) = std::fs::read_link(entry.path()) else { continue };
             let (kind, detail) = classify_fd_link(&link.to_string_lossy());
             let cloexec = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))

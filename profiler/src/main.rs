@@ -83,10 +83,20 @@ impl WarmupArgs {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).multiple(false))]
 struct RecordArgs {
     /// Attach to this running process.
-    #[arg(long, short, conflicts_with = "command", required_unless_present = "command")]
+    #[arg(long, short, group = "target")]
     pid: Option<u32>,
+
+    /// Profile every process in this cgroup v2 directory and its descendants,
+    /// including processes that enter or start later.
+    #[arg(long, value_name = "PATH", group = "target")]
+    cgroup: Option<PathBuf>,
+
+    /// Profile a docker / containerd / CRI-O / podman container, by id or unique id prefix.
+    #[arg(long, value_name = "ID", group = "target")]
+    container: Option<String>,
 
     /// With --pid: also profile processes it starts after attaching (launch mode always follows).
     #[arg(long, requires = "pid")]
@@ -119,8 +129,8 @@ struct RecordArgs {
     #[command(flatten)]
     warmup: WarmupArgs,
 
-    /// Command to launch and profile from its first instruction.
-    #[arg(last = true, value_name = "CMD")]
+    /// Command to launch and profile from its first instruction (with its children).
+    #[arg(last = true, value_name = "CMD", group = "target")]
     command: Vec<OsString>,
 }
 
@@ -187,9 +197,11 @@ fn run_record(args: RecordArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return usage_error(&e),
     };
-    let target = match args.pid {
-        Some(pid) => TargetSpec::Pid(pid),
-        None => TargetSpec::Command(args.command),
+    let target = match (args.pid, args.cgroup, args.container) {
+        (Some(pid), _, _) => TargetSpec::Pid(pid),
+        (_, Some(dir), _) => TargetSpec::Cgroup(dir),
+        (_, _, Some(id)) => TargetSpec::Container(id),
+        _ => TargetSpec::Command(args.command),
     };
     let opts = RecordOptions {
         target,

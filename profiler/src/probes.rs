@@ -49,6 +49,16 @@ impl Probes {
         Ok(())
     }
 
+    /// Adds cgroups (by v2 id) to the in-kernel filter.
+    pub fn add_cgroups(&mut self, ids: &[u64]) -> Result<()> {
+        let mut cgroups: BpfHashMap<_, u64, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut("CGROUPS").context("CGROUPS map")?)?;
+        for id in ids {
+            cgroups.insert(*id, 1, 0).context("adding a cgroup to the filter map")?;
+        }
+        Ok(())
+    }
+
     pub fn attach_syscalls(&mut self) -> Result<()> {
         for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
             let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
@@ -64,6 +74,18 @@ impl Probes {
     /// aliases of one already probed (same address) are skipped, since two
     /// probes at one address would count each call twice.
     pub fn attach_allocator(&mut self, libc: &Path, pid: u32) -> Result<()> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
+        self.attach_allocator_scoped(libc, scope)
+    }
+
+    /// Like [`attach_allocator`](Self::attach_allocator) for every process
+    /// using this C library, left to the kernel-side filter (cgroup mode: a
+    /// process that enters later is covered from its first instruction).
+    pub fn attach_allocator_everywhere(&mut self, libc: &Path) -> Result<()> {
+        self.attach_allocator_scoped(libc, UProbeScope::AllProcesses)
+    }
+
+    fn attach_allocator_scoped(&mut self, libc: &Path, scope: UProbeScope) -> Result<()> {
         let data = std::fs::read(libc).with_context(|| format!("reading {}", libc.display()))?;
         let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
         let mut address_of = BTreeMap::new();
@@ -74,7 +96,6 @@ impl Probes {
                 }
             }
         }
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
         let mut probed_at: BTreeMap<u64, AllocApi> = BTreeMap::new();
         for api in ALLOC_APIS {
             let name = api.symbol();
@@ -102,9 +123,14 @@ impl Probes {
                     r.load()?;
                 }
                 r.attach(name, libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
-                self.attached.push(format!("uprobe+uretprobe:{name}"));
-            } else {
-                self.attached.push(format!("uprobe:{name}"));
+            }
+            let attached = format!(
+                "uprobe{}:{name} in {}",
+                if api == AllocApi::Free { "" } else { "+uretprobe" },
+                libc.display()
+            );
+            if !self.attached.contains(&attached) {
+                self.attached.push(attached);
             }
         }
         Ok(())

@@ -24,11 +24,12 @@ use crate::{
     probes::Probes,
     report::{
         flame,
-        model::{Accuracy, ProcessSummary, TargetInfo, Total, SCHEMA_VERSION},
+        model::{Accuracy, CgroupInfo, ProcessSummary, TargetInfo, Total, SCHEMA_VERSION},
         text, Report,
     },
     symbols::Symbols,
     target::{
+        cgroup::{CgroupMounts, CgroupTarget},
         launch::{self, Control, TargetEvent},
         pidfd, ProcessInfo,
     },
@@ -41,26 +42,48 @@ struct ProbedProcesses {
     libc_of: std::collections::HashMap<u32, (u64, u64)>,
     /// Processes whose C library was not mapped yet when we looked.
     pending: std::collections::HashMap<u32, Instant>,
+    /// C libraries probed for every process (cgroup mode), by (device, inode).
+    everywhere: std::collections::HashSet<(u64, u64)>,
+}
+
+/// A process's C library: a path we can open (through its root, so a
+/// container's own libc is found) and its (device, inode) identity.
+fn libc_of(pid: u32) -> Result<(PathBuf, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let maps =
+        crate::procmaps::ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+    let Some(libc) = maps.libc().filter(|_| maps.libc_code_mapped()) else {
+        anyhow::bail!("no C library mapped");
+    };
+    let path = PathBuf::from(format!("/proc/{pid}/root{libc}"));
+    let meta = std::fs::metadata(&path)?;
+    Ok((path, (meta.dev(), meta.ino())))
 }
 
 impl ProbedProcesses {
     /// Attaches the allocator probes for `pid` unless its current C library
     /// already has them. Fails when the process has no C library (yet).
     fn ensure(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let maps =
-            crate::procmaps::ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-        let Some(libc) = maps.libc().filter(|_| maps.libc_code_mapped()) else {
-            anyhow::bail!("no C library mapped");
-        };
-        let path = PathBuf::from(format!("/proc/{pid}/root{libc}"));
-        let meta = std::fs::metadata(&path)?;
-        let id = (meta.dev(), meta.ino());
+        let (path, id) = libc_of(pid)?;
         if self.libc_of.get(&pid) == Some(&id) {
             return Ok(());
         }
         probes.attach_allocator(&path, pid)?;
         self.libc_of.insert(pid, id);
+        self.pending.remove(&pid);
+        Ok(())
+    }
+
+    /// Cgroup mode: probes the process's C library for every process using
+    /// it (once per library), filtered in the kernel by cgroup.
+    fn ensure_everywhere(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        let (path, id) = libc_of(pid)?;
+        if self.everywhere.insert(id) {
+            if let Err(e) = probes.attach_allocator_everywhere(&path) {
+                self.everywhere.remove(&id);
+                return Err(e);
+            }
+        }
         self.pending.remove(&pid);
         Ok(())
     }
@@ -74,13 +97,51 @@ impl ProbedProcesses {
             // note_process already ran when the event was ingested.
             self.pending.insert(pid, Instant::now());
         }
+        self.retry_pending(probes, false);
+    }
+
+    fn retry_pending(&mut self, probes: &mut Probes, everywhere: bool) {
         let pids: Vec<u32> = self.pending.keys().copied().collect();
         for pid in pids {
-            if self.ensure(probes, pid).is_err() && self.pending[&pid].elapsed() > Duration::from_secs(5) {
+            let done =
+                if everywhere { self.ensure_everywhere(probes, pid) } else { self.ensure(probes, pid) };
+            if done.is_err() && self.pending[&pid].elapsed() > Duration::from_secs(5) {
                 self.pending.remove(&pid);
             }
         }
     }
+
+    /// Cgroup mode: picks up cgroups and processes that appeared, and
+    /// processes that exec'd a new program.
+    fn follow_cgroup(&mut self, probes: &mut Probes, collector: &mut Collector, cgroup: &mut CgroupState) {
+        let ids: Vec<u64> = cgroup.target.ids().into_iter().filter(|id| cgroup.ids.insert(*id)).collect();
+        if let Err(e) = probes.add_cgroups(&ids) {
+            eprintln!("warning: {e:#}");
+        }
+        for pid in cgroup.target.processes() {
+            if cgroup.processes.insert(pid) {
+                if let Ok(maps) = crate::procmaps::ProcessMaps::read(pid) {
+                    let brk = maps.heap_end().or_else(|| preflight::start_brk(pid));
+                    collector.add_process(pid, maps, brk);
+                }
+                self.pending.insert(pid, Instant::now());
+            }
+        }
+        for pid in collector.execs.drain(..) {
+            self.pending.insert(pid, Instant::now());
+        }
+        collector.forks.clear();
+        self.retry_pending(probes, true);
+    }
+}
+
+/// What cgroup mode has seen so far.
+struct CgroupState {
+    target: CgroupTarget,
+    mounts: CgroupMounts,
+    ids: std::collections::HashSet<u64>,
+    processes: std::collections::BTreeSet<u32>,
+    last_scan: Instant,
 }
 
 /// What to profile.
@@ -88,6 +149,10 @@ impl ProbedProcesses {
 pub enum TargetSpec {
     Pid(u32),
     Command(Vec<OsString>),
+    /// Every process in a cgroup v2 directory and its descendants.
+    Cgroup(PathBuf),
+    /// The cgroup of a container, by id or unique id prefix.
+    Container(String),
 }
 
 /// What is excluded as warm-up: everything still live when the first of
@@ -139,6 +204,10 @@ fn default_output(spec: &TargetSpec) -> PathBuf {
         TargetSpec::Command(argv) => {
             Path::new(&argv[0]).file_name().unwrap_or_default().to_string_lossy().into_owned()
         }
+        TargetSpec::Cgroup(dir) => {
+            format!("cgroup-{}", dir.file_name().unwrap_or_default().to_string_lossy())
+        }
+        TargetSpec::Container(id) => format!("container-{id}"),
     };
     let ts = chrono_like_timestamp();
     PathBuf::from(format!("profile-{name}-{ts}"))
@@ -177,6 +246,7 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
 enum Target {
     Attached { pidfd: AsyncFd<std::os::fd::OwnedFd> },
     Launched(launch::Launched),
+    Cgroup(Box<CgroupState>),
 }
 
 pub fn record(opts: RecordOptions) -> Result<Recorded> {
@@ -185,8 +255,18 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::ensure_tracefs()?;
     let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
     preflight::prepare_output_dir(&output)?;
-    if let TargetSpec::Pid(pid) = opts.target {
-        ProcessInfo::inspect(pid)?; // clear error before anything else happens
+    // Clear errors before anything else happens.
+    match &opts.target {
+        TargetSpec::Pid(pid) => {
+            ProcessInfo::inspect(*pid)?;
+        }
+        TargetSpec::Cgroup(dir) => {
+            CgroupTarget::resolve(dir, &CgroupMounts::read()?)?;
+        }
+        TargetSpec::Container(id) => {
+            CgroupTarget::from_container(id, &CgroupMounts::read()?)?;
+        }
+        TargetSpec::Command(_) => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run(opts, output))
@@ -203,15 +283,42 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
             (launched.info.clone(), Target::Launched(launched))
         }
+        TargetSpec::Cgroup(_) | TargetSpec::Container(_) => {
+            let mounts = CgroupMounts::read()?;
+            let target = match &opts.target {
+                TargetSpec::Cgroup(dir) => CgroupTarget::resolve(dir, &mounts)?,
+                TargetSpec::Container(id) => CgroupTarget::from_container(id, &mounts)?,
+                _ => unreachable!(),
+            };
+            let info = ProcessInfo {
+                pid: 0,
+                command: format!("cgroup {}", target.dir.display()),
+                name: "cgroup".into(),
+                libc: PathBuf::new(),
+                maps: Default::default(),
+            };
+            let state = CgroupState {
+                target,
+                mounts,
+                ids: Default::default(),
+                processes: Default::default(),
+                last_scan: Instant::now(),
+            };
+            (info, Target::Cgroup(Box::new(state)))
+        }
     };
     // Launch mode follows the whole tree; --pid only with --follow.
     let follow = matches!(target, Target::Launched(_)) || opts.follow;
     let mut probed = ProbedProcesses::default();
+    let cgroup_mode = matches!(target, Target::Cgroup(_));
     let mut attach = || -> Result<Probes> {
         let mut probes = Probes::load(opts.ringbuf_bytes)?;
-        probes.add_target(info.pid)?;
         probes.attach_syscalls()?;
         probes.attach_process_tracepoints(follow)?;
+        if cgroup_mode {
+            return Ok(probes);
+        }
+        probes.add_target(info.pid)?;
         probed.ensure(&mut probes, info.pid)?;
         if let Some(function) = &opts.warmup.function {
             probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
@@ -233,8 +340,12 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let initial_brk = match &target {
         Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
         Target::Launched(_) => preflight::start_brk(info.pid),
+        Target::Cgroup(_) => None,
     };
-    collector.add_process(info.pid, info.maps.clone(), initial_brk);
+    match &mut target {
+        Target::Cgroup(cgroup) => probed.follow_cgroup(&mut probes, &mut collector, cgroup),
+        _ => collector.add_process(info.pid, info.maps.clone(), initial_brk),
+    }
     for (api, alias) in &probes.aliases {
         collector.add_alias(*api, *alias);
     }
@@ -242,6 +353,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let started = Instant::now();
     let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let mode = match &target {
+        Target::Cgroup(_) => "cgroup",
         Target::Attached { .. } => "attach",
         Target::Launched(l) => {
             l.control.send(Control::Resume).ok();
@@ -297,6 +409,8 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                         let _ = pidfd.readable().await;
                         Some(TargetEvent::Exited("exited".into()))
                     }
+                    // A cgroup does not exit: recording ends on a signal or --duration.
+                    Target::Cgroup(_) => std::future::pending().await,
                 }
             } => {
                 match ev {
@@ -350,7 +464,13 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 while let Some(item) = ring.get_mut().next() {
                     collector.ingest(&item);
                 }
-                match &target {
+                match &mut target {
+                    Target::Cgroup(cgroup) => {
+                        if cgroup.last_scan.elapsed() > Duration::from_millis(200) {
+                            cgroup.last_scan = Instant::now();
+                            probed.follow_cgroup(&mut probes, &mut collector, cgroup);
+                        }
+                    }
                     Target::Attached { .. } if follow => probed.follow_up(&mut probes, &mut collector),
                     _ => {
                         // The tracer announces new images itself.
@@ -402,6 +522,12 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut report =
         build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
     report.processes = summarize_processes(&report);
+    if let Target::Cgroup(cgroup) = &target {
+        report.cgroup = Some(CgroupInfo {
+            path: cgroup.target.dir.display().to_string(),
+            memory: cgroup.target.memory(&cgroup.mounts),
+        });
+    }
     report.warmup = match (&warmup_end, opts.warmup.is_set()) {
         (Some(end), _) => Some(format!("excluded everything live {end}")),
         (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
@@ -474,6 +600,7 @@ fn build_report(
         warmup: None,
         totals,
         processes: Vec::new(),
+        cgroup: None,
         handles: {
             let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
                 Default::default();

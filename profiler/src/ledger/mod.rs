@@ -269,7 +269,7 @@ impl Ledger {
     /// Sets the program break a process had when we attached, so later `brk`
     /// growth is measured from it.
     pub fn set_initial_brk(&mut self, tgid: u32, brk: u64) {
-        self.processes.entry(tgid).or_default().brk = Some(brk);
+        self.processes.entry(tgid).or_default().brk.get_or_insert(brk);
     }
 
     /// Current outstanding totals per site (zero sites omitted).

@@ -136,6 +136,7 @@ mod tests {
             totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
             handles: Default::default(),
             processes: Vec::new(),
+            cgroup: None,
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),

@@ -27,6 +27,9 @@ pub struct Report {
     pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
+    /// The profiled cgroup and its memory controller's numbers (cgroup mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupInfo>,
     /// Outstanding per process (launch mode follows the whole process tree).
     #[serde(default)]
     pub processes: Vec<ProcessSummary>,
@@ -54,6 +57,13 @@ pub struct Total {
     pub bytes: u64,
     /// Outstanding blocks, mappings or open handles.
     pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CgroupInfo {
+    pub path: String,
+    /// The memory controller's limit and usage when recording ended.
+    pub memory: Option<crate::target::cgroup::CgroupMemory>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -30,6 +30,18 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
+    if let Some(cg) = &report.cgroup {
+        let memory = match &cg.memory {
+            Some(m) => format!(
+                "memory usage {} of limit {} ({})",
+                human_bytes(m.usage),
+                m.limit.map_or("none".to_string(), human_bytes),
+                m.controller
+            ),
+            None => "no memory controller found".to_string(),
+        };
+        let _ = writeln!(s, "Cgroup {}: {memory}", cg.path);
+    }
     if report.processes.len() > 1 {
         let _ = writeln!(s);
         let _ = writeln!(s, "Per process:");

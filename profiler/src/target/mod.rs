@@ -1,6 +1,8 @@
-//! The profiled process: validating a `--pid`, launching a command stopped
-//! at exec (see [`launch`]), finding its C library, and noticing its exit.
+//! What is profiled: validating a `--pid`, launching a command stopped at
+//! exec (see [`launch`]), a cgroup or container (see [`cgroup`]), finding a
+//! process's C library, and noticing its exit.
 
+pub mod cgroup;
 pub mod launch;
 
 use std::{

@@ -1,0 +1,187 @@
+//! End-to-end tests of cgroup and container targeting (as root): a cgroup v2
+//! directory made under the v2 mount found at run time, two leaking
+//! processes inside it (one started after recording began) reported exactly,
+//! one outside not at all; and the errors for bad cgroup / container input.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use profiler::target::cgroup::CgroupMounts;
+
+const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+
+fn leaky() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("leaky-cgroup");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/leaky.c");
+        let st = Command::new("cc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        exe
+    })
+}
+
+/// A cgroup v2 directory removed (with its processes killed) on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let v2 = CgroupMounts::read().unwrap().v2.expect("a cgroup v2 hierarchy is mounted");
+        let dir = v2.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Starts `leaky --wait` inside the cgroup (a shell moves itself in, then execs).
+    fn start_waiting(&self) -> (Child, BufReader<ChildStdout>) {
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --wait", self.0.display());
+        let mut child =
+            Command::new("sh").args(["-c", &script]).arg(leaky()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        (child, out)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn leak(child: &Child, out: &mut BufReader<ChildStdout>) {
+    assert!(Command::new("kill").args(["-USR1", &child.id().to_string()]).status().unwrap().success());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+}
+
+/// (pid, leaf function) -> bytes or handles, for one kind.
+fn by_pid_and_leaf(report: &serde_json::Value, kind: &str) -> BTreeMap<(u64, String), u64> {
+    let mut out = BTreeMap::new();
+    for e in report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == kind) {
+        let leaf = e["frames"][0]["function"].as_str().unwrap_or("").to_string();
+        let value =
+            if kind == "sockets" { e["count"].as_u64().unwrap() } else { e["bytes"].as_u64().unwrap() };
+        *out.entry((e["pid"].as_u64().unwrap(), leaf)).or_default() += value;
+    }
+    out
+}
+
+#[test]
+fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
+    let cgroup = TestCgroup::new("leakprof-test");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cgroup-report");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let (mut early, mut early_out) = cgroup.start_waiting();
+    let mut profiler = Command::new(PROFILER)
+        .args(["record", "-q", "-o"])
+        .arg(&dir)
+        .arg("--cgroup")
+        .arg(&cgroup.0)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("profiling"), "{line}");
+
+    // Started after recording began; and one outside the cgroup.
+    let (mut late, mut late_out) = cgroup.start_waiting();
+    let mut outside = Command::new(leaky()).arg("--wait").stdout(Stdio::piped()).spawn().unwrap();
+    let mut outside_out = BufReader::new(outside.stdout.take().unwrap());
+    let mut ready = String::new();
+    outside_out.read_line(&mut ready).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // let the periodic scan see the late process
+    leak(&early, &mut early_out);
+    leak(&late, &mut late_out);
+    leak(&outside, &mut outside_out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    let status = profiler.wait().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert!(status.success(), "{rest}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let heap = by_pid_and_leaf(&report, "heap");
+    let sockets = by_pid_and_leaf(&report, "sockets");
+    for child in [&early, &late] {
+        let pid = child.id() as u64;
+        for (f, bytes) in
+            [("leak_malloc", 3000), ("leak_calloc", 2000), ("leak_pvalloc", 8192), ("thread_main", 2048)]
+        {
+            assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "pid {pid} {f}: {heap:?}");
+        }
+        assert_eq!(sockets.get(&(pid, "leak_sockets".to_string())), Some(&3), "pid {pid}: {sockets:?}");
+    }
+    let outside_pid = outside.id() as u64;
+    assert!(
+        report["stacks"].as_array().unwrap().iter().all(|e| e["pid"] != outside_pid),
+        "the process outside the cgroup must not appear"
+    );
+    assert_eq!(report["target"]["mode"], "cgroup");
+    let memory = &report["cgroup"]["memory"];
+    assert!(memory["usage"].as_u64().unwrap() > 0, "memory controller read: {}", report["cgroup"]);
+    for c in [&mut early, &mut late, &mut outside] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn record_error(args: &[&str]) -> String {
+    let out = Command::new(PROFILER).arg("record").args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{args:?} must fail: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_cgroup_and_container_input_fail_clearly() {
+    let err = record_error(&["--cgroup", "/sys/fs/cgroup/definitely-not-here"]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = record_error(&["--cgroup", "/tmp"]);
+    assert!(err.contains("is not a cgroup v2 directory"), "{err}");
+
+    // Two container cgroups sharing an id prefix, named as docker names them.
+    let v2 = CgroupMounts::read().unwrap().v2.unwrap();
+    let ids = [format!("abcd1{}", "0".repeat(59)), format!("abcd2{}", "0".repeat(59))];
+    let dirs: Vec<PathBuf> = ids.iter().map(|id| v2.join(format!("docker-{id}.scope"))).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let ambiguous = record_error(&["--container", "abcd", "-d", "1"]);
+    let missing = record_error(&["--container", "feedbeef", "-d", "1"]);
+    let bad = record_error(&["--container", "xyz!", "-d", "1"]);
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert!(
+        ambiguous.contains("ambiguous") && ambiguous.contains(&ids[0]) && ambiguous.contains(&ids[1]),
+        "{ambiguous}"
+    );
+    assert!(missing.contains("no container with id feedbeef"), "{missing}");
+    assert!(bad.contains("hexadecimal"), "{bad}");
+}
