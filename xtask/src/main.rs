@@ -317,8 +317,31 @@ fn gate(args: Vec<OsString>) -> Result<()> {
     std::process::exit(st.code().unwrap_or(2));
 }
 
+/// Test fixtures need a C compiler, and musl-gcc for the musl fixture: install
+/// musl-tools when we can (the musl test reports a visible skip otherwise).
+fn install_test_tools() {
+    if find_in_path("musl-gcc").is_some() || !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
+        return;
+    }
+    eprintln!("xtask: installing musl-tools for the musl fixture");
+    let install = || {
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "musl-tools"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // The package lists may be missing or stale on a fresh machine.
+    let installed =
+        install() || (Command::new("apt-get").args(["update", "-q"]).status().is_ok() && install());
+    if !installed {
+        eprintln!("xtask: warning: could not install musl-tools; the musl test will be skipped");
+    }
+}
+
 fn test(args: Vec<OsString>) -> Result<()> {
     let object = build_ebpf()?;
+    install_test_tools();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut full: Vec<OsString> = vec!["test".into(), "--workspace".into()];
     full.extend(args);
