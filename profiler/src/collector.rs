@@ -8,7 +8,7 @@ use profiler_common::{syscalls, AllocApi, EventKind, HandleKind};
 
 use crate::{
     events::RawEvent,
-    ledger::{Kind, Ledger, Op, StackId},
+    ledger::{Kind, Ledger, Op, Site, StackId},
     procmaps::ProcessMaps,
     report::model::StackEntry,
     stacks::{repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location, StackTable},
@@ -47,6 +47,32 @@ pub struct Collector {
     pub forks: Vec<(u32, u32)>,
     /// Command line of every process seen, for the report.
     commands: HashMap<u32, String>,
+    /// Outstanding per site and in total at every `--interval` sample.
+    pub series: Series,
+}
+
+/// Samples taken at every `--interval`.
+#[derive(Default)]
+pub struct Series {
+    /// Seconds since recording started.
+    pub times: Vec<f64>,
+    /// Per site: (sample index, value) for the samples where it was outstanding.
+    pub sites: HashMap<Site, Vec<(usize, u64)>>,
+    /// Per kind: the total at each sample.
+    pub totals: std::collections::BTreeMap<Kind, Vec<u64>>,
+    /// Resident memory (process RSS, or the cgroup's usage) at each sample.
+    pub rss: Vec<Option<u64>>,
+}
+
+impl Series {
+    /// The full series of one site, 0 where it was not outstanding.
+    pub fn of(&self, site: &Site) -> Vec<u64> {
+        let mut values = vec![0; self.times.len()];
+        for (i, v) in self.sites.get(site).into_iter().flatten() {
+            values[*i] = *v;
+        }
+        values
+    }
 }
 
 /// A process's command line (or its comm), for people.
@@ -132,6 +158,25 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
 }
 
 impl Collector {
+    /// Records what is outstanding now as one sample of the time series.
+    pub fn sample(&mut self, secs: f64, rss: Option<u64>) {
+        let i = self.series.times.len();
+        self.series.times.push(secs);
+        self.series.rss.push(rss);
+        for (site, o) in self.ledger.sites() {
+            let value = if site.kind.is_memory() { o.bytes } else { o.count };
+            self.series.sites.entry(*site).or_default().push((i, value));
+        }
+        for kind in Kind::ALL {
+            let t = self.ledger.total(kind);
+            self.series.totals.entry(kind).or_default().push(if kind.is_memory() {
+                t.bytes
+            } else {
+                t.count
+            });
+        }
+    }
+
     /// Takes a new snapshot of a process's mappings now (e.g. a new image held
     /// stopped by the tracer), so its events can be located even if it exits soon.
     pub fn snapshot_process(&mut self, pid: u32) {
@@ -349,7 +394,9 @@ impl Collector {
     }
 
     /// The report's per-site entries, named, largest first within each kind.
-    pub fn entries(&self, symbols: &Symbols, now_ns: u64) -> Vec<StackEntry> {
+    pub fn entries(&self, symbols: &Symbols, now_ns: u64, min_age_ns: u64) -> Vec<StackEntry> {
+        let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
+        let times = &self.series.times;
         let sites: Vec<_> = self.ledger.sites().map(|(s, o)| (*s, *o)).collect();
         let mut by_pid: HashMap<u32, Vec<Location>> = HashMap::new();
         for (site, _) in &sites {
@@ -372,7 +419,16 @@ impl Collector {
                     .iter()
                     .flat_map(|l| names.get(l).cloned().unwrap_or_default().into_iter().rev())
                     .collect();
+                let value = if site.kind.is_memory() { o.bytes } else { o.count };
+                let series = self.series.of(site);
+                let old_share = old.get(site).map_or(0.0, |v| *v as f64 / value.max(1) as f64);
+                let points: Vec<(f64, f64)> =
+                    times.iter().zip(&series).map(|(t, v)| (*t, *v as f64)).collect();
+                let trend = (!points.is_empty()).then(|| crate::trend::judge(&points, old_share));
                 StackEntry {
+                    trend,
+                    old_share,
+                    series,
                     kind: site.kind.name().to_string(),
                     pid,
                     command: self.command(pid),

@@ -19,4 +19,5 @@ pub mod report;
 pub mod stacks;
 pub mod symbols;
 pub mod target;
+pub mod trend;
 pub mod unwind;

@@ -6,9 +6,37 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use profiler::{
     gate::{gate, GateOptions, Verdict},
-    record::{record, RecordOptions, TargetSpec, Warmup},
+    record::{record, RecordOptions, SortBy, TargetSpec, Warmup},
     report::flame::GroupBy,
+    trend::Thresholds,
 };
+
+/// `2G`, `512M`, `64k`, `1000` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = digits.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let mult = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1u64,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+fn parse_thresholds(s: &str) -> Result<Thresholds, String> {
+    let v: Vec<f64> =
+        s.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    match v[..] {
+        [slow, active, critical] if slow <= active && active <= critical => {
+            Ok(Thresholds { slow, active, critical })
+        }
+        _ => Err("expected three increasing numbers: SLOW,ACTIVE,CRITICAL (MiB/min)".into()),
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +150,26 @@ struct RecordArgs {
     #[arg(long, short)]
     quiet: bool,
 
+    /// Sample outstanding values per stack every SECS: growth rates and verdicts in the report.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    interval: f64,
+
+    /// Bytes younger than this are "in flight": a stack made mostly of them is transient.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    min_age: f64,
+
+    /// How stacks are ranked in each kind.
+    #[arg(long, value_enum, default_value_t = SortBy::Growth)]
+    sort: SortBy,
+
+    /// Memory limit for the time-to-limit estimate, e.g. 2G [default: the target's cgroup limit].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    limit: Option<u64>,
+
+    /// Growth levels in MiB/min: slow leak, active leak, critical.
+    #[arg(long, value_name = "SLOW,ACTIVE,CRITICAL", default_value = "10,50,500", value_parser = parse_thresholds)]
+    thresholds: Thresholds,
+
     /// Root the flamegraphs at each process (`command [pid]`) instead of merging processes.
     #[arg(long, value_enum, default_value_t = GroupBy::None)]
     group_by: GroupBy,
@@ -190,6 +238,11 @@ fn run_record(args: RecordArgs) -> ExitCode {
             return usage_error("--duration must be a positive number of seconds");
         }
     }
+    let valid =
+        args.interval >= 0.05 && args.interval.is_finite() && args.min_age >= 0.0 && args.min_age.is_finite();
+    if !valid {
+        return usage_error("--interval must be at least 0.05 s and --min-age a number of seconds");
+    }
     if !args.ringbuf_mb.is_power_of_two() {
         return usage_error("--ringbuf-mb must be a power of two");
     }
@@ -213,6 +266,11 @@ fn run_record(args: RecordArgs) -> ExitCode {
         warmup,
         follow: args.follow,
         group_by: args.group_by,
+        interval: Duration::from_secs_f64(args.interval),
+        min_age: Duration::from_secs_f64(args.min_age),
+        sort: args.sort,
+        limit: args.limit,
+        thresholds: args.thresholds,
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,

@@ -24,7 +24,10 @@ use crate::{
     probes::Probes,
     report::{
         flame,
-        model::{Accuracy, CgroupInfo, ProcessSummary, TargetInfo, Total, SCHEMA_VERSION},
+        model::{
+            Accuracy, CgroupInfo, ProcessSummary, SeriesReport, StackEntry, Status, TargetInfo, Total,
+            SCHEMA_VERSION,
+        },
         text, Report,
     },
     symbols::Symbols,
@@ -188,6 +191,48 @@ pub struct RecordOptions {
     /// With `--pid`: also profile children started after attaching.
     pub follow: bool,
     pub group_by: flame::GroupBy,
+    /// Sample outstanding values per stack this often (the time series).
+    pub interval: Duration,
+    /// Bytes younger than this count as "in flight" for the verdicts.
+    pub min_age: Duration,
+    pub sort: SortBy,
+    /// Memory limit for the time-to-limit estimate (else the cgroup's limit).
+    pub limit: Option<u64>,
+    pub thresholds: crate::trend::Thresholds,
+}
+
+/// How stacks are ranked within each kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Fastest growing first (outstanding size when no trend is known).
+    #[default]
+    Growth,
+    /// Most outstanding bytes (or handles) first.
+    Size,
+    /// Most outstanding blocks first.
+    Count,
+}
+
+impl RecordOptions {
+    /// Options for recording `target` with every other setting at its default.
+    pub fn new(target: TargetSpec) -> Self {
+        Self {
+            target,
+            duration: None,
+            output: None,
+            top: 10,
+            ringbuf_bytes: 16 << 20,
+            print_summary: false,
+            warmup: Warmup::default(),
+            follow: false,
+            group_by: flame::GroupBy::None,
+            interval: Duration::from_secs(10),
+            min_age: Duration::from_secs(30),
+            sort: SortBy::Growth,
+            limit: None,
+            thresholds: Default::default(),
+        }
+    }
 }
 
 /// The result of a session.
@@ -375,6 +420,14 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sample = tokio::time::interval(opts.interval);
+    let mounts = CgroupMounts::read().unwrap_or_default();
+    let resident = |target: &Target| -> Option<u64> {
+        match target {
+            Target::Cgroup(cg) => cg.target.memory(&cg.mounts).map(|m| m.usage),
+            _ => rss_of(info.pid),
+        }
+    };
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
     let mut drain = tokio::time::interval(Duration::from_millis(10));
     let mut held_at_exit = false;
@@ -479,6 +532,12 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                     }
                 }
             }
+            _ = sample.tick() => {
+                while let Some(item) = ring.get_mut().next() {
+                    collector.ingest(&item);
+                }
+                collector.sample(started.elapsed().as_secs_f64(), resident(&target));
+            }
             _ = tick.tick() => {
                 if interactive {
                     let heap = collector.ledger.total(Kind::Heap);
@@ -518,9 +577,20 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             warmup_end = Some(format!("at the last call of {function}()"));
         }
     }
+    collector.sample(started.elapsed().as_secs_f64(), resident(&target));
     let kernel = probes.counters()?;
-    let mut report =
-        build_report(&collector, &probes, &kernel, &info, mode, started_at, started.elapsed(), end_reason);
+    let mut report = build_report(
+        &collector,
+        &probes,
+        &kernel,
+        &info,
+        mode,
+        started_at,
+        started.elapsed(),
+        end_reason,
+        &opts,
+    );
+    report.status = status(&report, &collector, &opts, &target, &mounts, info.pid);
     report.processes = summarize_processes(&report);
     if let Target::Cgroup(cgroup) = &target {
         report.cgroup = Some(CgroupInfo {
@@ -568,8 +638,17 @@ fn build_report(
     started_at: u64,
     elapsed: Duration,
     end_reason: String,
+    opts: &RecordOptions,
 ) -> Report {
-    let stacks = collector.entries(&Symbols::default(), monotonic_ns());
+    let mut stacks = collector.entries(&Symbols::default(), monotonic_ns(), opts.min_age.as_nanos() as u64);
+    sort_entries(&mut stacks, opts.sort);
+    let series = &collector.series;
+    let series = SeriesReport {
+        interval_s: opts.interval.as_secs_f64(),
+        times: series.times.clone(),
+        totals: series.totals.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
+        rss: series.rss.clone(),
+    };
     let totals = Kind::ALL
         .iter()
         .map(|k| {
@@ -601,6 +680,8 @@ fn build_report(
         totals,
         processes: Vec::new(),
         cgroup: None,
+        series: Some(series),
+        status: None,
         handles: {
             let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
                 Default::default();
@@ -673,6 +754,89 @@ fn exclude_before_marker_line(collector: &mut Collector, line_end: u64, warmup: 
             format!("when output line {marker:?} was read (its write was not seen; approximate)")
         }
     }
+}
+
+/// Resident set size of a process, from /proc.
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Ranks entries within each kind (kinds keep their order).
+fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
+    let kind_rank = |e: &StackEntry| Kind::ALL.iter().position(|k| k.name() == e.kind);
+    entries.sort_by(|a, b| {
+        let key = |e: &StackEntry| -> (f64, u64) {
+            match by {
+                SortBy::Growth => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
+                SortBy::Size => (flame::value(e) as f64, e.count),
+                SortBy::Count => (e.count as f64, flame::value(e)),
+            }
+        };
+        let (ka, kb) = (key(a), key(b));
+        kind_rank(a).cmp(&kind_rank(b)).then(kb.0.total_cmp(&ka.0)).then(kb.1.cmp(&ka.1))
+    });
+}
+
+/// Overall growth (of RSS or the cgroup's usage when known, else of the
+/// outstanding memory) against the thresholds, and the time to the limit.
+fn status(
+    report: &Report,
+    collector: &Collector,
+    opts: &RecordOptions,
+    target: &Target,
+    mounts: &CgroupMounts,
+    pid: u32,
+) -> Option<Status> {
+    let series = &collector.series;
+    let resident: Vec<(f64, f64)> =
+        series.times.iter().zip(&series.rss).filter_map(|(t, r)| r.map(|r| (*t, r as f64))).collect();
+    let (points, measured_on) = if resident.len() >= 2 {
+        (resident, if matches!(target, Target::Cgroup(_)) { "cgroup usage" } else { "rss" })
+    } else {
+        let outstanding: Vec<(f64, f64)> = series
+            .times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let sum: u64 = Kind::ALL
+                    .iter()
+                    .filter(|k| k.is_memory())
+                    .map(|k| series.totals.get(k).and_then(|v| v.get(i)).copied().unwrap_or(0))
+                    .sum();
+                (*t, sum as f64)
+            })
+            .collect();
+        (outstanding, "outstanding")
+    };
+    let current = points.last()?.1 as u64;
+    let per_min = crate::trend::robust_slope(&points).unwrap_or(0.0) * 60.0;
+    let (limit, source) = match (opts.limit, report.cgroup.as_ref().and_then(|c| c.memory.clone())) {
+        (Some(l), _) => (Some(l), Some("--limit".to_string())),
+        (None, Some(m)) => (m.limit, m.limit.map(|_| m.controller)),
+        (None, None) => match crate::target::cgroup::memory_of_process(pid, mounts) {
+            Some(m) => (m.limit, m.limit.map(|_| m.controller)),
+            None => (None, None),
+        },
+    };
+    let mib = per_min / (1024.0 * 1024.0);
+    Some(Status {
+        growth_mib_per_min: mib,
+        level: opts.thresholds.level(mib).to_string(),
+        measured_on: measured_on.to_string(),
+        current_bytes: current,
+        limit_bytes: limit,
+        limit_source: source,
+        time_to_limit_s: limit.and_then(|l| crate::trend::time_to_limit(current, l, per_min)),
+    })
 }
 
 /// Outstanding totals per process, from the per-stack entries.

@@ -142,15 +142,11 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     for i in 1..=opts.runs {
         let dir = opts.output.join(format!("run-{i}"));
         let recorded = record(RecordOptions {
-            target: TargetSpec::Command(opts.command.clone()),
             duration: opts.duration,
             output: Some(dir),
             top: opts.top,
-            ringbuf_bytes: 16 << 20,
-            print_summary: false,
             warmup: opts.warmup.clone(),
-            follow: false,
-            group_by: Default::default(),
+            ..RecordOptions::new(TargetSpec::Command(opts.command.clone()))
         })
         .with_context(|| format!("run {i} of {}", opts.runs))?;
         runs.push(observe(&recorded.report));

@@ -277,6 +277,25 @@ impl Ledger {
         self.sites.iter().filter(|(_, o)| o.count > 0)
     }
 
+    /// Per site, how much of what is outstanding was allocated before `cutoff_ts`.
+    pub fn old_values(&self, cutoff_ts: u64) -> HashMap<Site, u64> {
+        let mut out: HashMap<Site, u64> = HashMap::new();
+        for (&tgid, p) in &self.processes {
+            for b in p.heap.values().filter(|b| b.counted && b.ts < cutoff_ts) {
+                *out.entry(Site { kind: Kind::Heap, stack: b.stack, pid: tgid }).or_default() += b.size;
+            }
+            for h in p.handles.values().filter(|h| h.counted && h.ts < cutoff_ts) {
+                *out.entry(h.site).or_default() += 1;
+            }
+            for r in p.mappings.iter().chain(p.brk_ranges.iter()) {
+                if r.value.counted && r.value.ts < cutoff_ts {
+                    *out.entry(r.value.site).or_default() += r.len();
+                }
+            }
+        }
+        out
+    }
+
     /// Total outstanding for one kind.
     pub fn total(&self, kind: Kind) -> Outstanding {
         let mut total = Outstanding::default();

@@ -124,6 +124,9 @@ mod tests {
             mean_age_s: 0.0,
             api: "malloc".into(),
             frames: frames.iter().map(|f| frame(f)).collect(),
+            trend: None,
+            old_share: 0.0,
+            series: Vec::new(),
         };
         Report {
             schema_version: 1,
@@ -137,6 +140,8 @@ mod tests {
             handles: Default::default(),
             processes: Vec::new(),
             cgroup: None,
+            series: None,
+            status: None,
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),

@@ -27,6 +27,11 @@ pub struct Report {
     pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
+    /// Samples taken every `--interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<SeriesReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
     /// The profiled cgroup and its memory controller's numbers (cgroup mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<CgroupInfo>,
@@ -91,6 +96,46 @@ pub struct StackEntry {
     pub api: String,
     /// Innermost first; inlined frames are expanded.
     pub frames: Vec<Frame>,
+    /// Growth rate and verdict, when samples were taken (`--interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend: Option<crate::trend::Trend>,
+    /// Share of the outstanding value older than `--min-age`.
+    #[serde(default)]
+    pub old_share: f64,
+    /// The value at each sample time of `series.times`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<u64>,
+}
+
+/// Samples of the whole recording.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SeriesReport {
+    pub interval_s: f64,
+    /// Seconds since recording started.
+    pub times: Vec<f64>,
+    /// Per kind: outstanding total at each sample.
+    pub totals: BTreeMap<String, Vec<u64>>,
+    /// Resident memory at each sample (process RSS, or the cgroup's usage); null where unknown.
+    pub rss: Vec<Option<u64>>,
+}
+
+/// Overall growth against the thresholds, and the time left until the limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Robust growth rate of resident memory (or of the outstanding total when RSS is unknown).
+    pub growth_mib_per_min: f64,
+    /// `normal`, `slow leak`, `active leak` or `critical`.
+    pub level: String,
+    /// What the growth was measured on: `rss`, `cgroup usage` or `outstanding`.
+    pub measured_on: String,
+    pub current_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_source: Option<String>,
+    /// Estimated seconds until the limit at the measured rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_limit_s: Option<f64>,
 }
 
 /// Everything that could make the numbers incomplete. Each field is measured;

@@ -30,6 +30,23 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
+    if let Some(st) = &report.status {
+        let limit = match (st.limit_bytes, &st.limit_source, st.time_to_limit_s) {
+            (Some(l), Some(src), Some(t)) => {
+                format!("; limit {} ({src}): ~{} to the limit", human_bytes(l), duration(t))
+            }
+            (Some(l), Some(src), None) => format!("; limit {} ({src})", human_bytes(l)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "Status: {} ({:+.2} MiB/min of {}, now {}){limit}",
+            st.level,
+            st.growth_mib_per_min,
+            st.measured_on,
+            human_bytes(st.current_bytes)
+        );
+    }
     if let Some(cg) = &report.cgroup {
         let memory = match &cg.memory {
             Some(m) => format!(
@@ -82,7 +99,26 @@ pub fn render(report: &Report, top: usize) -> String {
             } else {
                 format!("{} in {} blocks", human_bytes(e.bytes), e.count)
             };
-            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s", i + 1, e.api, e.mean_age_s);
+            let trend = match e.trend {
+                Some(t) if t.verdict != crate::trend::Verdict::Unknown => {
+                    let rate = if Report::is_handle_kind(kind) {
+                        format!("{:+.1}/min", t.growth_per_min)
+                    } else {
+                        format!(
+                            "{}{}/min",
+                            if t.growth_per_min < 0.0 { "-" } else { "+" },
+                            human_bytes(t.growth_per_min.abs() as u64)
+                        )
+                    };
+                    format!(
+                        ", {} {rate}, {:.0}% old",
+                        serde_json::to_value(t.verdict).unwrap_or_default().as_str().unwrap_or(""),
+                        e.old_share * 100.0
+                    )
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s{trend}", i + 1, e.api, e.mean_age_s);
             if e.frames.is_empty() {
                 let _ = writeln!(s, "      [stack unavailable]");
             }
@@ -130,4 +166,12 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(s, "  not probed: {skipped}");
     }
     s
+}
+
+fn duration(secs: f64) -> String {
+    match secs {
+        s if s < 120.0 => format!("{s:.0} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
 }

@@ -166,33 +166,46 @@ impl CgroupTarget {
     }
 
     /// The memory controller's limit and usage for this cgroup: v2 files in
-    /// the directory itself, else the v1 memory cgroup of a member process.
+    /// the directory itself, else the memory cgroup of a member process.
     pub fn memory(&self, mounts: &CgroupMounts) -> Option<CgroupMemory> {
-        if let Ok(current) = std::fs::read_to_string(self.dir.join("memory.current")) {
-            let max = std::fs::read_to_string(self.dir.join("memory.max")).ok()?;
-            return Some(CgroupMemory {
-                limit: max.trim().parse().ok(),
-                usage: current.trim().parse().ok()?,
-                controller: format!("v2 {}", self.dir.display()),
-            });
-        }
-        let v1 = mounts.v1_memory.as_ref()?;
-        let pid = self.processes().into_iter().next()?;
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let rel = own.lines().find_map(|l| {
+        v2_memory(&self.dir).or_else(|| memory_of_process(*self.processes().iter().next()?, mounts))
+    }
+}
+
+fn v2_memory(dir: &Path) -> Option<CgroupMemory> {
+    let current = std::fs::read_to_string(dir.join("memory.current")).ok()?;
+    let max = std::fs::read_to_string(dir.join("memory.max")).ok()?;
+    Some(CgroupMemory {
+        limit: max.trim().parse().ok(),
+        usage: current.trim().parse().ok()?,
+        controller: format!("v2 {}", dir.display()),
+    })
+}
+
+/// The memory controller's numbers for the cgroup a process is in (v2 when
+/// the unified hierarchy has the memory controller, else v1).
+pub fn memory_of_process(pid: u32, mounts: &CgroupMounts) -> Option<CgroupMemory> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path_for = |wanted: &dyn Fn(&str) -> bool| {
+        own.lines().find_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == "memory").then(|| path.trim_start_matches('/').to_string())
-        })?;
-        let dir = v1.join(rel);
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse::<u64>().ok();
-        let limit = read("memory.limit_in_bytes").filter(|l| *l < 1 << 62);
-        Some(CgroupMemory {
-            limit,
-            usage: read("memory.usage_in_bytes")?,
-            controller: format!("v1 {}", dir.display()),
+            wanted(controllers).then(|| path.trim_start_matches('/').to_string())
         })
+    };
+    if let (Some(v2), Some(rel)) = (&mounts.v2, path_for(&|c: &str| c.is_empty())) {
+        if let Some(m) = v2_memory(&v2.join(rel)) {
+            return Some(m);
+        }
     }
+    let dir = mounts.v1_memory.as_ref()?.join(path_for(&|c: &str| c.split(',').any(|c| c == "memory"))?);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse::<u64>().ok();
+    let limit = read("memory.limit_in_bytes").filter(|l| *l < 1 << 62);
+    Some(CgroupMemory {
+        limit,
+        usage: read("memory.usage_in_bytes")?,
+        controller: format!("v1 {}", dir.display()),
+    })
 }
 
 /// The memory controller's view of a cgroup.

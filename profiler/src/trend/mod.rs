@@ -1,0 +1,165 @@
+//! Growth over time: per-stack time series sampled at `--interval`, a robust
+//! growth rate (Theil-Sen slope), a verdict per stack (growing, plateaued,
+//! transient), and the overall status against the growth thresholds the
+//! incident reports use, with the time left until the memory limit.
+
+use serde::{Deserialize, Serialize};
+
+/// Slopes are estimated on at most this many evenly spaced samples.
+const MAX_POINTS: usize = 64;
+
+/// Theil-Sen estimator: the median of the slopes between all pairs of
+/// points. Robust to outliers and to a burst at one end. `None` with fewer
+/// than two distinct times.
+pub fn robust_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let step = points.len().div_ceil(MAX_POINTS).max(1);
+    let pts: Vec<(f64, f64)> = points.iter().step_by(step).copied().collect();
+    let mut slopes = Vec::with_capacity(pts.len() * pts.len() / 2);
+    for i in 0..pts.len() {
+        for j in i + 1..pts.len() {
+            let dt = pts[j].0 - pts[i].0;
+            if dt > 0.0 {
+                slopes.push((pts[j].1 - pts[i].1) / dt);
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    slopes.sort_by(|a, b| a.total_cmp(b));
+    let mid = slopes.len() / 2;
+    Some(if slopes.len() % 2 == 1 { slopes[mid] } else { (slopes[mid - 1] + slopes[mid]) / 2.0 })
+}
+
+/// What a stack's outstanding bytes are doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Still rising at the end of the recording: a leak suspect.
+    Growing,
+    /// Rose, then stopped: a cache or pool that reached its size.
+    Plateaued,
+    /// Mostly young: work in flight, not retained.
+    Transient,
+    /// Neither growing nor young (e.g. allocated once at start-up).
+    Stable,
+    /// Too few samples to tell.
+    Unknown,
+}
+
+/// A stack's trend, from its series and the age of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trend {
+    /// Robust slope over the whole recording, bytes (or handles) per minute.
+    pub growth_per_min: f64,
+    /// Robust slope over the second half, per minute.
+    pub recent_growth_per_min: f64,
+    pub verdict: Verdict,
+}
+
+/// Judges a series of (seconds, value) samples. `old_share` is the share of
+/// the final value older than `--min-age`.
+pub fn judge(series: &[(f64, f64)], old_share: f64) -> Trend {
+    let (Some(first), Some(last)) = (series.first(), series.last()) else {
+        return Trend { growth_per_min: 0.0, recent_growth_per_min: 0.0, verdict: Verdict::Unknown };
+    };
+    let span = last.0 - first.0;
+    let overall = robust_slope(series).unwrap_or(0.0) * 60.0;
+    let second_half: Vec<(f64, f64)> =
+        series.iter().filter(|p| p.0 >= first.0 + span / 2.0).copied().collect();
+    let recent = robust_slope(&second_half).unwrap_or(0.0) * 60.0;
+    let final_value = last.1.max(1.0);
+    // A net increase of less than 5% of the value over the recording is noise.
+    let grew = last.1 - first.1 > 0.05 * final_value;
+    let still_growing = recent * (span / 2.0) / 60.0 > 0.05 * final_value && recent > 0.25 * overall;
+    let verdict = if series.len() < 4 {
+        Verdict::Unknown
+    } else if old_share < 0.5 && !still_growing {
+        Verdict::Transient
+    } else if grew && still_growing {
+        Verdict::Growing
+    } else if grew {
+        Verdict::Plateaued
+    } else {
+        Verdict::Stable
+    };
+    Trend { growth_per_min: overall, recent_growth_per_min: recent, verdict }
+}
+
+/// Overall growth levels, in MiB per minute (the incident reports' table).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub slow: f64,
+    pub active: f64,
+    pub critical: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { slow: 10.0, active: 50.0, critical: 500.0 }
+    }
+}
+
+impl Thresholds {
+    pub fn level(&self, mib_per_min: f64) -> &'static str {
+        match mib_per_min {
+            r if r > self.critical => "critical",
+            r if r > self.active => "active leak",
+            r if r > self.slow => "slow leak",
+            _ => "normal",
+        }
+    }
+}
+
+/// Seconds until `current` reaches `limit` at `bytes_per_min`; `None` when not growing.
+pub fn time_to_limit(current: u64, limit: u64, bytes_per_min: f64) -> Option<f64> {
+    (bytes_per_min > 0.0).then(|| limit.saturating_sub(current) as f64 / bytes_per_min * 60.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(f: impl Fn(f64) -> f64, n: usize) -> Vec<(f64, f64)> {
+        (0..n).map(|i| (i as f64 * 10.0, f(i as f64 * 10.0))).collect()
+    }
+
+    #[test]
+    fn slope_is_exact_on_a_line_and_robust_to_outliers() {
+        let line = series(|t| 100.0 + 2.0 * t, 30);
+        assert!((robust_slope(&line).unwrap() - 2.0).abs() < 1e-9);
+        let mut spiky = line.clone();
+        spiky[5].1 += 1e6;
+        spiky[20].1 -= 1e6;
+        assert!((robust_slope(&spiky).unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(robust_slope(&[(1.0, 5.0)]), None);
+    }
+
+    #[test]
+    fn verdicts() {
+        let leak = series(|t| 1000.0 * t, 30);
+        assert_eq!(judge(&leak, 0.9).verdict, Verdict::Growing);
+        assert!((judge(&leak, 0.9).growth_per_min - 60_000.0).abs() < 1e-6);
+        let cache = series(|t| (t * 1000.0).min(100_000.0), 30);
+        assert_eq!(judge(&cache, 0.9).verdict, Verdict::Plateaued);
+        // Filled early and flat since: the whole-run slope is ~0, but it did grow.
+        let early_cache = series(|t| if t < 20.0 { t * 1000.0 } else { 20_000.0 }, 30);
+        assert_eq!(judge(&early_cache, 0.9).verdict, Verdict::Plateaued);
+        let churn = series(|t| if (t as i64 / 10) % 2 == 0 { 5000.0 } else { 7000.0 }, 30);
+        assert_eq!(judge(&churn, 0.1).verdict, Verdict::Transient);
+        let once = series(|_| 4096.0, 30);
+        assert_eq!(judge(&once, 1.0).verdict, Verdict::Stable);
+        assert_eq!(judge(&leak[..2], 1.0).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn levels_and_time_to_limit() {
+        let t = Thresholds::default();
+        assert_eq!(t.level(5.0), "normal");
+        assert_eq!(t.level(20.0), "slow leak");
+        assert_eq!(t.level(100.0), "active leak");
+        assert_eq!(t.level(600.0), "critical");
+        assert_eq!(time_to_limit(1 << 30, 2 << 30, (1 << 30) as f64), Some(60.0));
+        assert_eq!(time_to_limit(1, 2, 0.0), None);
+    }
+}

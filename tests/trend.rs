@@ -1,0 +1,63 @@
+//! Growth over time on `tests/fixtures/trend.c` (as root): a steady leak at a
+//! known rate, a bounded cache that plateaus and churn are told apart, ranked
+//! by growth, and the measured rate is within 10% of the true one.
+
+use std::{path::PathBuf, process::Command};
+
+const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+
+#[test]
+fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let exe = tmp.join("trend");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/trend.c");
+    let st = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dir = tmp.join("trend-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(PROFILER)
+        .args(["record", "-q", "--interval", "0.5", "--min-age", "1", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&exe)
+        .arg("8")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let true_rate: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("true leak rate: "))
+        .and_then(|r| r.trim_end_matches(" bytes/min").parse().ok())
+        .unwrap_or_else(|| panic!("fixture output: {stdout}"));
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let heap: Vec<&serde_json::Value> =
+        report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "heap").collect();
+    let leaf = |e: &serde_json::Value| e["frames"][0]["function"].as_str().unwrap_or("").to_string();
+    let find = |f: &str| *heap.iter().find(|e| leaf(e) == f).unwrap_or_else(|| panic!("no {f} entry"));
+
+    assert_eq!(leaf(heap[0]), "leak_steady", "ranked by growth, the leak comes first");
+    let leak = find("leak_steady");
+    assert_eq!(leak["trend"]["verdict"], "growing");
+    let rate = leak["trend"]["growth_per_min"].as_f64().unwrap();
+    assert!(
+        (rate - true_rate).abs() / true_rate < 0.10,
+        "measured {rate:.0} B/min, true {true_rate:.0} B/min"
+    );
+    assert_eq!(find("fill_cache")["trend"]["verdict"], "plateaued");
+    assert_eq!(find("churn")["trend"]["verdict"], "transient");
+
+    let series = &report["series"];
+    assert!(series["times"].as_array().unwrap().len() >= 12, "sampled every 0.5 s: {series}");
+    assert_eq!(leak["series"].as_array().unwrap().len(), series["times"].as_array().unwrap().len());
+    let status = &report["status"];
+    assert_eq!(status["level"], "normal", "6 MiB/min is below the slow-leak threshold: {status}");
+    assert!(status["growth_mib_per_min"].as_f64().unwrap() > 0.0);
+}
