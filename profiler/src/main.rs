@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use profiler::{
     gate::{gate, GateOptions, Verdict},
     record::{record, RecordOptions, SortBy, TargetSpec, Warmup},
-    report::flame::GroupBy,
+    report::{flame::GroupBy, Report},
     trend::Thresholds,
 };
 
@@ -81,6 +81,12 @@ enum Command {
         after_help = "Examples:\n  profiler gate -- ./tests-binary\n  profiler gate --warmup-marker 'server ready' --runs 3 -- ./server --selftest\n  profiler gate --update-baseline -- ./tests-binary"
     )]
     Gate(GateArgs),
+
+    /// Re-render a saved report.json: text, flamegraph SVG, folded stacks, pprof or JSON.
+    Report(ReportArgs),
+
+    /// Compare two reports (two snapshots or two runs): per-stack deltas and differential flamegraphs.
+    Diff(DiffArgs),
 }
 
 #[derive(Args)]
@@ -182,6 +188,55 @@ struct RecordArgs {
     command: Vec<OsString>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Svg,
+    Folded,
+    Pprof,
+    Json,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A report.json written by `profiler record`.
+    file: PathBuf,
+
+    #[arg(long, short, value_enum, default_value_t = Format::Text)]
+    format: Format,
+
+    /// The kind to render for svg and folded (heap, mmap, sockets, files, ...).
+    #[arg(long, short, default_value = "heap")]
+    kind: String,
+
+    /// Write here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Stacks per kind in the text rendering.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+
+    #[arg(long, value_enum, default_value_t = GroupBy::None)]
+    group_by: GroupBy,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The earlier report.json.
+    before: PathBuf,
+    /// The later report.json.
+    after: PathBuf,
+
+    /// Also write diff.json and, per changed kind, diff-<kind>.svg (differential flamegraph) here.
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+
+    /// Rows per kind in the table.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+}
+
 #[derive(Args)]
 struct GateArgs {
     /// Gate configuration (TOML) [default: ./leakgate.toml when it exists].
@@ -229,7 +284,69 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Record(args) => run_record(args),
         Command::Gate(args) => run_gate(args),
+        Command::Report(args) => exit_on_error(run_report(args)),
+        Command::Diff(args) => exit_on_error(run_diff(args)),
     }
+}
+
+fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_report(path: &std::path::Path) -> anyhow::Result<Report> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a profiler report.json", path.display()))
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let report = load_report(&args.file)?;
+    let bytes = match args.format {
+        Format::Text => profiler::report::text::render(&report, args.top).into_bytes(),
+        Format::Json => serde_json::to_vec_pretty(&report)?,
+        Format::Pprof => profiler::report::pprof::encode(&report)?,
+        Format::Folded | Format::Svg => {
+            let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
+            if lines.is_empty() {
+                anyhow::bail!("nothing of kind {:?} is outstanding in {}", args.kind, args.file.display());
+            }
+            match args.format {
+                Format::Svg => profiler::report::flame::svg(&report, &args.kind, &lines)?,
+                _ => (lines.join("\n") + "\n").into_bytes(),
+            }
+        }
+    };
+    match args.output {
+        Some(path) => std::fs::write(&path, bytes)?,
+        None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+    }
+    Ok(())
+}
+
+fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
+    use profiler::report::diff;
+    let (before, after) = (load_report(&args.before)?, load_report(&args.after)?);
+    let deltas = diff::diff(&before, &after);
+    print!("{}", diff::text(&deltas, args.top));
+    if let Some(dir) = args.output {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("diff.json"), serde_json::to_vec_pretty(&deltas)?)?;
+        let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
+        kinds.sort();
+        kinds.dedup();
+        for kind in kinds {
+            std::fs::write(dir.join(format!("diff-{kind}.svg")), diff::svg(&before, &after, kind)?)?;
+        }
+        eprintln!("wrote {}", dir.display());
+    }
+    Ok(())
 }
 
 fn run_record(args: RecordArgs) -> ExitCode {

@@ -862,6 +862,7 @@ pub fn write_outputs(report: &Report, dir: &Path, top: usize, group: flame::Grou
         std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
+    write("profile.pb.gz", &crate::report::pprof::encode(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
     for kind in report.totals.keys() {
         let lines = flame::folded(report, kind, group);

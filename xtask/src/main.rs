@@ -317,17 +317,23 @@ fn gate(args: Vec<OsString>) -> Result<()> {
     std::process::exit(st.code().unwrap_or(2));
 }
 
-/// Test fixtures need a C compiler, and musl-gcc for the musl fixture: install
-/// musl-tools when we can (the musl test reports a visible skip otherwise).
+/// Tools some tests use, installed when we can (those tests report a
+/// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`.
 fn install_test_tools() {
-    if find_in_path("musl-gcc").is_some() || !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
+    let missing: Vec<&str> = [("musl-gcc", "musl-tools"), ("go", "golang-go")]
+        .iter()
+        .filter(|(bin, _)| find_in_path(bin).is_none())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() || !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
         return;
     }
-    eprintln!("xtask: installing musl-tools for the musl fixture");
+    eprintln!("xtask: installing {} for the tests", missing.join(", "));
     let install = || {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "musl-tools"])
+            .args(["install", "-y", "-q"])
+            .args(&missing)
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -335,7 +341,10 @@ fn install_test_tools() {
     let installed =
         install() || (Command::new("apt-get").args(["update", "-q"]).status().is_ok() && install());
     if !installed {
-        eprintln!("xtask: warning: could not install musl-tools; the musl test will be skipped");
+        eprintln!(
+            "xtask: warning: could not install {}; the tests needing them will be skipped",
+            missing.join(", ")
+        );
     }
 }
 

@@ -2,8 +2,10 @@
 //! recording ended (`model`), and its renderings: the human summary (`text`),
 //! folded stacks and flamegraphs (`flame`).
 
+pub mod diff;
 pub mod flame;
 pub mod model;
+pub mod pprof;
 pub mod text;
 
 pub use model::Report;

@@ -1,0 +1,174 @@
+//! Comparing two reports (two snapshots of one run, or two runs): per-stack
+//! deltas, identified by kind and function names so they survive rebuilds
+//! and address-space layout changes, and a differential flamegraph.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{
+    flame::{self, GroupBy},
+    Report,
+};
+
+/// How one stack changed between two reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StackDelta {
+    pub kind: String,
+    /// Folded path, root first.
+    pub stack: String,
+    /// Bytes (memory kinds) or open handles.
+    pub before: u64,
+    pub after: u64,
+    pub delta: i64,
+}
+
+/// Per-stack deltas, largest growth first; unchanged stacks omitted.
+pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
+    let index = |r: &Report| {
+        let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for e in &r.stacks {
+            *m.entry((e.kind.clone(), flame::folded_path(e))).or_default() += flame::value(e);
+        }
+        m
+    };
+    let (a, b) = (index(before), index(after));
+    let mut keys: Vec<&(String, String)> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut deltas: Vec<StackDelta> = keys
+        .into_iter()
+        .map(|k| {
+            let (x, y) = (a.get(k).copied().unwrap_or(0), b.get(k).copied().unwrap_or(0));
+            StackDelta {
+                kind: k.0.clone(),
+                stack: k.1.clone(),
+                before: x,
+                after: y,
+                delta: y as i64 - x as i64,
+            }
+        })
+        .filter(|d| d.delta != 0)
+        .collect();
+    deltas.sort_by(|x, y| y.delta.cmp(&x.delta).then_with(|| x.stack.cmp(&y.stack)));
+    deltas
+}
+
+/// The deltas as a table for people, `top` rows per kind.
+pub fn text(deltas: &[StackDelta], top: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
+    kinds.sort();
+    kinds.dedup();
+    if kinds.is_empty() {
+        s.push_str("no stack changed\n");
+    }
+    for kind in kinds {
+        let rows: Vec<&StackDelta> = deltas.iter().filter(|d| d.kind == kind).collect();
+        let total: i64 = rows.iter().map(|d| d.delta).sum();
+        let _ = writeln!(s, "{kind}: {total:+} overall, {} stacks changed", rows.len());
+        for d in rows.iter().take(top) {
+            let leaf = d.stack.rsplit(';').next().unwrap_or("");
+            let _ = writeln!(s, "  {:>+12}  {:>10} -> {:<10}  {leaf}", d.delta, d.before, d.after);
+        }
+    }
+    s
+}
+
+/// A differential flamegraph (inferno) of one kind: frames are sized by the
+/// second report and colored by how much they grew (red) or shrank (blue).
+pub fn svg(before: &Report, after: &Report, kind: &str) -> Result<Vec<u8>> {
+    let a = flame::folded(before, kind, GroupBy::None).join("\n");
+    let b = flame::folded(after, kind, GroupBy::None).join("\n");
+    let mut differential = Vec::new();
+    inferno::differential::from_readers(Default::default(), a.as_bytes(), b.as_bytes(), &mut differential)
+        .context("computing the differential stacks")?;
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = format!("{kind}: what changed between two reports");
+    options.subtitle = Some("size: second report; red: grew, blue: shrank".into());
+    options.count_name = if Report::is_handle_kind(kind) { "handles".into() } else { "bytes".into() };
+    let text = String::from_utf8_lossy(&differential).into_owned();
+    let mut out = Vec::new();
+    inferno::flamegraph::from_lines(&mut options, text.lines(), &mut out)
+        .with_context(|| format!("rendering the {kind} differential flamegraph"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        report::model::{Accuracy, StackEntry, TargetInfo},
+        symbols::Frame,
+    };
+
+    fn report(entries: &[(&str, &str, u64)]) -> Report {
+        let frame = |f: &str| Frame {
+            function: f.into(),
+            module: "m".into(),
+            offset: "0x0".into(),
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        Report {
+            schema_version: 1,
+            profiler_version: "0".into(),
+            target: TargetInfo { pid: 1, command: "x".into(), mode: "launch".into(), libc: String::new() },
+            started_at: 0,
+            duration_s: 1.0,
+            end_reason: "t".into(),
+            warmup: None,
+            totals: Default::default(),
+            series: None,
+            status: None,
+            cgroup: None,
+            processes: vec![],
+            handles: Default::default(),
+            stacks: entries
+                .iter()
+                .map(|(kind, leaf, v)| StackEntry {
+                    kind: kind.to_string(),
+                    pid: 1,
+                    command: "x".into(),
+                    bytes: if *kind == "sockets" { 0 } else { *v },
+                    count: if *kind == "sockets" { *v } else { 1 },
+                    mean_age_s: 0.0,
+                    api: "malloc".into(),
+                    frames: vec![frame(leaf), frame("main")],
+                    trend: None,
+                    old_share: 0.0,
+                    series: vec![],
+                })
+                .collect(),
+            accuracy: Accuracy::default(),
+        }
+    }
+
+    #[test]
+    fn deltas_are_exact_and_ranked_by_growth() {
+        let a = report(&[
+            ("heap", "grows", 100),
+            ("heap", "shrinks", 500),
+            ("heap", "same", 7),
+            ("sockets", "conn", 2),
+        ]);
+        let b = report(&[
+            ("heap", "grows", 400),
+            ("heap", "shrinks", 100),
+            ("heap", "same", 7),
+            ("heap", "new", 50),
+            ("sockets", "conn", 5),
+        ]);
+        let d = diff(&a, &b);
+        let rows: Vec<(&str, i64)> = d.iter().map(|x| (x.stack.as_str(), x.delta)).collect();
+        assert_eq!(
+            rows,
+            vec![("main;grows", 300), ("main;new", 50), ("main;conn", 3), ("main;shrinks", -400)]
+        );
+        let svg = String::from_utf8(svg(&a, &b, "heap").unwrap()).unwrap();
+        assert!(svg.contains("grows"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Standard formats and offline tools (as root): pprof that `go tool pprof`
+//! reads with exact totals, `profiler report` re-rendering a saved report,
+//! and `profiler diff` of two runs with exact per-function deltas and a
+//! differential flamegraph naming the function that grew.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+fn compile(name: &str) -> PathBuf {
+    let exe = tmp().join(format!("formats-bin-{name}"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{name}.c"));
+    let st = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    exe
+}
+
+fn record(name: &str, exe: &Path, args: &[&str]) -> PathBuf {
+    let dir = tmp().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(PROFILER)
+        .args(["record", "-q", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+fn leaky_report() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| record("formats-leaky", &compile("leaky"), &[]))
+}
+
+#[test]
+fn go_tool_pprof_lists_the_leaking_functions_with_exact_bytes() {
+    if Command::new("go").arg("version").output().is_err() {
+        eprintln!("SKIPPED go_tool_pprof_lists_the_leaking_functions_with_exact_bytes: go is not installed (apt-get install golang-go)");
+        return;
+    }
+    let profile = leaky_report().join("profile.pb.gz");
+    let top = |args: &[&str]| {
+        let out = Command::new("go")
+            .args(["tool", "pprof", "-top", "-nodecount=200"])
+            .args(args)
+            .arg(&profile)
+            .env("HOME", tmp())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // "flat flat% sum% cum cum% name" rows: function -> flat value.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.len() == 6).then(|| (cols[5].to_string(), cols[0].trim_end_matches('B').to_string()))
+            })
+            .collect::<BTreeMap<String, String>>()
+    };
+    let heap = top(&["-sample_index=inuse_space", "-tagfocus=kind=heap", "-unit=B"]);
+    for (f, bytes) in
+        [("leak_malloc", "3000"), ("leak_calloc", "2000"), ("leak_pvalloc", "8192"), ("thread_main", "2048")]
+    {
+        assert_eq!(heap.get(f).map(String::as_str), Some(bytes), "{f}: {heap:?}");
+    }
+    let handles = top(&["-sample_index=open_handles"]);
+    assert_eq!(handles.get("leak_sockets").map(String::as_str), Some("3"), "{handles:?}");
+    assert_eq!(handles.get("leak_socketpair").map(String::as_str), Some("2"), "{handles:?}");
+}
+
+#[test]
+fn report_re_renders_a_saved_report() {
+    let dir = leaky_report();
+    let render = |format: &str| {
+        let out = Command::new(PROFILER)
+            .args(["report", "--format", format, "--kind", "heap"])
+            .arg(dir.join("report.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert_eq!(render("folded"), std::fs::read(dir.join("heap.folded")).unwrap());
+    let svg = String::from_utf8(render("svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("leak_malloc"));
+    assert!(String::from_utf8(render("text")).unwrap().contains("Top heap stacks"));
+    assert_eq!(render("pprof")[..2], [0x1f, 0x8b], "gzip");
+    let missing = Command::new(PROFILER).args(["report", "/nonexistent.json"]).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn diff_of_two_runs_gives_exact_deltas_and_a_differential_flamegraph() {
+    let exe = compile("gatework");
+    let a = record("formats-diff-a", &exe, &["--leak", "10"]);
+    let b = record("formats-diff-b", &exe, &["--leak", "25", "--extra"]);
+    let out_dir = tmp().join("formats-diff");
+    let out = Command::new(PROFILER)
+        .arg("diff")
+        .arg(a.join("report.json"))
+        .arg(b.join("report.json"))
+        .arg("-o")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deltas: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("diff.json")).unwrap()).unwrap();
+    let heap: BTreeMap<String, i64> = deltas
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "heap")
+        .map(|d| {
+            (
+                d["stack"].as_str().unwrap().rsplit(';').next().unwrap().to_string(),
+                d["delta"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(heap.get("leaky_request"), Some(&1500), "{heap:?}");
+    assert_eq!(heap.get("extra_leak"), Some(&64), "{heap:?}");
+    assert_eq!(heap.get("init_cache"), None, "unchanged stacks are not listed");
+    let first = &deltas[0];
+    assert!(first["stack"].as_str().unwrap().ends_with("leaky_request"), "ranked by growth: {first}");
+    let svg = std::fs::read_to_string(out_dir.join("diff-heap.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("leaky_request"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("leaky_request"));
+}
