@@ -55,6 +55,9 @@ pub enum EventKind {
     Exec = 15,
     /// The process forked child process `addr` (not a thread).
     Fork = 16,
+    /// The OOM killer chose process `addr` as its victim (any process: the
+    /// event is rare, userspace keeps the ones it profiles).
+    OomKill = 17,
 }
 
 impl EventKind {
@@ -76,6 +79,7 @@ impl EventKind {
             14 => Self::FdSetCloexec,
             15 => Self::Exec,
             16 => Self::Fork,
+            17 => Self::OomKill,
             _ => return None,
         })
     }

@@ -581,6 +581,17 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The OOM killer picked a victim. `pid` is the record's first field on every kernel.
+#[tracepoint]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    let Ok(pid) = (unsafe { ctx.read_at::<i32>(8) }) else { return 0 };
+    if let Some(ev) = scratch(EventKind::OomKill, 0) {
+        ev.header.addr = pid as u64;
+        submit(ev);
+    }
+    0
+}
+
 /// Runs in the parent before the child is first scheduled, so a followed
 /// child is in TARGETS before it executes anything.
 #[tracepoint]

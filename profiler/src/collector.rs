@@ -49,6 +49,8 @@ pub struct Collector {
     commands: HashMap<u32, String>,
     /// Outstanding per site and in total at every `--interval` sample.
     pub series: Series,
+    /// Profiled processes the OOM killer chose as victims.
+    pub oom_killed: Vec<u32>,
 }
 
 /// Samples taken at every `--interval`.
@@ -375,6 +377,13 @@ impl Collector {
             EventKind::StdoutWrite => {
                 self.stdout_written += h.size;
                 self.stdout_writes.push((self.stdout_written, h.ts_ns));
+                return;
+            }
+            EventKind::OomKill => {
+                let victim = h.addr as u32;
+                if self.spaces.contains_key(&victim) || self.ledger.processes().any(|p| p == victim) {
+                    self.oom_killed.push(victim);
+                }
                 return;
             }
             EventKind::Marker => {

@@ -176,6 +176,10 @@ struct RecordArgs {
     #[arg(long, value_name = "SLOW,ACTIVE,CRITICAL", default_value = "10,50,500", value_parser = parse_thresholds)]
     thresholds: Thresholds,
 
+    /// Write a full numbered snapshot (snapshot-NNN-SIZE/) when memory crosses each size, e.g. 2G,4G.
+    #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
+    snapshot_at: Vec<u64>,
+
     /// Root the flamegraphs at each process (`command [pid]`) instead of merging processes.
     #[arg(long, value_enum, default_value_t = GroupBy::None)]
     group_by: GroupBy,
@@ -388,6 +392,11 @@ fn run_record(args: RecordArgs) -> ExitCode {
         sort: args.sort,
         limit: args.limit,
         thresholds: args.thresholds,
+        snapshot_at: {
+            let mut sizes = args.snapshot_at;
+            sizes.sort_unstable();
+            sizes
+        },
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,

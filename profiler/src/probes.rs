@@ -161,6 +161,13 @@ impl Probes {
             p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;
             self.attached.push(format!("tracepoint:sched:{name}"));
         }
+        let p: &mut TracePoint =
+            self.ebpf.program_mut("oom_mark_victim").context("oom_mark_victim")?.try_into()?;
+        p.load().context("loading oom_mark_victim")?;
+        match p.attach("oom", "mark_victim") {
+            Ok(_) => self.attached.push("tracepoint:oom:mark_victim".into()),
+            Err(e) => self.skipped.push(format!("oom:mark_victim (OOM kills not detected): {e}")),
+        }
         Ok(())
     }
 

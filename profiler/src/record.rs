@@ -199,6 +199,9 @@ pub struct RecordOptions {
     /// Memory limit for the time-to-limit estimate (else the cgroup's limit).
     pub limit: Option<u64>,
     pub thresholds: crate::trend::Thresholds,
+    /// Write a full numbered snapshot when resident memory (or the heap, when
+    /// RSS is unknown) crosses each of these, ascending.
+    pub snapshot_at: Vec<u64>,
 }
 
 /// How stacks are ranked within each kind.
@@ -231,6 +234,7 @@ impl RecordOptions {
             sort: SortBy::Growth,
             limit: None,
             thresholds: Default::default(),
+            snapshot_at: Vec::new(),
         }
     }
 }
@@ -420,6 +424,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_events = (Instant::now(), 0u64);
     let mut sample = tokio::time::interval(opts.interval);
     let mounts = CgroupMounts::read().unwrap_or_default();
     let resident = |target: &Target| -> Option<u64> {
@@ -440,7 +445,8 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             relay_stdout(stdout, marker.clone(), marker_tx, relayed.clone());
         }
     }
-    let end_reason = loop {
+    let mut snapshots_written = 0usize;
+    let mut end_reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -536,18 +542,30 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 while let Some(item) = ring.get_mut().next() {
                     collector.ingest(&item);
                 }
-                collector.sample(started.elapsed().as_secs_f64(), resident(&target));
+                let now = resident(&target);
+                collector.sample(started.elapsed().as_secs_f64(), now);
+                // --snapshot-at: a full numbered snapshot when memory crosses each threshold.
+                let level = now.unwrap_or_else(|| collector.ledger.total(Kind::Heap).bytes);
+                while let Some(&threshold) = opts.snapshot_at.get(snapshots_written) {
+                    if level < threshold {
+                        break;
+                    }
+                    snapshots_written += 1;
+                    let dir = output.join(format!("snapshot-{snapshots_written:03}-{}", flame::human_bytes(threshold).replace(' ', "")));
+                    let reason = format!("snapshot: memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold));
+                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts };
+                    let written = context
+                        .report(&collector, started.elapsed(), reason, None)
+                        .and_then(|r| std::fs::create_dir_all(&dir).map_err(Into::into).and_then(|_| write_outputs(&r, &dir, opts.top, opts.group_by)));
+                    match written {
+                        Ok(()) => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, dir.display()),
+                        Err(e) => eprintln!("warning: snapshot {} failed: {e:#}", dir.display()),
+                    }
+                }
             }
             _ = tick.tick() => {
                 if interactive {
-                    let heap = collector.ledger.total(Kind::Heap);
-                    eprint!(
-                        "\r{:>6.0}s  heap {} in {} blocks  events {}   ",
-                        started.elapsed().as_secs_f64(),
-                        flame::human_bytes(heap.bytes),
-                        heap.count,
-                        collector.events_received
-                    );
+                    eprint!("\r{}\x1b[K", status_line(&collector, &probes, started.elapsed(), &mut last_events));
                 }
             }
         }
@@ -578,31 +596,24 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         }
     }
     collector.sample(started.elapsed().as_secs_f64(), resident(&target));
-    let kernel = probes.counters()?;
-    let mut report = build_report(
-        &collector,
-        &probes,
-        &kernel,
-        &info,
-        mode,
-        started_at,
-        started.elapsed(),
-        end_reason,
-        &opts,
-    );
-    report.status = status(&report, &collector, &opts, &target, &mounts, info.pid);
-    report.processes = summarize_processes(&report);
-    if let Target::Cgroup(cgroup) = &target {
-        report.cgroup = Some(CgroupInfo {
-            path: cgroup.target.dir.display().to_string(),
-            memory: cgroup.target.memory(&cgroup.mounts),
-        });
+    if !collector.oom_killed.is_empty() {
+        end_reason = format!("OOM-killed (pid {:?}): {end_reason}", collector.oom_killed);
     }
-    report.warmup = match (&warmup_end, opts.warmup.is_set()) {
+    let warmup_note = match (&warmup_end, opts.warmup.is_set()) {
         (Some(end), _) => Some(format!("excluded everything live {end}")),
         (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
         (None, false) => None,
     };
+    let context = ReportContext {
+        probes: &probes,
+        info: &info,
+        mode,
+        started_at,
+        opts: &opts,
+        target: &target,
+        mounts: &mounts,
+    };
+    let report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
     let written = write_outputs(&report, &output, opts.top, opts.group_by);
 
     // Only now may the target go: its address space was needed for the report.
@@ -626,6 +637,87 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         if flamegraphs.is_empty() { "none, nothing outstanding".to_string() } else { flamegraphs.join(", ") };
     eprintln!("wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})", output.display());
     Ok(Recorded { report, output })
+}
+
+/// The live status line (on a terminal only): elapsed, outstanding by kind,
+/// growth rate, events per second, lost events.
+fn status_line(
+    collector: &Collector,
+    probes: &Probes,
+    elapsed: Duration,
+    last: &mut (Instant, u64),
+) -> String {
+    let rate = (collector.events_received - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
+    *last = (Instant::now(), collector.events_received);
+    let heap = collector.ledger.total(Kind::Heap);
+    let mapped = collector.ledger.total(Kind::Mmap).bytes + collector.ledger.total(Kind::Brk).bytes;
+    let handles: u64 =
+        Kind::ALL.iter().filter(|k| !k.is_memory()).map(|k| collector.ledger.total(*k).count).sum();
+    let series = &collector.series;
+    let heap_points: Vec<(f64, f64)> = series
+        .times
+        .iter()
+        .zip(series.totals.get(&Kind::Heap).into_iter().flatten())
+        .map(|(t, v)| (*t, *v as f64))
+        .collect();
+    let growth = crate::trend::robust_slope(&heap_points).map_or(String::new(), |s| {
+        format!(" ({}{}/min)", if s < 0.0 { "-" } else { "+" }, flame::human_bytes((s.abs() * 60.0) as u64))
+    });
+    let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+    format!(
+        "{:>5.0}s  heap {}{growth} in {} blocks  mapped {}  handles {}  {:.0} events/s  lost {lost}",
+        elapsed.as_secs_f64(),
+        flame::human_bytes(heap.bytes),
+        heap.count,
+        flame::human_bytes(mapped),
+        handles,
+        rate
+    )
+}
+
+/// What every report of a session shares.
+struct ReportContext<'a> {
+    probes: &'a Probes,
+    info: &'a ProcessInfo,
+    mode: &'a str,
+    started_at: u64,
+    opts: &'a RecordOptions,
+    target: &'a Target,
+    mounts: &'a CgroupMounts,
+}
+
+impl ReportContext<'_> {
+    /// The complete report of what is outstanding now.
+    fn report(
+        &self,
+        collector: &Collector,
+        elapsed: Duration,
+        end_reason: String,
+        warmup: Option<String>,
+    ) -> Result<Report> {
+        let kernel = self.probes.counters()?;
+        let mut report = build_report(
+            collector,
+            self.probes,
+            &kernel,
+            self.info,
+            self.mode,
+            self.started_at,
+            elapsed,
+            end_reason,
+            self.opts,
+        );
+        if let Target::Cgroup(cgroup) = self.target {
+            report.cgroup = Some(CgroupInfo {
+                path: cgroup.target.dir.display().to_string(),
+                memory: cgroup.target.memory(&cgroup.mounts),
+            });
+        }
+        report.status = status(&report, collector, self.opts, self.target, self.mounts, self.info.pid);
+        report.processes = summarize_processes(&report);
+        report.warmup = warmup;
+        Ok(report)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

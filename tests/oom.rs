@@ -1,0 +1,103 @@
+//! A target killed by the OOM killer inside a memory cgroup with a small
+//! limit (v1 on hybrid machines, v2 `memory.max` where that is the layout)
+//! leaves a complete report that says it was OOM-killed, with the growing
+//! function and the limit it ran into.
+
+use std::{path::PathBuf, process::Command};
+
+use profiler::target::cgroup::CgroupMounts;
+
+const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+const LIMIT: u64 = 64 << 20;
+
+/// A memory cgroup with the limit set, and the file a process writes its pid
+/// to to join it; removed on drop.
+struct MemoryCgroup {
+    dir: PathBuf,
+    join_file: &'static str,
+}
+
+impl MemoryCgroup {
+    fn new() -> Option<Self> {
+        let mounts = CgroupMounts::read().ok()?;
+        let name = format!("leakprof-oom-{}", std::process::id());
+        if let Some(v1) = mounts.v1_memory {
+            let dir = v1.join(name);
+            std::fs::create_dir_all(&dir).ok()?;
+            std::fs::write(dir.join("memory.limit_in_bytes"), LIMIT.to_string()).ok()?;
+            return Some(Self { dir, join_file: "tasks" });
+        }
+        let v2 = mounts.v2?;
+        let controllers = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+        if !controllers.split_whitespace().any(|c| c == "memory") {
+            return None;
+        }
+        let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+memory");
+        let dir = v2.join(name);
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("memory.max"), LIMIT.to_string()).ok()?;
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        Some(Self { dir, join_file: "cgroup.procs" })
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn oom_killed_target_leaves_a_complete_report_saying_so() {
+    let Some(cgroup) = MemoryCgroup::new() else {
+        eprintln!("SKIPPED oom_killed_target_leaves_a_complete_report_saying_so: no memory cgroup controller available");
+        return;
+    };
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let exe = tmp.join("oomer");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oomer.c");
+    let st = Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dir = tmp.join("oom-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    // The shell joins the cgroup, then becomes the fixture: only it is limited.
+    let script = format!("echo $$ > {}/{} && exec \"$0\"", cgroup.dir.display(), cgroup.join_file);
+    let out = Command::new(PROFILER)
+        .args(["record", "-q", "--interval", "0.2", "--snapshot-at", "16M", "-o"])
+        .arg(&dir)
+        .args(["--", "sh", "-c", &script])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let reason = report["end_reason"].as_str().unwrap();
+    assert!(reason.contains("OOM-killed"), "end reason: {reason}");
+    let grow = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "heap" && e["frames"][0]["function"] == "grow_forever")
+        .expect("the growing function is in the report");
+    assert!(
+        grow["bytes"].as_u64().unwrap() >= 32 << 20,
+        "most of the limit was leaked by it: {}",
+        grow["bytes"]
+    );
+    assert_eq!(report["status"]["limit_bytes"], LIMIT, "the cgroup's limit is known: {}", report["status"]);
+    assert!(dir.join("heap.svg").exists());
+    let snapshot = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("snapshot-001"));
+    let snapshot = snapshot.expect("a snapshot at 16 MiB").path();
+    assert!(snapshot.join("report.json").exists() && snapshot.join("heap.folded").exists());
+}
