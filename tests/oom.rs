@@ -101,3 +101,26 @@ fn oom_killed_target_leaves_a_complete_report_saying_so() {
     let snapshot = snapshot.expect("a snapshot at 16 MiB").path();
     assert!(snapshot.join("report.json").exists() && snapshot.join("heap.folded").exists());
 }
+
+#[test]
+fn sigkilled_target_leaves_a_complete_report_saying_so() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sigkill-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut profiler = Command::new(PROFILER)
+        .args(["record", "-q", "-o"])
+        .arg(&dir)
+        .args(["--", "sleep", "30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(profiler.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.starts_with("profiling pid"), "{line}");
+    let pid: String = line["profiling pid ".len()..].chars().take_while(char::is_ascii_digit).collect();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    assert!(profiler.wait().unwrap().success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["end_reason"], "target exited (killed by SIGKILL)");
+}

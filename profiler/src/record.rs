@@ -500,7 +500,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                             let _ = l.control.send(Control::Resume);
                         }
                     }
-                    Some(TargetEvent::Exiting) => { held_at_exit = true; break "target exited".to_string() }
+                    Some(TargetEvent::Exiting(how)) => { held_at_exit = true; break format!("target exited ({how})") }
                     Some(TargetEvent::Exited(how)) => break format!("target exited ({how})"),
                     None => break "target exited".to_string(),
                 }

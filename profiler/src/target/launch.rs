@@ -38,8 +38,9 @@ pub enum TargetEvent {
     /// A process of the tree has a new image and is held stopped: attach its
     /// probes, then send [`Control::Resume`].
     NewImage { pid: u32, how: NewImage },
-    /// The launched process is exiting and held stopped; send [`Control::Release`] when done.
-    Exiting,
+    /// The launched process is exiting (how: `exit code N` or `killed by SIG...`)
+    /// and held stopped; send [`Control::Release`] when done.
+    Exiting(String),
     /// Another process of the tree is exiting, held stopped until [`Control::Resume`]
     /// so its last events can be located in its address space.
     ProcessExiting { pid: u32 },
@@ -271,7 +272,8 @@ fn trace(
             WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
                 let held = if pid == root {
                     // Hold the exit until the report is written (or we are told to go).
-                    let _ = events.send(TargetEvent::Exiting);
+                    let how = ptrace::getevent(pid).map(|status| describe_wait_status(status as i32));
+                    let _ = events.send(TargetEvent::Exiting(how.unwrap_or_else(|_| "exiting".into())));
                     true
                 } else if is_process(pid) {
                     let _ = events.send(TargetEvent::ProcessExiting { pid: pid.as_raw() as u32 });
@@ -344,5 +346,16 @@ fn trace(
             detach_all(&tracees);
             return;
         }
+    }
+}
+
+/// `exit code N` or `killed by SIGNAME`, from a wait(2) status word.
+fn describe_wait_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = Signal::try_from(libc::WTERMSIG(status))
+            .map_or_else(|_| libc::WTERMSIG(status).to_string(), |s| s.to_string());
+        format!("killed by {sig}")
+    } else {
+        format!("exit code {}", libc::WEXITSTATUS(status))
     }
 }
