@@ -3,33 +3,22 @@
 //! processes inside it (one started after recording began) reported exactly,
 //! one outside not at all; and the errors for bad cgroup / container input.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
-    sync::OnceLock,
     time::Duration,
 };
 
 use profiler::target::cgroup::CgroupMounts;
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use common::PROFILER;
 
-fn leaky() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("leaky-cgroup");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/leaky.c");
-        let st = Command::new("cc")
-            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
-            .arg(&exe)
-            .arg(src)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        exe
-    })
+fn leaky() -> PathBuf {
+    common::fixture("leaky")
 }
 
 /// A cgroup v2 directory removed (with its processes killed) on drop.
@@ -90,8 +79,7 @@ fn by_pid_and_leaf(report: &serde_json::Value, kind: &str) -> BTreeMap<(u64, Str
 #[test]
 fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
     let cgroup = TestCgroup::new("leakprof-test");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cgroup-report");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::fresh_dir("cgroup-report");
 
     let (mut early, mut early_out) = cgroup.start_waiting();
     let mut profiler = Command::new(PROFILER)

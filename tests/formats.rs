@@ -3,6 +3,8 @@
 //! and `profiler diff` of two runs with exact per-function deltas and a
 //! differential flamegraph naming the function that grew.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -10,43 +12,17 @@ use std::{
     sync::OnceLock,
 };
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
-
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn compile(name: &str) -> PathBuf {
-    let exe = tmp().join(format!("formats-bin-{name}"));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{name}.c"));
-    let st = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    exe
-}
+use common::{tmp, PROFILER};
 
 fn record(name: &str, exe: &Path, args: &[&str]) -> PathBuf {
-    let dir = tmp().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(PROFILER)
-        .args(["record", "-q", "-o"])
-        .arg(&dir)
-        .arg("--")
-        .arg(exe)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = common::fresh_dir(name);
+    common::record_launch(&dir, exe, args);
     dir
 }
 
 fn leaky_report() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| record("formats-leaky", &compile("leaky"), &[]))
+    DIR.get_or_init(|| record("formats-leaky", &common::fixture("leaky"), &[]))
 }
 
 #[test]
@@ -108,7 +84,7 @@ fn report_re_renders_a_saved_report() {
 
 #[test]
 fn diff_of_two_runs_gives_exact_deltas_and_a_differential_flamegraph() {
-    let exe = compile("gatework");
+    let exe = common::fixture("gatework");
     let a = record("formats-diff-a", &exe, &["--leak", "10"]);
     let b = record("formats-diff-b", &exe, &["--leak", "25", "--extra"]);
     let out_dir = tmp().join("formats-diff");

@@ -3,16 +3,17 @@
 //! `tests/fixtures/leaky.c` leaks known amounts from known functions; every
 //! number asserted here follows from its source.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use common::{fixture_with, folded_by_leaf, report_json, tmp, PROFILER};
 
 /// (function, bytes, blocks) the fixture leaks on the heap.
 const HEAP_LEAKS: [(&str, u64, u64); 10] = [
@@ -42,50 +43,14 @@ fn nix_is_root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
-fn tmp() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn compile(source: &str, out: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(source);
-    let exe = tmp().join(out);
-    let st = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread"])
-        .args(extra)
-        .arg("-o")
-        .arg(&exe)
-        .arg(&src)
-        .status()
-        .expect("running cc");
-    assert!(st.success(), "compiling {source}");
-    exe
-}
-
-fn fixture() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("leaky.c", "leaky", &[]))
+fn fixture() -> PathBuf {
+    common::fixture("leaky")
 }
 
 fn out_dir(name: &str) -> PathBuf {
     let d = tmp().join(name);
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// Sums a folded file by leaf function.
-fn folded_by_leaf(dir: &Path, kind: &str) -> BTreeMap<String, u64> {
-    let text = std::fs::read_to_string(dir.join(format!("{kind}.folded"))).unwrap_or_default();
-    let mut sums = BTreeMap::new();
-    for line in text.lines() {
-        let (stack, value) = line.rsplit_once(' ').expect("folded line has a value");
-        let leaf = stack.rsplit(';').next().unwrap().to_string();
-        *sums.entry(leaf).or_default() += value.parse::<u64>().expect("numeric value");
-    }
-    sums
-}
-
-fn report_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json")).expect("valid JSON")
 }
 
 /// Blocks per leaf function of one kind, from report.json.
@@ -291,7 +256,7 @@ fn bad_input_fails_clearly_before_attaching() {
         "cannot create output directory",
     );
 
-    let static_exe = compile("leaky.c", "leaky-static", &["-static"]);
+    let static_exe = fixture_with("cc", "leaky", &["-static"]);
     assert_fails(&record(&["-o", d, "--", static_exe.to_str().unwrap()]), "no C library");
     let mut running = Command::new(&static_exe).arg("--wait").stdout(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -2,35 +2,23 @@
 //! root): exit codes, naming the leaking function, warm-up exclusion,
 //! baseline round trip, and the JUnit / JSON / Markdown outputs.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::OnceLock,
 };
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use common::PROFILER;
 
 fn work_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gate").join(name);
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::fresh_dir(&format!("gate/{name}"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
-fn fixture() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gatework");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gatework.c");
-        let st = Command::new("cc")
-            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-            .arg(&exe)
-            .arg(src)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        exe
-    })
+fn fixture() -> PathBuf {
+    common::fixture("gatework")
 }
 
 /// Runs the gate in `dir` (so no config or baseline is picked up from elsewhere).

@@ -3,55 +3,25 @@
 //! kind, dup chains, close_range, fork inheritance, close-on-exec at exec,
 //! and a fork+exec child image.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     sync::OnceLock,
 };
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use common::folded_by_leaf as by_leaf;
 
-fn fixture() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fdtree");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/fdtree.c");
-        let st = Command::new("cc")
-            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-            .arg(&exe)
-            .arg(src)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        exe
-    })
-}
-
-fn by_leaf(dir: &Path, kind: &str) -> BTreeMap<String, u64> {
-    let text = std::fs::read_to_string(dir.join(format!("{kind}.folded"))).unwrap_or_default();
-    let mut sums = BTreeMap::new();
-    for line in text.lines() {
-        let (stack, value) = line.rsplit_once(' ').unwrap();
-        *sums.entry(stack.rsplit(';').next().unwrap().to_string()).or_default() +=
-            value.parse::<u64>().unwrap();
-    }
-    sums
+fn fixture() -> PathBuf {
+    common::fixture("fdtree")
 }
 
 fn record() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("handles");
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(PROFILER)
-            .args(["record", "-q", "-o"])
-            .arg(&dir)
-            .arg("--")
-            .arg(fixture())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dir = common::fresh_dir("handles");
+        common::record_launch(&dir, &fixture(), &[]);
         dir
     })
     .clone()

@@ -3,9 +3,9 @@
 //! library, found and probed like glibc. When musl-gcc cannot be had (`cargo
 //! xtask test` installs musl-tools where it can), the test says so loudly.
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+mod common;
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use std::{collections::BTreeMap, process::Command};
 
 #[test]
 fn musl_program_heap_is_attributed_exactly() {
@@ -14,22 +14,9 @@ fn musl_program_heap_is_attributed_exactly() {
         println!("SKIPPED: musl-gcc not available");
         return;
     }
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let exe = tmp.join("muslleak");
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/muslleak.c");
-    let st = Command::new("musl-gcc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let dir = tmp.join("musl");
-    let _ = std::fs::remove_dir_all(&dir);
-    let out =
-        Command::new(PROFILER).args(["record", "-q", "-o"]).arg(&dir).arg("--").arg(&exe).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
+    let exe = common::fixture_with("musl-gcc", "muslleak", &[]);
+    let dir = common::fresh_dir("musl");
+    common::record_launch(&dir, &exe, &[]);
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     assert!(report["target"]["libc"].as_str().unwrap().contains("musl"), "{}", report["target"]);

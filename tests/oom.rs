@@ -3,11 +3,12 @@
 //! leaves a complete report that says it was OOM-killed, with the growing
 //! function and the limit it ran into.
 
+mod common;
+
 use std::{path::PathBuf, process::Command};
 
+use common::PROFILER;
 use profiler::target::cgroup::CgroupMounts;
-
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
 const LIMIT: u64 = 64 << 20;
 
 /// A memory cgroup with the limit set, and the file a process writes its pid
@@ -54,18 +55,8 @@ fn oom_killed_target_leaves_a_complete_report_saying_so() {
         eprintln!("SKIPPED oom_killed_target_leaves_a_complete_report_saying_so: no memory cgroup controller available");
         return;
     };
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let exe = tmp.join("oomer");
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oomer.c");
-    let st = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let dir = tmp.join("oom-report");
-    let _ = std::fs::remove_dir_all(&dir);
+    let exe = common::fixture("oomer");
+    let dir = common::fresh_dir("oom-report");
     // The shell joins the cgroup, then becomes the fixture: only it is limited.
     let script = format!("echo $$ > {}/{} && exec \"$0\"", cgroup.dir.display(), cgroup.join_file);
     let out = Command::new(PROFILER)
@@ -104,8 +95,7 @@ fn oom_killed_target_leaves_a_complete_report_saying_so() {
 
 #[test]
 fn sigkilled_target_leaves_a_complete_report_saying_so() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sigkill-report");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::fresh_dir("sigkill-report");
     let mut profiler = Command::new(PROFILER)
         .args(["record", "-q", "-o"])
         .arg(&dir)

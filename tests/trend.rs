@@ -2,24 +2,16 @@
 //! known rate, a bounded cache that plateaus and churn are told apart, ranked
 //! by growth, and the measured rate is within 10% of the true one.
 
-use std::{path::PathBuf, process::Command};
+mod common;
 
-const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
+use std::process::Command;
+
+use common::PROFILER;
 
 #[test]
 fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let exe = tmp.join("trend");
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/trend.c");
-    let st = Command::new("cc")
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let dir = tmp.join("trend-report");
-    let _ = std::fs::remove_dir_all(&dir);
+    let exe = common::fixture("trend");
+    let dir = common::fresh_dir("trend-report");
     let out = Command::new(PROFILER)
         .args(["record", "-q", "--interval", "0.5", "--min-age", "1", "-o"])
         .arg(&dir)
