@@ -160,6 +160,33 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
 }
 
 impl Collector {
+    /// Names JIT frames that were unnamed when their stack was first seen
+    /// (the JIT may write its map entry after the code first runs). Call
+    /// before building a report.
+    pub fn name_jit_frames(&mut self) {
+        let mut refreshed = std::collections::HashSet::new();
+        for (id, locs) in self.locations.iter_mut().enumerate() {
+            let (tgid, _) = self.stacks.get(id as StackId);
+            let Some(space) = self.spaces.get_mut(&tgid) else { continue };
+            for loc in locs.iter_mut() {
+                let Location::Anonymous { name, addr } = loc else { continue };
+                if &**name != "[jit]" {
+                    continue;
+                }
+                let named =
+                    if refreshed.insert(tgid) { space.jit_name_now(*addr) } else { space.jit_name(*addr) };
+                if let Some(name) = named {
+                    *loc = Location::Jit { name, addr: *addr };
+                }
+            }
+        }
+    }
+
+    /// Malformed perf-map lines met, over all processes.
+    pub fn perf_map_garbage(&self) -> u64 {
+        self.spaces.values().map(AddressSpace::perf_map_garbage).sum()
+    }
+
     /// Records what is outstanding now as one sample of the time series.
     pub fn sample(&mut self, secs: f64, rss: Option<u64>) {
         let i = self.series.times.len();

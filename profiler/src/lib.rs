@@ -11,6 +11,7 @@ pub mod collector;
 pub mod events;
 pub mod gate;
 pub mod ledger;
+pub mod perfmap;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;

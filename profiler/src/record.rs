@@ -553,6 +553,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                     snapshots_written += 1;
                     let dir = output.join(format!("snapshot-{snapshots_written:03}-{}", flame::human_bytes(threshold).replace(' ', "")));
                     let reason = format!("snapshot: memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold));
+                    collector.name_jit_frames();
                     let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts };
                     let written = context
                         .report(&collector, started.elapsed(), reason, None)
@@ -604,6 +605,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
         (None, false) => None,
     };
+    collector.name_jit_frames();
     let context = ReportContext {
         probes: &probes,
         info: &info,
@@ -734,6 +736,11 @@ fn build_report(
 ) -> Report {
     let mut stacks = collector.entries(&Symbols::default(), monotonic_ns(), opts.min_age.as_nanos() as u64);
     sort_entries(&mut stacks, opts.sort);
+    let unnamed_jit_frames = stacks
+        .iter()
+        .flat_map(|e| &e.frames)
+        .filter(|f| f.module == "[jit]" && f.function.starts_with("[jit]+"))
+        .count() as u64;
     let series = &collector.series;
     let series = SeriesReport {
         interval_s: opts.interval.as_secs_f64(),
@@ -789,6 +796,8 @@ fn build_report(
             undecodable_events: collector.undecodable_events,
             stack_failures: collector.stack_failures.max(kernel[counters::STACK_FAILED]),
             truncated_stacks: collector.truncated_stacks,
+            unnamed_jit_frames,
+            perf_map_garbage_lines: collector.perf_map_garbage(),
             ringbuf_drops: kernel[counters::RINGBUF_DROPS],
             inflight_map_full: kernel[counters::INFLIGHT_MAP_FULL],
             inflight_syscall_map_full: kernel[counters::INFLIGHT_SYSCALL_MAP_FULL],

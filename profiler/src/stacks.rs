@@ -47,7 +47,9 @@ impl StackTable {
 pub enum Location {
     /// Inside a mapped file, at this file offset.
     File { path: Arc<str>, offset: u64 },
-    /// Executable memory with no file behind it (JIT code, `[vdso]`, ...).
+    /// JIT code named by the process's perf map.
+    Jit { name: Arc<str>, addr: u64 },
+    /// Memory with no file behind it: `[jit]` (unnamed executable), `[vdso]`, ...
     Anonymous { name: Arc<str>, addr: u64 },
     /// Not mapped when we looked.
     Unmapped { addr: u64 },
@@ -69,6 +71,8 @@ pub struct AddressSpace {
     /// /proc would no longer show once the child has exec'd.
     frozen: bool,
     unwinder: crate::unwind::Unwinder,
+    perf_map: crate::perfmap::PerfMap,
+    perf_map_read_at: Option<Instant>,
 }
 
 const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
@@ -86,6 +90,8 @@ impl AddressSpace {
             stale: false,
             frozen: false,
             unwinder: Default::default(),
+            perf_map: Default::default(),
+            perf_map_read_at: None,
         };
         space.set_maps(maps);
         space
@@ -147,6 +153,10 @@ impl AddressSpace {
         let loc = match self.maps.find(addr).cloned() {
             Some(m) => match m.file() {
                 Some(path) => Location::File { path: self.intern_path(path), offset: m.file_offset(addr) },
+                None if m.name.is_empty() && m.executable => match self.jit_name(addr) {
+                    Some(name) => Location::Jit { name, addr },
+                    None => Location::Anonymous { name: self.intern_path("[jit]"), addr },
+                },
                 None => {
                     let name = if m.name.is_empty() { "[anon]" } else { m.name.as_str() };
                     Location::Anonymous { name: self.intern_path(name), addr }
@@ -163,6 +173,30 @@ impl AddressSpace {
     pub fn is_code(&mut self, addr: u64) -> bool {
         self.refresh_if_outdated(addr);
         self.maps.find(addr).is_some_and(|m| m.executable)
+    }
+
+    /// The perf-map name of JIT code at `addr`, re-reading the map (at most
+    /// every [`REFRESH_INTERVAL`]) when it does not know the address yet.
+    pub fn jit_name(&mut self, addr: u64) -> Option<Arc<str>> {
+        if let Some(name) = self.perf_map.lookup(addr) {
+            return Some(name);
+        }
+        if self.perf_map_read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
+            self.perf_map_read_at = Some(Instant::now());
+            self.perf_map.refresh(self.pid);
+        }
+        self.perf_map.lookup(addr)
+    }
+
+    /// Reads what was appended to the perf map now, then names `addr` if it can.
+    pub fn jit_name_now(&mut self, addr: u64) -> Option<Arc<str>> {
+        self.perf_map_read_at = None;
+        self.jit_name(addr)
+    }
+
+    /// Malformed lines met in the process's perf map.
+    pub fn perf_map_garbage(&self) -> u64 {
+        self.perf_map.garbage_lines
     }
 
     /// Whether `addr` lies in the process's C library.

@@ -48,6 +48,7 @@ fn fallback(loc: &Location) -> Frame {
     let (module, offset) = match loc {
         Location::File { path, offset } => (basename(path).to_string(), *offset),
         Location::Anonymous { name, addr } => (name.to_string(), *addr),
+        Location::Jit { addr, .. } => ("[jit]".to_string(), *addr),
         Location::Unmapped { addr } => ("[unknown]".to_string(), *addr),
     };
     Frame {
@@ -69,6 +70,17 @@ impl Symbols {
         for loc in locations {
             match loc {
                 Location::File { path, offset } => by_file.entry(path.clone()).or_default().push(*offset),
+                Location::Jit { name, addr } => {
+                    let frame = Frame {
+                        function: name.to_string(),
+                        module: "[jit]".into(),
+                        offset: format!("{addr:#x}"),
+                        file: None,
+                        line: None,
+                        inlined: false,
+                    };
+                    names.insert(loc.clone(), vec![frame]);
+                }
                 other => {
                     names.insert(other.clone(), vec![fallback(other)]);
                 }

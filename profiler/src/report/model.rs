@@ -153,6 +153,12 @@ pub struct Accuracy {
     /// pointers, typically inside libc) and was cut there.
     #[serde(default)]
     pub truncated_stacks: u64,
+    /// Frames in JIT code no perf map named (shown as `[jit]+0x...`).
+    #[serde(default)]
+    pub unnamed_jit_frames: u64,
+    /// Malformed lines skipped in perf maps.
+    #[serde(default)]
+    pub perf_map_garbage_lines: u64,
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
     /// Allocator calls not tracked because the in-flight map was full.

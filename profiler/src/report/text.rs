@@ -162,6 +162,18 @@ pub fn render(report: &Report, top: usize) -> String {
         l.unknown_dups,
         l.reused_fds
     );
+    if a.unnamed_jit_frames > 0 {
+        let _ = writeln!(s, "  {} JIT frames unnamed (shown as [jit]+0x...)", a.unnamed_jit_frames);
+        if report.stacks.iter().any(|e| e.command.contains("node")) {
+            let _ = writeln!(
+                s,
+                "  hint: name JavaScript frames by starting node with --perf-basic-prof --interpreted-frames-native-stack"
+            );
+        }
+    }
+    if a.perf_map_garbage_lines > 0 {
+        let _ = writeln!(s, "  perf map lines skipped as malformed: {}", a.perf_map_garbage_lines);
+    }
     for skipped in &a.probes_skipped {
         let _ = writeln!(s, "  not probed: {skipped}");
     }
