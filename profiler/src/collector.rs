@@ -462,6 +462,7 @@ impl Collector {
                     times.iter().zip(&series).map(|(t, v)| (*t, *v as f64)).collect();
                 let trend = (!points.is_empty()).then(|| crate::trend::judge(&points, old_share));
                 StackEntry {
+                    class: None,
                     trend,
                     old_share,
                     series,

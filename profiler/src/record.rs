@@ -736,6 +736,10 @@ fn build_report(
 ) -> Report {
     let mut stacks = collector.entries(&Symbols::default(), monotonic_ns(), opts.min_age.as_nanos() as u64);
     sort_entries(&mut stacks, opts.sort);
+    for e in &mut stacks {
+        e.class = crate::report::split::classify(e).map(str::to_string);
+    }
+    let memory_split = crate::report::split::split(&stacks);
     let unnamed_jit_frames = stacks
         .iter()
         .flat_map(|e| &e.frames)
@@ -781,6 +785,7 @@ fn build_report(
         cgroup: None,
         series: Some(series),
         status: None,
+        memory_split,
         handles: {
             let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
                 Default::default();

@@ -67,6 +67,8 @@ pub struct AddressSpace {
     libc: Option<Arc<str>>,
     /// Set when the process changed its mappings since the last read.
     stale: bool,
+    /// Addresses still unmapped after a fresh read.
+    unmapped: std::collections::HashSet<u64>,
     /// Never re-read: a forked child's copy of its parent's layout, which
     /// /proc would no longer show once the child has exec'd.
     frozen: bool,
@@ -88,6 +90,7 @@ impl AddressSpace {
             files: HashMap::new(),
             libc: None,
             stale: false,
+            unmapped: Default::default(),
             frozen: false,
             unwinder: Default::default(),
             perf_map: Default::default(),
@@ -126,11 +129,23 @@ impl AddressSpace {
         self.stale = true;
     }
 
-    /// Re-reads the maps when they changed or lack `addr`, at most every
-    /// [`REFRESH_INTERVAL`].
+    /// Re-reads the maps when they changed (at most every
+    /// [`REFRESH_INTERVAL`]) or when they lack `addr` (at once, once per
+    /// address: a JIT maps new code all the time, while addresses that stay
+    /// unmapped are garbage from a broken stack walk and keep coming back).
     fn refresh_if_outdated(&mut self, addr: u64) {
-        let outdated = self.stale || self.maps.find(addr).is_none();
-        if outdated && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
+        if self.maps.find(addr).is_none() {
+            if self.unmapped.contains(&addr) {
+                return;
+            }
+            self.refresh();
+            if self.maps.find(addr).is_none() {
+                if self.unmapped.len() > 1 << 16 {
+                    self.unmapped.clear();
+                }
+                self.unmapped.insert(addr);
+            }
+        } else if self.stale && self.read_at.is_none_or(|t| t.elapsed() > REFRESH_INTERVAL) {
             self.refresh();
         }
     }

@@ -124,6 +124,7 @@ mod tests {
             totals: Default::default(),
             series: None,
             status: None,
+            memory_split: Default::default(),
             cgroup: None,
             processes: vec![],
             handles: Default::default(),
@@ -141,6 +142,7 @@ mod tests {
                     trend: None,
                     old_share: 0.0,
                     series: vec![],
+                    class: None,
                 })
                 .collect(),
             accuracy: Accuracy::default(),

@@ -39,6 +39,8 @@ pub enum GroupBy {
     None,
     /// One tower per process, rooted at `command [pid]`.
     Process,
+    /// One tower per memory class: `[v8-heap]`, `[external]`, `[native]`.
+    Class,
 }
 
 /// Folded lines for one kind, identical paths merged, sorted.
@@ -48,6 +50,9 @@ pub fn folded(report: &Report, kind: &str, group: GroupBy) -> Vec<String> {
         let path = match group {
             GroupBy::None => folded_path(e),
             GroupBy::Process => format!("{} [{}];{}", frame_name(&e.command), e.pid, folded_path(e)),
+            GroupBy::Class => {
+                format!("[{}];{}", e.class.as_deref().unwrap_or(e.kind.as_str()), folded_path(e))
+            }
         };
         *merged.entry(path).or_default() += value(e);
     }
@@ -127,6 +132,7 @@ mod tests {
             trend: None,
             old_share: 0.0,
             series: Vec::new(),
+            class: None,
         };
         Report {
             schema_version: 1,
@@ -142,6 +148,7 @@ mod tests {
             cgroup: None,
             series: None,
             status: None,
+            memory_split: Default::default(),
             stacks: vec![
                 entry("heap", 100, 1, &["leak_a", "main", "_start"]),
                 entry("heap", 150, 1, &["leak_a", "main", "_start"]),

@@ -6,6 +6,7 @@ pub mod diff;
 pub mod flame;
 pub mod model;
 pub mod pprof;
+pub mod split;
 pub mod text;
 
 pub use model::Report;

@@ -27,6 +27,9 @@ pub struct Report {
     pub warmup: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
+    /// V8 heap / external (ArrayBuffer) / other native memory, from the stacks.
+    #[serde(default)]
+    pub memory_split: super::split::MemorySplit,
     /// Samples taken every `--interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<SeriesReport>,
@@ -96,6 +99,9 @@ pub struct StackEntry {
     pub api: String,
     /// Innermost first; inlined frames are expanded.
     pub frames: Vec<Frame>,
+    /// Memory class: `v8-heap`, `external` or `native` (absent for handle kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
     /// Growth rate and verdict, when samples were taken (`--interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trend: Option<crate::trend::Trend>,

@@ -30,6 +30,18 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
         }
     }
+    let split = &report.memory_split;
+    if split.v8_heap_bytes > 0 || split.external_bytes > 0 {
+        let ratio =
+            split.external_to_heap.map_or(String::new(), |r| format!(", External/Heap {:.0}%", r * 100.0));
+        let _ = writeln!(
+            s,
+            "Memory split: V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio}",
+            human_bytes(split.v8_heap_bytes),
+            human_bytes(split.external_bytes),
+            human_bytes(split.native_bytes)
+        );
+    }
     if let Some(st) = &report.status {
         let limit = match (st.limit_bytes, &st.limit_source, st.time_to_limit_s) {
             (Some(l), Some(src), Some(t)) => {
