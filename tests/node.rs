@@ -91,3 +91,84 @@ fn retained_response_bodies_are_attributed_to_the_js_function_that_keeps_them() 
     let txt = std::fs::read_to_string(common::tmp().join("node-responses/report.txt")).unwrap();
     assert!(txt.contains("Memory split: V8 heap"), "{txt}");
 }
+
+#[test]
+fn unbounded_set_shows_up_as_v8_heap_growth() {
+    let Some((report, ids)) = record_node("node-set", "set.js", &["40"], "ids ") else { return };
+    assert_eq!(ids, 200_000);
+    // Per sample, the V8 heap's mappings (V8's page allocator), summed over stacks.
+    let v8: Vec<&serde_json::Value> =
+        report["stacks"].as_array().unwrap().iter().filter(|e| e["class"] == "v8-heap").collect();
+    let samples = report["series"]["times"].as_array().unwrap().len();
+    let totals: Vec<u64> =
+        (0..samples).map(|i| v8.iter().map(|e| e["series"][i].as_u64().unwrap_or(0)).sum()).collect();
+    let started = totals.iter().copied().find(|v| *v > 0).expect("V8 reserved its heap");
+    let grown = totals.last().unwrap() - started;
+    // 200k strings of ~60 bytes plus the Set's table: at least 10 MiB of new V8 pages.
+    assert!(grown >= 10 << 20, "V8 heap grew by only {grown} bytes: {totals:?}");
+    let pages =
+        v8.iter().find(|e| has_frame(e, "MemoryAllocator")).expect("V8's page allocations are attributed");
+    assert!(pages["trend"]["growth_per_min"].as_f64().unwrap() > 0.0, "{}", pages["trend"]);
+}
+
+/// Open handles of `kind` whose stacks contain `needle`.
+fn handles_where(report: &serde_json::Value, kind: &str, needle: &str) -> u64 {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && has_frame(e, needle))
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn keep_alive_agents_per_request_leak_exactly_their_sockets() {
+    let Some((report, count)) = record_node("node-agents", "agents.js", &["20"], "sockets ") else { return };
+    assert_eq!(handles_where(&report, "sockets", "internalConnect"), count, "client sockets");
+    assert_eq!(handles_where(&report, "sockets", "uv__accept"), count, "their server ends");
+    assert_eq!(report["handles"]["sockets"]["tcp"]["open"], count * 2 + 1, "plus the listener");
+}
+
+#[test]
+fn unconsumed_read_streams_leak_exactly_their_fds() {
+    let Some((report, count)) = record_node("node-streams", "streams.js", &["10"], "streams ") else {
+        return;
+    };
+    assert_eq!(handles_where(&report, "files", "uv__fs_open"), count);
+}
+
+#[test]
+fn control_server_after_warm_up_has_no_growing_stack() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("SKIPPED control_server_after_warm_up_has_no_growing_stack: node is not installed");
+        return;
+    }
+    let dir = common::fresh_dir("node-control");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/control.js");
+    let mut profiler = Command::new(PROFILER)
+        .args(["record", "-q", "--interval", "1", "--warmup-marker", "warm", "-o"])
+        .arg(&dir)
+        .args(["--", "node", "--expose-gc", "--perf-basic-prof", "--interpreted-frames-native-stack"])
+        .arg(&script)
+        .arg("8")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(profiler.stdout.take().unwrap());
+    assert!(stdout.lines().map_while(Result::ok).any(|l| l.starts_with("done")), "the control ran");
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    assert!(profiler.wait().unwrap().success());
+    let report = common::report_json(&dir);
+    let _ = Command::new("kill").arg(report["target"]["pid"].to_string()).status();
+    assert!(report["warmup"].as_str().unwrap().contains("warm"), "{}", report["warmup"]);
+    let growing: Vec<String> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["trend"]["verdict"] == "growing")
+        .map(|e| format!("{} {} {}", e["kind"], e["bytes"], e["frames"][0]["function"]))
+        .collect();
+    assert!(growing.is_empty(), "stacks growing across snapshots in the control: {growing:#?}");
+}

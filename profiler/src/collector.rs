@@ -64,6 +64,8 @@ pub struct Series {
     pub totals: std::collections::BTreeMap<Kind, Vec<u64>>,
     /// Resident memory (process RSS, or the cgroup's usage) at each sample.
     pub rss: Vec<Option<u64>>,
+    /// First sample after the warm-up: trends are judged from there.
+    pub warmup_index: usize,
 }
 
 impl Series {
@@ -180,6 +182,19 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// Ends the warm-up now: what is live stops counting, and trends are
+    /// judged from the next sample on.
+    pub fn exclude_live(&mut self) {
+        self.ledger.exclude_live();
+        self.series.warmup_index = self.series.times.len();
+    }
+
+    /// Ends the warm-up at `ts`, which may lie before events already applied.
+    pub fn exclude_allocated_before(&mut self, ts: u64) {
+        self.ledger.exclude_allocated_before(ts);
+        self.series.warmup_index = self.series.times.len();
     }
 
     /// Malformed perf-map lines met, over all processes.
@@ -415,7 +430,7 @@ impl Collector {
             }
             EventKind::Marker => {
                 // Events are in order: everything live now was allocated before the marker.
-                self.ledger.exclude_live();
+                self.exclude_live();
                 self.marker_seen_at = Some(h.ts_ns);
                 return;
             }
@@ -458,9 +473,14 @@ impl Collector {
                 let value = if site.kind.is_memory() { o.bytes } else { o.count };
                 let series = self.series.of(site);
                 let old_share = old.get(site).map_or(0.0, |v| *v as f64 / value.max(1) as f64);
-                let points: Vec<(f64, f64)> =
-                    times.iter().zip(&series).map(|(t, v)| (*t, *v as f64)).collect();
-                let trend = (!points.is_empty()).then(|| crate::trend::judge(&points, old_share));
+                let points: Vec<(f64, f64)> = times
+                    .iter()
+                    .zip(&series)
+                    .skip(self.series.warmup_index)
+                    .map(|(t, v)| (*t, *v as f64))
+                    .collect();
+                let min_growth = if site.kind.is_memory() { 4096.0 } else { 0.5 };
+                let trend = (!points.is_empty()).then(|| crate::trend::judge(&points, old_share, min_growth));
                 StackEntry {
                     class: None,
                     trend,

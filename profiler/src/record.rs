@@ -510,7 +510,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 while let Some(item) = ring.get_mut().next() {
                     collector.ingest(&item);
                 }
-                collector.ledger.exclude_live();
+                collector.exclude_live();
                 warmup_end = Some(format!("after {:.1}s", started.elapsed().as_secs_f64()));
             }
             Some(line_end) = marker_rx.recv(), if warmup_end.is_none() => {
@@ -851,12 +851,12 @@ fn exclude_before_marker_line(collector: &mut Collector, line_end: u64, warmup: 
     let marker = warmup.stdout_marker.as_deref().unwrap_or_default();
     match collector.stdout_write_time(line_end.saturating_sub(1)) {
         Some(ts) => {
-            collector.ledger.exclude_allocated_before(ts);
+            collector.exclude_allocated_before(ts);
             format!("at the write of output line {marker:?}")
         }
         None => {
             // The write event was lost: fall back to the moment the line was read.
-            collector.ledger.exclude_live();
+            collector.exclude_live();
             format!("when output line {marker:?} was read (its write was not seen; approximate)")
         }
     }

@@ -58,8 +58,9 @@ pub struct Trend {
 }
 
 /// Judges a series of (seconds, value) samples. `old_share` is the share of
-/// the final value older than `--min-age`.
-pub fn judge(series: &[(f64, f64)], old_share: f64) -> Trend {
+/// the final value older than `--min-age`; growth below `min_growth` (in the
+/// series' unit) never makes a stack growing or plateaued.
+pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     let (Some(first), Some(last)) = (series.first(), series.last()) else {
         return Trend { growth_per_min: 0.0, recent_growth_per_min: 0.0, verdict: Verdict::Unknown };
     };
@@ -69,14 +70,14 @@ pub fn judge(series: &[(f64, f64)], old_share: f64) -> Trend {
         series.iter().filter(|p| p.0 >= first.0 + span / 2.0).copied().collect();
     let recent = robust_slope(&second_half).unwrap_or(0.0) * 60.0;
     let final_value = last.1.max(1.0);
-    // A net increase of less than 5% of the value over the recording is noise.
-    let grew = last.1 - first.1 > 0.05 * final_value;
+    // A net increase of less than 5% of the value (or below `min_growth`) is noise.
+    let grew = last.1 - first.1 > (0.05 * final_value).max(min_growth);
     let still_growing = recent * (span / 2.0) / 60.0 > 0.05 * final_value && recent > 0.25 * overall;
     let verdict = if series.len() < 4 {
         Verdict::Unknown
     } else if old_share < 0.5 && !still_growing {
         Verdict::Transient
-    } else if grew && still_growing {
+    } else if grew && still_growing && overall > 0.0 && rises(series) {
         Verdict::Growing
     } else if grew {
         Verdict::Plateaued
@@ -84,6 +85,13 @@ pub fn judge(series: &[(f64, f64)], old_share: f64) -> Trend {
         Verdict::Stable
     };
     Trend { growth_per_min: overall, recent_growth_per_min: recent, verdict }
+}
+
+/// Whether the value rose at enough samples to be a trend rather than a
+/// step: at least 3 rises, and at least a quarter of the intervals.
+fn rises(series: &[(f64, f64)]) -> bool {
+    let n = series.windows(2).filter(|w| w[1].1 > w[0].1).count();
+    n >= 3 && n * 4 >= series.len() - 1
 }
 
 /// Overall growth levels, in MiB per minute (the incident reports' table).
@@ -138,18 +146,28 @@ mod tests {
     #[test]
     fn verdicts() {
         let leak = series(|t| 1000.0 * t, 30);
-        assert_eq!(judge(&leak, 0.9).verdict, Verdict::Growing);
-        assert!((judge(&leak, 0.9).growth_per_min - 60_000.0).abs() < 1e-6);
+        assert_eq!(judge(&leak, 0.9, 0.0).verdict, Verdict::Growing);
+        assert!((judge(&leak, 0.9, 0.0).growth_per_min - 60_000.0).abs() < 1e-6);
         let cache = series(|t| (t * 1000.0).min(100_000.0), 30);
-        assert_eq!(judge(&cache, 0.9).verdict, Verdict::Plateaued);
+        assert_eq!(judge(&cache, 0.9, 0.0).verdict, Verdict::Plateaued);
         // Filled early and flat since: the whole-run slope is ~0, but it did grow.
         let early_cache = series(|t| if t < 20.0 { t * 1000.0 } else { 20_000.0 }, 30);
-        assert_eq!(judge(&early_cache, 0.9).verdict, Verdict::Plateaued);
+        assert_eq!(judge(&early_cache, 0.9, 0.0).verdict, Verdict::Plateaued);
         let churn = series(|t| if (t as i64 / 10) % 2 == 0 { 5000.0 } else { 7000.0 }, 30);
-        assert_eq!(judge(&churn, 0.1).verdict, Verdict::Transient);
+        assert_eq!(judge(&churn, 0.1, 0.0).verdict, Verdict::Transient);
         let once = series(|_| 4096.0, 30);
-        assert_eq!(judge(&once, 1.0).verdict, Verdict::Stable);
-        assert_eq!(judge(&leak[..2], 1.0).verdict, Verdict::Unknown);
+        assert_eq!(judge(&once, 1.0, 0.0).verdict, Verdict::Stable);
+        assert_eq!(judge(&leak[..2], 1.0, 0.0).verdict, Verdict::Unknown);
+        let tiny = series(|t| 100.0 + t, 30);
+        assert_eq!(judge(&tiny, 1.0, 4096.0).verdict, Verdict::Stable, "300 bytes of growth is noise");
+        let late_jump = series(|t| if t < 280.0 { 1000.0 } else { 9000.0 }, 30);
+        assert_eq!(
+            judge(&late_jump, 1.0, 4096.0).verdict,
+            Verdict::Plateaued,
+            "one late step is not a trend"
+        );
+        let mid_step = series(|t| if t < 200.0 { 0.0 } else { 262_144.0 }, 30);
+        assert_eq!(judge(&mid_step, 1.0, 4096.0).verdict, Verdict::Plateaued, "one step is not a trend");
     }
 
     #[test]
