@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use common::PROFILER;
 
@@ -13,7 +13,7 @@ fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
     let exe = common::fixture("trend");
     let dir = common::fresh_dir("trend-report");
     let out = Command::new(PROFILER)
-        .args(["record", "-q", "--interval", "0.5", "--min-age", "1", "-o"])
+        .args(["record", "-q", "--interval", "0.5", "--min-age", "1", "--snapshots", "-o"])
         .arg(&dir)
         .arg("--")
         .arg(&exe)
@@ -49,6 +49,17 @@ fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
     let series = &report["series"];
     assert!(series["times"].as_array().unwrap().len() >= 12, "sampled every 0.5 s: {series}");
     assert_eq!(leak["series"].as_array().unwrap().len(), series["times"].as_array().unwrap().len());
+    // --snapshots: a numbered full report at every sample, the leak rising through them.
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("snapshot-"))
+        .collect();
+    snapshots.sort();
+    assert!(snapshots.len() >= 12, "{snapshots:?}");
+    let leaked = |d: &PathBuf| common::folded_by_leaf(d, "heap").get("leak_steady").copied().unwrap_or(0);
+    assert!(leaked(&snapshots[2]) < leaked(snapshots.last().unwrap()));
     let status = &report["status"];
     assert_eq!(status["level"], "normal", "6 MiB/min is below the slow-leak threshold: {status}");
     assert!(status["growth_mib_per_min"].as_f64().unwrap() > 0.0);

@@ -180,6 +180,11 @@ struct RecordArgs {
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
     snapshot_at: Vec<u64>,
 
+    /// Write a full numbered snapshot (snapshot-NNN-periodic/) at every --interval: for targets
+    /// that free everything at exit (Node frees its Buffers), the leak is in the snapshots.
+    #[arg(long)]
+    snapshots: bool,
+
     /// Root the flamegraphs at each process (`command [pid]`) instead of merging processes.
     #[arg(long, value_enum, default_value_t = GroupBy::None)]
     group_by: GroupBy,
@@ -392,6 +397,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         sort: args.sort,
         limit: args.limit,
         thresholds: args.thresholds,
+        snapshots: args.snapshots,
         snapshot_at: {
             let mut sizes = args.snapshot_at;
             sizes.sort_unstable();

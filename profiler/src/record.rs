@@ -202,6 +202,9 @@ pub struct RecordOptions {
     /// Write a full numbered snapshot when resident memory (or the heap, when
     /// RSS is unknown) crosses each of these, ascending.
     pub snapshot_at: Vec<u64>,
+    /// Also write a full numbered snapshot at every `interval` (long-running
+    /// targets that free everything at exit, like Node with its Buffers).
+    pub snapshots: bool,
 }
 
 /// How stacks are ranked within each kind.
@@ -235,6 +238,7 @@ impl RecordOptions {
             limit: None,
             thresholds: Default::default(),
             snapshot_at: Vec::new(),
+            snapshots: false,
         }
     }
 }
@@ -446,6 +450,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         }
     }
     let mut snapshots_written = 0usize;
+    let mut crossed = 0usize;
     let mut end_reason = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -546,20 +551,27 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 collector.sample(started.elapsed().as_secs_f64(), now);
                 // --snapshot-at: a full numbered snapshot when memory crosses each threshold.
                 let level = now.unwrap_or_else(|| collector.ledger.total(Kind::Heap).bytes);
-                while let Some(&threshold) = opts.snapshot_at.get(snapshots_written) {
+                // --snapshot-at: when memory crosses each threshold; --snapshots: every sample.
+                let mut due: Vec<(String, String)> = Vec::new();
+                while let Some(&threshold) = opts.snapshot_at.get(crossed) {
                     if level < threshold {
                         break;
                     }
+                    crossed += 1;
+                    let size = flame::human_bytes(threshold).replace(' ', "");
+                    due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
+                }
+                if opts.snapshots {
+                    due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
+                }
+                for (label, reason) in due {
                     snapshots_written += 1;
-                    let dir = output.join(format!("snapshot-{snapshots_written:03}-{}", flame::human_bytes(threshold).replace(' ', "")));
-                    let reason = format!("snapshot: memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold));
+                    let dir = output.join(format!("snapshot-{snapshots_written:03}-{label}"));
                     collector.name_jit_frames();
                     let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts };
-                    let written = context
-                        .report(&collector, started.elapsed(), reason, None)
-                        .and_then(|r| std::fs::create_dir_all(&dir).map_err(Into::into).and_then(|_| write_outputs(&r, &dir, opts.top, opts.group_by)));
-                    match written {
-                        Ok(()) => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, dir.display()),
+                    match context.report(&collector, started.elapsed(), format!("snapshot: {reason}"), None).and_then(|r| write_snapshot(&r, &dir, &opts)) {
+                        Ok(()) if !opts.snapshots => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, dir.display()),
+                        Ok(()) => {}
                         Err(e) => eprintln!("warning: snapshot {} failed: {e:#}", dir.display()),
                     }
                 }
@@ -959,6 +971,11 @@ fn summarize_processes(report: &Report) -> Vec<ProcessSummary> {
         t.count += e.count;
     }
     by_pid.into_values().collect()
+}
+
+fn write_snapshot(report: &Report, dir: &Path, opts: &RecordOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_outputs(report, dir, opts.top, opts.group_by)
 }
 
 /// Writes report.json, report.txt and, per kind with anything outstanding,
