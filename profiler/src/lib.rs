@@ -12,6 +12,7 @@ pub mod events;
 pub mod gate;
 pub mod ledger;
 pub mod perfmap;
+pub mod placement;
 pub mod preflight;
 pub mod probes;
 pub mod procmaps;

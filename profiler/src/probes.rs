@@ -8,11 +8,16 @@ use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, RawTracePoint, TracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeScope},
+        RawTracePoint, TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
-use object::{Object, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 use profiler_common::{counters, AllocApi, ALLOC_APIS};
+
+use crate::placement::{self, Placement};
 
 /// The compiled eBPF object (see build.rs).
 static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/profiler.bpf.o"));
@@ -92,41 +97,49 @@ impl Probes {
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if let Ok(name) = sym.name() {
                 if sym.is_definition() && ALLOC_APIS.iter().any(|a| a.symbol() == name) {
-                    address_of.entry(name.to_string()).or_insert(sym.address());
+                    address_of.entry(name.to_string()).or_insert((sym.address(), sym.size()));
                 }
             }
         }
         let mut probed_at: BTreeMap<u64, AllocApi> = BTreeMap::new();
         for api in ALLOC_APIS {
             let name = api.symbol();
-            let Some(&addr) = address_of.get(name) else {
+            let Some(&(addr, size)) = address_of.get(name) else {
                 self.skipped.push(format!("{name}: not exported by {}", libc.display()));
                 continue;
             };
             if let Some(first) = probed_at.get(&addr) {
-                self.skipped
-                    .push(format!("{name}: alias of {} (same address), counted there", first.symbol()));
-                self.aliases.push((*first, api));
+                let note = format!("{name}: alias of {} (same address), counted there", first.symbol());
+                if !self.skipped.contains(&note) {
+                    self.skipped.push(note);
+                    self.aliases.push((*first, api));
+                }
                 continue;
             }
             probed_at.insert(addr, api);
+            let placement = function_bytes(&elf, addr, size)
+                .map(|code| placement::choose(code, addr))
+                .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() });
+            let location = || UProbeAttachLocation::SymbolOffset(name, placement.offset);
             let entry = format!("{name}_enter");
             let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
-            p.attach(name, libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
+            p.attach(location(), libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
             if api != AllocApi::Free {
+                // Same place as the entry probe: one trap serves both.
                 let r: &mut UProbe =
                     self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
                 if r.fd().is_err() {
                     r.load()?;
                 }
-                r.attach(name, libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
+                r.attach(location(), libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
             }
             let attached = format!(
-                "uprobe{}:{name} in {}",
+                "uprobe{}:{name} at {} in {}",
                 if api == AllocApi::Free { "" } else { "+uretprobe" },
+                placement.note,
                 libc.display()
             );
             if !self.attached.contains(&attached) {
@@ -185,6 +198,15 @@ impl Probes {
         }
         Ok(out)
     }
+}
+
+/// The bytes of the function at `address` (`size` from the symbol table).
+fn function_bytes<'a>(elf: &object::File<'a>, address: u64, size: u64) -> Option<&'a [u8]> {
+    let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
+    let data = section.data().ok()?;
+    let start = (address - section.address()) as usize;
+    let len = if size == 0 { 64 } else { size as usize };
+    data.get(start..(start + len).min(data.len()))
 }
 
 /// Where `child_pid` sits in a `sched_process_fork` record: the layout
