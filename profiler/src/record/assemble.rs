@@ -1,0 +1,326 @@
+//! Building the report of a session from the collector (entries, trends,
+//! status, per-process totals, cgroup numbers), and writing it out.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use profiler_common::{counters, syscalls, ALLOC_APIS};
+
+use super::{monotonic_ns, RecordOptions, SortBy, Target};
+use crate::{
+    collector::Collector,
+    ledger::Kind,
+    probes::Probes,
+    report::{
+        flame,
+        model::{
+            Accuracy, CgroupInfo, ProcessSummary, SeriesReport, StackEntry, Status, TargetInfo, Total,
+            SCHEMA_VERSION,
+        },
+        text, Report,
+    },
+    symbols::Symbols,
+    target::{cgroup::CgroupMounts, ProcessInfo},
+};
+
+/// The live status line (on a terminal only): elapsed, outstanding by kind,
+/// growth rate, events per second, lost events.
+pub(super) fn status_line(
+    collector: &Collector,
+    probes: &Probes,
+    elapsed: Duration,
+    last: &mut (Instant, u64),
+) -> String {
+    let rate = (collector.events_received - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
+    *last = (Instant::now(), collector.events_received);
+    let heap = collector.ledger.total(Kind::Heap);
+    let mapped = collector.ledger.total(Kind::Mmap).bytes + collector.ledger.total(Kind::Brk).bytes;
+    let handles: u64 =
+        Kind::ALL.iter().filter(|k| !k.is_memory()).map(|k| collector.ledger.total(*k).count).sum();
+    let series = &collector.series;
+    let heap_points: Vec<(f64, f64)> = series
+        .times
+        .iter()
+        .zip(series.totals.get(&Kind::Heap).into_iter().flatten())
+        .map(|(t, v)| (*t, *v as f64))
+        .collect();
+    let growth = crate::trend::robust_slope(&heap_points).map_or(String::new(), |s| {
+        format!(" ({}{}/min)", if s < 0.0 { "-" } else { "+" }, flame::human_bytes((s.abs() * 60.0) as u64))
+    });
+    let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+    format!(
+        "{:>5.0}s  heap {}{growth} in {} blocks  mapped {}  handles {}  {:.0} events/s  lost {lost}",
+        elapsed.as_secs_f64(),
+        flame::human_bytes(heap.bytes),
+        heap.count,
+        flame::human_bytes(mapped),
+        handles,
+        rate
+    )
+}
+
+/// What every report of a session shares.
+pub(super) struct ReportContext<'a> {
+    pub(super) probes: &'a Probes,
+    pub(super) info: &'a ProcessInfo,
+    pub(super) mode: &'a str,
+    pub(super) started_at: u64,
+    pub(super) opts: &'a RecordOptions,
+    pub(super) target: &'a Target,
+    pub(super) mounts: &'a CgroupMounts,
+}
+
+impl ReportContext<'_> {
+    /// The complete report of what is outstanding now.
+    pub(super) fn report(
+        &self,
+        collector: &Collector,
+        elapsed: Duration,
+        end_reason: String,
+        warmup: Option<String>,
+    ) -> Result<Report> {
+        let kernel = self.probes.counters()?;
+        let mut report = build_report(
+            collector,
+            self.probes,
+            &kernel,
+            self.info,
+            self.mode,
+            self.started_at,
+            elapsed,
+            end_reason,
+            self.opts,
+        );
+        if let Target::Cgroup(cgroup) = self.target {
+            report.cgroup = Some(CgroupInfo {
+                path: cgroup.target.dir.display().to_string(),
+                memory: cgroup.target.memory(&cgroup.mounts),
+            });
+        }
+        report.status = status(&report, collector, self.opts, self.target, self.mounts, self.info.pid);
+        report.processes = summarize_processes(&report);
+        report.warmup = warmup;
+        Ok(report)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    collector: &Collector,
+    probes: &Probes,
+    kernel: &[u64; counters::COUNT],
+    info: &ProcessInfo,
+    mode: &str,
+    started_at: u64,
+    elapsed: Duration,
+    end_reason: String,
+    opts: &RecordOptions,
+) -> Report {
+    let mut stacks = collector.entries(&Symbols::default(), monotonic_ns(), opts.min_age.as_nanos() as u64);
+    sort_entries(&mut stacks, opts.sort);
+    for e in &mut stacks {
+        e.class = crate::report::split::classify(e).map(str::to_string);
+    }
+    let memory_split = crate::report::split::split(&stacks);
+    let unnamed_jit_frames = stacks
+        .iter()
+        .flat_map(|e| &e.frames)
+        .filter(|f| f.module == "[jit]" && f.function.starts_with("[jit]+"))
+        .count() as u64;
+    let series = &collector.series;
+    let series = SeriesReport {
+        interval_s: opts.interval.as_secs_f64(),
+        times: series.times.clone(),
+        totals: series.totals.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
+        rss: series.rss.clone(),
+    };
+    let totals = Kind::ALL
+        .iter()
+        .map(|k| {
+            let o = collector.ledger.total(*k);
+            let bytes = if k.is_memory() { o.bytes } else { 0 };
+            (k.name().to_string(), Total { bytes, count: o.count })
+        })
+        .collect();
+    let mut calls_seen = std::collections::BTreeMap::new();
+    for api in ALLOC_APIS {
+        calls_seen.insert(api.symbol().to_string(), kernel[counters::API_CALLS + api as usize]);
+    }
+    for (i, (_, name)) in syscalls::TRACED.iter().enumerate() {
+        calls_seen.insert(name.to_string(), kernel[counters::SYSCALLS + i]);
+    }
+    Report {
+        schema_version: SCHEMA_VERSION,
+        profiler_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: TargetInfo {
+            pid: info.pid,
+            command: info.command.clone(),
+            mode: mode.to_string(),
+            libc: info.maps.libc().unwrap_or_default().to_string(),
+        },
+        started_at,
+        duration_s: elapsed.as_secs_f64(),
+        end_reason,
+        warmup: None,
+        totals,
+        processes: Vec::new(),
+        cgroup: None,
+        series: Some(series),
+        status: None,
+        memory_split,
+        handles: {
+            let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
+                Default::default();
+            for ((kind, detail), count) in collector.ledger.handle_counts() {
+                handles.entry(kind.name().to_string()).or_default().insert(detail.to_string(), count);
+            }
+            handles
+        },
+        stacks,
+        accuracy: Accuracy {
+            calls_seen,
+            events_received: collector.events_received,
+            undecodable_events: collector.undecodable_events,
+            stack_failures: collector.stack_failures.max(kernel[counters::STACK_FAILED]),
+            truncated_stacks: collector.truncated_stacks,
+            unnamed_jit_frames,
+            perf_map_garbage_lines: collector.perf_map_garbage(),
+            ringbuf_drops: kernel[counters::RINGBUF_DROPS],
+            inflight_map_full: kernel[counters::INFLIGHT_MAP_FULL],
+            inflight_syscall_map_full: kernel[counters::INFLIGHT_SYSCALL_MAP_FULL],
+            nested_calls: kernel[counters::NESTED_CALLS],
+            failed_allocations: kernel[counters::FAILED_ALLOCS],
+            unmatched_returns: kernel[counters::UNMATCHED_RETURNS],
+            ledger: collector.ledger.counters,
+            probes_skipped: probes.skipped.clone(),
+            probes_attached: probes.attached.clone(),
+        },
+    }
+}
+
+/// Resident set size of a process, from /proc.
+pub(super) fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Ranks entries within each kind (kinds keep their order).
+fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
+    let kind_rank = |e: &StackEntry| Kind::ALL.iter().position(|k| k.name() == e.kind);
+    entries.sort_by(|a, b| {
+        let key = |e: &StackEntry| -> (f64, u64) {
+            match by {
+                SortBy::Growth => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
+                SortBy::Size => (flame::value(e) as f64, e.count),
+                SortBy::Count => (e.count as f64, flame::value(e)),
+            }
+        };
+        let (ka, kb) = (key(a), key(b));
+        kind_rank(a).cmp(&kind_rank(b)).then(kb.0.total_cmp(&ka.0)).then(kb.1.cmp(&ka.1))
+    });
+}
+
+/// Overall growth (of RSS or the cgroup's usage when known, else of the
+/// outstanding memory) against the thresholds, and the time to the limit.
+fn status(
+    report: &Report,
+    collector: &Collector,
+    opts: &RecordOptions,
+    target: &Target,
+    mounts: &CgroupMounts,
+    pid: u32,
+) -> Option<Status> {
+    let series = &collector.series;
+    let resident: Vec<(f64, f64)> =
+        series.times.iter().zip(&series.rss).filter_map(|(t, r)| r.map(|r| (*t, r as f64))).collect();
+    let (points, measured_on) = if resident.len() >= 2 {
+        (resident, if matches!(target, Target::Cgroup(_)) { "cgroup usage" } else { "rss" })
+    } else {
+        let outstanding: Vec<(f64, f64)> = series
+            .times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let sum: u64 = Kind::ALL
+                    .iter()
+                    .filter(|k| k.is_memory())
+                    .map(|k| series.totals.get(k).and_then(|v| v.get(i)).copied().unwrap_or(0))
+                    .sum();
+                (*t, sum as f64)
+            })
+            .collect();
+        (outstanding, "outstanding")
+    };
+    let current = points.last()?.1 as u64;
+    let per_min = crate::trend::robust_slope(&points).unwrap_or(0.0) * 60.0;
+    let (limit, source) = match (opts.limit, report.cgroup.as_ref().and_then(|c| c.memory.clone())) {
+        (Some(l), _) => (Some(l), Some("--limit".to_string())),
+        (None, Some(m)) => (m.limit, m.limit.map(|_| m.controller)),
+        (None, None) => match crate::target::cgroup::memory_of_process(pid, mounts) {
+            Some(m) => (m.limit, m.limit.map(|_| m.controller)),
+            None => (None, None),
+        },
+    };
+    let mib = per_min / (1024.0 * 1024.0);
+    Some(Status {
+        growth_mib_per_min: mib,
+        level: opts.thresholds.level(mib).to_string(),
+        measured_on: measured_on.to_string(),
+        current_bytes: current,
+        limit_bytes: limit,
+        limit_source: source,
+        time_to_limit_s: limit.and_then(|l| crate::trend::time_to_limit(current, l, per_min)),
+    })
+}
+
+/// Outstanding totals per process, from the per-stack entries.
+fn summarize_processes(report: &Report) -> Vec<ProcessSummary> {
+    let mut by_pid: std::collections::BTreeMap<u32, ProcessSummary> = Default::default();
+    for e in &report.stacks {
+        let p = by_pid.entry(e.pid).or_insert_with(|| ProcessSummary {
+            pid: e.pid,
+            command: e.command.clone(),
+            totals: Default::default(),
+        });
+        let t = p.totals.entry(e.kind.clone()).or_default();
+        t.bytes += e.bytes;
+        t.count += e.count;
+    }
+    by_pid.into_values().collect()
+}
+
+pub(super) fn write_snapshot(report: &Report, dir: &Path, opts: &RecordOptions) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_outputs(report, dir, opts.top, opts.group_by)
+}
+
+/// Writes report.json, report.txt and, per kind with anything outstanding,
+/// `<kind>.folded` and `<kind>.svg`.
+pub fn write_outputs(report: &Report, dir: &Path, top: usize, group: flame::GroupBy) -> Result<()> {
+    let write = |name: &str, data: &[u8]| {
+        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
+    };
+    write("report.json", &serde_json::to_vec_pretty(report)?)?;
+    write("profile.pb.gz", &crate::report::pprof::encode(report)?)?;
+    write("report.txt", text::render(report, top).as_bytes())?;
+    for kind in report.totals.keys() {
+        let lines = flame::folded(report, kind, group);
+        if lines.is_empty() {
+            continue;
+        }
+        write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
+        write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
+    }
+    Ok(())
+}
