@@ -153,7 +153,7 @@ fn control_server_after_warm_up_has_no_growing_stack() {
         .arg(&dir)
         .args(["--", "node", "--expose-gc", "--perf-basic-prof", "--interpreted-frames-native-stack"])
         .arg(&script)
-        .arg("8")
+        .arg("10")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -169,7 +169,9 @@ fn control_server_after_warm_up_has_no_growing_stack() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["trend"]["verdict"] == "growing")
+        // brk is the top of glibc's arena, which grows while V8 frees Buffers late and is not
+        // trimmed eagerly; the allocations made from it are judged individually under heap.
+        .filter(|e| e["kind"] != "brk" && e["trend"]["verdict"] == "growing")
         .map(|e| format!("{} {} {}", e["kind"], e["bytes"], e["frames"][0]["function"]))
         .collect();
     assert!(growing.is_empty(), "stacks growing across snapshots in the control: {growing:#?}");
