@@ -47,6 +47,10 @@ pub struct Collector {
     pub forks: Vec<(u32, u32)>,
     /// Command line of every process seen, for the report.
     commands: HashMap<u32, String>,
+    /// How many times each process exec'd: addresses of different images differ.
+    images: HashMap<u32, u64>,
+    /// Captured allocator stacks already resolved: key -> (stack, was cut).
+    raw_stacks: HashMap<Box<[u64]>, (StackId, bool)>,
     /// Outstanding per site and in total at every `--interval` sample.
     pub series: Series,
     /// Profiled processes the OOM killer chose as victims.
@@ -303,19 +307,30 @@ impl Collector {
         if ev.header.stack_failed != 0 {
             self.stack_failures += 1;
         }
+        let image = self.images.get(&tgid).copied().unwrap_or(0);
         let raw: Vec<u64> = ev.frames().collect();
+        // Allocator stacks repeat: the same captured frames always give the same
+        // stack, so repairing and checking them is done once. Syscall stacks
+        // depend on their stack-hint words too and are rare: not cached.
+        let raw_key = (!syscall).then(|| crate::stacks::stack_key(tgid, image, &raw));
+        if let Some(&(id, truncated)) = raw_key.as_ref().and_then(|k| self.raw_stacks.get(k.as_slice())) {
+            self.truncated_stacks += truncated as u64;
+            return id;
+        }
         let mut frames =
             if syscall { repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)) } else { raw };
-        if truncate_at_invalid_frame(&mut frames, self.space(tgid)) {
-            self.truncated_stacks += 1;
-        }
-        let (id, new) = self.stacks.intern(tgid, &frames);
+        let truncated = truncate_at_invalid_frame(&mut frames, self.space(tgid));
+        self.truncated_stacks += truncated as u64;
+        let (id, new) = self.stacks.intern(tgid, image, &frames);
         if new {
             let space = self.space(tgid);
             let locs = frames.iter().map(|&a| space.locate(a)).collect();
             self.locations.push(locs);
             let name = self.api_name(ev);
             self.api.push(name);
+        }
+        if let Some(key) = raw_key {
+            self.raw_stacks.insert(key.into_boxed_slice(), (id, truncated));
         }
         id
     }
@@ -399,6 +414,7 @@ impl Collector {
             EventKind::Exec => {
                 // A new program: new mappings, maybe a new C library.
                 self.spaces.remove(&h.tgid);
+                *self.images.entry(h.tgid).or_default() += 1;
                 self.note_process(h.tgid);
                 self.execs.push(h.tgid);
                 Op::Exec
@@ -444,7 +460,7 @@ impl Collector {
         self.stdout_writes.get(i).map(|(_, ts)| *ts)
     }
 
-    /// The report's per-site entries, named, largest first within each kind.
+    /// The report's per-site entries, named, unordered (see `record` for ranking).
     pub fn entries(&self, symbols: &Symbols, now_ns: u64, min_age_ns: u64) -> Vec<StackEntry> {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
@@ -460,7 +476,7 @@ impl Collector {
             locs.dedup();
             names.extend(symbols.resolve(pid, &locs));
         }
-        let mut entries: Vec<StackEntry> = sites
+        let entries: Vec<StackEntry> = sites
             .iter()
             .map(|(site, o)| {
                 let pid = site.pid;
@@ -497,12 +513,6 @@ impl Collector {
                 }
             })
             .collect();
-        entries.sort_by(|a, b| {
-            (Kind::ALL.iter().position(|k| k.name() == a.kind), std::cmp::Reverse((a.bytes, a.count))).cmp(&(
-                Kind::ALL.iter().position(|k| k.name() == b.kind),
-                std::cmp::Reverse((b.bytes, b.count)),
-            ))
-        });
         entries
     }
 }

@@ -12,6 +12,15 @@ use std::{
 
 use crate::{ledger::StackId, procmaps::ProcessMaps};
 
+/// The lookup key of a stack: process, program image, frames.
+pub fn stack_key(tgid: u32, image: u64, frames: &[u64]) -> Vec<u64> {
+    let mut key = Vec::with_capacity(frames.len() + 2);
+    key.push(tgid as u64);
+    key.push(image);
+    key.extend_from_slice(frames);
+    key
+}
+
 /// Deduplicated frame lists (innermost first).
 #[derive(Default)]
 pub struct StackTable {
@@ -20,12 +29,11 @@ pub struct StackTable {
 }
 
 impl StackTable {
-    /// Returns the id of `frames` captured in process `tgid`.
-    pub fn intern(&mut self, tgid: u32, frames: &[u64]) -> (StackId, bool) {
-        // The tgid is part of the key: addresses mean different code in different processes.
-        let mut key = Vec::with_capacity(frames.len() + 1);
-        key.push(tgid as u64);
-        key.extend_from_slice(frames);
+    /// Returns the id of `frames` captured in process `tgid` running its
+    /// `image`-th program (addresses mean different code in different
+    /// processes, and in one process before and after an exec).
+    pub fn intern(&mut self, tgid: u32, image: u64, frames: &[u64]) -> (StackId, bool) {
+        let key = stack_key(tgid, image, frames);
         if let Some(id) = self.index.get(key.as_slice()) {
             return (*id, false);
         }
@@ -340,12 +348,14 @@ mod tests {
     #[test]
     fn interning_is_per_process_and_stable() {
         let mut t = StackTable::default();
-        let (a, new_a) = t.intern(1, &[1, 2, 3]);
-        let (b, new_b) = t.intern(1, &[1, 2, 3]);
-        let (c, _) = t.intern(2, &[1, 2, 3]);
+        let (a, new_a) = t.intern(1, 0, &[1, 2, 3]);
+        let (b, new_b) = t.intern(1, 0, &[1, 2, 3]);
+        let (c, _) = t.intern(2, 0, &[1, 2, 3]);
+        let (d, _) = t.intern(1, 1, &[1, 2, 3]);
         assert!(new_a && !new_b);
         assert_eq!(a, b);
         assert_ne!(a, c);
+        assert_ne!(a, d, "after an exec the same addresses are other code");
         assert_eq!(t.get(c), (2, &[1u64, 2, 3][..]));
     }
 
