@@ -75,11 +75,20 @@ fn count(slot: usize) {
     }
 }
 
+/// 1 when profiling a cgroup (set by userspace at load). The sys_enter/exit
+/// programs run for every syscall on the machine: without a cgroup to match,
+/// they must not pay for the cgroup-id helper and a second map lookup.
+#[unsafe(no_mangle)]
+static CGROUP_MODE: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+
 #[inline(always)]
 fn is_target() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if unsafe { TARGETS.get(&tgid).is_some() } {
         return true;
+    }
+    if CGROUP_MODE.load() == 0 {
+        return false;
     }
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     unsafe { CGROUPS.get(&cgroup).is_some() }

@@ -33,7 +33,8 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(ringbuf_bytes: u32) -> Result<Self> {
+    /// Loads the programs; `cgroup_mode` enables the in-kernel cgroup filter.
+    pub fn load(ringbuf_bytes: u32, cgroup_mode: bool) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this profiler binary was built without its eBPF programs; build it with `cargo xtask build`"
@@ -41,6 +42,7 @@ impl Probes {
         }
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ringbuf_bytes)
+            .override_global("CGROUP_MODE", &(cgroup_mode as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         Ok(Self { ebpf, attached: Vec::new(), skipped: Vec::new(), aliases: Vec::new() })

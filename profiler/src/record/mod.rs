@@ -254,7 +254,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut probed = ProbedProcesses::default();
     let cgroup_mode = matches!(target, Target::Cgroup(_));
     let mut attach = || -> Result<Probes> {
-        let mut probes = Probes::load(opts.ringbuf_bytes)?;
+        let mut probes = Probes::load(opts.ringbuf_bytes, cgroup_mode)?;
         probes.attach_syscalls()?;
         probes.attach_process_tracepoints(follow)?;
         if cgroup_mode {
