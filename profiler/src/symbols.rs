@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use blazesym::symbolize::{source::Elf, source::Source, Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{source::Elf, source::Source, CodeInfo, Input, Symbolized, Symbolizer};
 use serde::Serialize;
 
 use crate::stacks::Location;
@@ -44,6 +44,27 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
+/// A frame; `code` gives its file:line when the debug info has it.
+fn frame(function: &str, module: &str, offset: u64, code: Option<&CodeInfo>, inlined: bool) -> Frame {
+    let (file, line) = code.map(|c| (c.to_path().display().to_string(), c.line)).unwrap_or_default();
+    Frame {
+        function: function.to_string(),
+        module: module.to_string(),
+        offset: format!("{offset:#x}"),
+        file: (!file.is_empty()).then_some(file),
+        line,
+        inlined,
+    }
+}
+
+impl Frame {
+    /// A frame with only a function name (for tests of the renderers).
+    #[cfg(test)]
+    pub fn named(function: &str) -> Frame {
+        frame(function, "m", 0, None, false)
+    }
+}
+
 fn fallback(loc: &Location) -> Frame {
     let (module, offset) = match loc {
         Location::File { path, offset } => (basename(path).to_string(), *offset),
@@ -51,14 +72,7 @@ fn fallback(loc: &Location) -> Frame {
         Location::Jit { addr, .. } => ("[jit]".to_string(), *addr),
         Location::Unmapped { addr } => ("[unknown]".to_string(), *addr),
     };
-    Frame {
-        function: format!("{module}+{offset:#x}"),
-        module,
-        offset: format!("{offset:#x}"),
-        file: None,
-        line: None,
-        inlined: false,
-    }
+    frame(&format!("{module}+{offset:#x}"), &module, offset, None, false)
 }
 
 impl Symbols {
@@ -71,15 +85,7 @@ impl Symbols {
             match loc {
                 Location::File { path, offset } => by_file.entry(path.clone()).or_default().push(*offset),
                 Location::Jit { name, addr } => {
-                    let frame = Frame {
-                        function: name.to_string(),
-                        module: "[jit]".into(),
-                        offset: format!("{addr:#x}"),
-                        file: None,
-                        line: None,
-                        inlined: false,
-                    };
-                    names.insert(loc.clone(), vec![frame]);
+                    names.insert(loc.clone(), vec![frame(name, "[jit]", *addr, None, false)]);
                 }
                 other => {
                     names.insert(other.clone(), vec![fallback(other)]);
@@ -101,30 +107,12 @@ impl Symbols {
                 let loc = Location::File { path: path.clone(), offset: *offset };
                 let frames = match results.get(i) {
                     Some(Symbolized::Sym(sym)) => {
-                        let module = basename(&path).to_string();
-                        let code = |ci: Option<&blazesym::symbolize::CodeInfo>| {
-                            ci.map(|c| (c.to_path().display().to_string(), c.line)).unwrap_or_default()
-                        };
-                        let (file, line) = code(sym.code_info.as_deref());
-                        let mut frames = vec![Frame {
-                            function: sym.name.to_string(),
-                            module: module.clone(),
-                            offset: format!("{offset:#x}"),
-                            file: (!file.is_empty()).then_some(file),
-                            line,
-                            inlined: false,
-                        }];
+                        let module = basename(&path);
+                        let mut frames =
+                            vec![frame(&sym.name, module, *offset, sym.code_info.as_deref(), false)];
                         // An inlined copy of the function into itself adds nothing.
                         for inl in sym.inlined.iter().filter(|i| i.name != sym.name) {
-                            let (file, line) = code(inl.code_info.as_ref());
-                            frames.push(Frame {
-                                function: inl.name.to_string(),
-                                module: module.clone(),
-                                offset: format!("{offset:#x}"),
-                                file: (!file.is_empty()).then_some(file),
-                                line,
-                                inlined: true,
-                            });
+                            frames.push(frame(&inl.name, module, *offset, inl.code_info.as_ref(), true));
                         }
                         frames
                     }

@@ -105,14 +105,6 @@ mod tests {
     };
 
     fn report(entries: &[(&str, &str, u64)]) -> Report {
-        let frame = |f: &str| Frame {
-            function: f.into(),
-            module: "m".into(),
-            offset: "0x0".into(),
-            file: None,
-            line: None,
-            inlined: false,
-        };
         Report {
             schema_version: 1,
             profiler_version: "0".into(),
@@ -138,7 +130,7 @@ mod tests {
                     count: if *kind == "sockets" { *v } else { 1 },
                     mean_age_s: 0.0,
                     api: "malloc".into(),
-                    frames: vec![frame(leaf), frame("main")],
+                    frames: vec![Frame::named(leaf), Frame::named("main")],
                     trend: None,
                     old_share: 0.0,
                     series: vec![],

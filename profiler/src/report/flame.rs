@@ -108,17 +108,6 @@ mod tests {
     use crate::report::model::{Accuracy, TargetInfo, Total};
     use crate::symbols::Frame;
 
-    fn frame(f: &str) -> Frame {
-        Frame {
-            function: f.into(),
-            module: "m".into(),
-            offset: "0x0".into(),
-            file: None,
-            line: None,
-            inlined: false,
-        }
-    }
-
     fn report() -> Report {
         let entry = |kind: &str, bytes, count, frames: &[&str]| StackEntry {
             kind: kind.into(),
@@ -128,7 +117,7 @@ mod tests {
             count,
             mean_age_s: 0.0,
             api: "malloc".into(),
-            frames: frames.iter().map(|f| frame(f)).collect(),
+            frames: frames.iter().map(|f| Frame::named(f)).collect(),
             trend: None,
             old_share: 0.0,
             series: Vec::new(),
