@@ -83,7 +83,7 @@ fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
 
     let (mut early, mut early_out) = cgroup.start_waiting();
     let mut profiler = Command::new(PROFILER)
-        .args(["record", "-q", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "-o"])
         .arg(&dir)
         .arg("--cgroup")
         .arg(&cgroup.0)
@@ -141,7 +141,7 @@ fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
 }
 
 fn record_error(args: &[&str]) -> String {
-    let out = Command::new(PROFILER).arg("record").args(args).output().unwrap();
+    let out = Command::new(PROFILER).args(["record", "--lens", "alloc,handles"]).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} must fail: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -95,7 +95,11 @@ fn assert_ground_truth(dir: &Path) {
 }
 
 fn record(args: &[&str]) -> Output {
-    Command::new(PROFILER).arg("record").args(args).output().expect("running the profiler")
+    Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles"])
+        .args(args)
+        .output()
+        .expect("running the profiler")
 }
 
 #[test]
@@ -126,7 +130,7 @@ fn start_waiting_fixture() -> (Child, BufReader<std::process::ChildStdout>) {
 /// Starts the profiler and waits until it reports that it is attached.
 fn start_profiler(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
     let mut p = Command::new(PROFILER)
-        .arg("record")
+        .args(["record", "--lens", "alloc,handles"])
         .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -268,7 +272,7 @@ fn bad_input_fails_clearly_before_attaching() {
     assert_fails(&record(&["-o", d, "--", "/nonexistent/program"]), "cannot run /nonexistent/program");
 
     let out = Command::new(PROFILER)
-        .args(["record", "-o", d, "--pid", "1"])
+        .args(["record", "--lens", "alloc,handles", "-o", d, "--pid", "1"])
         .env("PROFILER_BTF", "/nonexistent/btf")
         .output()
         .unwrap();

@@ -30,7 +30,7 @@ fn record_node(
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
     let mut profiler = Command::new(PROFILER)
         .current_dir(common::tmp()) // node --perf-basic-prof writes logs to its working directory
-        .args(["record", "-q", "--interval", "1", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "--interval", "1", "-o"])
         .arg(&dir)
         .args(["--", "node", "--expose-gc", "--perf-basic-prof", "--interpreted-frames-native-stack"])
         .arg(&script)
@@ -149,7 +149,7 @@ fn control_server_after_warm_up_has_no_growing_stack() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/control.js");
     let mut profiler = Command::new(PROFILER)
         .current_dir(common::tmp())
-        .args(["record", "-q", "--interval", "1", "--warmup-marker", "warm", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "--interval", "1", "--warmup-marker", "warm", "-o"])
         .arg(&dir)
         .args(["--", "node", "--expose-gc", "--perf-basic-prof", "--interpreted-frames-native-stack"])
         .arg(&script)

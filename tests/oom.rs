@@ -60,7 +60,7 @@ fn oom_killed_target_leaves_a_complete_report_saying_so() {
     // The shell joins the cgroup, then becomes the fixture: only it is limited.
     let script = format!("echo $$ > {}/{} && exec \"$0\"", cgroup.dir.display(), cgroup.join_file);
     let out = Command::new(PROFILER)
-        .args(["record", "-q", "--interval", "0.2", "--snapshot-at", "16M", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "--interval", "0.05", "--snapshot-at", "16M", "-o"])
         .arg(&dir)
         .args(["--", "sh", "-c", &script])
         .arg(&exe)
@@ -97,7 +97,7 @@ fn oom_killed_target_leaves_a_complete_report_saying_so() {
 fn sigkilled_target_leaves_a_complete_report_saying_so() {
     let dir = common::fresh_dir("sigkill-report");
     let mut profiler = Command::new(PROFILER)
-        .args(["record", "-q", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "-o"])
         .arg(&dir)
         .args(["--", "sleep", "30"])
         .stderr(std::process::Stdio::piped())

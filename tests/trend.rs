@@ -13,7 +13,18 @@ fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
     let exe = common::fixture("trend");
     let dir = common::fresh_dir("trend-report");
     let out = Command::new(PROFILER)
-        .args(["record", "-q", "--interval", "0.5", "--min-age", "1", "--snapshots", "-o"])
+        .args([
+            "record",
+            "--lens",
+            "alloc,handles",
+            "-q",
+            "--interval",
+            "0.5",
+            "--min-age",
+            "1",
+            "--snapshots",
+            "-o",
+        ])
         .arg(&dir)
         .arg("--")
         .arg(&exe)

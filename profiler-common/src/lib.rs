@@ -58,6 +58,10 @@ pub enum EventKind {
     /// The OOM killer chose process `addr` as its victim (any process: the
     /// event is rare, userspace keeps the ones it profiles).
     OomKill = 17,
+    /// A first touch of a page (not-present fault) at `addr` (page-aligned), `size` bytes.
+    PageFault = 18,
+    /// madvise(addr, size, arg) that drops pages (DONTNEED, FREE, REMOVE, DONTNEED_LOCKED).
+    Madvise = 19,
 }
 
 impl EventKind {
@@ -80,6 +84,8 @@ impl EventKind {
             15 => Self::Exec,
             16 => Self::Fork,
             17 => Self::OomKill,
+            18 => Self::PageFault,
+            19 => Self::Madvise,
             _ => return None,
         })
     }
@@ -170,6 +176,7 @@ pub mod syscalls {
     pub const BRK: u64 = 12;
     pub const PIPE: u64 = 22;
     pub const MREMAP: u64 = 25;
+    pub const MADVISE: u64 = 28;
     pub const DUP: u64 = 32;
     pub const DUP2: u64 = 33;
     pub const SOCKET: u64 = 41;
@@ -201,7 +208,7 @@ pub mod syscalls {
     pub const OPENAT2: u64 = 437;
 
     /// (number, name) of every traced syscall, in counter-slot order.
-    pub const TRACED: [(u64, &str); 37] = [
+    pub const TRACED: [(u64, &str); 38] = [
         (MMAP, "mmap"),
         (MUNMAP, "munmap"),
         (MREMAP, "mremap"),
@@ -239,6 +246,7 @@ pub mod syscalls {
         (FORK, "fork"),
         (VFORK, "vfork"),
         (WRITE, "write"),
+        (MADVISE, "madvise"),
     ];
 
     pub fn slot(nr: u64) -> Option<usize> {
@@ -280,6 +288,7 @@ pub mod syscalls {
             FORK => 34,
             VFORK => 35,
             WRITE => 36,
+            MADVISE => 37,
             _ => return None,
         })
     }
@@ -321,7 +330,13 @@ pub mod counters {
     pub const UNMATCHED_RETURNS: usize = FAILED_ALLOCS + 1;
     /// Syscalls not tracked because the in-flight syscall map was full.
     pub const INFLIGHT_SYSCALL_MAP_FULL: usize = UNMATCHED_RETURNS + 1;
-    pub const COUNT: usize = INFLIGHT_SYSCALL_MAP_FULL + 1;
+    /// Allocator calls left out by `--sample-bytes` (their trap is still paid).
+    pub const UNSAMPLED_CALLS: usize = INFLIGHT_SYSCALL_MAP_FULL + 1;
+    /// Sampled blocks not tracked because the sampled-block map was full.
+    pub const SAMPLED_MAP_FULL: usize = UNSAMPLED_CALLS + 1;
+    /// First-touch page faults seen (resident lens).
+    pub const PAGE_FAULTS: usize = SAMPLED_MAP_FULL + 1;
+    pub const COUNT: usize = PAGE_FAULTS + 1;
 }
 
 /// Fixed part of every ring-buffer record. `frames` user stack frames

@@ -1,15 +1,17 @@
-//! Kernel side of the profiler: allocator uprobes and syscall raw
-//! tracepoints, filtered to the target processes, each emitting one
-//! ring-buffer record with the user stack captured where the frame chain is
-//! intact (at the allocator's return, or at syscall exit plus stack hints).
+//! Kernel side of the profiler: allocator uprobes (optionally byte-sampled),
+//! syscall raw tracepoints and first-touch page faults, filtered to the
+//! target processes, each emitting one ring-buffer record with the user
+//! stack captured where the frame chain is intact (at the allocator's
+//! return, at the fault, or at syscall exit plus stack hints).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32,
+        bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -27,8 +29,11 @@ const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
+/// Per-CPU records being built. Page-fault programs have their own slot:
+/// they can run nested inside a syscall program (its user-memory reads fault).
 #[map]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(2, 0);
+const SCRATCH_FAULT: u32 = 1;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT as u32, 0);
@@ -48,6 +53,11 @@ static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Arguments of traced syscalls in flight, per thread.
 #[map]
 static SYSCALL_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0);
+
+/// Blocks chosen by `--sample-bytes` and still live: (tgid, address).
+/// Frees of anything else are dropped here, in the kernel.
+#[map]
+static SAMPLED: HashMap<[u64; 2], u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -81,6 +91,14 @@ fn count(slot: usize) {
 #[unsafe(no_mangle)]
 static CGROUP_MODE: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
 
+/// `--sample-bytes`: mean bytes between sampled allocations; 0 records every call.
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
+
+/// 0 to leave fd-creating and closing syscalls out (handle lens off).
+#[unsafe(no_mangle)]
+static TRACE_HANDLES: aya_ebpf::Global<u8> = aya_ebpf::Global::new(1);
+
 #[inline(always)]
 fn is_target() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -97,7 +115,12 @@ fn is_target() -> bool {
 /// Fills the per-CPU scratch record's header; returns it for the caller to complete.
 #[inline(always)]
 fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
-    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    scratch_in(0, kind, api)
+}
+
+#[inline(always)]
+fn scratch_in(slot: u32, kind: EventKind, api: u16) -> Option<&'static mut Event> {
+    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(slot)? };
     let pid_tgid = bpf_get_current_pid_tgid();
     let h = &mut ev.header;
     h.kind = kind as u16;
@@ -159,12 +182,74 @@ fn submit(ev: &Event) {
 // ---------------------------------------------------------------- allocator
 
 #[inline(always)]
+fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
+    match api {
+        // An overflow check needs a 128-bit multiply, which BPF lacks; factors
+        // below 2^32 cannot overflow, and anything larger is sampled anyway.
+        AllocApi::Calloc | AllocApi::Reallocarray => {
+            if (size | arg) >> 32 != 0 {
+                u64::MAX
+            } else {
+                size * arg
+            }
+        }
+        AllocApi::Pvalloc => (size.max(1).saturating_add(4095)) & !4095,
+        _ => size,
+    }
+}
+
+/// Byte sampling: a block of `bytes` is chosen with probability
+/// min(1, bytes / SAMPLE_BYTES), so userspace scales it to max(bytes,
+/// SAMPLE_BYTES) without bias.
+#[inline(always)]
+fn chosen(bytes: u64) -> bool {
+    let mean = SAMPLE_BYTES.load();
+    if mean == 0 || bytes >= mean {
+        return true;
+    }
+    // bytes < mean < 2^32 (checked by userspace): no overflow.
+    let threshold = (bytes << 32) / mean;
+    (unsafe { bpf_get_prandom_u32() } as u64) < threshold
+}
+
+#[inline(always)]
+fn sampled_key(addr: u64) -> [u64; 2] {
+    [bpf_get_current_pid_tgid() >> 32, addr]
+}
+
+/// Remembers a sampled block so its free is reported; false when the map is full.
+#[inline(always)]
+fn remember_sampled(addr: u64) -> bool {
+    if SAMPLE_BYTES.load() == 0 {
+        return true;
+    }
+    if SAMPLED.insert(&sampled_key(addr), &1, 0).is_err() {
+        count(counters::SAMPLED_MAP_FULL);
+        return false;
+    }
+    true
+}
+
+/// Whether a released block must be reported: always without sampling,
+/// else only when it was sampled (and is forgotten now).
+#[inline(always)]
+fn forget_sampled(addr: u64) -> bool {
+    SAMPLE_BYTES.load() == 0 || SAMPLED.remove(&sampled_key(addr)).is_ok()
+}
+
+#[inline(always)]
 fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
     if !is_target() {
         return 0;
     }
     count(counters::API_CALLS + api as usize);
     let key = bpf_get_current_pid_tgid();
+    // realloc decides at its return: the old block may be sampled even when the new one is not.
+    let reallocs = matches!(api, AllocApi::Realloc | AllocApi::Reallocarray);
+    if !reallocs && !chosen(requested_bytes(api, size, arg)) {
+        count(counters::UNSAMPLED_CALLS);
+        return 0;
+    }
     if let Some(f) = INFLIGHT.get_ptr_mut(&key) {
         let f = unsafe { &mut *f };
         if f.depth > 0 {
@@ -249,6 +334,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
             return 0;
         }
     }
+    if !forget_sampled(ptr) {
+        return 0;
+    }
     if let Some(ev) = scratch(EventKind::Free, AllocApi::Free as u16) {
         ev.header.addr = ptr;
         submit(ev);
@@ -264,7 +352,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     }
     let key = bpf_get_current_pid_tgid();
     let Some(f) = INFLIGHT.get_ptr_mut(&key) else {
-        count(counters::UNMATCHED_RETURNS);
+        // Calls left out by sampling have no entry.
+        if SAMPLE_BYTES.load() == 0 {
+            count(counters::UNMATCHED_RETURNS);
+        }
         return 0;
     };
     let f = unsafe { &mut *f };
@@ -272,7 +363,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         f.depth -= 1;
         return 0;
     }
-    let call = *f;
+    let mut call = *f;
     let _ = INFLIGHT.remove(&key);
     let ret: u64 = ctx.ret::<u64>();
     let Some(api) = AllocApi::from_u16(call.api) else {
@@ -294,9 +385,10 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             }
         }
         AllocApi::Realloc | AllocApi::Reallocarray => {
+            let old_reported = call.ptr != 0 && forget_sampled(call.ptr);
             if ret == 0 {
                 let zero_size = call.size == 0 || (api == AllocApi::Reallocarray && call.arg == 0);
-                if zero_size && call.ptr != 0 {
+                if zero_size && old_reported {
                     // realloc(p, 0) frees p and returns NULL.
                     if let Some(ev) = scratch(EventKind::Free, api as u16) {
                         ev.header.addr = call.ptr;
@@ -306,6 +398,20 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                     count(counters::FAILED_ALLOCS);
                 }
                 return 0;
+            }
+            if !chosen(requested_bytes(api, call.size, call.arg)) || !remember_sampled(ret) {
+                count(counters::UNSAMPLED_CALLS);
+                // The new block is not followed; the old one, if it was, is released.
+                if old_reported {
+                    if let Some(ev) = scratch(EventKind::Free, api as u16) {
+                        ev.header.addr = call.ptr;
+                        submit(ev);
+                    }
+                }
+                return 0;
+            }
+            if !old_reported {
+                call.ptr = 0;
             }
             (EventKind::Realloc, ret)
         }
@@ -317,6 +423,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             (EventKind::Alloc, ret)
         }
     };
+    if kind == EventKind::Alloc && !remember_sampled(addr) {
+        return 0;
+    }
 
     let Some(ev) = scratch(kind, api as u16) else {
         return 0;
@@ -390,6 +499,9 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     let regs: *const u8 = ctx.arg(0);
     let Some(slot) = syscalls::slot(nr) else { return 0 };
+    if TRACE_HANDLES.load() == 0 && is_handle_call(nr) {
+        return 0;
+    }
     let di = reg(regs, regs::DI);
     // Releases are recorded on entry, before another thread can be handed the
     // same address or fd number; recording them on exit could reorder them
@@ -405,6 +517,12 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         syscalls::MUNMAP => Some(EventKind::Munmap),
+        syscalls::MADVISE => {
+            if !drops_pages(reg(regs, regs::DX)) {
+                return 0;
+            }
+            Some(EventKind::Madvise)
+        }
         syscalls::CLOSE => Some(EventKind::FdClose),
         syscalls::CLOSE_RANGE => Some(EventKind::CloseRange),
         _ => None,
@@ -436,6 +554,23 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Calls that only matter to the handle lens.
+#[inline(always)]
+fn is_handle_call(nr: u64) -> bool {
+    syscalls::creates(nr).is_some()
+        || matches!(
+            nr,
+            syscalls::CLOSE | syscalls::CLOSE_RANGE | syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL
+        )
+}
+
+/// madvise advice values after which the range's pages are no longer resident
+/// (MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MADV_DONTNEED_LOCKED).
+#[inline(always)]
+fn drops_pages(advice: u64) -> bool {
+    matches!(advice, 4 | 8 | 9 | 24)
+}
+
 #[inline(always)]
 fn is_error(ret: u64) -> bool {
     ret > (-4096i64) as u64
@@ -444,10 +579,17 @@ fn is_error(ret: u64) -> bool {
 /// Completes a syscall record: stack plus the words at the user stack pointer.
 #[inline(always)]
 fn submit_with_stack(ctx: &RawTracePointContext, regs: *const u8, ev: &mut Event) {
+    submit_with_hints(ctx, reg(regs, regs::SP), ev);
+}
+
+/// Completes a record taken where the innermost user function may have no
+/// frame (a libc syscall wrapper, memset): its stack plus the words at the
+/// user stack pointer `sp`, from which userspace finds that function's caller.
+#[inline(always)]
+fn submit_with_hints<C: EbpfContext>(ctx: &C, sp: u64, ev: &mut Event) {
     capture_stack(ctx, ev, MAX_SYSCALL_FRAMES);
     let n = ev.header.frames as usize;
     if n <= MAX_SYSCALL_FRAMES {
-        let sp = reg(regs, regs::SP);
         let dst = unsafe { ev.frames.as_mut_ptr().add(n) } as *mut core::ffi::c_void;
         let size = (STACK_HINT_WORDS * 8) as u32;
         if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, sp as *const _) } == 0 {
@@ -576,6 +718,50 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         _ => {}
     }
     0
+}
+
+// ---------------------------------------------------------------- resident pages
+
+/// Highest user-space address on x86_64 (4-level and 5-level paging both below it).
+const USER_END: u64 = 0x00ff_ffff_ffff_ffff;
+/// Page-fault error code bits (x86): the page was present; instruction fetch.
+const PF_PRESENT: u64 = 1;
+const PF_INSTR: u64 = 1 << 4;
+
+/// A not-present fault on a user data address: a page becomes resident.
+/// Both tracepoints share the record layout (address, ip, error_code).
+#[inline(always)]
+fn page_fault(ctx: &TracePointContext) -> u32 {
+    if !is_target() {
+        return 0;
+    }
+    let (Ok(address), Ok(error)) = (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    if error & (PF_PRESENT | PF_INSTR) != 0 || address > USER_END {
+        return 0;
+    }
+    count(counters::PAGE_FAULTS);
+    let Some(ev) = scratch_in(SCRATCH_FAULT, EventKind::PageFault, 0) else { return 0 };
+    ev.header.addr = address & !4095;
+    ev.header.size = 4096;
+    ev.header.arg = error;
+    // The user registers of the faulting task (for a kernel-mode fault, as of its syscall).
+    let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(bpf_get_current_task_btf()) };
+    submit_with_hints(ctx, reg(regs as *const u8, regs::SP), ev);
+    0
+}
+
+/// The program touched a page first.
+#[tracepoint]
+pub fn page_fault_user(ctx: TracePointContext) -> u32 {
+    page_fault(&ctx)
+}
+
+/// The kernel touched a user page first on the program's behalf (e.g. `read` into a fresh buffer).
+#[tracepoint]
+pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
+    page_fault(&ctx)
 }
 
 // ---------------------------------------------------------------- processes

@@ -11,11 +11,25 @@ use crate::{
     ledger::{Kind, Ledger, Op, Site, StackId},
     procmaps::ProcessMaps,
     report::model::StackEntry,
-    stacks::{repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location, StackTable},
+    stacks::{
+        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
+        StackTable,
+    },
     symbols::Symbols,
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
+
+/// Where an event's stack was captured, which decides how it is completed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CapturedAt {
+    /// An allocator's return: the frame chain is intact.
+    Return,
+    /// A syscall, in a frameless libc wrapper (with stack hints).
+    Syscall,
+    /// A page fault, maybe in a frameless function (with stack hints).
+    Fault,
+}
 const PAGE: u64 = 4096;
 
 #[derive(Default)]
@@ -55,6 +69,8 @@ pub struct Collector {
     pub series: Series,
     /// Profiled processes the OOM killer chose as victims.
     pub oom_killed: Vec<u32>,
+    /// `--sample-bytes` (0: every allocation is recorded).
+    pub sample_bytes: u64,
 }
 
 /// Samples taken at every `--interval`.
@@ -166,6 +182,17 @@ fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
 }
 
 impl Collector {
+    /// Bytes a recorded block stands for. A block of `bytes` is sampled with
+    /// probability min(1, bytes / sample_bytes) (see profiler-ebpf), so
+    /// weighting it by the inverse makes every total unbiased.
+    fn weighted(&self, bytes: u64) -> u64 {
+        if self.sample_bytes == 0 {
+            bytes
+        } else {
+            bytes.max(self.sample_bytes)
+        }
+    }
+
     /// Names JIT frames that were unnamed when their stack was first seen
     /// (the JIT may write its map entry after the code first runs). Call
     /// before building a report.
@@ -279,6 +306,7 @@ impl Collector {
 
     fn api_name(&self, ev: &RawEvent) -> String {
         match ev.kind {
+            EventKind::PageFault => "page fault".to_string(),
             EventKind::Alloc | EventKind::Realloc | EventKind::Free => {
                 match AllocApi::from_u16(ev.header.api) {
                     Some(api) => std::iter::once(api.symbol())
@@ -302,7 +330,7 @@ impl Collector {
             .or_insert_with(|| AddressSpace::new(tgid, ProcessMaps::read(tgid).unwrap_or_default()))
     }
 
-    fn intern(&mut self, ev: &RawEvent, syscall: bool) -> StackId {
+    fn intern(&mut self, ev: &RawEvent, captured: CapturedAt) -> StackId {
         let tgid = ev.header.tgid;
         if ev.header.stack_failed != 0 {
             self.stack_failures += 1;
@@ -310,15 +338,18 @@ impl Collector {
         let image = self.images.get(&tgid).copied().unwrap_or(0);
         let raw: Vec<u64> = ev.frames().collect();
         // Allocator stacks repeat: the same captured frames always give the same
-        // stack, so repairing and checking them is done once. Syscall stacks
-        // depend on their stack-hint words too and are rare: not cached.
-        let raw_key = (!syscall).then(|| crate::stacks::stack_key(tgid, image, &raw));
+        // stack, so repairing and checking them is done once. Syscall and fault
+        // stacks depend on their stack-hint words too and are rarer: not cached.
+        let raw_key = (captured == CapturedAt::Return).then(|| crate::stacks::stack_key(tgid, image, &raw));
         if let Some(&(id, truncated)) = raw_key.as_ref().and_then(|k| self.raw_stacks.get(k.as_slice())) {
             self.truncated_stacks += truncated as u64;
             return id;
         }
-        let mut frames =
-            if syscall { repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)) } else { raw };
+        let mut frames = match captured {
+            CapturedAt::Return => raw,
+            CapturedAt::Syscall => repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)),
+            CapturedAt::Fault => repair_fault_stack(&raw, &ev.hints(), self.space(tgid)),
+        };
         let truncated = truncate_at_invalid_frame(&mut frames, self.space(tgid));
         self.truncated_stacks += truncated as u64;
         let (id, new) = self.stacks.intern(tgid, image, &frames);
@@ -353,32 +384,34 @@ impl Collector {
                 let Some(api) = AllocApi::from_u16(h.api) else {
                     return;
                 };
-                let stack = self.intern(&ev, false);
-                Op::Alloc { addr: h.addr, size: requested_bytes(api, h.size, h.arg), stack }
+                let stack = self.intern(&ev, CapturedAt::Return);
+                Op::Alloc { addr: h.addr, size: self.weighted(requested_bytes(api, h.size, h.arg)), stack }
             }
             EventKind::Realloc => {
                 let Some(api) = AllocApi::from_u16(h.api) else {
                     return;
                 };
-                let stack = self.intern(&ev, false);
+                let stack = self.intern(&ev, CapturedAt::Return);
                 Op::Realloc {
                     old: h.old_addr,
                     addr: h.addr,
-                    size: requested_bytes(api, h.size, h.arg),
+                    size: self.weighted(requested_bytes(api, h.size, h.arg)),
                     stack,
                 }
             }
             EventKind::Free => Op::Free { addr: h.addr },
             EventKind::Mmap => {
-                let stack = self.intern(&ev, true);
+                let stack = self.intern(&ev, CapturedAt::Syscall);
                 Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
             }
             EventKind::Munmap => Op::Unmap { addr: h.addr, len: h.size },
+            EventKind::Madvise => Op::Discard { addr: h.addr, len: h.size },
+            EventKind::PageFault => Op::Fault { page: h.addr, stack: self.intern(&ev, CapturedAt::Fault) },
             EventKind::Mremap => {
-                let stack = self.intern(&ev, true);
+                let stack = self.intern(&ev, CapturedAt::Syscall);
                 Op::Remap { old: h.old_addr, old_len: h.old_size, addr: h.addr, len: h.size, stack }
             }
-            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, true) },
+            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, CapturedAt::Syscall) },
             EventKind::FdOpen => {
                 let Some(handle) = HandleKind::from_u64(h.arg) else { return };
                 let kind = match handle {
@@ -394,7 +427,7 @@ impl Collector {
                     }
                     _ => handle_detail(nr, h.size),
                 };
-                let stack = self.intern(&ev, true);
+                let stack = self.intern(&ev, CapturedAt::Syscall);
                 let cloexec = h.old_size != 0;
                 if h.old_addr != u64::MAX {
                     let second = Op::OpenHandle { fd: h.old_addr, kind, detail, cloexec, stack };
@@ -403,7 +436,7 @@ impl Collector {
                 Op::OpenHandle { fd: h.addr, kind, detail, cloexec, stack }
             }
             EventKind::FdDup => {
-                let stack = self.intern(&ev, true);
+                let stack = self.intern(&ev, CapturedAt::Syscall);
                 Op::DupHandle { old: h.old_addr, new: h.addr, cloexec: h.old_size != 0, stack }
             }
             EventKind::CloseRange => {

@@ -1,7 +1,7 @@
 //! Userspace side of the leak profiler.
 //!
 //! The pipeline, one module per stage:
-//! `probes` (load and attach the eBPF programs) -> `events` (decode ring-buffer
+//! `lens` (what to look at) -> `probes` (load and attach the eBPF programs) -> `events` (decode ring-buffer
 //! records) -> `ledger` (outstanding bytes and handles per site) -> `stacks` and
 //! `symbols` (intern, repair and name call stacks) -> `report` (model, text,
 //! JSON, folded stacks and flamegraphs). `record` drives a whole session;
@@ -11,6 +11,7 @@ pub mod collector;
 pub mod events;
 pub mod gate;
 pub mod ledger;
+pub mod lens;
 pub mod perfmap;
 pub mod placement;
 pub mod preflight;

@@ -13,6 +13,16 @@ use iced_x86::{
 /// Instructions looked at before giving up.
 const MAX_SKIPPED: usize = 4;
 
+/// How entry probes are placed (`--probe-placement`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlacementMode {
+    /// On the first instruction the kernel emulates (one trap instead of two).
+    #[default]
+    Emulated,
+    /// At the function's first byte, as most tools do (for comparison).
+    Entry,
+}
+
 /// The chosen offset and why, for the report.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Placement {

@@ -17,13 +17,26 @@ use aya::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use profiler_common::{counters, AllocApi, ALLOC_APIS};
 
-use crate::placement::{self, Placement};
+use crate::placement::{self, Placement, PlacementMode};
 
 /// The compiled eBPF object (see build.rs).
 static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/profiler.bpf.o"));
 
+/// Load-time switches of the kernel side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeSettings {
+    /// Enables the in-kernel cgroup filter.
+    pub cgroup_mode: bool,
+    /// Mean bytes between sampled allocations (`--sample-bytes`); 0 records every call.
+    pub sample_bytes: u64,
+    /// Records fd-creating and closing syscalls (the handle lens).
+    pub trace_handles: bool,
+    pub placement: PlacementMode,
+}
+
 pub struct Probes {
     ebpf: Ebpf,
+    placement: PlacementMode,
     /// Human-readable list of what is attached, for the report.
     pub attached: Vec<String>,
     /// Allocator entry points that could not be probed, with the reason.
@@ -33,8 +46,8 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the programs; `cgroup_mode` enables the in-kernel cgroup filter.
-    pub fn load(ringbuf_bytes: u32, cgroup_mode: bool) -> Result<Self> {
+    /// Loads the programs with their load-time settings.
+    pub fn load(ringbuf_bytes: u32, settings: ProbeSettings) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this profiler binary was built without its eBPF programs; build it with `cargo xtask build`"
@@ -42,10 +55,18 @@ impl Probes {
         }
         let ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ringbuf_bytes)
-            .override_global("CGROUP_MODE", &(cgroup_mode as u8), true)
+            .override_global("CGROUP_MODE", &(settings.cgroup_mode as u8), true)
+            .override_global("SAMPLE_BYTES", &settings.sample_bytes, true)
+            .override_global("TRACE_HANDLES", &(settings.trace_handles as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
-        Ok(Self { ebpf, attached: Vec::new(), skipped: Vec::new(), aliases: Vec::new() })
+        Ok(Self {
+            ebpf,
+            placement: settings.placement,
+            attached: Vec::new(),
+            skipped: Vec::new(),
+            aliases: Vec::new(),
+        })
     }
 
     /// Adds a process to the in-kernel filter.
@@ -119,9 +140,14 @@ impl Probes {
                 continue;
             }
             probed_at.insert(addr, api);
-            let placement = function_bytes(&elf, addr, size)
-                .map(|code| placement::choose(code, addr))
-                .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() });
+            let placement = match self.placement {
+                PlacementMode::Entry => {
+                    Placement { offset: 0, note: "offset 0 (--probe-placement entry)".into() }
+                }
+                PlacementMode::Emulated => function_bytes(&elf, addr, size)
+                    .map(|code| placement::choose(code, addr))
+                    .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() }),
+            };
             let location = || UProbeAttachLocation::SymbolOffset(name, placement.offset);
             let entry = format!("{name}_enter");
             let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
@@ -182,6 +208,19 @@ impl Probes {
         match p.attach("oom", "mark_victim") {
             Ok(_) => self.attached.push("tracepoint:oom:mark_victim".into()),
             Err(e) => self.skipped.push(format!("oom:mark_victim (OOM kills not detected): {e}")),
+        }
+        Ok(())
+    }
+
+    /// Attaches the first-touch page-fault tracepoints (the resident lens).
+    pub fn attach_page_faults(&mut self) -> Result<()> {
+        for name in ["page_fault_user", "page_fault_kernel"] {
+            let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+            p.attach("exceptions", name).with_context(|| {
+                format!("attaching tracepoint exceptions:{name} (needed by --lens resident)")
+            })?;
+            self.attached.push(format!("tracepoint:exceptions:{name}"));
         }
         Ok(())
     }

@@ -317,6 +317,26 @@ pub fn repair_syscall_stack(frames: &[u64], hints: &[u64], space: &mut AddressSp
     out
 }
 
+/// Completes a stack captured at a page fault. The touching code may be a
+/// function without a frame of its own (memset, a leaf loop), and then the
+/// kernel's frame-pointer walk skips its caller; the function's call-frame
+/// information says where above the stack pointer (`hints`) that return
+/// address is. The touching function stays the leaf.
+pub fn repair_fault_stack(frames: &[u64], hints: &[u64], space: &mut AddressSpace) -> Vec<u64> {
+    let mut out: Vec<u64> = frames.to_vec();
+    let Some(&ip) = out.first() else { return out };
+    let ret = space
+        .return_address_slot(ip)
+        .and_then(|slot| hints.get((slot / 8) as usize).copied())
+        .filter(|&ret| space.is_return_address(ret));
+    if let Some(ret) = ret {
+        if out.get(1) != Some(&ret) {
+            out.insert(1, ret);
+        }
+    }
+    out
+}
+
 /// Follows the call-frame information from the syscall instruction up
 /// through the C library's own frames (a wrapper may call an inner helper
 /// that makes the syscall) to the first return address outside it: the

@@ -59,7 +59,7 @@ pub fn report_json(dir: &Path) -> serde_json::Value {
 /// `profiler record -q -o DIR -- program args`, which must succeed.
 pub fn record_launch(dir: &Path, program: &Path, args: &[&str]) {
     let out = Command::new(PROFILER)
-        .args(["record", "-q", "-o"])
+        .args(["record", "--lens", "alloc,handles", "-q", "-o"])
         .arg(dir)
         .arg("--")
         .arg(program)

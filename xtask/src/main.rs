@@ -8,6 +8,9 @@
 //!   needed). Without ARGS it profiles the bundled demo (the leaky fixture).
 //! - `gate ARGS`: build, then `profiler gate ARGS` as root; exits with its code.
 //! - `test`: set up, build and run the whole test suite as root.
+//! - `bench`: measure what profiling costs (see [`bench`]).
+
+mod bench;
 
 use std::{
     env,
@@ -46,6 +49,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Measure the profiler's overhead against unprobed runs (as root); writes target/bench/bench.md and bench.json.
+    Bench,
     /// Build and run the full test suite (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -62,6 +67,12 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Gate { args } => gate(args),
         Task::Test { args } => test(args),
+        Task::Bench => build(true).and_then(|profiler| {
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs: run it as root");
+            }
+            bench::bench(profiler, &workspace_root())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -297,6 +308,8 @@ fn run(args: Vec<OsString>) -> Result<()> {
     let profiler = build(true)?;
     let mut full: Vec<OsString> = vec!["record".into()];
     if args.is_empty() {
+        // The demo leaks known heap blocks: show them next to the production lenses.
+        full.extend(["--lens".into(), "alloc,resident,handles".into()]);
         full.push("--".into());
         full.push(build_demo()?.into_os_string());
     } else {

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    lens::Lenses,
     record::{record, RecordOptions, TargetSpec, Warmup},
     report::{flame, Report},
 };
@@ -146,6 +147,8 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
             output: Some(dir),
             top: opts.top,
             warmup: opts.warmup.clone(),
+            // The gate judges heap bytes per allocating stack: exact accounting.
+            lenses: Lenses::PRECISE,
             ..RecordOptions::new(TargetSpec::Command(opts.command.clone()))
         })
         .with_context(|| format!("run {i} of {}", opts.runs))?;

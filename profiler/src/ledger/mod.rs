@@ -2,15 +2,17 @@
 //!
 //! It consumes allocation-lifecycle operations (already decoded, stacks
 //! already interned) and keeps, per process, the live heap blocks, the mapped
-//! address ranges, the program break and the open handles, plus a running
+//! address ranges, the program break, the resident pages and the open handles, plus a running
 //! total per (kind, stack) site. It knows nothing about eBPF or symbols, so
 //! every rule here is unit-tested.
 
 pub mod intervals;
+pub mod resident;
 
 use std::collections::HashMap;
 
 use intervals::{IntervalMap, Piece};
+use resident::{Page, ResidentPages, PAGE};
 use serde::{Deserialize, Serialize};
 
 /// Interned stack identifier (see `stacks::StackTable`).
@@ -28,6 +30,8 @@ pub enum Kind {
     FileMmap,
     /// Growth of the program break.
     Brk,
+    /// Pages made resident (first-touch page faults), by the touching stack.
+    Resident,
     /// Open socket fds.
     Sockets,
     /// Open files (including memfd).
@@ -39,8 +43,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Heap,
+        Kind::Resident,
         Kind::Mmap,
         Kind::FileMmap,
         Kind::Brk,
@@ -56,6 +61,7 @@ impl Kind {
             Kind::Mmap => "mmap",
             Kind::FileMmap => "file-mmap",
             Kind::Brk => "brk",
+            Kind::Resident => "resident",
             Kind::Sockets => "sockets",
             Kind::Files => "files",
             Kind::Pipes => "pipes",
@@ -65,7 +71,7 @@ impl Kind {
 
     /// Memory kinds are measured in bytes, handle kinds in open handles.
     pub fn is_memory(self) -> bool {
-        matches!(self, Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk)
+        matches!(self, Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk | Kind::Resident)
     }
 }
 
@@ -139,6 +145,16 @@ pub enum Op {
         brk: u64,
         stack: StackId,
     },
+    /// First touch of the page at `page`.
+    Fault {
+        page: u64,
+        stack: StackId,
+    },
+    /// madvise dropped the pages of `addr..addr + len`.
+    Discard {
+        addr: u64,
+        len: u64,
+    },
     /// A new fd; `detail` says what it is within its kind (`tcp`, `eventfd`, ...).
     OpenHandle {
         fd: u64,
@@ -195,9 +211,11 @@ pub struct LedgerCounters {
     /// dup of an fd we never saw opened.
     #[serde(default)]
     pub unknown_dups: u64,
+    /// Not-present faults on pages already resident (refaults after reclaim,
+    /// NUMA hinting): not counted twice.
+    #[serde(default)]
+    pub repeated_faults: u64,
 }
-
-const PAGE: u64 = 4096;
 
 fn page_up(len: u64) -> u64 {
     len.saturating_add(PAGE - 1) & !(PAGE - 1)
@@ -247,6 +265,7 @@ struct ProcessLedger {
     mappings: IntervalMap<Region>,
     brk_ranges: IntervalMap<Region>,
     brk: Option<u64>,
+    resident: ResidentPages,
     handles: HashMap<u64, Handle>,
 }
 
@@ -286,6 +305,9 @@ impl Ledger {
             }
             for h in p.handles.values().filter(|h| h.counted && h.ts < cutoff_ts) {
                 *out.entry(h.site).or_default() += 1;
+            }
+            for (_, page) in p.resident.iter().filter(|(_, p)| p.counted && p.ts < cutoff_ts) {
+                *out.entry(Site { kind: Kind::Resident, stack: page.stack, pid: tgid }).or_default() += PAGE;
             }
             for r in p.mappings.iter().chain(p.brk_ranges.iter()) {
                 if r.value.counted && r.value.ts < cutoff_ts {
@@ -341,13 +363,25 @@ impl Ledger {
             }
             Op::Map { addr, len, file_backed, stack } => {
                 let kind = if file_backed { Kind::FileMmap } else { Kind::Mmap };
+                // A fixed mapping over resident pages replaces them with fresh ones.
+                self.release_resident(tgid, addr, addr.saturating_add(page_up(len)));
                 self.map(tgid, ts, addr, page_up(len), Site { kind, stack, pid: tgid });
             }
             Op::Unmap { addr, len } => {
-                let removed = self.proc(tgid).mappings.remove(addr, addr.saturating_add(page_up(len)));
+                let end = addr.saturating_add(page_up(len));
+                let removed = self.proc(tgid).mappings.remove(addr, end);
                 let tracked = self.release_pieces(&removed);
                 self.counters.untracked_unmap_bytes += page_up(len).saturating_sub(tracked);
+                self.release_resident(tgid, addr, end);
             }
+            Op::Fault { page, stack } => {
+                if self.proc(tgid).resident.touch(page, Page { stack, ts, counted: true }) {
+                    self.add(Site { kind: Kind::Resident, stack, pid: tgid }, PAGE, ts);
+                } else {
+                    self.counters.repeated_faults += 1;
+                }
+            }
+            Op::Discard { addr, len } => self.release_resident(tgid, addr, addr.saturating_add(page_up(len))),
             Op::Remap { old, old_len, addr, len, stack } => {
                 self.remap(tgid, ts, old, old_len, addr, len, stack)
             }
@@ -460,9 +494,11 @@ impl Ledger {
         pieces.extend(p.brk_ranges.remove(0, u64::MAX));
         p.brk = None;
         let cloexec: Vec<u64> = p.handles.iter().filter(|(_, h)| h.cloexec).map(|(fd, _)| *fd).collect();
+        let pages = p.resident.drain();
         for b in blocks {
             self.sub(Site { kind: Kind::Heap, stack: b.stack, pid: tgid }, b.size, b.ts);
         }
+        self.release_pages(tgid, &pages);
         self.release_pieces(&pieces);
         for fd in cloexec {
             self.close_handle(tgid, fd);
@@ -483,8 +519,13 @@ impl Ledger {
             .map(|r| Piece { start: r.start, end: r.end, value: Region { counted: false, ..*r.value } })
             .collect();
         let brk = p.brk;
+        let pages: Vec<(u64, Page)> =
+            p.resident.iter().map(|(a, page)| (*a, Page { counted: false, ..*page })).collect();
         let c = self.processes.entry(child).or_default();
         c.heap.extend(heap);
+        for (addr, page) in pages {
+            c.resident.touch(addr, page);
+        }
         for m in mappings {
             c.mappings.insert(m.start, m.end, m.value);
         }
@@ -512,7 +553,12 @@ impl Ledger {
         let mut heap = Vec::new();
         let mut handles = Vec::new();
         let mut pieces = Vec::new();
+        let mut pages = Vec::new();
         for (&tgid, p) in self.processes.iter_mut() {
+            for page in p.resident.values_mut().filter(|p| p.counted && p.ts < ts) {
+                page.counted = false;
+                pages.push((tgid, *page));
+            }
             for b in p.heap.values_mut().filter(|b| b.counted && b.ts < ts) {
                 b.counted = false;
                 heap.push((tgid, *b));
@@ -533,6 +579,9 @@ impl Ledger {
         }
         for h in handles {
             self.sub(h.site, 1, h.ts);
+        }
+        for (tgid, page) in pages {
+            self.sub(Site { kind: Kind::Resident, stack: page.stack, pid: tgid }, PAGE, page.ts);
         }
         // Release the pieces as if unmapped: a mapping stops counting when all its pieces have.
         self.release_pieces(&pieces);
@@ -620,6 +669,10 @@ impl Ledger {
         let tracked: u64 = removed.iter().map(Piece::len).sum();
         self.counters.untracked_unmap_bytes += old_len - tracked.min(old_len);
         let keep_end = old + old_len.min(len);
+        // Resident pages move with the mapping; those past a shrunk end are gone.
+        self.release_resident(tgid, keep_end, old + old_len);
+        let displaced = self.proc(tgid).resident.relocate(old, keep_end - old, addr);
+        self.release_pages(tgid, &displaced);
         let mut growth_kind = Kind::Mmap;
         for p in &removed {
             if p.start < keep_end {
@@ -661,6 +714,19 @@ impl Ledger {
         } else if brk < current {
             let removed = self.proc(tgid).brk_ranges.remove(brk, current);
             self.release_pieces(&removed);
+            self.release_resident(tgid, page_up(brk), page_up(current));
+        }
+    }
+
+    /// The pages of `start..end` are no longer resident.
+    fn release_resident(&mut self, tgid: u32, start: u64, end: u64) {
+        let pages = self.proc(tgid).resident.remove(start, end);
+        self.release_pages(tgid, &pages);
+    }
+
+    fn release_pages(&mut self, tgid: u32, pages: &[(u64, Page)]) {
+        for (_, page) in pages.iter().filter(|(_, p)| p.counted) {
+            self.sub(Site { kind: Kind::Resident, stack: page.stack, pid: tgid }, PAGE, page.ts);
         }
     }
 }
@@ -683,6 +749,52 @@ mod tests {
             .iter()
             .filter(|(s, _)| s.kind == kind && s.stack == stack)
             .fold((0, 0), |(b, c), (_, o)| (b + o.bytes, c + o.count))
+    }
+
+    #[test]
+    fn resident_pages_follow_faults_unmaps_discards_remaps_and_brk() {
+        let mut l = Ledger::new();
+        let fault = |page| Op::Fault { page, stack: 3 };
+        for i in 0..8 {
+            l.apply(1, 10, fault(0x10_0000 + i * PAGE));
+        }
+        l.apply(1, 11, fault(0x10_0000)); // already resident
+        assert_eq!(at(&l, Kind::Resident, 3), (8 * PAGE, 8));
+        assert_eq!(l.counters.repeated_faults, 1);
+        l.apply(1, 12, Op::Discard { addr: 0x10_0000, len: 2 * PAGE });
+        l.apply(1, 13, Op::Unmap { addr: 0x10_7000, len: 1 });
+        assert_eq!(at(&l, Kind::Resident, 3), (5 * PAGE, 5));
+        // mremap shrinking 0x102000..0x107000 to 2 pages and moving it: 2 pages survive.
+        l.apply(
+            1,
+            14,
+            Op::Remap { old: 0x10_2000, old_len: 5 * PAGE, addr: 0x50_0000, len: 2 * PAGE, stack: 4 },
+        );
+        assert_eq!(at(&l, Kind::Resident, 3), (2 * PAGE, 2));
+        l.apply(1, 15, Op::Unmap { addr: 0x50_0000, len: PAGE });
+        assert_eq!(at(&l, Kind::Resident, 3), (PAGE, 1));
+        // brk: grow, touch, shrink below the touched page.
+        l.apply(1, 16, Op::Brk { brk: 0x90_0000, stack: 5 });
+        l.apply(1, 17, Op::Brk { brk: 0x90_4000, stack: 5 });
+        l.apply(1, 18, Op::Fault { page: 0x90_3000, stack: 6 });
+        l.apply(1, 19, Op::Brk { brk: 0x90_2000, stack: 5 });
+        assert_eq!(at(&l, Kind::Resident, 6), (0, 0));
+        assert_eq!(l.total(Kind::Resident).bytes, PAGE);
+    }
+
+    #[test]
+    fn resident_pages_warm_up_fork_and_exec() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Fault { page: 0x1000, stack: 1 });
+        l.exclude_allocated_before(11);
+        l.apply(1, 12, Op::Fault { page: 0x2000, stack: 1 });
+        assert_eq!(at(&l, Kind::Resident, 1), (PAGE, 1), "the warm-up page no longer counts");
+        l.apply(1, 13, Op::Unmap { addr: 0x1000, len: PAGE });
+        assert_eq!(at(&l, Kind::Resident, 1), (PAGE, 1), "nor does its release");
+        l.apply(1, 14, Op::Fork { child: 2 });
+        assert_eq!(l.total(Kind::Resident).count, 1, "the child's copies are the parent's doing");
+        l.apply(1, 15, Op::Exec);
+        assert_eq!(l.total(Kind::Resident).count, 0);
     }
 
     #[test]

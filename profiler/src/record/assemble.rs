@@ -181,6 +181,12 @@ fn build_report(
         },
         stacks,
         accuracy: Accuracy {
+            lenses: opts.lenses.to_string(),
+            sample_bytes: opts.sample_bytes,
+            unsampled_calls: kernel[counters::UNSAMPLED_CALLS],
+            sampled_map_full: kernel[counters::SAMPLED_MAP_FULL],
+            page_faults: kernel[counters::PAGE_FAULTS],
+            profiler_cost: crate::report::model::ProfilerCost::now(),
             calls_seen,
             events_received: collector.events_received,
             undecodable_events: collector.undecodable_events,

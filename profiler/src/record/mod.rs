@@ -26,8 +26,10 @@ use tokio::{
 use crate::{
     collector::Collector,
     ledger::Kind,
+    lens::Lenses,
+    placement::PlacementMode,
     preflight,
-    probes::Probes,
+    probes::{ProbeSettings, Probes},
     report::{flame, text, Report},
     target::{
         cgroup::{CgroupMounts, CgroupTarget},
@@ -94,6 +96,10 @@ pub struct RecordOptions {
     /// Also write a full numbered snapshot at every `interval` (long-running
     /// targets that free everything at exit, like Node with its Buffers).
     pub snapshots: bool,
+    pub lenses: Lenses,
+    /// Alloc lens: mean bytes between sampled allocations (0: every call).
+    pub sample_bytes: u64,
+    pub placement: PlacementMode,
 }
 
 /// How stacks are ranked within each kind.
@@ -128,6 +134,9 @@ impl RecordOptions {
             thresholds: Default::default(),
             snapshot_at: Vec::new(),
             snapshots: false,
+            lenses: Lenses::default(),
+            sample_bytes: 0,
+            placement: PlacementMode::default(),
         }
     }
 }
@@ -200,7 +209,10 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
     // Clear errors before anything else happens.
     match &opts.target {
         TargetSpec::Pid(pid) => {
-            ProcessInfo::inspect(*pid)?;
+            let info = ProcessInfo::inspect(*pid)?;
+            if opts.lenses.alloc {
+                info.require_libc()?;
+            }
         }
         TargetSpec::Cgroup(dir) => {
             CgroupTarget::resolve(dir, &CgroupMounts::read()?)?;
@@ -222,7 +234,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
             (info, Target::Attached { pidfd: fd })
         }
         TargetSpec::Command(argv) => {
-            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
+            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some(), opts.lenses.alloc)?;
             (launched.info.clone(), Target::Launched(launched))
         }
         TargetSpec::Cgroup(_) | TargetSpec::Container(_) => {
@@ -236,7 +248,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 pid: 0,
                 command: format!("cgroup {}", target.dir.display()),
                 name: "cgroup".into(),
-                libc: PathBuf::new(),
+                libc: None,
                 maps: Default::default(),
             };
             let state = CgroupState {
@@ -251,12 +263,21 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     };
     // Launch mode follows the whole tree; --pid only with --follow.
     let follow = matches!(target, Target::Launched(_)) || opts.follow;
-    let mut probed = ProbedProcesses::default();
+    let mut probed = ProbedProcesses::new(opts.lenses.alloc);
     let cgroup_mode = matches!(target, Target::Cgroup(_));
     let mut attach = || -> Result<Probes> {
-        let mut probes = Probes::load(opts.ringbuf_bytes, cgroup_mode)?;
+        let settings = ProbeSettings {
+            cgroup_mode,
+            sample_bytes: opts.sample_bytes,
+            trace_handles: opts.lenses.handles,
+            placement: opts.placement,
+        };
+        let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
         probes.attach_syscalls()?;
         probes.attach_process_tracepoints(follow)?;
+        if opts.lenses.resident {
+            probes.attach_page_faults()?;
+        }
         if cgroup_mode {
             return Ok(probes);
         }
@@ -279,6 +300,7 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     };
     let mut ring = watch(probes.take_ringbuf()?)?;
     let mut collector = Collector::default();
+    collector.sample_bytes = opts.sample_bytes;
     let initial_brk = match &target {
         Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
         Target::Launched(_) => preflight::start_brk(info.pid),

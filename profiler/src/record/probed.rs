@@ -18,8 +18,9 @@ use crate::{
 
 /// Which C library each process has allocator probes on, so each image is
 /// probed exactly once (two probes at one address would count calls twice).
-#[derive(Default)]
 pub(super) struct ProbedProcesses {
+    /// False when the alloc lens is off: nothing gets allocator probes.
+    enabled: bool,
     libc_of: std::collections::HashMap<u32, (u64, u64)>,
     /// Processes whose C library was not mapped yet when we looked.
     pending: std::collections::HashMap<u32, Instant>,
@@ -42,9 +43,22 @@ fn libc_of(pid: u32) -> Result<(PathBuf, (u64, u64))> {
 }
 
 impl ProbedProcesses {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            libc_of: Default::default(),
+            pending: Default::default(),
+            everywhere: Default::default(),
+        }
+    }
+
     /// Attaches the allocator probes for `pid` unless its current C library
     /// already has them. Fails when the process has no C library (yet).
     pub(super) fn ensure(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        if !self.enabled {
+            self.pending.remove(&pid);
+            return Ok(());
+        }
         let (path, id) = libc_of(pid)?;
         if self.libc_of.get(&pid) == Some(&id) {
             return Ok(());
@@ -58,6 +72,10 @@ impl ProbedProcesses {
     /// Cgroup mode: probes the process's C library for every process using
     /// it (once per library), filtered in the kernel by cgroup.
     fn ensure_everywhere(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        if !self.enabled {
+            self.pending.remove(&pid);
+            return Ok(());
+        }
         let (path, id) = libc_of(pid)?;
         if self.everywhere.insert(id) {
             if let Err(e) = probes.attach_allocator_everywhere(&path) {

@@ -148,6 +148,26 @@ pub struct Status {
 /// none is zero merely because it was not counted.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Accuracy {
+    /// The lenses recorded (`alloc`, `resident`, `handles`).
+    #[serde(default)]
+    pub lenses: String,
+    /// `--sample-bytes`: heap blocks were sampled about once per this many
+    /// bytes and their bytes scaled (unbiased); heap counts are sampled blocks. 0: exact.
+    #[serde(default)]
+    pub sample_bytes: u64,
+    /// Allocator calls sampling left out (still trapped, not recorded).
+    #[serde(default)]
+    pub unsampled_calls: u64,
+    /// Sampled blocks not followed because the kernel's sampled-block map was full.
+    #[serde(default)]
+    pub sampled_map_full: u64,
+    /// First-touch page faults seen (resident lens).
+    #[serde(default)]
+    pub page_faults: u64,
+    /// What profiling cost the profiler itself (the target's added cost is
+    /// in its uprobe traps: see `cargo xtask bench`).
+    #[serde(default)]
+    pub profiler_cost: ProfilerCost,
     /// Calls seen per probe (allocator entry points and syscalls).
     pub calls_seen: BTreeMap<String, u64>,
     pub events_received: u64,
@@ -182,6 +202,31 @@ pub struct Accuracy {
     /// Allocator entry points not probed, and why.
     pub probes_skipped: Vec<String>,
     pub probes_attached: Vec<String>,
+}
+
+/// The profiler's own CPU time and peak memory, up to the report.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ProfilerCost {
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl ProfilerCost {
+    /// This process's usage so far (all threads).
+    pub fn now() -> Self {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+            return Self::default();
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Self {
+            cpu_user_s: secs(usage.ru_utime),
+            cpu_system_s: secs(usage.ru_stime),
+            peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        }
+    }
 }
 
 impl Report {

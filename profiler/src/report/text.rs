@@ -27,7 +27,13 @@ pub fn render(report: &Report, top: usize) -> String {
         if Report::is_handle_kind(kind) {
             let _ = writeln!(s, "  {kind:<10} {:>12} open handles", total.count);
         } else {
-            let _ = writeln!(s, "  {kind:<10} {:>12} in {} blocks", human_bytes(total.bytes), total.count);
+            let _ = writeln!(
+                s,
+                "  {kind:<10} {:>12} in {} {}",
+                human_bytes(total.bytes),
+                total.count,
+                units(kind)
+            );
         }
     }
     let split = &report.memory_split;
@@ -109,7 +115,7 @@ pub fn render(report: &Report, top: usize) -> String {
             let what = if Report::is_handle_kind(kind) {
                 format!("{} open", e.count)
             } else {
-                format!("{} in {} blocks", human_bytes(e.bytes), e.count)
+                format!("{} in {} {}", human_bytes(e.bytes), e.count, units(kind))
             };
             let trend = match e.trend {
                 Some(t) if t.verdict != crate::trend::Verdict::Unknown => {
@@ -150,6 +156,27 @@ pub fn render(report: &Report, top: usize) -> String {
     let a = &report.accuracy;
     let _ = writeln!(s);
     let _ = writeln!(s, "Accuracy:");
+    if !a.lenses.is_empty() {
+        let c = &a.profiler_cost;
+        let _ = writeln!(
+            s,
+            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system, peak RSS {}",
+            a.lenses,
+            a.page_faults,
+            c.cpu_user_s,
+            c.cpu_system_s,
+            human_bytes(c.peak_rss_bytes)
+        );
+    }
+    if a.sample_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  heap sampled about once per {}: bytes are scaled estimates, counts are sampled blocks | calls not sampled {} | sampled-block map full {}",
+            human_bytes(a.sample_bytes),
+            a.unsampled_calls,
+            a.sampled_map_full
+        );
+    }
     let calls: Vec<String> = a.calls_seen.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(s, "  calls seen: {}", calls.join(" "));
     let _ = writeln!(
@@ -165,14 +192,15 @@ pub fn render(report: &Report, top: usize) -> String {
     let l = &a.ledger;
     let _ = writeln!(
         s,
-        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | dups of unknown fds {} | reused fds {}",
+        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | dups of unknown fds {} | reused fds {} | repeated page faults {}",
         l.unknown_frees,
         l.unknown_reallocs,
         l.overwritten_blocks,
         human_bytes(l.untracked_unmap_bytes),
         l.unknown_closes,
         l.unknown_dups,
-        l.reused_fds
+        l.reused_fds,
+        l.repeated_faults
     );
     if a.unnamed_jit_frames > 0 {
         let _ = writeln!(s, "  {} JIT frames unnamed (shown as [jit]+0x...)", a.unnamed_jit_frames);
@@ -190,6 +218,15 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(s, "  not probed: {skipped}");
     }
     s
+}
+
+/// What a memory kind's count counts.
+fn units(kind: &str) -> &'static str {
+    match kind {
+        "resident" => "pages",
+        "mmap" | "file-mmap" => "mappings",
+        _ => "blocks",
+    }
 }
 
 fn duration(secs: f64) -> String {

@@ -81,14 +81,14 @@ impl Launched {
 
 /// Starts `argv` stopped, runs it until its C library is mapped, and returns
 /// it still stopped; nothing of it has run but the dynamic loader.
-pub fn launch(argv: &[OsString], pipe_stdout: bool) -> Result<Launched> {
+pub fn launch(argv: &[OsString], pipe_stdout: bool, needs_libc: bool) -> Result<Launched> {
     type Ready = Result<(ProcessInfo, Option<std::process::ChildStdout>)>;
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let (control_tx, control_rx) = mpsc::channel();
     let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
     let argv = argv.to_vec();
     let thread = thread::Builder::new().name("tracer".into()).spawn(move || {
-        let (child, stdout) = match start_stopped(&argv, pipe_stdout) {
+        let (child, stdout) = match start_stopped(&argv, pipe_stdout, needs_libc) {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -102,7 +102,11 @@ pub fn launch(argv: &[OsString], pipe_stdout: bool) -> Result<Launched> {
     Ok(Launched { info, stdout, control: control_tx, events: event_rx, thread: Some(thread) })
 }
 
-fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<std::process::ChildStdout>)> {
+fn start_stopped(
+    argv: &[OsString],
+    pipe_stdout: bool,
+    needs_libc: bool,
+) -> Result<(Pid, Option<std::process::ChildStdout>)> {
     let (program, args) = argv.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -124,7 +128,7 @@ fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<st
         pid,
         Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL,
     )?;
-    if let Err(e) = run_until_libc_mapped(pid) {
+    if let Err(e) = run_until_libc_mapped(pid).or_else(|e| if needs_libc { Err(e) } else { Ok(()) }) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         return Err(e.context(format!("{}", program.to_string_lossy())));

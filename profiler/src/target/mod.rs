@@ -22,14 +22,15 @@ pub struct ProcessInfo {
     pub command: String,
     /// Short name (comm), used in default output paths.
     pub name: String,
-    /// Its C library, as a path we can open (through `/proc/PID/root`).
-    pub libc: PathBuf,
+    /// Its C library, as a path we can open (through `/proc/PID/root`);
+    /// none for static binaries.
+    pub libc: Option<PathBuf>,
     pub maps: ProcessMaps,
 }
 
 impl ProcessInfo {
     /// Reads everything about a live process; fails with a clear message
-    /// when it does not exist or has no C library to probe.
+    /// when it does not exist.
     pub fn inspect(pid: u32) -> Result<Self> {
         if pid == 0 || !PathBuf::from(format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}");
@@ -47,14 +48,21 @@ impl ProcessInfo {
                     .join(" ")
             })
             .unwrap_or_default();
-        let Some(libc) = maps.libc() else {
-            bail!(
-                "process {pid} ({name}) has no C library mapped (statically linked, or not a libc program): \
-                 the allocator probes have nothing to attach to"
-            );
-        };
-        let libc = PathBuf::from(format!("/proc/{pid}/root{libc}"));
+        let libc = maps.libc().map(|libc| PathBuf::from(format!("/proc/{pid}/root{libc}")));
         Ok(Self { pid, command, name, libc, maps })
+    }
+
+    /// Fails with a clear message when the process has no C library for the alloc lens to probe.
+    pub fn require_libc(&self) -> Result<()> {
+        if self.libc.is_none() {
+            bail!(
+                "process {} ({}) has no C library mapped (statically linked, or not a libc program): \
+                 the allocator probes of --lens alloc have nothing to attach to (--lens resident works without)",
+                self.pid,
+                self.name
+            );
+        }
+        Ok(())
     }
 }
 

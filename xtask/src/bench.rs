@@ -1,0 +1,410 @@
+//! `cargo xtask bench`: what profiling costs, measured side by side in one
+//! run, each figure against the unprobed run of the same invocation (median
+//! of several runs). Writes `target/bench/bench.md` and `bench.json`.
+//!
+//! - C churn loop (`tests/fixtures/churn.c`): added ns per malloc+free pair,
+//!   unprobed vs each lens vs a minimal bpftrace script doing the same
+//!   bookkeeping (skipped, with the reason, when bpftrace cannot run).
+//! - Node HTTP server under wrk (loopback, bounded): requests/s and p99
+//!   latency, unprobed vs each lens attached with `--pid`.
+//! - The profiler's own CPU time and peak RSS (from its reports), and the
+//!   userspace pipeline benchmark (`profiler/benches/pipeline.rs`).
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+const RUNS: usize = 3;
+const UNPROBED_PAIRS: &str = "5000000";
+const PROBED_PAIRS: &str = "200000";
+const WRK_SECS: u32 = 8;
+
+/// Targets from the performance issue.
+const ALLOC_RATIO_TARGET: f64 = 0.55;
+const PRODUCTION_RPS_LOSS_TARGET: f64 = 0.03;
+const EVENTS_PER_S_TARGET: f64 = 1e6;
+const BYTES_PER_ALLOC_TARGET: f64 = 150.0;
+const REPORT_S_TARGET: f64 = 2.0;
+
+/// A lens configuration: its name and `profiler record` arguments.
+struct Config {
+    name: &'static str,
+    args: &'static [&'static str],
+}
+
+const CONFIGS: [Config; 4] = [
+    Config {
+        name: "alloc, entry placement (naive)",
+        args: &["--lens", "alloc", "--probe-placement", "entry"],
+    },
+    Config { name: "alloc", args: &["--lens", "alloc"] },
+    Config { name: "alloc, --sample-bytes 512K", args: &["--lens", "alloc", "--sample-bytes", "512K"] },
+    Config { name: "resident + handles (default)", args: &[] },
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct Bench {
+    profiler: PathBuf,
+    dir: PathBuf,
+    md: String,
+}
+
+pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    install(&["bpftrace", "wrk"]);
+    let mut b = Bench { profiler, dir, md: String::new() };
+    b.md.push_str("# Profiler overhead\n\nEach figure is the median of ");
+    b.md.push_str(&format!("{RUNS} runs, measured against the unprobed run of the same invocation.\n\n"));
+    let churn = b.churn(root)?;
+    let http = b.http(root)?;
+    let pipeline = b.pipeline(root)?;
+    let out = json!({ "churn": churn, "http": http, "pipeline": pipeline });
+    std::fs::write(b.dir.join("bench.json"), serde_json::to_vec_pretty(&out)?)?;
+    std::fs::write(b.dir.join("bench.md"), &b.md)?;
+    println!("{}", b.md);
+    eprintln!("wrote {}/bench.md and bench.json", b.dir.display());
+    Ok(())
+}
+
+/// Installs missing Debian packages (best effort: missing tools are reported by the bench).
+fn install(packages: &[&str]) {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| Command::new("which").arg(p).output().map_or(true, |o| !o.status.success()))
+        .collect();
+    if !missing.is_empty() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn compile_churn(root: &Path, out: &Path) -> Result<PathBuf> {
+    let exe = out.join("churn");
+    let st = Command::new("cc")
+        .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(root.join("tests/fixtures/churn.c"))
+        .status()?;
+    if !st.success() {
+        bail!("compiling churn.c");
+    }
+    Ok(exe)
+}
+
+/// Parses the churn fixture's "N ns per malloc+free pair".
+fn ns_per_pair(stdout: &[u8]) -> Result<f64> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .find_map(|l| l.strip_suffix(" ns per malloc+free pair"))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no timing in churn output: {text}"))
+}
+
+fn libc_path() -> Result<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+        .map(str::to_string)
+        .context("no libc in our own maps")
+}
+
+impl Bench {
+    fn record(&self, name: &str, args: &[&str], target: &[OsString]) -> Command {
+        let mut c = Command::new(&self.profiler);
+        c.args(["record", "-q", "-o"]).arg(self.dir.join(name)).args(args).arg("--").args(target);
+        c
+    }
+
+    fn report(&self, name: &str) -> Result<Value> {
+        let bytes = std::fs::read(self.dir.join(name).join("report.json"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    fn churn(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: churn loop");
+        let exe = compile_churn(root, &self.dir)?;
+        let run = |c: &mut Command| -> Result<f64> {
+            let out = c.output()?;
+            if !out.status.success() {
+                bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ns_per_pair(&out.stdout)
+        };
+        let target = |pairs: &str| vec![exe.clone().into_os_string(), pairs.into()];
+        let mut unprobed = Vec::new();
+        let mut probed: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+        let mut cost = Vec::new();
+        let mut bpftrace = Vec::new();
+        let mut bpftrace_skip = None;
+        let script = format!(
+            "uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }}\n\
+             uretprobe:{libc}:malloc /pid == cpid && @size[tid]/ {{ @live[retval] = @size[tid]; @stack[retval] = ustack; delete(@size[tid]); }}\n\
+             uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); delete(@stack[arg0]); }}\n\
+             END {{ clear(@live); clear(@stack); clear(@size); }}",
+            libc = libc_path()?
+        );
+        for _ in 0..RUNS {
+            unprobed.push(run(Command::new(&exe).arg(UNPROBED_PAIRS))?);
+            for (i, config) in CONFIGS.iter().enumerate() {
+                let name = format!("churn-{i}");
+                probed[i].push(run(&mut self.record(&name, config.args, &target(PROBED_PAIRS)))?);
+                if i == 1 {
+                    cost.push(self.report(&name)?["accuracy"]["profiler_cost"].clone());
+                }
+            }
+            if bpftrace_skip.is_none() {
+                let out = Command::new("bpftrace")
+                    .args(["-e", &script, "-c"])
+                    .arg(format!("{} {PROBED_PAIRS}", exe.display()))
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => match ns_per_pair(&o.stdout) {
+                        Ok(ns) => bpftrace.push(ns),
+                        Err(e) => bpftrace_skip = Some(format!("{e:#}")),
+                    },
+                    Ok(o) => {
+                        bpftrace_skip =
+                            Some(format!("bpftrace failed: {}", String::from_utf8_lossy(&o.stderr).trim()))
+                    }
+                    Err(e) => bpftrace_skip = Some(format!("bpftrace cannot run: {e}")),
+                }
+            }
+        }
+        let base = median(unprobed);
+        let added: Vec<f64> = probed.iter().map(|v| median(v.clone()) - base).collect();
+        let naive = added[0];
+        self.md.push_str("## Allocation churn (C, malloc(64)+free pairs)\n\n");
+        self.md.push_str(&format!("Unprobed: {base:.1} ns per pair.\n\n"));
+        self.md.push_str("| configuration | ns per pair | added ns per pair | added cost vs naive placement |\n|---|---:|---:|---:|\n");
+        let mut rows = Vec::new();
+        for (config, added) in CONFIGS.iter().zip(&added) {
+            self.md.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.2}x |\n",
+                config.name,
+                base + added,
+                added,
+                added / naive
+            ));
+            rows.push(json!({ "config": config.name, "ns_per_pair": base + added, "added_ns": added, "vs_naive": added / naive }));
+        }
+        match (&bpftrace_skip, bpftrace.is_empty()) {
+            (None, false) => {
+                let added = median(bpftrace.clone()) - base;
+                self.md.push_str(&format!(
+                    "| bpftrace (malloc entry+return, free; size and ustack per live block) | {:.0} | {:.0} | {:.2}x |\n",
+                    base + added,
+                    added,
+                    added / naive
+                ));
+                rows.push(json!({ "config": "bpftrace", "ns_per_pair": base + added, "added_ns": added, "vs_naive": added / naive }));
+            }
+            (reason, _) => {
+                let reason = reason.clone().unwrap_or_else(|| "no runs".into());
+                self.md.push_str(&format!("\nbpftrace column skipped: {reason}\n"));
+                rows.push(json!({ "config": "bpftrace", "skipped": reason }));
+            }
+        }
+        let ratio = added[1] / naive;
+        self.md.push_str(&format!(
+            "\nTarget: alloc lens <= {ALLOC_RATIO_TARGET}x the naive placement's added cost: **{:.2}x, {}**.\n\n",
+            ratio,
+            if ratio <= ALLOC_RATIO_TARGET { "met" } else { "missed" }
+        ));
+        let cpu: Vec<f64> = cost
+            .iter()
+            .map(|c| c["cpu_user_s"].as_f64().unwrap_or(0.0) + c["cpu_system_s"].as_f64().unwrap_or(0.0))
+            .collect();
+        let rss: Vec<f64> = cost.iter().map(|c| c["peak_rss_bytes"].as_f64().unwrap_or(0.0)).collect();
+        self.md.push_str(&format!(
+            "Profiler's own cost for the alloc lens run ({PROBED_PAIRS} pairs, {} events): {:.2} s CPU, peak RSS {:.0} MiB.\n\n",
+            2 * PROBED_PAIRS.parse::<u64>().unwrap_or(0),
+            median(cpu.clone()),
+            median(rss.clone()) / 1048576.0
+        ));
+        Ok(
+            json!({ "unprobed_ns": base, "rows": rows, "alloc_vs_naive": ratio, "profiler_cpu_s": median(cpu), "profiler_peak_rss_bytes": median(rss) }),
+        )
+    }
+
+    fn http(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: node HTTP server under wrk");
+        self.md.push_str("## Node.js HTTP server under wrk (loopback)\n\n");
+        for tool in ["node", "wrk"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
+                return Ok(json!({ "skipped": format!("{tool} missing") }));
+            }
+        }
+        let mut server = Command::new("node")
+            .arg(root.join("tests/fixtures/node/bench-server.js"))
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let result = self.http_rounds(&mut server);
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    }
+
+    fn http_rounds(&mut self, server: &mut Child) -> Result<Value> {
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let port = line.trim().strip_prefix("port ").context("server did not print its port")?.to_string();
+        let url = format!("http://127.0.0.1:{port}/");
+        wrk(&url, 3)?; // JIT warm-up
+        let pid = server.id().to_string();
+        let configs: Vec<&Config> = CONFIGS.iter().skip(1).collect();
+        let mut unprobed = Vec::new();
+        let mut probed: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
+        let mut cost = vec![Vec::new(); configs.len()];
+        for _ in 0..RUNS {
+            unprobed.push(wrk(&url, WRK_SECS)?);
+            for (i, config) in configs.iter().enumerate() {
+                let name = format!("http-{i}");
+                let mut profiler = Command::new(&self.profiler)
+                    .args(["record", "-q", "--pid", &pid, "-o"])
+                    .arg(self.dir.join(&name))
+                    .args(config.args)
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                // Attached once it says so.
+                let mut said = String::new();
+                BufReader::new(profiler.stderr.take().context("profiler stderr")?).read_line(&mut said)?;
+                if !said.starts_with("profiling") {
+                    bail!("profiler did not attach: {said}");
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                probed[i].push(wrk(&url, WRK_SECS)?);
+                let _ = Command::new("kill").args(["-INT", &profiler.id().to_string()]).status();
+                let st = profiler.wait()?;
+                if !st.success() {
+                    bail!("profiler --pid exited with {st}");
+                }
+                cost[i].push(self.report(&name)?["accuracy"]["profiler_cost"].clone());
+            }
+        }
+        let base_rps = median(unprobed.iter().map(|r| r.0).collect());
+        let base_p99 = median(unprobed.iter().map(|r| r.1).collect());
+        self.md.push_str(&format!(
+            "wrk -t1 -c16 -d{WRK_SECS}s; unprobed: {base_rps:.0} requests/s, p99 {base_p99:.2} ms.\n\n"
+        ));
+        self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s | profiler peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|\n");
+        let mut rows = Vec::new();
+        let mut production_loss = 0.0;
+        for (i, config) in configs.iter().enumerate() {
+            let rps = median(probed[i].iter().map(|r| r.0).collect());
+            let p99 = median(probed[i].iter().map(|r| r.1).collect());
+            let cpu = median(
+                cost[i]
+                    .iter()
+                    .map(|c| {
+                        c["cpu_user_s"].as_f64().unwrap_or(0.0) + c["cpu_system_s"].as_f64().unwrap_or(0.0)
+                    })
+                    .collect(),
+            );
+            let rss = median(cost[i].iter().map(|c| c["peak_rss_bytes"].as_f64().unwrap_or(0.0)).collect());
+            if config.args.is_empty() {
+                production_loss = 1.0 - rps / base_rps;
+            }
+            self.md.push_str(&format!(
+                "| {} | {rps:.0} | {:.3}x | {p99:.2} | {:.2}x | {cpu:.2} | {:.0} |\n",
+                config.name,
+                rps / base_rps,
+                p99 / base_p99,
+                rss / 1048576.0
+            ));
+            rows.push(json!({ "config": config.name, "rps": rps, "rps_ratio": rps / base_rps, "p99_ms": p99, "p99_ratio": p99 / base_p99, "profiler_cpu_s": cpu, "profiler_peak_rss_bytes": rss }));
+        }
+        self.md.push_str(&format!(
+            "\nTarget: resident + handles < {:.0}% requests/s loss: **{:.1}% loss, {}**.\n\n",
+            PRODUCTION_RPS_LOSS_TARGET * 100.0,
+            production_loss * 100.0,
+            if production_loss < PRODUCTION_RPS_LOSS_TARGET { "met" } else { "missed" }
+        ));
+        Ok(
+            json!({ "unprobed_rps": base_rps, "unprobed_p99_ms": base_p99, "rows": rows, "production_rps_loss": production_loss }),
+        )
+    }
+
+    fn pipeline(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: userspace pipeline");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut runs = Vec::new();
+        for _ in 0..RUNS {
+            let out = Command::new(&cargo)
+                .args(["bench", "-q", "-p", "profiler", "--bench", "pipeline"])
+                .current_dir(root)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                bail!("the pipeline benchmark failed");
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line =
+                text.lines().rev().find(|l| l.starts_with('{')).context("no JSON from the pipeline bench")?;
+            runs.push(serde_json::from_str::<Value>(line)?);
+        }
+        let m = |k: &str| median(runs.iter().map(|r| r[k].as_f64().unwrap_or(0.0)).collect());
+        let (eps, bpa, report) = (m("ingest_events_per_s"), m("bytes_per_outstanding"), m("report_s"));
+        let verdict = |ok: bool| if ok { "met" } else { "missed" };
+        self.md.push_str("## Userspace pipeline (synthetic event stream, one core)\n\n| measure | value | target | |\n|---|---:|---:|---|\n");
+        self.md.push_str(&format!(
+            "| ingestion (malloc+free events over 50k stacks) | {:.2} M events/s | >= 1 M events/s | {} |\n",
+            eps / 1e6,
+            verdict(eps >= EVENTS_PER_S_TARGET)
+        ));
+        self.md.push_str(&format!("| profiler memory per outstanding allocation (1M outstanding) | {bpa:.0} B | <= {BYTES_PER_ALLOC_TARGET} B | {} |\n", verdict(bpa <= BYTES_PER_ALLOC_TARGET)));
+        self.md.push_str(&format!("| report of 1M outstanding over 50k stacks (symbolized, JSON) | {report:.2} s | < {REPORT_S_TARGET} s | {} |\n\n", verdict(report < REPORT_S_TARGET)));
+        Ok(
+            json!({ "runs": runs, "ingest_events_per_s": eps, "bytes_per_outstanding": bpa, "report_s": report }),
+        )
+    }
+}
+
+/// One wrk run: (requests/s, p99 latency in ms).
+fn wrk(url: &str, secs: u32) -> Result<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c16", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .with_context(|| format!("no 99% latency in wrk output: {text}"))?;
+    Ok((rps, p99))
+}
+
+/// wrk latency (`812.00us`, `1.25ms`, `2.01s`) in ms.
+fn parse_latency(v: &str) -> f64 {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        _ => n,
+    }
+}
