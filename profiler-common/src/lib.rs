@@ -294,6 +294,16 @@ pub mod syscalls {
     }
 
     /// The handle kind a successful fd-creating syscall makes, if it makes one.
+    /// Calls that only matter to the handle lens.
+    pub fn is_handle_call(nr: u64) -> bool {
+        creates(nr).is_some() || matches!(nr, CLOSE | CLOSE_RANGE | DUP | DUP2 | DUP3 | FCNTL)
+    }
+
+    /// Calls recorded at entry only (releases, stdout writes): no exit probe needed.
+    pub fn recorded_on_entry(nr: u64) -> bool {
+        matches!(nr, MUNMAP | CLOSE | CLOSE_RANGE | WRITE | MADVISE)
+    }
+
     pub fn creates(nr: u64) -> Option<super::HandleKind> {
         use super::HandleKind::*;
         Some(match nr {

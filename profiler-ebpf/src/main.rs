@@ -13,9 +13,9 @@ use aya_ebpf::{
         bpf_get_stack,
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use profiler_common::{
@@ -29,8 +29,9 @@ const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Per-CPU records being built. Page-fault programs have their own slot:
-/// they can run nested inside a syscall program (its user-memory reads fault).
+/// Per-CPU records being built. Page-fault programs have their own slot, so
+/// a fault taken while another program builds its record (its reads of user
+/// memory can fault) never overwrites that record.
 #[map]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(2, 0);
 const SCRATCH_FAULT: u32 = 1;
@@ -85,19 +86,15 @@ fn count(slot: usize) {
     }
 }
 
-/// 1 when profiling a cgroup (set by userspace at load). The sys_enter/exit
-/// programs run for every syscall on the machine: without a cgroup to match,
-/// they must not pay for the cgroup-id helper and a second map lookup.
+/// 1 when profiling a cgroup (set by userspace at load). The syscall
+/// programs run for every traced syscall on the machine: without a cgroup to
+/// match, they must not pay for the cgroup-id helper and a second map lookup.
 #[unsafe(no_mangle)]
 static CGROUP_MODE: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
 
 /// `--sample-bytes`: mean bytes between sampled allocations; 0 records every call.
 #[unsafe(no_mangle)]
 static SAMPLE_BYTES: aya_ebpf::Global<u64> = aya_ebpf::Global::new(0);
-
-/// 0 to leave fd-creating and closing syscalls out (handle lens off).
-#[unsafe(no_mangle)]
-static TRACE_HANDLES: aya_ebpf::Global<u8> = aya_ebpf::Global::new(1);
 
 #[inline(always)]
 fn is_target() -> bool {
@@ -385,20 +382,23 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             }
         }
         AllocApi::Realloc | AllocApi::Reallocarray => {
-            let old_reported = call.ptr != 0 && forget_sampled(call.ptr);
             if ret == 0 {
                 let zero_size = call.size == 0 || (api == AllocApi::Reallocarray && call.arg == 0);
-                if zero_size && old_reported {
+                if zero_size && call.ptr != 0 {
                     // realloc(p, 0) frees p and returns NULL.
-                    if let Some(ev) = scratch(EventKind::Free, api as u16) {
-                        ev.header.addr = call.ptr;
-                        submit(ev);
+                    if forget_sampled(call.ptr) {
+                        if let Some(ev) = scratch(EventKind::Free, api as u16) {
+                            ev.header.addr = call.ptr;
+                            submit(ev);
+                        }
                     }
                 } else {
                     count(counters::FAILED_ALLOCS);
                 }
                 return 0;
             }
+            // A failed realloc leaves the old block live: only now is it gone.
+            let old_reported = call.ptr != 0 && forget_sampled(call.ptr);
             if !chosen(requested_bytes(api, call.size, call.arg)) || !remember_sampled(ret) {
                 count(counters::UNSAMPLED_CALLS);
                 // The new block is not followed; the old one, if it was, is released.
@@ -452,15 +452,8 @@ pub fn marker(_ctx: ProbeContext) -> u32 {
 
 // ---------------------------------------------------------------- syscalls
 
-/// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).
-mod regs {
-    pub const R10: usize = 7 * 8;
-    pub const R8: usize = 9 * 8;
-    pub const DX: usize = 12 * 8;
-    pub const SI: usize = 13 * 8;
-    pub const DI: usize = 14 * 8;
-    pub const SP: usize = 19 * 8;
-}
+/// Byte offset of the stack pointer in x86_64 `struct pt_regs` (a stable kernel ABI).
+const PT_REGS_SP: usize = 19 * 8;
 
 /// Flags meaning close-on-exec (`O_CLOEXEC`, `SOCK_CLOEXEC`, `EFD_CLOEXEC`, ...: all 0o2000000).
 const O_CLOEXEC: u64 = 0o2000000;
@@ -486,31 +479,30 @@ fn setting(slot: u32) -> u64 {
     CONFIG.get(slot).copied().unwrap_or(0)
 }
 
-#[inline(always)]
-fn reg(regs: *const u8, offset: usize) -> u64 {
-    unsafe { bpf_probe_read_kernel(regs.add(offset) as *const u64).unwrap_or(0) }
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+/// Entry of one traced syscall (attached to `syscalls:sys_enter_<name>` for
+/// each of them: untraced syscalls run no program at all). Record layout:
+/// `__syscall_nr` at 8, the arguments from 16.
+#[tracepoint]
+pub fn syscall_enter(ctx: TracePointContext) -> u32 {
     if !is_target() {
         return 0;
     }
-    let nr: u64 = ctx.arg(1);
-    let regs: *const u8 = ctx.arg(0);
+    let Ok(nr) = (unsafe { ctx.read_at::<i32>(8) }) else { return 0 };
+    let nr = nr as u64;
     let Some(slot) = syscalls::slot(nr) else { return 0 };
-    if TRACE_HANDLES.load() == 0 && is_handle_call(nr) {
-        return 0;
+    let mut a = [0u64; 5];
+    for (i, arg) in a.iter_mut().enumerate() {
+        // Calls with fewer arguments read past their record: unused values.
+        *arg = unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0);
     }
-    let di = reg(regs, regs::DI);
     // Releases are recorded on entry, before another thread can be handed the
     // same address or fd number; recording them on exit could reorder them
     // after that reuse.
     let immediate = match nr {
         syscalls::WRITE => {
-            if di == 1 {
+            if a[0] == 1 {
                 if let Some(ev) = scratch(EventKind::StdoutWrite, nr as u16) {
-                    ev.header.size = reg(regs, regs::DX);
+                    ev.header.size = a[2];
                     submit(ev);
                 }
             }
@@ -518,7 +510,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
         syscalls::MUNMAP => Some(EventKind::Munmap),
         syscalls::MADVISE => {
-            if !drops_pages(reg(regs, regs::DX)) {
+            if !drops_pages(a[2]) {
                 return 0;
             }
             Some(EventKind::Madvise)
@@ -530,20 +522,17 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Some(kind) = immediate {
         count(counters::SYSCALLS + slot);
         let Some(ev) = scratch(kind, nr as u16) else { return 0 };
-        ev.header.addr = di;
-        ev.header.size = reg(regs, regs::SI);
-        ev.header.arg = reg(regs, regs::DX);
+        ev.header.addr = a[0];
+        ev.header.size = a[1];
+        ev.header.arg = a[2];
         submit(ev);
         return 0;
     }
-    let mut saved = SyscallArgs {
-        nr,
-        args: [di, reg(regs, regs::SI), reg(regs, regs::DX), reg(regs, regs::R10), reg(regs, regs::R8), 0],
-    };
+    let mut saved = SyscallArgs { nr, args: [a[0], a[1], a[2], a[3], a[4], 0] };
     // Flags that live in user memory, read while the pointer is surely valid.
     match nr {
         syscalls::OPENAT2 | syscalls::CLONE3 => {
-            let ptr = if nr == syscalls::OPENAT2 { saved.args[2] } else { di };
+            let ptr = if nr == syscalls::OPENAT2 { a[2] } else { a[0] };
             saved.args[5] = unsafe { bpf_probe_read_user(ptr as *const u64) }.unwrap_or(0);
         }
         _ => {}
@@ -552,16 +541,6 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         count(counters::INFLIGHT_SYSCALL_MAP_FULL);
     }
     0
-}
-
-/// Calls that only matter to the handle lens.
-#[inline(always)]
-fn is_handle_call(nr: u64) -> bool {
-    syscalls::creates(nr).is_some()
-        || matches!(
-            nr,
-            syscalls::CLOSE | syscalls::CLOSE_RANGE | syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL
-        )
 }
 
 /// madvise advice values after which the range's pages are no longer resident
@@ -576,17 +555,21 @@ fn is_error(ret: u64) -> bool {
     ret > (-4096i64) as u64
 }
 
-/// Completes a syscall record: stack plus the words at the user stack pointer.
+/// The user stack pointer of the current task (for a fault or syscall in
+/// the kernel, as it was when the task entered the kernel).
 #[inline(always)]
-fn submit_with_stack(ctx: &RawTracePointContext, regs: *const u8, ev: &mut Event) {
-    submit_with_hints(ctx, reg(regs, regs::SP), ev);
+fn user_sp() -> u64 {
+    // SAFETY: the helper returns the task's saved user registers (pt_regs).
+    let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(bpf_get_current_task_btf()) };
+    unsafe { bpf_probe_read_kernel((regs as *const u8).add(PT_REGS_SP) as *const u64) }.unwrap_or(0)
 }
 
 /// Completes a record taken where the innermost user function may have no
 /// frame (a libc syscall wrapper, memset): its stack plus the words at the
-/// user stack pointer `sp`, from which userspace finds that function's caller.
+/// user stack pointer, from which userspace finds that function's caller.
 #[inline(always)]
-fn submit_with_hints<C: EbpfContext>(ctx: &C, sp: u64, ev: &mut Event) {
+fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
+    let sp = user_sp();
     capture_stack(ctx, ev, MAX_SYSCALL_FRAMES);
     let n = ev.header.frames as usize;
     if n <= MAX_SYSCALL_FRAMES {
@@ -619,16 +602,17 @@ fn cloexec_requested(nr: u64, a: &[u64; 6]) -> bool {
     flags & O_CLOEXEC != 0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+/// Exit of one traced syscall (`syscalls:sys_exit_<name>`); `ret` at 16.
+#[tracepoint]
+pub fn syscall_exit(ctx: TracePointContext) -> u32 {
     if !is_target() {
         return 0;
     }
     let key = bpf_get_current_pid_tgid();
     let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return 0 };
     let _ = SYSCALL_ARGS.remove(&key);
-    let regs: *const u8 = ctx.arg(0);
-    let ret: u64 = ctx.arg(1);
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return 0 };
+    let ret = ret as u64;
     if let Some(slot) = syscalls::slot(saved.nr) {
         count(counters::SYSCALLS + slot);
     }
@@ -661,7 +645,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             syscalls::ACCEPT | syscalls::ACCEPT4 => a[0],
             _ => 0,
         };
-        submit_with_stack(&ctx, regs, ev);
+        submit_with_stack(&ctx, ev);
         return 0;
     }
     match nr {
@@ -671,7 +655,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             ev.header.size = a[1];
             ev.header.arg = a[3];
             ev.header.old_size = a[4];
-            submit_with_stack(&ctx, regs, ev);
+            submit_with_stack(&ctx, ev);
         }
         syscalls::MREMAP => {
             let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
@@ -680,13 +664,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
             ev.header.size = a[2];
             ev.header.arg = a[3];
             ev.header.addr = ret;
-            submit_with_stack(&ctx, regs, ev);
+            submit_with_stack(&ctx, ev);
         }
         syscalls::BRK => {
             let Some(ev) = scratch(EventKind::Brk, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.size = a[0];
-            submit_with_stack(&ctx, regs, ev);
+            submit_with_stack(&ctx, ev);
         }
         syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL => {
             if nr == syscalls::FCNTL {
@@ -713,7 +697,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
                 syscalls::FCNTL => (a[1] == F_DUPFD_CLOEXEC) as u64,
                 _ => cloexec_requested(nr, &a) as u64,
             };
-            submit_with_stack(&ctx, regs, ev);
+            submit_with_stack(&ctx, ev);
         }
         _ => {}
     }
@@ -746,9 +730,7 @@ fn page_fault(ctx: &TracePointContext) -> u32 {
     ev.header.addr = address & !4095;
     ev.header.size = 4096;
     ev.header.arg = error;
-    // The user registers of the faulting task (for a kernel-mode fault, as of its syscall).
-    let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(bpf_get_current_task_btf()) };
-    submit_with_hints(ctx, reg(regs as *const u8, regs::SP), ev);
+    submit_with_stack(ctx, ev);
     0
 }
 

@@ -3,11 +3,15 @@
 //! code, so symbolization is real) through the collector and ledger, then
 //! the report model. Prints one JSON object; `cargo xtask bench` tabulates it.
 //!
-//! Measures ingestion throughput on one core, profiler memory per
-//! outstanding allocation, and the time to name and assemble a report of
-//! 1M outstanding allocations.
+//! Measures ingestion throughput on one core, profiler heap memory per
+//! outstanding allocation (counted by the global allocator), and the time
+//! to name and assemble a report of 1M outstanding allocations.
 
-use std::time::Instant;
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
 
 use profiler::{collector::Collector, symbols::Symbols};
 use profiler_common::{AllocApi, EventHeader, EventKind, HEADER_SIZE};
@@ -32,15 +36,29 @@ fn own_code() -> (u64, u64) {
         .expect("an executable mapping of this binary")
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
+/// The system allocator, counting live heap bytes: the profiler's memory, exactly.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
 }
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 struct Stream {
     pid: u32,
@@ -105,12 +123,13 @@ fn main() {
     drop(churn);
 
     // Memory: 1M outstanding allocations over the same 50k stacks.
-    let before = rss_bytes();
+    let before = LIVE.load(Ordering::Relaxed);
     for i in 0..OUTSTANDING {
         let ev = stream.event(EventKind::Alloc, 0x7000_0000_0000 + i * 64, Some(i % STACKS));
         collector.ingest(&ev);
     }
-    let bytes_per_outstanding = rss_bytes().saturating_sub(before) as f64 / OUTSTANDING as f64;
+    let bytes_per_outstanding =
+        LIVE.load(Ordering::Relaxed).saturating_sub(before) as f64 / OUTSTANDING as f64;
 
     // Report: name every frame and assemble the per-stack entries, then serialize.
     let started = Instant::now();

@@ -1,6 +1,6 @@
-//! Loading the eBPF object and attaching its programs: the syscall raw
-//! tracepoints (global, filtered in the kernel by the TARGETS map) and the
-//! allocator uprobes on the target's own C library. Dropping [`Probes`]
+//! Loading the eBPF object and attaching its programs: the per-syscall
+//! tracepoints and page-fault tracepoints (global, filtered in the kernel by
+//! the TARGETS map) and the allocator uprobes on the target's own C library. Dropping [`Probes`]
 //! detaches everything.
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
@@ -10,12 +10,12 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeScope},
-        RawTracePoint, TracePoint, UProbe,
+        TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use object::{Object, ObjectSection, ObjectSymbol};
-use profiler_common::{counters, AllocApi, ALLOC_APIS};
+use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 
 use crate::placement::{self, Placement, PlacementMode};
 
@@ -29,8 +29,6 @@ pub struct ProbeSettings {
     pub cgroup_mode: bool,
     /// Mean bytes between sampled allocations (`--sample-bytes`); 0 records every call.
     pub sample_bytes: u64,
-    /// Records fd-creating and closing syscalls (the handle lens).
-    pub trace_handles: bool,
     pub placement: PlacementMode,
 }
 
@@ -57,7 +55,6 @@ impl Probes {
             .map_max_entries("EVENTS", ringbuf_bytes)
             .override_global("CGROUP_MODE", &(settings.cgroup_mode as u8), true)
             .override_global("SAMPLE_BYTES", &settings.sample_bytes, true)
-            .override_global("TRACE_HANDLES", &(settings.trace_handles as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         Ok(Self {
@@ -87,12 +84,29 @@ impl Probes {
         Ok(())
     }
 
-    pub fn attach_syscalls(&mut self) -> Result<()> {
-        for (prog, tp) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
-            let p: &mut RawTracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
+    /// Attaches the syscall programs to each traced syscall's own tracepoints,
+    /// so the machine's other syscalls run no program (a raw `sys_enter`
+    /// program would run on every one). fd calls only with `handles`;
+    /// `write` only when stdout writes are needed (a warm-up marker line).
+    pub fn attach_syscalls(&mut self, handles: bool, stdout_writes: bool) -> Result<()> {
+        let wanted = syscalls::TRACED.iter().filter(|(nr, _)| {
+            (handles || !syscalls::is_handle_call(*nr)) && (stdout_writes || *nr != syscalls::WRITE)
+        });
+        for (prog, phase) in [("syscall_enter", "enter"), ("syscall_exit", "exit")] {
+            let p: &mut TracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
-            p.attach(tp).with_context(|| format!("attaching raw tracepoint {tp}"))?;
-            self.attached.push(format!("raw_tracepoint:{tp}"));
+            let mut names = Vec::new();
+            for (nr, name) in wanted.clone() {
+                if phase == "exit" && syscalls::recorded_on_entry(*nr) {
+                    continue;
+                }
+                let tp = format!("sys_{phase}_{name}");
+                match p.attach("syscalls", &tp) {
+                    Ok(_) => names.push(*name),
+                    Err(e) => self.skipped.push(format!("syscalls:{tp} ({name} not traced): {e}")),
+                }
+            }
+            self.attached.push(format!("tracepoint:syscalls:sys_{phase}_{{{}}}", names.join(",")));
         }
         Ok(())
     }

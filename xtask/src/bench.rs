@@ -284,11 +284,14 @@ impl Bench {
                     .stderr(Stdio::piped())
                     .spawn()?;
                 // Attached once it says so.
+                let mut stderr = BufReader::new(profiler.stderr.take().context("profiler stderr")?);
                 let mut said = String::new();
-                BufReader::new(profiler.stderr.take().context("profiler stderr")?).read_line(&mut said)?;
+                stderr.read_line(&mut said)?;
                 if !said.starts_with("profiling") {
                     bail!("profiler did not attach: {said}");
                 }
+                // Keep draining: a closed pipe would fail its later messages.
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
                 std::thread::sleep(Duration::from_millis(500));
                 probed[i].push(wrk(&url, WRK_SECS)?);
                 let _ = Command::new("kill").args(["-INT", &profiler.id().to_string()]).status();

@@ -266,14 +266,10 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
     let mut probed = ProbedProcesses::new(opts.lenses.alloc);
     let cgroup_mode = matches!(target, Target::Cgroup(_));
     let mut attach = || -> Result<Probes> {
-        let settings = ProbeSettings {
-            cgroup_mode,
-            sample_bytes: opts.sample_bytes,
-            trace_handles: opts.lenses.handles,
-            placement: opts.placement,
-        };
+        let settings =
+            ProbeSettings { cgroup_mode, sample_bytes: opts.sample_bytes, placement: opts.placement };
         let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
-        probes.attach_syscalls()?;
+        probes.attach_syscalls(opts.lenses.handles, opts.warmup.stdout_marker.is_some())?;
         probes.attach_process_tracepoints(follow)?;
         if opts.lenses.resident {
             probes.attach_page_faults()?;

@@ -45,7 +45,8 @@ pub struct MemorySplit {
 
 pub fn split(stacks: &[StackEntry]) -> MemorySplit {
     let mut s = MemorySplit::default();
-    for e in stacks {
+    // Resident pages are a subset of the address-space kinds: counting them would count twice.
+    for e in stacks.iter().filter(|e| e.kind != "resident") {
         match classify(e) {
             Some(V8_HEAP) => s.v8_heap_bytes += e.bytes,
             Some(EXTERNAL) => s.external_bytes += e.bytes,
