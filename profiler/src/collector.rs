@@ -19,6 +19,7 @@ use crate::{
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
+const PAGE: u64 = 4096;
 
 /// Where an event's stack was captured, which decides how it is completed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,6 @@ enum CapturedAt {
     /// A page fault, maybe in a frameless function (with stack hints).
     Fault,
 }
-const PAGE: u64 = 4096;
 
 #[derive(Default)]
 pub struct Collector {
@@ -552,6 +552,16 @@ impl Collector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sampled_blocks_weigh_their_inverse_probability() {
+        let exact = Collector::default();
+        assert_eq!(exact.weighted(1000), 1000);
+        let sampled = Collector { sample_bytes: 65536, ..Default::default() };
+        // Kept with p = 1000/65536: stands for 65536 bytes; blocks >= the mean are always kept.
+        assert_eq!(sampled.weighted(1000), 65536);
+        assert_eq!(sampled.weighted(1 << 20), 1 << 20);
+    }
+
     use super::*;
 
     #[test]

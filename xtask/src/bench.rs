@@ -25,6 +25,8 @@ const RUNS: usize = 3;
 const UNPROBED_PAIRS: &str = "5000000";
 const PROBED_PAIRS: &str = "200000";
 const WRK_SECS: u32 = 8;
+const WARMUP_SECS: u32 = 10;
+const HTTP_RUNS: usize = 5;
 
 /// Targets from the performance issue.
 const ALLOC_RATIO_TARGET: f64 = 0.55;
@@ -267,15 +269,22 @@ impl Bench {
         BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
         let port = line.trim().strip_prefix("port ").context("server did not print its port")?.to_string();
         let url = format!("http://127.0.0.1:{port}/");
-        wrk(&url, 3)?; // JIT warm-up
+        wrk(&url, WARMUP_SECS)?; // the JIT settles
         let pid = server.id().to_string();
         let configs: Vec<&Config> = CONFIGS.iter().skip(1).collect();
         let mut unprobed = Vec::new();
         let mut probed: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
         let mut cost = vec![Vec::new(); configs.len()];
-        for _ in 0..RUNS {
-            unprobed.push(wrk(&url, WRK_SECS)?);
-            for (i, config) in configs.iter().enumerate() {
+        // Each round starts at another configuration, so drift (the JIT, the
+        // machine) does not always favour the same one.
+        let slots = configs.len() + 1;
+        for round in 0..HTTP_RUNS {
+            for k in 0..slots {
+                let Some(i) = ((round + k) % slots).checked_sub(1) else {
+                    unprobed.push(wrk(&url, WRK_SECS)?);
+                    continue;
+                };
+                let config = configs[i];
                 let name = format!("http-{i}");
                 let mut profiler = Command::new(&self.profiler)
                     .args(["record", "-q", "--pid", &pid, "-o"])
@@ -305,7 +314,7 @@ impl Bench {
         let base_rps = median(unprobed.iter().map(|r| r.0).collect());
         let base_p99 = median(unprobed.iter().map(|r| r.1).collect());
         self.md.push_str(&format!(
-            "wrk -t1 -c16 -d{WRK_SECS}s; unprobed: {base_rps:.0} requests/s, p99 {base_p99:.2} ms.\n\n"
+            "wrk -t1 -c16 -d{WRK_SECS}s after a {WARMUP_SECS} s warm-up, median of {HTTP_RUNS} rounds in rotating order; unprobed: {base_rps:.0} requests/s, p99 {base_p99:.2} ms.\n\n"
         ));
         self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s | profiler peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|\n");
         let mut rows = Vec::new();
