@@ -61,7 +61,7 @@ enum Command {
     ///
     /// Exit codes: 0 report written, 1 the profiler failed (bad input, cannot attach), 2 usage error.
     #[command(
-        after_help = "Examples:\n  profiler record --pid 1234 --duration 60\n  profiler record -- ./my-program --its-args"
+        after_help = "Examples:\n  profiler record --pid 1234 --duration 60              # production: resident pages + handles\n  profiler record --pid 1234 --lens alloc,handles      # exact heap blocks per malloc call site\n  profiler record -- ./my-program --its-args"
     )]
     Record(RecordArgs),
 
