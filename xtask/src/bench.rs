@@ -65,7 +65,7 @@ struct Bench {
 pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    install(&["bpftrace", "wrk"]);
+    crate::install_missing(&[("bpftrace", "bpftrace"), ("wrk", "wrk")], "the benchmark");
     let mut b = Bench { profiler, dir, md: String::new() };
     b.md.push_str("# Profiler overhead\n\nEach figure is the median of ");
     b.md.push_str(&format!("{RUNS} runs, measured against the unprobed run of the same invocation.\n\n"));
@@ -78,22 +78,6 @@ pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
     println!("{}", b.md);
     eprintln!("wrote {}/bench.md and bench.json", b.dir.display());
     Ok(())
-}
-
-/// Installs missing Debian packages (best effort: missing tools are reported by the bench).
-fn install(packages: &[&str]) {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| Command::new("which").arg(p).output().map_or(true, |o| !o.status.success()))
-        .collect();
-    if !missing.is_empty() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&missing)
-            .stdout(Stdio::null())
-            .status();
-    }
 }
 
 fn compile_churn(root: &Path, out: &Path) -> Result<PathBuf> {
@@ -116,15 +100,6 @@ fn ns_per_pair(stdout: &[u8]) -> Result<f64> {
         .find_map(|l| l.strip_suffix(" ns per malloc+free pair"))
         .and_then(|n| n.trim().parse().ok())
         .with_context(|| format!("no timing in churn output: {text}"))
-}
-
-fn libc_path() -> Result<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
-        .map(str::to_string)
-        .context("no libc in our own maps")
 }
 
 impl Bench {
@@ -155,13 +130,11 @@ impl Bench {
         let mut cost = Vec::new();
         let mut bpftrace = Vec::new();
         let mut bpftrace_skip = None;
-        let script = format!(
-            "uprobe:{libc}:malloc /pid == cpid/ {{ @size[tid] = arg0; }}\n\
-             uretprobe:{libc}:malloc /pid == cpid && @size[tid]/ {{ @live[retval] = @size[tid]; @stack[retval] = ustack; delete(@size[tid]); }}\n\
-             uprobe:{libc}:free /pid == cpid/ {{ delete(@live[arg0]); delete(@stack[arg0]); }}\n\
-             END {{ clear(@live); clear(@stack); clear(@size); }}",
-            libc = libc_path()?
-        );
+        // bpftrace resolves `libc` through the loader's cache.
+        let script = "uprobe:libc:malloc /pid == cpid/ { @size[tid] = arg0; }\n\
+             uretprobe:libc:malloc /pid == cpid && @size[tid]/ { @live[retval] = @size[tid]; @stack[retval] = ustack; delete(@size[tid]); }\n\
+             uprobe:libc:free /pid == cpid/ { delete(@live[arg0]); delete(@stack[arg0]); }\n\
+             END { clear(@live); clear(@stack); clear(@size); }";
         for _ in 0..RUNS {
             unprobed.push(run(Command::new(&exe).arg(UNPROBED_PAIRS))?);
             for (i, config) in CONFIGS.iter().enumerate() {
@@ -173,7 +146,7 @@ impl Bench {
             }
             if bpftrace_skip.is_none() {
                 let out = Command::new("bpftrace")
-                    .args(["-e", &script, "-c"])
+                    .args(["-e", script, "-c"])
                     .arg(format!("{} {PROBED_PAIRS}", exe.display()))
                     .output();
                 match out {
@@ -249,7 +222,7 @@ impl Bench {
         eprintln!("bench: node HTTP server under wrk");
         self.md.push_str("## Node.js HTTP server under wrk (loopback)\n\n");
         for tool in ["node", "wrk"] {
-            if Command::new(tool).arg("--version").output().is_err() {
+            if crate::find_in_path(tool).is_none() {
                 self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
                 return Ok(json!({ "skipped": format!("{tool} missing") }));
             }

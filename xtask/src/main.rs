@@ -333,15 +333,18 @@ fn gate(args: Vec<OsString>) -> Result<()> {
 /// Tools some tests use, installed when we can (those tests report a
 /// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`.
 fn install_test_tools() {
-    let missing: Vec<&str> = [("musl-gcc", "musl-tools"), ("go", "golang-go")]
-        .iter()
-        .filter(|(bin, _)| find_in_path(bin).is_none())
-        .map(|(_, package)| *package)
-        .collect();
+    install_missing(&[("musl-gcc", "musl-tools"), ("go", "golang-go")], "the tests");
+}
+
+/// Installs, as root with apt-get, the Debian package of each `(binary,
+/// package)` whose binary is not on PATH; warns (and carries on) when it cannot.
+fn install_missing(tools: &[(&str, &str)], purpose: &str) {
+    let missing: Vec<&str> =
+        tools.iter().filter(|(bin, _)| find_in_path(bin).is_none()).map(|(_, package)| *package).collect();
     if missing.is_empty() || !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
         return;
     }
-    eprintln!("xtask: installing {} for the tests", missing.join(", "));
+    eprintln!("xtask: installing {} for {purpose}", missing.join(", "));
     let install = || {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -355,7 +358,7 @@ fn install_test_tools() {
         install() || (Command::new("apt-get").args(["update", "-q"]).status().is_ok() && install());
     if !installed {
         eprintln!(
-            "xtask: warning: could not install {}; the tests needing them will be skipped",
+            "xtask: warning: could not install {}; {purpose} needing them will be skipped",
             missing.join(", ")
         );
     }
