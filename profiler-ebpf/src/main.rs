@@ -29,12 +29,12 @@ const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Per-CPU records being built. Page-fault programs have their own slot, so
-/// a fault taken while another program builds its record (its reads of user
-/// memory can fault) never overwrites that record.
+/// The per-CPU record being built. Every program here is a uprobe or a
+/// tracepoint, and the kernel runs at most one of those per CPU at a time
+/// (a page fault taken inside one, e.g. by its reads of user memory, runs no
+/// program), so one slot is enough.
 #[map]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(2, 0);
-const SCRATCH_FAULT: u32 = 1;
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT as u32, 0);
@@ -112,12 +112,7 @@ fn is_target() -> bool {
 /// Fills the per-CPU scratch record's header; returns it for the caller to complete.
 #[inline(always)]
 fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
-    scratch_in(0, kind, api)
-}
-
-#[inline(always)]
-fn scratch_in(slot: u32, kind: EventKind, api: u16) -> Option<&'static mut Event> {
-    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(slot)? };
+    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
     let pid_tgid = bpf_get_current_pid_tgid();
     let h = &mut ev.header;
     h.kind = kind as u16;
@@ -726,7 +721,7 @@ fn page_fault(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     count(counters::PAGE_FAULTS);
-    let Some(ev) = scratch_in(SCRATCH_FAULT, EventKind::PageFault, 0) else { return 0 };
+    let Some(ev) = scratch(EventKind::PageFault, 0) else { return 0 };
     ev.header.addr = address & !4095;
     ev.header.size = 4096;
     ev.header.arg = error;
