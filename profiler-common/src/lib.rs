@@ -14,6 +14,8 @@ pub const STACK_HINT_WORDS: usize = 64;
 
 /// Frames captured for syscall events, leaving room for the hint words.
 pub const MAX_SYSCALL_FRAMES: usize = MAX_FRAMES - STACK_HINT_WORDS;
+const _: () =
+    assert!((MAX_SYSCALL_FRAMES + 1).is_power_of_two(), "the kernel side masks frame counts with it");
 
 /// What an [`EventHeader`] describes.
 #[repr(u16)]
@@ -346,7 +348,16 @@ pub mod counters {
     pub const SAMPLED_MAP_FULL: usize = UNSAMPLED_CALLS + 1;
     /// First-touch page faults seen (resident lens).
     pub const PAGE_FAULTS: usize = SAMPLED_MAP_FULL + 1;
-    pub const COUNT: usize = PAGE_FAULTS + 1;
+    /// Events lost because every per-CPU scratch record was in use (programs
+    /// nested or preempted more deeply than there are slots).
+    pub const SCRATCH_BUSY: usize = PAGE_FAULTS + 1;
+    /// Allocator calls whose return was never seen (the thread left the call
+    /// otherwise, e.g. longjmp); found and recovered at the thread's next call.
+    pub const MISSED_RETURNS: usize = SCRATCH_BUSY + 1;
+    /// Page faults taken by the profiler's own reads of user memory (never
+    /// the target's: such a read leaves the page not resident).
+    pub const OWN_READ_FAULTS: usize = MISSED_RETURNS + 1;
+    pub const COUNT: usize = OWN_READ_FAULTS + 1;
 }
 
 /// Fixed part of every ring-buffer record. `frames` user stack frames

@@ -5,19 +5,25 @@
 //! return, at the fault, or at syscall exit plus stack hints).
 #![no_std]
 #![no_main]
+// Compare-and-swap: the bpf target declares no CAS, yet BPF v3 has one
+// (`BPF_CMPXCHG`, kernel 5.12); the object is built with `-Ctarget-cpu=v3`.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32,
-        bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use profiler_common::{
     counters, syscalls, AllocApi, Event, EventKind, HEADER_SIZE, MAX_FRAMES, MAX_SYSCALL_FRAMES,
     STACK_HINT_WORDS,
@@ -29,12 +35,74 @@ const WAKEUP_THRESHOLD: u64 = 256 * 1024;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// The per-CPU record being built. Every program here is a uprobe or a
-/// tracepoint, and the kernel runs at most one of those per CPU at a time
-/// (a page fault taken inside one, e.g. by its reads of user memory, runs no
-/// program), so one slot is enough.
+/// Per-CPU scratch records, claimed one per running program. Programs do
+/// nest on a CPU: a page fault taken by a uprobe program's own reads of user
+/// memory (the stack walk) runs the page-fault tracepoint programs inside it,
+/// and uprobe programs run with migration, not preemption, disabled, so on a
+/// preemptible kernel another task's uprobe program can run between two of
+/// its instructions. A slot is claimed with compare-and-swap and released
+/// when its [`Claim`] is dropped; all slots busy is counted as a lost event.
 #[map]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Slot> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+const SCRATCH_SLOTS: u32 = 4;
+
+/// Marks a slot's owner: `pid_tgid | CLAIMED` (pid_tgid never sets bit 63).
+const CLAIMED: u64 = 1 << 63;
+
+#[repr(C)]
+struct Slot {
+    /// `pid_tgid | CLAIMED` of the program building a record here; 0 when free.
+    owner: u64,
+    event: Event,
+}
+
+/// A claimed scratch slot; dropping it frees the slot.
+struct Claim {
+    slot: *mut Slot,
+}
+
+impl core::ops::Deref for Claim {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        unsafe { &(*self.slot).event }
+    }
+}
+
+impl core::ops::DerefMut for Claim {
+    fn deref_mut(&mut self) -> &mut Event {
+        unsafe { &mut (*self.slot).event }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // A plain store: BPF has no store-release before v4, and only this
+        // CPU's programs touch the slot (the claim's CAS orders the rest).
+        unsafe { core::ptr::write_volatile(owner(self.slot), 0) };
+    }
+}
+
+#[inline(always)]
+fn owner(slot: *mut Slot) -> *mut u64 {
+    unsafe { core::ptr::addr_of_mut!((*slot).owner) }
+}
+
+/// Whether the current task is inside one of our programs on this CPU (it
+/// holds a slot): a page fault now was caused by the program's own read of
+/// user memory, which never makes the page resident.
+#[inline(always)]
+fn inside_own_program() -> bool {
+    let me = bpf_get_current_pid_tgid() | CLAIMED;
+    for i in 0..SCRATCH_SLOTS {
+        if let Some(slot) = SCRATCH.get_ptr_mut(i) {
+            if unsafe { core::ptr::read_volatile(owner(slot)) } == me {
+                return true;
+            }
+        }
+    }
+    false
+}
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT as u32, 0);
@@ -47,9 +115,10 @@ static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Allocator calls in flight, per thread.
+/// Allocator calls in flight, per thread (LRU: an entry of a thread that
+/// exited inside a call cannot pile up).
 #[map]
-static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(65536, 0);
+static INFLIGHT: LruHashMap<u64, InFlight> = LruHashMap::with_max_entries(65536, 0);
 
 /// Arguments of traced syscalls in flight, per thread.
 #[map]
@@ -60,15 +129,34 @@ static SYSCALL_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536
 #[map]
 static SAMPLED: HashMap<[u64; 2], u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
+/// The outermost probed allocator call a thread is in. Calls are told apart
+/// by the stack pointer at the probe, which entry probes see unchanged from
+/// the function's first instruction (placement never moves past a push): a
+/// call made from inside the recorded one has a lower one, a tail call
+/// (glibc's reallocarray -> realloc -> malloc) the same, and a call from
+/// higher up means the recorded call returned unseen. No state here outlives
+/// a missed return past the thread's next call.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct InFlight {
+    /// The call the program made (a tail-called one keeps the outer's).
     api: u16,
-    depth: u16,
+    /// Tail calls made on top of the recorded call: each adds a return, all
+    /// fired together at the same stack pointer.
+    tail_calls: u8,
+    /// 1 once recorded, kept only to absorb the tail calls' returns.
+    spent: u8,
     _pad: u32,
     size: u64,
     arg: u64,
     ptr: u64,
+    /// Stack pointer at entry (spent: at the return).
+    sp: u64,
+}
+
+#[inline(always)]
+fn entry_sp(ctx: &ProbeContext) -> u64 {
+    unsafe { (*ctx.regs).rsp }
 }
 
 #[repr(C)]
@@ -109,11 +197,33 @@ fn is_target() -> bool {
     unsafe { CGROUPS.get(&cgroup).is_some() }
 }
 
-/// Fills the per-CPU scratch record's header; returns it for the caller to complete.
+/// Claims a scratch slot and fills its record's header; returns it for the
+/// caller to complete.
 #[inline(always)]
-fn scratch(kind: EventKind, api: u16) -> Option<&'static mut Event> {
-    let ev = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+fn scratch(kind: EventKind, api: u16) -> Option<Claim> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let mut claimed = None;
+    for i in 0..SCRATCH_SLOTS {
+        if let Some(slot) = SCRATCH.get_ptr_mut(i) {
+            let field = owner(slot);
+            // SAFETY: the field is an aligned u64 in this CPU's map value.
+            let (_, won) = unsafe {
+                atomic_cxchg::<u64, { AtomicOrdering::Acquire }, { AtomicOrdering::Relaxed }>(
+                    field,
+                    0,
+                    pid_tgid | CLAIMED,
+                )
+            };
+            if won {
+                claimed = Some(Claim { slot });
+                break;
+            }
+        }
+    }
+    let Some(mut ev) = claimed else {
+        count(counters::SCRATCH_BUSY);
+        return None;
+    };
     let h = &mut ev.header;
     h.kind = kind as u16;
     h.api = api;
@@ -230,7 +340,7 @@ fn forget_sampled(addr: u64) -> bool {
 }
 
 #[inline(always)]
-fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
+fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64, sp: u64) -> u32 {
     if !is_target() {
         return 0;
     }
@@ -244,14 +354,21 @@ fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64) -> u32 {
     }
     if let Some(f) = INFLIGHT.get_ptr_mut(&key) {
         let f = unsafe { &mut *f };
-        if f.depth > 0 {
-            // Called from inside another probed allocator call; the outer call is recorded.
-            f.depth += 1;
-            count(counters::NESTED_CALLS);
-            return 0;
+        if f.spent == 0 {
+            if sp < f.sp {
+                // Called from inside another probed allocator call; the outer call is recorded.
+                count(counters::NESTED_CALLS);
+                return 0;
+            }
+            if sp == f.sp {
+                // A tail call: same request, the outer call is recorded.
+                f.tail_calls = f.tail_calls.saturating_add(1);
+                return 0;
+            }
+            count(counters::MISSED_RETURNS);
         }
     }
-    let entry = InFlight { api: api as u16, depth: 1, _pad: 0, size, arg, ptr };
+    let entry = InFlight { api: api as u16, tail_calls: 0, spent: 0, _pad: 0, size, arg, ptr, sp };
     if INFLIGHT.insert(&key, &entry, 0).is_err() {
         count(counters::INFLIGHT_MAP_FULL);
     }
@@ -265,47 +382,47 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 
 #[uprobe]
 pub fn malloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Malloc, arg(&ctx, 0), 0, 0)
+    alloc_enter(AllocApi::Malloc, arg(&ctx, 0), 0, 0, entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Calloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+    alloc_enter(AllocApi::Calloc, arg(&ctx, 1), arg(&ctx, 0), 0, entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Realloc, arg(&ctx, 1), 0, arg(&ctx, 0))
+    alloc_enter(AllocApi::Realloc, arg(&ctx, 1), 0, arg(&ctx, 0), entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Reallocarray, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+    alloc_enter(AllocApi::Reallocarray, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0), entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::PosixMemalign, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0))
+    alloc_enter(AllocApi::PosixMemalign, arg(&ctx, 2), arg(&ctx, 1), arg(&ctx, 0), entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn aligned_alloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::AlignedAlloc, arg(&ctx, 1), arg(&ctx, 0), 0)
+    alloc_enter(AllocApi::AlignedAlloc, arg(&ctx, 1), arg(&ctx, 0), 0, entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn memalign_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Memalign, arg(&ctx, 1), arg(&ctx, 0), 0)
+    alloc_enter(AllocApi::Memalign, arg(&ctx, 1), arg(&ctx, 0), 0, entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn valloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Valloc, arg(&ctx, 0), 0, 0)
+    alloc_enter(AllocApi::Valloc, arg(&ctx, 0), 0, 0, entry_sp(&ctx))
 }
 
 #[uprobe]
 pub fn pvalloc_enter(ctx: ProbeContext) -> u32 {
-    alloc_enter(AllocApi::Pvalloc, arg(&ctx, 0), 0, 0)
+    alloc_enter(AllocApi::Pvalloc, arg(&ctx, 0), 0, 0, entry_sp(&ctx))
 }
 
 #[uprobe]
@@ -320,7 +437,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     }
     let key = bpf_get_current_pid_tgid();
     if let Some(f) = unsafe { INFLIGHT.get(&key) } {
-        if f.depth > 0 {
+        if f.spent == 0 && entry_sp(&ctx) < f.sp {
             // realloc(p, 0) frees through free(); the realloc return records it.
             count(counters::NESTED_CALLS);
             return 0;
@@ -329,9 +446,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if !forget_sampled(ptr) {
         return 0;
     }
-    if let Some(ev) = scratch(EventKind::Free, AllocApi::Free as u16) {
+    if let Some(mut ev) = scratch(EventKind::Free, AllocApi::Free as u16) {
         ev.header.addr = ptr;
-        submit(ev);
+        submit(&ev);
     }
     0
 }
@@ -351,12 +468,30 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let f = unsafe { &mut *f };
-    if f.depth > 1 {
-        f.depth -= 1;
+    let sp = unsafe { (*ctx.regs).rsp };
+    if f.spent == 1 {
+        // A tail call's return, or a stale leftover.
+        if sp != f.sp || f.tail_calls <= 1 {
+            if sp != f.sp {
+                count(counters::UNMATCHED_RETURNS);
+            }
+            let _ = INFLIGHT.remove(&key);
+        } else {
+            f.tail_calls -= 1;
+        }
+        return 0;
+    }
+    if sp <= f.sp {
+        // The return of a call made inside the recorded one.
         return 0;
     }
     let mut call = *f;
-    let _ = INFLIGHT.remove(&key);
+    if call.tail_calls > 0 {
+        f.spent = 1;
+        f.sp = sp;
+    } else {
+        let _ = INFLIGHT.remove(&key);
+    }
     let ret: u64 = ctx.ret::<u64>();
     let Some(api) = AllocApi::from_u16(call.api) else {
         return 0;
@@ -382,9 +517,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 if zero_size && call.ptr != 0 {
                     // realloc(p, 0) frees p and returns NULL.
                     if forget_sampled(call.ptr) {
-                        if let Some(ev) = scratch(EventKind::Free, api as u16) {
+                        if let Some(mut ev) = scratch(EventKind::Free, api as u16) {
                             ev.header.addr = call.ptr;
-                            submit(ev);
+                            submit(&ev);
                         }
                     }
                 } else {
@@ -398,9 +533,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 count(counters::UNSAMPLED_CALLS);
                 // The new block is not followed; the old one, if it was, is released.
                 if old_reported {
-                    if let Some(ev) = scratch(EventKind::Free, api as u16) {
+                    if let Some(mut ev) = scratch(EventKind::Free, api as u16) {
                         ev.header.addr = call.ptr;
-                        submit(ev);
+                        submit(&ev);
                     }
                 }
                 return 0;
@@ -422,15 +557,15 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
 
-    let Some(ev) = scratch(kind, api as u16) else {
+    let Some(mut ev) = scratch(kind, api as u16) else {
         return 0;
     };
     ev.header.addr = addr;
     ev.header.size = call.size;
     ev.header.arg = call.arg;
     ev.header.old_addr = call.ptr;
-    capture_stack(&ctx, ev, MAX_FRAMES);
-    submit(ev);
+    capture_stack(&ctx, &mut ev, MAX_FRAMES);
+    submit(&ev);
     0
 }
 
@@ -439,7 +574,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 pub fn marker(_ctx: ProbeContext) -> u32 {
     if is_target() {
         if let Some(ev) = scratch(EventKind::Marker, 0) {
-            submit(ev);
+            submit(&ev);
         }
     }
     0
@@ -496,9 +631,9 @@ pub fn syscall_enter(ctx: TracePointContext) -> u32 {
     let immediate = match nr {
         syscalls::WRITE => {
             if a[0] == 1 {
-                if let Some(ev) = scratch(EventKind::StdoutWrite, nr as u16) {
+                if let Some(mut ev) = scratch(EventKind::StdoutWrite, nr as u16) {
                     ev.header.size = a[2];
-                    submit(ev);
+                    submit(&ev);
                 }
             }
             return 0;
@@ -516,11 +651,11 @@ pub fn syscall_enter(ctx: TracePointContext) -> u32 {
     };
     if let Some(kind) = immediate {
         count(counters::SYSCALLS + slot);
-        let Some(ev) = scratch(kind, nr as u16) else { return 0 };
+        let Some(mut ev) = scratch(kind, nr as u16) else { return 0 };
         ev.header.addr = a[0];
         ev.header.size = a[1];
         ev.header.arg = a[2];
-        submit(ev);
+        submit(&ev);
         return 0;
     }
     let mut saved = SyscallArgs { nr, args: [a[0], a[1], a[2], a[3], a[4], 0] };
@@ -568,6 +703,10 @@ fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
     capture_stack(ctx, ev, MAX_SYSCALL_FRAMES);
     let n = ev.header.frames as usize;
     if n <= MAX_SYSCALL_FRAMES {
+        // The mask restates the bound on the register the pointer is built
+        // from (32-bit codegen checks a copy); the volatile read keeps LLVM
+        // from dropping it as redundant. MAX_SYSCALL_FRAMES + 1 is a power of two.
+        let n = unsafe { core::ptr::read_volatile(&n) } & MAX_SYSCALL_FRAMES;
         let dst = unsafe { ev.frames.as_mut_ptr().add(n) } as *mut core::ffi::c_void;
         let size = (STACK_HINT_WORDS * 8) as u32;
         if unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, sp as *const _) } == 0 {
@@ -630,7 +769,7 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
             }
             _ => (ret, u64::MAX),
         };
-        let Some(ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+        let Some(mut ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
         ev.header.addr = first;
         ev.header.old_addr = second;
         ev.header.arg = kind as u64;
@@ -640,42 +779,42 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
             syscalls::ACCEPT | syscalls::ACCEPT4 => a[0],
             _ => 0,
         };
-        submit_with_stack(&ctx, ev);
+        submit_with_stack(&ctx, &mut ev);
         return 0;
     }
     match nr {
         syscalls::MMAP => {
-            let Some(ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.size = a[1];
             ev.header.arg = a[3];
             ev.header.old_size = a[4];
-            submit_with_stack(&ctx, ev);
+            submit_with_stack(&ctx, &mut ev);
         }
         syscalls::MREMAP => {
-            let Some(ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
             ev.header.old_addr = a[0];
             ev.header.old_size = a[1];
             ev.header.size = a[2];
             ev.header.arg = a[3];
             ev.header.addr = ret;
-            submit_with_stack(&ctx, ev);
+            submit_with_stack(&ctx, &mut ev);
         }
         syscalls::BRK => {
-            let Some(ev) = scratch(EventKind::Brk, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Brk, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.size = a[0];
-            submit_with_stack(&ctx, ev);
+            submit_with_stack(&ctx, &mut ev);
         }
         syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL => {
             if nr == syscalls::FCNTL {
                 match a[1] {
                     F_DUPFD | F_DUPFD_CLOEXEC => {}
                     F_SETFD => {
-                        let Some(ev) = scratch(EventKind::FdSetCloexec, nr16) else { return 0 };
+                        let Some(mut ev) = scratch(EventKind::FdSetCloexec, nr16) else { return 0 };
                         ev.header.addr = a[0];
                         ev.header.arg = a[2] & 1;
-                        submit(ev);
+                        submit(&ev);
                         return 0;
                     }
                     _ => return 0,
@@ -685,14 +824,14 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
             if (nr == syscalls::DUP2 || nr == syscalls::DUP3) && a[0] == a[1] {
                 return 0;
             }
-            let Some(ev) = scratch(EventKind::FdDup, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::FdDup, nr16) else { return 0 };
             ev.header.addr = ret;
             ev.header.old_addr = a[0];
             ev.header.old_size = match nr {
                 syscalls::FCNTL => (a[1] == F_DUPFD_CLOEXEC) as u64,
                 _ => cloexec_requested(nr, &a) as u64,
             };
-            submit_with_stack(&ctx, ev);
+            submit_with_stack(&ctx, &mut ev);
         }
         _ => {}
     }
@@ -714,18 +853,23 @@ fn page_fault(ctx: &TracePointContext) -> u32 {
     if !is_target() {
         return 0;
     }
-    let (Ok(address), Ok(error)) = (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<u64>(24) }) else {
+    let (Ok(address), Ok(error)) = (unsafe { ctx.read_at::<u64>(8) }, unsafe { ctx.read_at::<u64>(24) })
+    else {
         return 0;
     };
     if error & (PF_PRESENT | PF_INSTR) != 0 || address > USER_END {
         return 0;
     }
+    if inside_own_program() {
+        count(counters::OWN_READ_FAULTS);
+        return 0;
+    }
     count(counters::PAGE_FAULTS);
-    let Some(ev) = scratch(EventKind::PageFault, 0) else { return 0 };
+    let Some(mut ev) = scratch(EventKind::PageFault, 0) else { return 0 };
     ev.header.addr = address & !4095;
     ev.header.size = 4096;
     ev.header.arg = error;
-    submit_with_stack(ctx, ev);
+    submit_with_stack(ctx, &mut ev);
     0
 }
 
@@ -747,7 +891,7 @@ pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if is_target() {
         if let Some(ev) = scratch(EventKind::Exec, 0) {
-            submit(ev);
+            submit(&ev);
         }
     }
     0
@@ -757,9 +901,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     let Ok(pid) = (unsafe { ctx.read_at::<i32>(8) }) else { return 0 };
-    if let Some(ev) = scratch(EventKind::OomKill, 0) {
+    if let Some(mut ev) = scratch(EventKind::OomKill, 0) {
         ev.header.addr = pid as u64;
-        submit(ev);
+        submit(&ev);
     }
     0
 }
@@ -791,9 +935,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if setting(config::FOLLOW_CHILDREN) == 1 {
         let _ = TARGETS.insert(&(child as u32), &1, 0);
     }
-    if let Some(ev) = scratch(EventKind::Fork, 0) {
+    if let Some(mut ev) = scratch(EventKind::Fork, 0) {
         ev.header.addr = child as u64;
-        submit(ev);
+        submit(&ev);
     }
     0
 }

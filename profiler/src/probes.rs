@@ -1,7 +1,7 @@
 //! Loading the eBPF object and attaching its programs: the per-syscall
 //! tracepoints and page-fault tracepoints (global, filtered in the kernel by
-//! the TARGETS map) and the allocator uprobes on the target's own C library. Dropping [`Probes`]
-//! detaches everything.
+//! the TARGETS map) and the allocator uprobes on the target's own C library.
+//! [`Probes::detach`] (or dropping [`Probes`]) detaches everything.
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
 
@@ -33,6 +33,8 @@ pub struct ProbeSettings {
 }
 
 pub struct Probes {
+    /// Every attached link (dropping one detaches it).
+    links: Vec<Box<dyn Send>>,
     ebpf: Ebpf,
     placement: PlacementMode,
     /// Human-readable list of what is attached, for the report.
@@ -58,6 +60,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         Ok(Self {
+            links: Vec::new(),
             ebpf,
             placement: settings.placement,
             attached: Vec::new(),
@@ -101,8 +104,11 @@ impl Probes {
                     continue;
                 }
                 let tp = format!("sys_{phase}_{name}");
-                match p.attach("syscalls", &tp) {
-                    Ok(_) => names.push(*name),
+                match p.attach("syscalls", &tp).and_then(|id| p.take_link(id)) {
+                    Ok(link) => {
+                        self.links.push(Box::new(link));
+                        names.push(*name)
+                    }
                     Err(e) => self.skipped.push(format!("syscalls:{tp} ({name} not traced): {e}")),
                 }
             }
@@ -163,21 +169,28 @@ impl Probes {
                     .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() }),
             };
             let location = || UProbeAttachLocation::SymbolOffset(name, placement.offset);
-            let entry = format!("{name}_enter");
-            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
-            if p.fd().is_err() {
-                p.load()?;
-            }
-            p.attach(location(), libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
             if api != AllocApi::Free {
-                // Same place as the entry probe: one trap serves both.
+                // Same place as the entry probe: one trap serves both. The
+                // return probe goes first, so every call whose entry is seen
+                // has its return seen too (a thread mid-call at attach time
+                // has neither).
                 let r: &mut UProbe =
                     self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
                 if r.fd().is_err() {
                     r.load()?;
                 }
-                r.attach(location(), libc, scope).with_context(|| format!("attaching uretprobe {name}"))?;
+                let id = r
+                    .attach(location(), libc, scope)
+                    .with_context(|| format!("attaching uretprobe {name}"))?;
+                self.links.push(Box::new(r.take_link(id)?));
             }
+            let entry = format!("{name}_enter");
+            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            let id = p.attach(location(), libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
+            self.links.push(Box::new(p.take_link(id)?));
             let attached = format!(
                 "uprobe{}:{name} at {} in {}",
                 if api == AllocApi::Free { "" } else { "+uretprobe" },
@@ -196,9 +209,10 @@ impl Probes {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
         let p: &mut UProbe = self.ebpf.program_mut("marker").context("marker")?.try_into()?;
         p.load()?;
-        p.attach(function, binary, scope).with_context(|| {
+        let id = p.attach(function, binary, scope).with_context(|| {
             format!("attaching the marker to function `{function}` in {}", binary.display())
         })?;
+        self.links.push(Box::new(p.take_link(id)?));
         self.attached.push(format!("uprobe:{function} (marker)"));
         Ok(())
     }
@@ -213,14 +227,18 @@ impl Probes {
         for name in ["sched_process_exec", "sched_process_fork"] {
             let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
-            p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;
+            let id = p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;
+            self.links.push(Box::new(p.take_link(id)?));
             self.attached.push(format!("tracepoint:sched:{name}"));
         }
         let p: &mut TracePoint =
             self.ebpf.program_mut("oom_mark_victim").context("oom_mark_victim")?.try_into()?;
         p.load().context("loading oom_mark_victim")?;
-        match p.attach("oom", "mark_victim") {
-            Ok(_) => self.attached.push("tracepoint:oom:mark_victim".into()),
+        match p.attach("oom", "mark_victim").and_then(|id| p.take_link(id)) {
+            Ok(link) => {
+                self.links.push(Box::new(link));
+                self.attached.push("tracepoint:oom:mark_victim".into())
+            }
             Err(e) => self.skipped.push(format!("oom:mark_victim (OOM kills not detected): {e}")),
         }
         Ok(())
@@ -231,12 +249,32 @@ impl Probes {
         for name in ["page_fault_user", "page_fault_kernel"] {
             let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
-            p.attach("exceptions", name).with_context(|| {
+            let id = p.attach("exceptions", name).with_context(|| {
                 format!("attaching tracepoint exceptions:{name} (needed by --lens resident)")
             })?;
+            self.links.push(Box::new(p.take_link(id)?));
             self.attached.push(format!("tracepoint:exceptions:{name}"));
         }
         Ok(())
+    }
+
+    /// Detaches every probe without making the caller wait. Releasing a
+    /// syscall tracepoint link waits for two RCU grace periods under the
+    /// kernel's global `event_mutex` (`perf_trace_event_unreg`), so 75 links
+    /// take 7-14 s however they are released; that wait is handed to a
+    /// background process. A grandchild forked here holds a copy of every
+    /// descriptor, our copies are closed (fast: only the last close
+    /// releases), and the grandchild exits once our end of a pipe closes,
+    /// leaving the kernel to release the links in its exit. Perf-event links
+    /// are disabled by our close already, so no program runs meanwhile.
+    pub fn detach(self) {
+        match release_in_background() {
+            Ok(done) => {
+                drop(self);
+                drop(done);
+            }
+            Err(_) => drop(self),
+        }
     }
 
     pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
@@ -252,6 +290,39 @@ impl Probes {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+/// Forks the grandchild that outlives our copies of the probe descriptors;
+/// dropping the returned pipe end lets it exit.
+fn release_in_background() -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::{
+        sys::wait::waitpid,
+        unistd::{fork, pipe, ForkResult},
+    };
+    let (wait_end, done_end) = pipe()?;
+    // SAFETY: the child and grandchild call only async-signal-safe functions
+    // (raw syscalls) and leave with _exit, running no destructor.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(wait_end);
+            let _ = waitpid(child, None);
+            Ok(done_end)
+        }
+        ForkResult::Child => unsafe {
+            if !matches!(fork(), Ok(ForkResult::Child)) {
+                libc::_exit(0);
+            }
+            use std::os::fd::AsRawFd;
+            // Not the standard streams: whoever reads our output to its end must not wait for us.
+            for fd in [0, 1, 2, done_end.as_raw_fd()] {
+                libc::close(fd);
+            }
+            libc::prctl(libc::PR_SET_NAME, c"profiler-detach".as_ptr());
+            let mut byte = 0u8;
+            while libc::read(wait_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) < 0 {}
+            libc::_exit(0)
+        },
     }
 }
 

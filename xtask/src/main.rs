@@ -248,7 +248,8 @@ fn build_ebpf() -> Result<PathBuf> {
         .env("PATH", path)
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-cpu=v3"]
+                .join("\x1f"),
         )
         .args([
             "build",

@@ -542,12 +542,14 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
         l.join();
     }
-    drop(ring);
-    drop(probes);
-    written?;
     if opts.print_summary {
         print!("{}", text::render(&report, opts.top));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
     }
+    drop(ring);
+    probes.detach();
+    written?;
     let flamegraphs: Vec<String> = report
         .totals
         .keys()

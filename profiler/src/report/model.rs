@@ -197,6 +197,15 @@ pub struct Accuracy {
     pub failed_allocations: u64,
     /// Allocator returns without a seen entry (calls in flight when we attached).
     pub unmatched_returns: u64,
+    /// Allocator calls whose return was never seen, recovered at the thread's next call.
+    #[serde(default)]
+    pub missed_returns: u64,
+    /// Events lost because every kernel-side scratch record was in use.
+    #[serde(default)]
+    pub scratch_busy: u64,
+    /// Page faults taken by the profiler's own reads of user memory (not counted as the target's).
+    #[serde(default)]
+    pub own_read_faults: u64,
     #[serde(flatten)]
     pub ledger: LedgerCounters,
     /// Allocator entry points not probed, and why.

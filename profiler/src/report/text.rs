@@ -15,6 +15,9 @@ pub fn render(report: &Report, top: usize) -> String {
     if let Some(w) = &report.warmup {
         let _ = writeln!(s, "Warm-up: {w}");
     }
+    if let Some(losses) = losses(report) {
+        let _ = writeln!(s, "INCOMPLETE: {losses} (see Accuracy)");
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "Outstanding when recording ended:");
     if report.totals.values().all(|t| t.count == 0) {
@@ -186,8 +189,15 @@ pub fn render(report: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {}",
-        a.inflight_map_full, a.inflight_syscall_map_full, a.nested_calls, a.failed_allocations, a.unmatched_returns
+        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {}",
+        a.inflight_map_full,
+        a.inflight_syscall_map_full,
+        a.nested_calls,
+        a.failed_allocations,
+        a.unmatched_returns,
+        a.missed_returns,
+        a.scratch_busy,
+        a.own_read_faults
     );
     let l = &a.ledger;
     let _ = writeln!(
@@ -235,4 +245,21 @@ fn duration(secs: f64) -> String {
         s if s < 7200.0 => format!("{:.0} min", s / 60.0),
         s => format!("{:.1} h", s / 3600.0),
     }
+}
+
+/// Every counted loss of data, for the headline; `None` when nothing was lost.
+fn losses(report: &Report) -> Option<String> {
+    let a = &report.accuracy;
+    let counted = [
+        (a.ringbuf_drops, "events lost to a full ring buffer"),
+        (a.scratch_busy, "events lost to busy scratch records"),
+        (a.inflight_map_full + a.inflight_syscall_map_full, "calls lost to a full in-flight map"),
+        (a.sampled_map_full, "sampled blocks lost to a full map"),
+        (a.missed_returns, "allocator calls whose return was missed"),
+        (a.stack_failures, "stacks not captured"),
+        (a.undecodable_events, "undecodable events"),
+    ];
+    let parts: Vec<String> =
+        counted.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
