@@ -1,0 +1,317 @@
+//! Lenses compose, in every target mode (as root): each of the seven lens
+//! sets, launched, attached with `--pid`, with `--pid --follow` and as a
+//! `--cgroup`, on the ground-truth fixture `tests/fixtures/leaky.c`. Every
+//! lens in a set must give exactly the numbers it gives alone, which are the
+//! fixture's ground truth. Also: attaching to two threads that churn the
+//! allocator (caught mid-call) loses neither thread's leaks, with one
+//! profiler or two at once.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use common::{folded_by_leaf, fresh_dir, report_json, PROFILER};
+use profiler::target::cgroup::CgroupMounts;
+use serde_json::Value;
+
+/// (function, bytes, blocks) leaked on the heap by `leaky`.
+const HEAP_LEAKS: [(&str, u64, u64); 10] = [
+    ("leak_malloc", 3000, 3),
+    ("leak_calloc", 2000, 2),
+    ("leak_realloc", 5000, 1),
+    ("leak_reallocarray", 600, 1),
+    ("leak_posix_memalign", 4096, 1),
+    ("leak_aligned_alloc", 2560, 1),
+    ("leak_memalign", 1280, 1),
+    ("leak_valloc", 700, 1),
+    ("leak_pvalloc", 8192, 1),
+    ("thread_main", 2048, 4),
+];
+const RESIDENT_PAGES: u64 = 40;
+const SOCKET_LEAKS: [(&str, u64); 2] = [("leak_sockets", 3), ("leak_socketpair", 2)];
+
+const LENS_SETS: [&str; 7] = [
+    "alloc",
+    "resident",
+    "handles",
+    "alloc,resident",
+    "alloc,handles",
+    "resident,handles",
+    "alloc,resident,handles",
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Launch,
+    Pid,
+    PidFollow,
+    Cgroup,
+}
+
+fn leaky() -> PathBuf {
+    common::fixture("leaky")
+}
+
+/// (bytes, count) of the `kind` entries whose stack passes through `function`.
+fn through(report: &Value, kind: &str, function: &str) -> (u64, u64) {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter(|e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
+        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
+}
+
+/// Heap blocks per leaf function.
+fn blocks_by_leaf(report: &Value) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for e in report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "heap") {
+        *out.entry(e["frames"][0]["function"].as_str().unwrap_or("").to_string()).or_default() +=
+            e["count"].as_u64().unwrap();
+    }
+    out
+}
+
+/// Checks every lens of `lenses` against the ground truth; returns what differs.
+fn check(dir: &Path, lenses: &str) -> Vec<String> {
+    let report = report_json(dir);
+    let mut wrong = Vec::new();
+    let acc = &report["accuracy"];
+    for counter in ["ringbuf_drops", "stack_failures", "scratch_busy", "missed_returns"] {
+        if acc[counter] != 0 {
+            wrong.push(format!("{counter} = {}", acc[counter]));
+        }
+    }
+    if lenses.contains("alloc") {
+        let heap = folded_by_leaf(dir, "heap");
+        let blocks = blocks_by_leaf(&report);
+        for (f, bytes, n) in HEAP_LEAKS {
+            if heap.get(f) != Some(&bytes) || blocks.get(f) != Some(&n) {
+                wrong.push(format!(
+                    "heap {f}: {:?} B in {:?} blocks, want {bytes} in {n}",
+                    heap.get(f),
+                    blocks.get(f)
+                ));
+            }
+        }
+        if through(&report, "heap", "control_heap") != (0, 0) {
+            wrong.push("heap: control_heap holds memory".into());
+        }
+    } else if report["totals"]["heap"]["count"] != 0 {
+        wrong.push("heap blocks without the alloc lens".into());
+    }
+    if lenses.contains("resident") {
+        let pages = through(&report, "resident", "touch_resident");
+        if pages != (RESIDENT_PAGES * 4096, RESIDENT_PAGES) {
+            wrong.push(format!("resident touch_resident: {pages:?}, want {RESIDENT_PAGES} pages"));
+        }
+        if report["accuracy"]["repeated_faults"] != 0 {
+            wrong.push(format!("repeated page faults {}", report["accuracy"]["repeated_faults"]));
+        }
+    }
+    if lenses.contains("handles") {
+        let sockets = folded_by_leaf(dir, "sockets");
+        for (f, n) in SOCKET_LEAKS {
+            if sockets.get(f) != Some(&n) {
+                wrong.push(format!("sockets {f}: {:?}, want {n}", sockets.get(f)));
+            }
+        }
+        if through(&report, "sockets", "control_sockets") != (0, 0) {
+            wrong.push("sockets: control_sockets holds sockets".into());
+        }
+    }
+    if folded_by_leaf(dir, "mmap").get("leak_mmap") != Some(&(5 * 4096)) {
+        wrong.push(format!("mmap leak_mmap: {:?}", folded_by_leaf(dir, "mmap").get("leak_mmap")));
+    }
+    wrong
+}
+
+fn signal(pid: u32, sig: &str) {
+    assert!(Command::new("kill").args(["-s", sig, &pid.to_string()]).status().unwrap().success());
+}
+
+fn read_line(out: &mut BufReader<ChildStdout>, want: &str) {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), want);
+}
+
+/// Starts a profiler and returns once it says it is attached.
+fn start_profiler(args: &[String]) -> (Child, JoinHandle<String>) {
+    let mut p = Command::new(PROFILER)
+        .arg("record")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(p.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("profiling"), "profiler did not attach: {first}");
+    let rest = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut first);
+        first
+    });
+    (p, rest)
+}
+
+fn stop_profiler(mut p: Child, stderr: JoinHandle<String>) {
+    signal(p.id(), "INT");
+    let status = p.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(status.success(), "profiler failed: {stderr}");
+}
+
+/// A cgroup v2 directory, its processes killed and itself removed on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let v2 = CgroupMounts::read().unwrap().v2.expect("a cgroup v2 hierarchy is mounted");
+        let dir = v2.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// One recording of `leaky` with `lenses` in `mode`; returns its output directory.
+fn record(mode: Mode, lenses: &str) -> PathBuf {
+    let dir = fresh_dir(&format!("compose-{mode:?}-{}", lenses.replace(',', "+")));
+    let mut args: Vec<String> = ["--lens", lenses, "-q", "-o"].iter().map(|s| s.to_string()).collect();
+    args.push(dir.display().to_string());
+    if let Mode::Launch = mode {
+        let out = Command::new(PROFILER).arg("record").args(&args).arg("--").arg(leaky()).output().unwrap();
+        assert!(out.status.success(), "profiler failed: {}", String::from_utf8_lossy(&out.stderr));
+        return dir;
+    }
+    let cgroup = matches!(mode, Mode::Cgroup).then(|| TestCgroup::new("compose"));
+    let mut target = match &cgroup {
+        Some(cg) => {
+            let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --wait", cg.0.display());
+            Command::new("sh").args(["-c", &script]).arg(leaky()).stdout(Stdio::piped()).spawn().unwrap()
+        }
+        None => Command::new(leaky()).arg("--wait").stdout(Stdio::piped()).spawn().unwrap(),
+    };
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    read_line(&mut out, "ready");
+    match (&cgroup, mode) {
+        (Some(cg), _) => args.extend(["--cgroup".to_string(), cg.0.display().to_string()]),
+        (None, Mode::PidFollow) => args.extend(["--follow".into(), "--pid".into(), target.id().to_string()]),
+        (None, _) => args.extend(["--pid".into(), target.id().to_string()]),
+    }
+    let (profiler, stderr) = start_profiler(&args);
+    signal(target.id(), "USR1");
+    read_line(&mut out, "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    stop_profiler(profiler, stderr);
+    let _ = target.kill();
+    let _ = target.wait();
+    dir
+}
+
+fn every_lens_set_exact(mode: Mode) {
+    let mut failures = Vec::new();
+    for lenses in LENS_SETS {
+        let dir = record(mode, lenses);
+        for what in check(&dir, lenses) {
+            failures.push(format!("{mode:?} --lens {lenses}: {what}"));
+        }
+    }
+    assert!(failures.is_empty(), "lens sets that differ from the ground truth:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn every_lens_set_is_exact_when_launched() {
+    every_lens_set_exact(Mode::Launch);
+}
+
+#[test]
+fn every_lens_set_is_exact_attached_by_pid() {
+    every_lens_set_exact(Mode::Pid);
+}
+
+#[test]
+fn every_lens_set_is_exact_attached_by_pid_following_children() {
+    every_lens_set_exact(Mode::PidFollow);
+}
+
+#[test]
+fn every_lens_set_is_exact_on_a_cgroup() {
+    every_lens_set_exact(Mode::Cgroup);
+}
+
+/// Attaches `profilers` profilers to the two-thread churn fixture, makes it
+/// leak, and checks each profiler saw both threads' leaks exactly.
+fn attach_to_churning_threads(run: usize, profilers: usize) -> Vec<String> {
+    let exe = common::fixture("churn2");
+    let mut target = Command::new(exe).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    read_line(&mut out, "ready");
+    let pid = target.id().to_string();
+    let started: Vec<_> = (0..profilers)
+        .map(|i| {
+            let dir = fresh_dir(&format!("churn2-{run}-{i}"));
+            let args: Vec<String> = ["--lens", "alloc", "-q", "-o", dir.to_str().unwrap(), "--pid", &pid]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            (dir, start_profiler(&args))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(target.id(), "USR1");
+    read_line(&mut out, "leaked");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut wrong = Vec::new();
+    for (i, (dir, (p, stderr))) in started.into_iter().enumerate() {
+        stop_profiler(p, stderr);
+        let report = report_json(&dir);
+        for (f, want) in [("leak_in_a", (100_000, 100)), ("leak_in_b", (300_000, 100))] {
+            let got = through(&report, "heap", f);
+            if got != want {
+                wrong.push(format!("run {run}, profiler {i} of {profilers}: {f} {got:?}, want {want:?}"));
+            }
+        }
+        let churn = through(&report, "heap", "churn");
+        if churn.1 > 2 {
+            wrong.push(format!(
+                "run {run}, profiler {i}: {} churn blocks outstanding (at most one per thread)",
+                churn.1
+            ));
+        }
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    wrong
+}
+
+#[test]
+fn attaching_to_threads_inside_allocator_calls_loses_no_thread() {
+    let mut wrong = Vec::new();
+    for run in 0..10 {
+        wrong.extend(attach_to_churning_threads(run, 1));
+    }
+    wrong.extend(attach_to_churning_threads(10, 2));
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
