@@ -507,7 +507,8 @@ impl Collector {
         for (pid, mut locs) in by_pid {
             locs.sort_unstable();
             locs.dedup();
-            names.extend(symbols.resolve(pid, &locs));
+            let maps = self.spaces.get(&pid).map(AddressSpace::maps).cloned().unwrap_or_default();
+            names.extend(symbols.resolve(pid, &maps, &locs));
         }
         let entries: Vec<StackEntry> = sites
             .iter()

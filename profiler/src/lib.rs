@@ -9,6 +9,7 @@
 
 pub mod collector;
 pub mod events;
+pub mod files;
 pub mod gate;
 pub mod ledger;
 pub mod lens;

@@ -354,7 +354,7 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         }
     };
     match args.output {
-        Some(path) => std::fs::write(&path, bytes)?,
+        Some(path) => profiler::files::output::write_file(&path, &bytes)?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
     }
     Ok(())
@@ -366,13 +366,13 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
     let deltas = diff::diff(&before, &after);
     print!("{}", diff::text(&deltas, args.top));
     if let Some(dir) = args.output {
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("diff.json"), serde_json::to_vec_pretty(&deltas)?)?;
+        let out = profiler::files::output::OutputDir::create(&dir, false)?;
+        out.write("diff.json", &serde_json::to_vec_pretty(&deltas)?)?;
         let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
         kinds.sort();
         kinds.dedup();
         for kind in kinds {
-            std::fs::write(dir.join(format!("diff-{kind}.svg")), diff::svg(&before, &after, kind)?)?;
+            out.write(&format!("diff-{kind}.svg"), &diff::svg(&before, &after, kind)?)?;
         }
         eprintln!("wrote {}", dir.display());
     }

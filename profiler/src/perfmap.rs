@@ -9,10 +9,8 @@
 //! resolve after the target exits.
 
 use std::{
-    ffi::CString,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    os::fd::{FromRawFd, OwnedFd},
     sync::Arc,
 };
 
@@ -116,36 +114,8 @@ fn namespace_pid(pid: u32) -> u32 {
 /// Opens `/tmp/perf-<nspid>.map` inside the target's root; every path
 /// component, symlinks included, resolves within that root.
 fn open_in_root(pid: u32) -> Option<File> {
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_IN_ROOT: u64 = 0x10;
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    let root = File::open(format!("/proc/{pid}/root")).ok()?;
-    let path = CString::new(format!("tmp/perf-{}.map", namespace_pid(pid))).ok()?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall with valid pointers; the fd returned is ours.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let path = format!("/tmp/perf-{}.map", namespace_pid(pid));
+    let file = crate::files::target::open_in_root(pid, &path).ok()?;
     file.metadata().ok().filter(|m| m.is_file()).map(|_| file)
 }
 

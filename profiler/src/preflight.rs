@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 pub fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -21,17 +21,6 @@ pub fn require_btf() -> Result<()> {
             Path::new(&path).display()
         );
     }
-    Ok(())
-}
-
-/// Creates the output directory and proves it is writable.
-pub fn prepare_output_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("output directory {} is not writable", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
     Ok(())
 }
 

@@ -3,7 +3,11 @@
 //! the TARGETS map) and the allocator uprobes on the target's own C library.
 //! [`Probes::detach`] (or dropping [`Probes`]) detaches everything.
 
-use std::{collections::BTreeMap, num::NonZeroU32, path::Path};
+use std::{
+    collections::BTreeMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use aya::{
@@ -17,7 +21,10 @@ use aya::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 
-use crate::placement::{self, Placement, PlacementMode};
+use crate::{
+    files::target::ModuleFile,
+    placement::{self, Placement, PlacementMode},
+};
 
 /// The compiled eBPF object (see build.rs).
 static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/profiler.bpf.o"));
@@ -117,25 +124,34 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the allocator probes to `libc` (a path valid for us, e.g.
-    /// through `/proc/PID/root`) for process `pid`. Entry points that are
-    /// aliases of one already probed (same address) are skipped, since two
-    /// probes at one address would count each call twice.
-    pub fn attach_allocator(&mut self, libc: &Path, pid: u32) -> Result<()> {
+    /// Attaches the allocator probes to the C library `libc` (opened as the
+    /// target maps it; `name` is its path as the target sees it) for process
+    /// `pid`. Entry points that are aliases of one already probed (same
+    /// address) are skipped, since two probes at one address would count
+    /// each call twice.
+    pub fn attach_allocator(&mut self, libc: &ModuleFile, name: &str, pid: u32) -> Result<()> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
-        self.attach_allocator_scoped(libc, scope)
+        self.attach_allocator_scoped(libc, name, scope)
     }
 
     /// Like [`attach_allocator`](Self::attach_allocator) for every process
     /// using this C library, left to the kernel-side filter (cgroup mode: a
     /// process that enters later is covered from its first instruction).
-    pub fn attach_allocator_everywhere(&mut self, libc: &Path) -> Result<()> {
-        self.attach_allocator_scoped(libc, UProbeScope::AllProcesses)
+    pub fn attach_allocator_everywhere(&mut self, libc: &ModuleFile, name: &str) -> Result<()> {
+        self.attach_allocator_scoped(libc, name, UProbeScope::AllProcesses)
     }
 
-    fn attach_allocator_scoped(&mut self, libc: &Path, scope: UProbeScope) -> Result<()> {
-        let data = std::fs::read(libc).with_context(|| format!("reading {}", libc.display()))?;
-        let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", libc.display()))?;
+    fn attach_allocator_scoped(
+        &mut self,
+        module: &ModuleFile,
+        name_seen: &str,
+        scope: UProbeScope,
+    ) -> Result<()> {
+        let data = module.read_all().with_context(|| format!("reading {name_seen}"))?;
+        let elf = object::File::parse(&*data).with_context(|| format!("parsing {name_seen}"))?;
+        // The kernel and aya resolve this path to the open file's inode.
+        let libc = PathBuf::from(module.proc_path());
+        let libc = libc.as_path();
         let mut address_of = BTreeMap::new();
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if let Ok(name) = sym.name() {
@@ -148,7 +164,7 @@ impl Probes {
         for api in ALLOC_APIS {
             let name = api.symbol();
             let Some(&(addr, size)) = address_of.get(name) else {
-                self.skipped.push(format!("{name}: not exported by {}", libc.display()));
+                self.skipped.push(format!("{name}: not exported by {name_seen}"));
                 continue;
             };
             if let Some(first) = probed_at.get(&addr) {
@@ -195,7 +211,7 @@ impl Probes {
                 "uprobe{}:{name} at {} in {}",
                 if api == AllocApi::Free { "" } else { "+uretprobe" },
                 placement.note,
-                libc.display()
+                name_seen
             );
             if !self.attached.contains(&attached) {
                 self.attached.push(attached);

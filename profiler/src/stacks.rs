@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{ledger::StackId, procmaps::ProcessMaps};
+use crate::{files::target::open_path_mapped, ledger::StackId, procmaps::ProcessMaps};
 
 /// The lookup key of a stack: process, program image, frames.
 pub fn stack_key(tgid: u32, image: u64, frames: &[u64]) -> Vec<u64> {
@@ -234,9 +234,9 @@ impl AddressSpace {
     /// address (from the module's call-frame information), in bytes.
     pub fn return_address_slot(&mut self, addr: u64) -> Option<u64> {
         let Location::File { path, offset } = self.locate(addr) else { return None };
-        let readable = format!("/proc/{}/root{path}", self.pid);
-        let readable = if std::path::Path::new(&readable).exists() { readable } else { path.to_string() };
-        self.unwinder.return_address_slot(&path, &readable, offset)
+        let (pid, maps) = (self.pid, &self.maps);
+        let load = || open_path_mapped(pid, maps, &path).ok()?.read_all().ok();
+        self.unwinder.return_address_slot(&path, load, offset)
     }
 
     /// Whether `addr` is plausibly a return address: it is in executable
@@ -254,10 +254,11 @@ impl AddressSpace {
         if offset < 7 {
             return false;
         }
-        let pid = self.pid;
-        let file = self.files.entry(path.clone()).or_insert_with(|| {
-            File::open(format!("/proc/{pid}/root{path}")).or_else(|_| File::open(&*path)).ok()
-        });
+        let (pid, maps) = (self.pid, &self.maps);
+        let file = self
+            .files
+            .entry(path.clone())
+            .or_insert_with(|| Some(open_path_mapped(pid, maps, &path).ok()?.file));
         let mut before = [0u8; 7];
         match file {
             Some(f) if f.read_exact_at(&mut before, offset - 7).is_ok() => follows_call(&before),

@@ -2,12 +2,16 @@
 //! file:line and inlined frames (blazesym, from the ELF files and their
 //! DWARF), falling back to `module+0xoffset` so no frame is ever dropped.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use blazesym::symbolize::{source::Elf, source::Source, CodeInfo, Input, Symbolized, Symbolizer};
 use serde::Serialize;
 
-use crate::stacks::Location;
+use crate::{
+    files::target::{open_path_mapped, ModuleFile},
+    procmaps::ProcessMaps,
+    stacks::Location,
+};
 
 /// One named frame. An address inside inlined code yields several frames,
 /// outermost first, the inner ones marked `inlined`.
@@ -27,6 +31,9 @@ pub struct Frame {
 
 pub struct Symbols {
     symbolizer: Symbolizer,
+    /// Every module symbolized (by `/proc/self/fd/N`): open as long as the
+    /// symbolizer, so no path it cached names another file.
+    opened: RefCell<Vec<ModuleFile>>,
 }
 
 impl Default for Symbols {
@@ -36,7 +43,7 @@ impl Default for Symbols {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        Self { symbolizer }
+        Self { symbolizer, opened: Default::default() }
     }
 }
 
@@ -76,9 +83,14 @@ fn fallback(loc: &Location) -> Frame {
 }
 
 impl Symbols {
-    /// Names every location. `pid` lets files be read through the target's
-    /// root (`/proc/PID/root`) while it is alive; the plain path is the fallback.
-    pub fn resolve(&self, pid: u32, locations: &[Location]) -> HashMap<Location, Vec<Frame>> {
+    /// Names every location of process `pid`, whose files are opened as
+    /// `maps` (a snapshot of its mappings) maps them (see [`open_mapped`]).
+    pub fn resolve(
+        &self,
+        pid: u32,
+        maps: &ProcessMaps,
+        locations: &[Location],
+    ) -> HashMap<Location, Vec<Frame>> {
         let mut by_file: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
         let mut names = HashMap::new();
         for loc in locations {
@@ -97,12 +109,18 @@ impl Symbols {
             offsets.dedup();
             // Frames are return addresses: look up the call instruction before them.
             let lookups: Vec<u64> = offsets.iter().map(|o| o.saturating_sub(1)).collect();
-            let in_root = format!("/proc/{pid}/root{path}");
-            let file = if Path::new(&in_root).exists() { in_root } else { path.to_string() };
-            let results = self
-                .symbolizer
-                .symbolize(&Source::Elf(Elf::new(&file)), Input::FileOffset(&lookups))
-                .unwrap_or_default();
+            let results = match open_path_mapped(pid, maps, &path) {
+                Ok(module) => {
+                    let results = self
+                        .symbolizer
+                        .symbolize(&Source::Elf(Elf::new(module.proc_path())), Input::FileOffset(&lookups))
+                        .unwrap_or_default();
+                    // Kept open while the symbolizer may cache by that path.
+                    self.opened.borrow_mut().push(module);
+                    results
+                }
+                Err(_) => Vec::new(),
+            };
             for (i, offset) in offsets.iter().enumerate() {
                 let loc = Location::File { path: path.clone(), offset: *offset };
                 let frames = match results.get(i) {

@@ -19,13 +19,19 @@ pub struct Unwinder {
 }
 
 impl Unwinder {
-    /// For code at `file_offset` in the module at `path` (readable by us),
-    /// how many bytes above the stack pointer the return address is stored.
-    pub fn return_address_slot(&mut self, path: &Arc<str>, readable: &str, file_offset: u64) -> Option<u64> {
+    /// For code at `file_offset` in the module at `path`, how many bytes
+    /// above the stack pointer the return address is stored; `load` reads
+    /// the module (once).
+    pub fn return_address_slot(
+        &mut self,
+        path: &Arc<str>,
+        load: impl FnOnce() -> Option<Vec<u8>>,
+        file_offset: u64,
+    ) -> Option<u64> {
         if let Some(answer) = self.answers.get(&(path.clone(), file_offset)) {
             return *answer;
         }
-        let data = self.modules.entry(path.clone()).or_insert_with(|| std::fs::read(readable).ok());
+        let data = self.modules.entry(path.clone()).or_insert_with(load);
         let answer = data.as_deref().and_then(|d| slot_in(d, file_offset));
         self.answers.insert((path.clone(), file_offset), answer);
         answer
@@ -82,6 +88,6 @@ mod tests {
             .unwrap();
         let mut u = Unwinder::default();
         let path: Arc<str> = Arc::from(exe.to_str().unwrap());
-        assert_eq!(u.return_address_slot(&path, &path, offset), Some(0));
+        assert_eq!(u.return_address_slot(&path, || std::fs::read(&exe).ok(), offset), Some(0));
     }
 }

@@ -158,7 +158,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     if opts.update_baseline {
         let path = opts.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
         let baseline = Baseline::from_observed(&observed);
-        std::fs::write(&path, serde_json::to_vec_pretty(&baseline)?)
+        crate::files::output::write_file(&path, &serde_json::to_vec_pretty(&baseline)?)
             .with_context(|| format!("writing baseline {}", path.display()))?;
         println!("leak gate: baseline of {} stacks written to {}", baseline.stacks.len(), path.display());
         let decision = decide(&observed, &config, Some(&baseline));

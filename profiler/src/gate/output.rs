@@ -145,10 +145,8 @@ pub fn junit(d: &Decision) -> Result<String> {
 }
 
 pub fn write_all(d: &Decision, opts: &GateOptions) -> Result<()> {
-    let dir = &opts.output;
-    let write = |name: &str, data: &[u8]| {
-        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
-    };
+    let dir = crate::files::output::OutputDir::create(&opts.output, false)?;
+    let write = |name: &str, data: &[u8]| dir.write(name, data);
     write("gate.json", &serde_json::to_vec_pretty(d)?)?;
     write("junit.xml", junit(d)?.as_bytes())?;
     let md = markdown(d);

@@ -1,17 +1,15 @@
 //! Building the report of a session from the collector (entries, trends,
 //! status, per-process totals, cgroup numbers), and writing it out.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use profiler_common::{counters, syscalls, ALLOC_APIS};
 
 use super::{monotonic_ns, RecordOptions, SortBy, Target};
 use crate::{
     collector::Collector,
+    files::output::OutputDir,
     ledger::Kind,
     probes::Probes,
     report::{
@@ -309,16 +307,23 @@ fn summarize_processes(report: &Report) -> Vec<ProcessSummary> {
     by_pid.into_values().collect()
 }
 
-pub(super) fn write_snapshot(report: &Report, dir: &Path, opts: &RecordOptions) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_outputs(report, dir, opts.top, opts.group_by)
+pub(super) fn write_snapshot(
+    report: &Report,
+    parent: &OutputDir,
+    name: &str,
+    opts: &RecordOptions,
+) -> Result<()> {
+    write_outputs(report, &parent.subdir(name)?, opts.top, opts.group_by)
 }
 
 /// Writes report.json, report.txt and, per kind with anything outstanding,
-/// `<kind>.folded` and `<kind>.svg`.
-pub fn write_outputs(report: &Report, dir: &Path, top: usize, group: flame::GroupBy) -> Result<()> {
-    let write = |name: &str, data: &[u8]| {
-        std::fs::write(dir.join(name), data).with_context(|| format!("writing {}", dir.join(name).display()))
+/// `<kind>.folded` and `<kind>.svg`; removes the flamegraphs an earlier run
+/// left in the directory for kinds this report does not have.
+pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame::GroupBy) -> Result<()> {
+    let mut written = Vec::new();
+    let mut write = |name: &str, data: &[u8]| {
+        written.push(name.to_string());
+        dir.write(name, data)
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
     write("profile.pb.gz", &crate::report::pprof::encode(report)?)?;
@@ -330,6 +335,10 @@ pub fn write_outputs(report: &Report, dir: &Path, top: usize, group: flame::Grou
         }
         write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
         write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
+    }
+    let stale = Kind::ALL.iter().flat_map(|k| [format!("{}.folded", k.name()), format!("{}.svg", k.name())]);
+    for name in stale.filter(|n| !written.contains(n)) {
+        dir.remove(&name);
     }
     Ok(())
 }

@@ -6,8 +6,7 @@
 mod assemble;
 mod probed;
 
-pub use assemble::write_outputs;
-use assemble::{rss_of, status_line, write_snapshot, ReportContext};
+use assemble::{rss_of, status_line, write_outputs, write_snapshot, ReportContext};
 use probed::{CgroupState, ProbedProcesses};
 
 use std::{
@@ -25,6 +24,7 @@ use tokio::{
 
 use crate::{
     collector::Collector,
+    files::output::OutputDir,
     ledger::Kind,
     lens::Lenses,
     placement::PlacementMode,
@@ -160,8 +160,9 @@ fn default_output(spec: &TargetSpec) -> PathBuf {
         }
         TargetSpec::Container(id) => format!("container-{id}"),
     };
+    // The random part makes the name impossible to plant in advance.
     let ts = chrono_like_timestamp();
-    PathBuf::from(format!("profile-{name}-{ts}"))
+    PathBuf::from(format!("profile-{name}-{ts}-{}", &crate::files::random_suffix()[..8]))
 }
 
 fn chrono_like_timestamp() -> String {
@@ -204,9 +205,7 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::require_root()?;
     preflight::require_btf()?;
     preflight::ensure_tracefs()?;
-    let output = opts.output.clone().unwrap_or_else(|| default_output(&opts.target));
-    preflight::prepare_output_dir(&output)?;
-    // Clear errors before anything else happens.
+    // Clear errors before anything else happens (and before any directory is made).
     match &opts.target {
         TargetSpec::Pid(pid) => {
             let info = ProcessInfo::inspect(*pid)?;
@@ -222,11 +221,15 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
         }
         TargetSpec::Command(_) => {}
     }
+    let output = match &opts.output {
+        Some(dir) => OutputDir::create(dir, false)?,
+        None => OutputDir::create(&default_output(&opts.target), true)?,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run(opts, output))
 }
 
-async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
+async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     let (info, mut target) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let info = ProcessInfo::inspect(*pid)?;
@@ -473,13 +476,13 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
                 }
                 for (label, reason) in due {
                     snapshots_written += 1;
-                    let dir = output.join(format!("snapshot-{snapshots_written:03}-{label}"));
+                    let dir = format!("snapshot-{snapshots_written:03}-{label}");
                     collector.name_jit_frames();
                     let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts };
-                    match context.report(&collector, started.elapsed(), format!("snapshot: {reason}"), None).and_then(|r| write_snapshot(&r, &dir, &opts)) {
-                        Ok(()) if !opts.snapshots => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, dir.display()),
+                    match context.report(&collector, started.elapsed(), format!("snapshot: {reason}"), None).and_then(|r| write_snapshot(&r, &output, &dir, &opts)) {
+                        Ok(()) if !opts.snapshots => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, output.path().join(&dir).display()),
                         Ok(()) => {}
-                        Err(e) => eprintln!("warning: snapshot {} failed: {e:#}", dir.display()),
+                        Err(e) => eprintln!("warning: snapshot {} failed: {e:#}", output.path().join(&dir).display()),
                     }
                 }
             }
@@ -558,8 +561,8 @@ async fn run(opts: RecordOptions, output: PathBuf) -> Result<Recorded> {
         .collect();
     let flamegraphs =
         if flamegraphs.is_empty() { "none, nothing outstanding".to_string() } else { flamegraphs.join(", ") };
-    eprintln!("wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})", output.display());
-    Ok(Recorded { report, output })
+    eprintln!("wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})", output.path().display());
+    Ok(Recorded { report, output: output.path().to_path_buf() })
 }
 
 /// Copies the program's output to ours. Sends the stdout offset just past

@@ -2,16 +2,14 @@
 //! scoped, or process-wide per C library in cgroup mode), and following
 //! forks, execs and cgroup membership as they happen.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::preflight;
 use crate::{
     collector::Collector,
+    files::target::{open_path_mapped, ModuleFile},
     probes::Probes,
     target::cgroup::{CgroupMounts, CgroupTarget},
 };
@@ -28,18 +26,20 @@ pub(super) struct ProbedProcesses {
     everywhere: std::collections::HashSet<(u64, u64)>,
 }
 
-/// A process's C library: a path we can open (through its root, so a
-/// container's own libc is found) and its (device, inode) identity.
-fn libc_of(pid: u32) -> Result<(PathBuf, (u64, u64))> {
+/// A process's C library, opened as it is mapped (so a container's own libc
+/// is the one probed, and a swapped path cannot redirect us), its path as the
+/// process sees it, and its (device, inode) identity.
+fn libc_of(pid: u32) -> Result<(ModuleFile, String, (u64, u64))> {
     use std::os::unix::fs::MetadataExt;
     let maps =
         crate::procmaps::ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
     let Some(libc) = maps.libc().filter(|_| maps.libc_code_mapped()) else {
         anyhow::bail!("no C library mapped");
     };
-    let path = PathBuf::from(format!("/proc/{pid}/root{libc}"));
-    let meta = std::fs::metadata(&path)?;
-    Ok((path, (meta.dev(), meta.ino())))
+    let module =
+        open_path_mapped(pid, &maps, libc).with_context(|| format!("opening {libc} of pid {pid}"))?;
+    let meta = module.file.metadata()?;
+    Ok((module, libc.to_string(), (meta.dev(), meta.ino())))
 }
 
 impl ProbedProcesses {
@@ -59,11 +59,11 @@ impl ProbedProcesses {
             self.pending.remove(&pid);
             return Ok(());
         }
-        let (path, id) = libc_of(pid)?;
+        let (libc, path, id) = libc_of(pid)?;
         if self.libc_of.get(&pid) == Some(&id) {
             return Ok(());
         }
-        probes.attach_allocator(&path, pid)?;
+        probes.attach_allocator(&libc, &path, pid)?;
         self.libc_of.insert(pid, id);
         self.pending.remove(&pid);
         Ok(())
@@ -76,9 +76,9 @@ impl ProbedProcesses {
             self.pending.remove(&pid);
             return Ok(());
         }
-        let (path, id) = libc_of(pid)?;
+        let (libc, path, id) = libc_of(pid)?;
         if self.everywhere.insert(id) {
-            if let Err(e) = probes.attach_allocator_everywhere(&path) {
+            if let Err(e) = probes.attach_allocator_everywhere(&libc, &path) {
                 self.everywhere.remove(&id);
                 return Err(e);
             }

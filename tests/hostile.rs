@@ -1,0 +1,204 @@
+//! Safe as root on hostile input (as root): an unprivileged user (uid 65534)
+//! plants symlinks at every output name, and a target replaces its own
+//! executable's path with a symlink to a root-only file, `/dev/zero` or a
+//! FIFO. The profiler must change no file outside its output directory,
+//! never open the planted targets (watched with inotify), and still write a
+//! complete report, promptly.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{folded_by_leaf, fresh_dir, report_json, PROFILER};
+
+const NOBODY: &str = "--reuid=65534";
+
+fn as_nobody(args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([NOBODY, "--regid=65534", "--clear-groups"]).args(args);
+    c
+}
+
+/// A directory writable by nobody, and a root-only victim file beside it.
+fn arena(name: &str) -> (PathBuf, PathBuf) {
+    let dir = fresh_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let victim = dir.with_extension("victim");
+    std::fs::write(&victim, b"root's secret").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (dir, victim)
+}
+
+/// Watches `path` for opens (inotify); `opened()` says whether any happened.
+struct OpenWatch(std::os::fd::OwnedFd);
+
+impl OpenWatch {
+    fn new(path: &Path) -> Self {
+        use std::os::fd::FromRawFd;
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert!(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN | libc::IN_MODIFY) } >= 0);
+        Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn opened(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0 }
+    }
+}
+
+#[test]
+fn symlinks_planted_at_every_output_name_are_replaced_not_followed() {
+    let (dir, victim) = arena("hostile-outputs");
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    assert!(Command::new("chown").args(["65534", out.to_str().unwrap()]).status().unwrap().success());
+    let names = [
+        ".write-test",
+        "report.json",
+        "report.txt",
+        "profile.pb.gz",
+        "heap.svg",
+        "heap.folded",
+        "sockets.svg",
+        "sockets.folded",
+        "mmap.svg",
+        "mmap.folded",
+    ];
+    for name in names {
+        let st = as_nobody(&["ln", "-s", victim.to_str().unwrap(), out.join(name).to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let watch = OpenWatch::new(&victim);
+    let run = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-q", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(common::fixture("leaky"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(!watch.opened(), "the profiler opened the planted symlink's target");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
+    watch.opened(); // our own read
+    for name in &names[1..] {
+        let meta = std::fs::symlink_metadata(out.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a regular file now");
+    }
+    assert!(!out.join(".write-test").exists());
+    assert_eq!(folded_by_leaf(&out, "heap").get("leak_malloc"), Some(&3000));
+
+    // The gate's outputs and baseline likewise.
+    let gate_out = dir.join("gate");
+    std::fs::create_dir(&gate_out).unwrap();
+    for name in ["gate.json", "junit.xml", "summary.md"] {
+        std::os::unix::fs::symlink(&victim, gate_out.join(name)).unwrap();
+    }
+    let baseline = dir.join("baseline.json");
+    std::os::unix::fs::symlink(&victim, &baseline).unwrap();
+    let gate = Command::new(PROFILER)
+        .args(["gate", "--update-baseline", "--baseline"])
+        .arg(&baseline)
+        .arg("--output")
+        .arg(&gate_out)
+        .arg("--")
+        .arg(common::fixture("leaky"))
+        .output()
+        .unwrap();
+    assert!(gate.status.code().is_some(), "{}", String::from_utf8_lossy(&gate.stderr));
+    assert!(!watch.opened(), "the gate opened the planted symlink's target");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
+    assert!(std::fs::symlink_metadata(&baseline).unwrap().file_type().is_file());
+}
+
+#[test]
+fn a_symlink_in_a_default_output_name_cannot_be_planted() {
+    let dir = fresh_dir("hostile-default-name");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = Command::new(PROFILER)
+        .args(["record", "--lens", "handles", "-q", "--", "/bin/true"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let suffix = names[0].rsplit('-').next().unwrap();
+    assert!(suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()), "random part in {names:?}");
+}
+
+/// A target (run as nobody) that deletes its executable and plants a
+/// symlink at its path (and at "<path> (deleted)"); the profiler attaches
+/// with the alloc lens, which opens the executable to name its frames.
+fn target_replacing_its_executable(name: &str, plant: impl Fn(&Path, &Path)) {
+    let (dir, victim) = arena(name);
+    let exe = dir.join("exe");
+    std::fs::copy(common::fixture("leaky"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut target = as_nobody(&[exe.to_str().unwrap(), "--wait"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::fs::remove_file(&exe).unwrap();
+    plant(&exe, &victim);
+    plant(&dir.join("exe (deleted)"), &victim);
+    let watch = OpenWatch::new(&victim);
+    let out = dir.join("out");
+    let mut profiler = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-q", "-d", "2", "-o"])
+        .arg(&out)
+        .args(["--pid", &target.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(Command::new("kill").args(["-USR1", &target.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while profiler.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the profiler hangs on a planted {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(profiler.wait().unwrap().success());
+    assert!(!watch.opened(), "the profiler opened the planted symlink's target");
+    // Frames of the deleted executable are still named, from the mapping itself.
+    assert_eq!(folded_by_leaf(&out, "heap").get("leak_malloc"), Some(&3000), "{}", out.display());
+    assert!(report_json(&out)["end_reason"].is_string());
+}
+
+fn symlink_as_nobody(target: &Path, at: &Path) {
+    let st = as_nobody(&["ln", "-sf", target.to_str().unwrap(), at.to_str().unwrap()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_target_replacing_its_executable_with_a_symlink_to_a_root_only_file() {
+    target_replacing_its_executable("hostile-exe-victim", |at, victim| symlink_as_nobody(victim, at));
+}
+
+#[test]
+fn a_target_replacing_its_executable_with_dev_zero_or_a_fifo() {
+    target_replacing_its_executable("hostile-exe-zero", |at, _| {
+        symlink_as_nobody(Path::new("/dev/zero"), at)
+    });
+    target_replacing_its_executable("hostile-exe-fifo", |at, victim| {
+        let fifo = victim.with_extension("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        symlink_as_nobody(&fifo, at);
+    });
+}
