@@ -17,23 +17,11 @@ use std::{
     time::Duration,
 };
 
-use common::{folded_by_leaf, fresh_dir, report_json, PROFILER};
-use profiler::target::cgroup::CgroupMounts;
+use common::{
+    folded_by_leaf, fresh_dir, report_json, start_profiler, through, TestCgroup, LEAKY_HEAP_LEAKS, PROFILER,
+};
 use serde_json::Value;
 
-/// (function, bytes, blocks) leaked on the heap by `leaky`.
-const HEAP_LEAKS: [(&str, u64, u64); 10] = [
-    ("leak_malloc", 3000, 3),
-    ("leak_calloc", 2000, 2),
-    ("leak_realloc", 5000, 1),
-    ("leak_reallocarray", 600, 1),
-    ("leak_posix_memalign", 4096, 1),
-    ("leak_aligned_alloc", 2560, 1),
-    ("leak_memalign", 1280, 1),
-    ("leak_valloc", 700, 1),
-    ("leak_pvalloc", 8192, 1),
-    ("thread_main", 2048, 4),
-];
 const RESIDENT_PAGES: u64 = 40;
 const SOCKET_LEAKS: [(&str, u64); 2] = [("leak_sockets", 3), ("leak_socketpair", 2)];
 
@@ -59,17 +47,6 @@ fn leaky() -> PathBuf {
     common::fixture("leaky")
 }
 
-/// (bytes, count) of the `kind` entries whose stack passes through `function`.
-fn through(report: &Value, kind: &str, function: &str) -> (u64, u64) {
-    report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .filter(|e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
-        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
-}
-
 /// Heap blocks per leaf function.
 fn blocks_by_leaf(report: &Value) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -93,7 +70,7 @@ fn check(dir: &Path, lenses: &str) -> Vec<String> {
     if lenses.contains("alloc") {
         let heap = folded_by_leaf(dir, "heap");
         let blocks = blocks_by_leaf(&report);
-        for (f, bytes, n) in HEAP_LEAKS {
+        for (f, bytes, n) in LEAKY_HEAP_LEAKS {
             if heap.get(f) != Some(&bytes) || blocks.get(f) != Some(&n) {
                 wrong.push(format!(
                     "heap {f}: {:?} B in {:?} blocks, want {bytes} in {n}",
@@ -144,55 +121,11 @@ fn read_line(out: &mut BufReader<ChildStdout>, want: &str) {
     assert_eq!(line.trim(), want);
 }
 
-/// Starts a profiler and returns once it says it is attached.
-fn start_profiler(args: &[String]) -> (Child, JoinHandle<String>) {
-    let mut p = Command::new(PROFILER)
-        .arg("record")
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(p.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("profiling"), "profiler did not attach: {first}");
-    let rest = std::thread::spawn(move || {
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut first);
-        first
-    });
-    (p, rest)
-}
-
 fn stop_profiler(mut p: Child, stderr: JoinHandle<String>) {
     signal(p.id(), "INT");
     let status = p.wait().unwrap();
     let stderr = stderr.join().unwrap();
     assert!(status.success(), "profiler failed: {stderr}");
-}
-
-/// A cgroup v2 directory, its processes killed and itself removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> Self {
-        let v2 = CgroupMounts::read().unwrap().v2.expect("a cgroup v2 hierarchy is mounted");
-        let dir = v2.join(format!("{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// One recording of `leaky` with `lenses` in `mode`; returns its output directory.

@@ -13,48 +13,11 @@ use std::{
     time::Duration,
 };
 
+use common::{TestCgroup, PROFILER};
 use profiler::target::cgroup::CgroupMounts;
-
-use common::PROFILER;
 
 fn leaky() -> PathBuf {
     common::fixture("leaky")
-}
-
-/// A cgroup v2 directory removed (with its processes killed) on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> Self {
-        let v2 = CgroupMounts::read().unwrap().v2.expect("a cgroup v2 hierarchy is mounted");
-        let dir = v2.join(format!("{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// Starts `leaky --wait` inside the cgroup (a shell moves itself in, then execs).
-    fn start_waiting(&self) -> (Child, BufReader<ChildStdout>) {
-        let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --wait", self.0.display());
-        let mut child =
-            Command::new("sh").args(["-c", &script]).arg(leaky()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        (child, out)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 fn leak(child: &Child, out: &mut BufReader<ChildStdout>) {

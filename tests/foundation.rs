@@ -13,21 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{fixture_with, folded_by_leaf, report_json, tmp, PROFILER};
+use common::{fixture_with, folded_by_leaf, report_json, tmp, LEAKY_HEAP_LEAKS, PROFILER};
 
-/// (function, bytes, blocks) the fixture leaks on the heap.
-const HEAP_LEAKS: [(&str, u64, u64); 10] = [
-    ("leak_malloc", 3000, 3),
-    ("leak_calloc", 2000, 2),
-    ("leak_realloc", 5000, 1),
-    ("leak_reallocarray", 600, 1),
-    ("leak_posix_memalign", 4096, 1),
-    ("leak_aligned_alloc", 2560, 1),
-    ("leak_memalign", 1280, 1),
-    ("leak_valloc", 700, 1),
-    ("leak_pvalloc", 8192, 1),
-    ("thread_main", 2048, 4),
-];
 const MMAP_LEAKS: [(&str, u64); 1] = [("leak_mmap", 5 * 4096)];
 const SOCKET_LEAKS: [(&str, u64); 2] = [("leak_sockets", 3), ("leak_socketpair", 2)];
 const CONTROLS: [&str; 3] = ["control_heap", "control_mmap", "control_sockets"];
@@ -69,7 +56,7 @@ fn assert_ground_truth(dir: &Path) {
     let heap = folded_by_leaf(dir, "heap");
     let report = report_json(dir);
     let blocks = blocks_by_leaf(&report, "heap");
-    for (f, bytes, n) in HEAP_LEAKS {
+    for (f, bytes, n) in LEAKY_HEAP_LEAKS {
         assert_eq!(heap.get(f), Some(&bytes), "heap bytes of {f}; heap.folded sums: {heap:?}");
         assert_eq!(blocks.get(f), Some(&n), "heap blocks of {f}");
     }
@@ -127,25 +114,9 @@ fn start_waiting_fixture() -> (Child, BufReader<std::process::ChildStdout>) {
     (child, stdout)
 }
 
-/// Starts the profiler and waits until it reports that it is attached.
+/// Starts the profiler (precise lenses) and waits until it reports that it is attached.
 fn start_profiler(args: &[&str]) -> (Child, std::thread::JoinHandle<String>) {
-    let mut p = Command::new(PROFILER)
-        .args(["record", "--lens", "alloc,handles"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(p.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("profiling pid"), "profiler did not attach: {first}");
-    let rest = std::thread::spawn(move || {
-        let mut all = first;
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
-        all
-    });
-    (p, rest)
+    common::start_profiler(&[&["--lens", "alloc,handles"], args].concat())
 }
 
 fn signal(pid: u32, sig: &str) {

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{folded_by_leaf, fresh_dir, report_json, PROFILER};
+use common::{folded_by_leaf, fresh_dir, report_json, start_profiler, PROFILER};
 
 const NOBODY: &str = "--reuid=65534";
 
@@ -157,15 +157,15 @@ fn target_replacing_its_executable(name: &str, plant: impl Fn(&Path, &Path)) {
     plant(&dir.join("exe (deleted)"), &victim);
     let watch = OpenWatch::new(&victim);
     let out = dir.join("out");
-    let mut profiler = Command::new(PROFILER)
-        .args(["record", "--lens", "alloc,handles", "-q", "-d", "2", "-o"])
-        .arg(&out)
-        .args(["--pid", &target.id().to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(Command::new("kill").args(["-USR1", &target.id().to_string()]).status().unwrap().success());
+    let pid = target.id().to_string();
+    let (mut profiler, stderr) =
+        start_profiler(&["--lens", "alloc,handles", "-q", "-o", out.to_str().unwrap(), "--pid", &pid]);
+    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(20);
     while profiler.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the profiler hangs on a planted {name}");
@@ -173,7 +173,7 @@ fn target_replacing_its_executable(name: &str, plant: impl Fn(&Path, &Path)) {
     }
     let _ = target.kill();
     let _ = target.wait();
-    assert!(profiler.wait().unwrap().success());
+    assert!(profiler.wait().unwrap().success(), "{}", stderr.join().unwrap());
     assert!(!watch.opened(), "the profiler opened the planted symlink's target");
     // Frames of the deleted executable are still named, from the mapping itself.
     assert_eq!(folded_by_leaf(&out, "heap").get("leak_malloc"), Some(&3000), "{}", out.display());

@@ -6,7 +6,7 @@ mod common;
 
 use std::{path::Path, process::Command};
 
-use common::PROFILER;
+use common::{through, PROFILER};
 use serde_json::Value;
 
 const PAGE: u64 = 4096;
@@ -22,17 +22,6 @@ fn record(dir: &Path, args: &[&str], program: &Path) -> Value {
         .unwrap();
     assert!(out.status.success(), "profiler failed: {}", String::from_utf8_lossy(&out.stderr));
     common::report_json(dir)
-}
-
-/// (bytes, count) of the `kind` entries whose stack passes through `function`.
-fn through(report: &Value, kind: &str, function: &str) -> (u64, u64) {
-    report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .filter(|e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
-        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
 }
 
 fn assert_resident_ground_truth(report: &Value) {

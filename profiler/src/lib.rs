@@ -5,7 +5,8 @@
 //! records) -> `ledger` (outstanding bytes and handles per site) -> `stacks` and
 //! `symbols` (intern, repair and name call stacks) -> `report` (model, text,
 //! JSON, folded stacks and flamegraphs). `record` drives a whole session;
-//! `target` finds, launches and watches the profiled process.
+//! `target` finds, launches and watches the profiled process; `files` opens
+//! the target's files and writes outputs safely as root.
 
 pub mod collector;
 pub mod events;

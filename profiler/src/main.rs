@@ -29,6 +29,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Seconds, `0.5` or `60`: finite, not negative, at most ten years.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    const MAX: f64 = 10.0 * 365.0 * 86400.0;
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=MAX).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        Ok(_) => Err(format!("{s:?} is out of range (0 to {MAX} seconds)")),
+        Err(_) => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
 fn parse_thresholds(s: &str) -> Result<Thresholds, String> {
     let v: Vec<f64> =
         s.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
@@ -94,8 +104,8 @@ enum Command {
 #[derive(Args)]
 struct WarmupArgs {
     /// Exclude everything still live this many seconds after start (warm-up).
-    #[arg(long, value_name = "SECS")]
-    warmup: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    warmup: Option<Duration>,
 
     /// Exclude everything still live when the program prints a line containing TEXT.
     #[arg(long, value_name = "TEXT")]
@@ -107,14 +117,8 @@ struct WarmupArgs {
 }
 
 impl WarmupArgs {
-    fn into_warmup(self) -> Result<Warmup, String> {
-        let after = match self.warmup {
-            Some(s) if !(s >= 0.0 && s.is_finite()) => {
-                return Err("--warmup must be a number of seconds".into())
-            }
-            s => s.map(Duration::from_secs_f64),
-        };
-        Ok(Warmup { after, stdout_marker: self.warmup_marker, function: self.warmup_function })
+    fn into_warmup(self) -> Warmup {
+        Warmup { after: self.warmup, stdout_marker: self.warmup_marker, function: self.warmup_function }
     }
 }
 
@@ -139,8 +143,8 @@ struct RecordArgs {
     follow: bool,
 
     /// Stop after this many seconds.
-    #[arg(long, short, value_name = "SECS")]
-    duration: Option<f64>,
+    #[arg(long, short, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
 
     /// Output directory [default: ./profile-<target>-<timestamp>].
     #[arg(long, short, value_name = "DIR")]
@@ -150,8 +154,8 @@ struct RecordArgs {
     #[arg(long, default_value_t = 10)]
     top: usize,
 
-    /// Ring buffer size in MiB (a power of two). Dropped events are reported.
-    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    /// Ring buffer size in MiB (a power of two, at most 1024). Dropped events are reported.
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
     ringbuf_mb: u32,
 
     /// Do not print the summary at the end (it is still written to report.txt).
@@ -159,12 +163,12 @@ struct RecordArgs {
     quiet: bool,
 
     /// Sample outstanding values per stack every SECS: growth rates and verdicts in the report.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    interval: f64,
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    interval: Duration,
 
     /// Bytes younger than this are "in flight": a stack made mostly of them is transient.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
-    min_age: f64,
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    min_age: Duration,
 
     /// How stacks are ranked in each kind.
     #[arg(long, value_enum, default_value_t = SortBy::Growth)]
@@ -286,8 +290,13 @@ struct GateArgs {
     runs: usize,
 
     /// Judge each run this many seconds after start (for programs that do not exit), instead of at exit.
-    #[arg(long, short, value_name = "SECS")]
-    duration: Option<f64>,
+    #[arg(long, short, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
+
+    /// An exit code of the command that does not fail the gate (repeatable; 0 always passes).
+    /// Any other exit code, or a crash, fails it.
+    #[arg(long, value_name = "CODE")]
+    accept_exit_code: Vec<i32>,
 
     /// Where gate.json, junit.xml, summary.md and the profiles go.
     #[arg(long, short, default_value = "leak-gate", value_name = "DIR")]
@@ -331,9 +340,18 @@ fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
 
 fn load_report(path: &std::path::Path) -> anyhow::Result<Report> {
     use anyhow::Context;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a profiler report.json", path.display()))
+    let bytes = profiler::files::read_input(path)?;
+    let report: Report = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a profiler report.json", path.display()))?;
+    let supported = profiler::report::model::SCHEMA_VERSION;
+    if report.schema_version != supported {
+        anyhow::bail!(
+            "{} has report schema version {}; this profiler reads version {supported}",
+            path.display(),
+            report.schema_version
+        );
+    }
+    Ok(report)
 }
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
@@ -380,15 +398,11 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
 }
 
 fn run_record(args: RecordArgs) -> ExitCode {
-    if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            return usage_error("--duration must be a positive number of seconds");
-        }
+    if args.duration == Some(Duration::ZERO) {
+        return usage_error("--duration must be a positive number of seconds");
     }
-    let valid =
-        args.interval >= 0.05 && args.interval.is_finite() && args.min_age >= 0.0 && args.min_age.is_finite();
-    if !valid {
-        return usage_error("--interval must be at least 0.05 s and --min-age a number of seconds");
+    if args.interval < Duration::from_millis(50) {
+        return usage_error("--interval must be at least 0.05 s");
     }
     if !args.ringbuf_mb.is_power_of_two() {
         return usage_error("--ringbuf-mb must be a power of two");
@@ -401,10 +415,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
     if args.sample_bytes.is_some() && !lenses.alloc {
         return usage_error("--sample-bytes samples the alloc lens: add --lens alloc");
     }
-    let warmup = match args.warmup.into_warmup() {
-        Ok(w) => w,
-        Err(e) => return usage_error(&e),
-    };
+    let warmup = args.warmup.into_warmup();
     let target = match (args.pid, args.cgroup, args.container) {
         (Some(pid), _, _) => TargetSpec::Pid(pid),
         (_, Some(dir), _) => TargetSpec::Cgroup(dir),
@@ -413,7 +424,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
     };
     let opts = RecordOptions {
         target,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: args.duration,
         output: args.output,
         top: args.top,
         ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
@@ -421,8 +432,8 @@ fn run_record(args: RecordArgs) -> ExitCode {
         warmup,
         follow: args.follow,
         group_by: args.group_by,
-        interval: Duration::from_secs_f64(args.interval),
-        min_age: Duration::from_secs_f64(args.min_age),
+        interval: args.interval,
+        min_age: args.min_age,
         sort: args.sort,
         limit: args.limit,
         thresholds: args.thresholds,
@@ -446,17 +457,12 @@ fn run_record(args: RecordArgs) -> ExitCode {
 }
 
 fn run_gate(args: GateArgs) -> ExitCode {
-    let warmup = match args.warmup.into_warmup() {
-        Ok(w) => w,
-        Err(e) => return usage_error(&e),
-    };
-    if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            return usage_error("--duration must be a positive number of seconds");
-        }
+    let warmup = args.warmup.into_warmup();
+    if args.duration == Some(Duration::ZERO) {
+        return usage_error("--duration must be a positive number of seconds");
     }
     let opts = GateOptions {
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: args.duration,
         command: args.command,
         config: args.config,
         baseline: args.baseline,
@@ -465,6 +471,7 @@ fn run_gate(args: GateArgs) -> ExitCode {
         runs: args.runs,
         output: args.output,
         top: args.top,
+        accept_exit_codes: args.accept_exit_code,
     };
     match gate(&opts) {
         Ok((Verdict::Pass, _)) => ExitCode::SUCCESS,

@@ -4,10 +4,14 @@
 
 use std::{
     collections::HashMap,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, ChildStdout, Command, Stdio},
     sync::Mutex,
+    time::Duration,
 };
+
+use profiler::target::cgroup::CgroupMounts;
 
 pub const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
 
@@ -79,4 +83,90 @@ pub fn folded_by_leaf(dir: &Path, kind: &str) -> std::collections::BTreeMap<Stri
             value.parse::<u64>().expect("numeric");
     }
     sums
+}
+
+/// (function, bytes, blocks) the ground-truth fixture `leaky.c` leaks on the heap.
+pub const LEAKY_HEAP_LEAKS: [(&str, u64, u64); 10] = [
+    ("leak_malloc", 3000, 3),
+    ("leak_calloc", 2000, 2),
+    ("leak_realloc", 5000, 1),
+    ("leak_reallocarray", 600, 1),
+    ("leak_posix_memalign", 4096, 1),
+    ("leak_aligned_alloc", 2560, 1),
+    ("leak_memalign", 1280, 1),
+    ("leak_valloc", 700, 1),
+    ("leak_pvalloc", 8192, 1),
+    ("thread_main", 2048, 4),
+];
+
+/// (bytes, count) of the `kind` entries whose stack passes through `function`.
+pub fn through(report: &serde_json::Value, kind: &str, function: &str) -> (u64, u64) {
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .filter(|e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
+        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
+}
+
+/// A cgroup v2 directory removed (with its processes killed) on drop.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let v2 = CgroupMounts::read().unwrap().v2.expect("a cgroup v2 hierarchy is mounted");
+        let dir = v2.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Starts `leaky --wait` inside the cgroup (a shell moves itself in, then execs).
+    pub fn start_waiting(&self) -> (Child, BufReader<ChildStdout>) {
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --wait", self.0.display());
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .arg(fixture("leaky"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        (child, out)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Starts `profiler record ARGS` and returns once it says it is attached,
+/// with a thread collecting the rest of its stderr.
+pub fn start_profiler<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Child, std::thread::JoinHandle<String>) {
+    let mut p = Command::new(PROFILER)
+        .arg("record")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(p.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("profiling"), "profiler did not attach: {first}");
+    let rest = std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut first);
+        first
+    });
+    (p, rest)
 }

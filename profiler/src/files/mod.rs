@@ -6,6 +6,28 @@
 pub mod output;
 pub mod target;
 
+/// Largest report, baseline or configuration file read (user-supplied input).
+pub const MAX_INPUT_BYTES: u64 = 256 << 20;
+
+/// Reads a user-supplied input file, refusing one over [`MAX_INPUT_BYTES`].
+pub fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut data = Vec::new();
+    file.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if data.len() as u64 > MAX_INPUT_BYTES {
+        anyhow::bail!(
+            "{} is larger than {} MiB: not a file this profiler wrote",
+            path.display(),
+            MAX_INPUT_BYTES >> 20
+        );
+    }
+    Ok(data)
+}
+
 /// 16 random hex digits from the kernel's generator (unpredictable names).
 pub fn random_suffix() -> String {
     let mut bytes = [0u8; 8];

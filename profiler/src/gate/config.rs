@@ -156,8 +156,10 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let bytes = crate::files::read_input(path)
             .with_context(|| format!("reading gate config {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("gate config {} is not UTF-8", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid gate config {}", path.display()))
     }
 }

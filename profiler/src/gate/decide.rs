@@ -36,6 +36,9 @@ impl Observed {
 }
 
 /// A committed reference of per-stack outstanding values.
+/// Version of `leakgate-baseline.json`; bump on incompatible change.
+pub const BASELINE_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Baseline {
     pub schema_version: u32,
@@ -64,7 +67,7 @@ impl Baseline {
                 noise: o.noise,
             })
             .collect();
-        Self { schema_version: 1, stacks }
+        Self { schema_version: BASELINE_SCHEMA_VERSION, stacks }
     }
 }
 

@@ -18,10 +18,10 @@ use anyhow::{bail, Context, Result};
 use crate::{
     lens::Lenses,
     record::{record, RecordOptions, TargetSpec, Warmup},
-    report::{flame, Report},
+    report::{flame, model::TargetExit, Report},
 };
 use config::Config;
-use decide::{decide, Baseline, Decision, Observed};
+use decide::{decide, Baseline, Check, Decision, Observed};
 
 /// Used when present in the working directory and no `--config` is given.
 pub const DEFAULT_CONFIG: &str = "leakgate.toml";
@@ -40,6 +40,8 @@ pub struct GateOptions {
     pub duration: Option<std::time::Duration>,
     pub output: PathBuf,
     pub top: usize,
+    /// Exit codes of the command that do not fail the gate (0 always passes).
+    pub accept_exit_codes: Vec<i32>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -123,9 +125,18 @@ fn load_baseline(opts: &GateOptions) -> Result<Option<Baseline>> {
         }
         return Ok(None);
     }
-    let text = std::fs::read(&path).with_context(|| format!("reading baseline {}", path.display()))?;
+    let text =
+        crate::files::read_input(&path).with_context(|| format!("reading baseline {}", path.display()))?;
     let baseline: Baseline =
         serde_json::from_slice(&text).with_context(|| format!("invalid baseline {}", path.display()))?;
+    if baseline.schema_version != decide::BASELINE_SCHEMA_VERSION {
+        bail!(
+            "baseline {} has schema version {}; this gate reads version {} (take a new one with --update-baseline)",
+            path.display(),
+            baseline.schema_version,
+            decide::BASELINE_SCHEMA_VERSION
+        );
+    }
     Ok(Some(baseline))
 }
 
@@ -140,6 +151,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     let config = load_config(opts)?;
     let baseline = load_baseline(opts)?;
     let mut runs = Vec::new();
+    let mut bad_exits = Vec::new();
     for i in 1..=opts.runs {
         let dir = opts.output.join(format!("run-{i}"));
         let recorded = record(RecordOptions {
@@ -152,6 +164,11 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
             ..RecordOptions::new(TargetSpec::Command(opts.command.clone()))
         })
         .with_context(|| format!("run {i} of {}", opts.runs))?;
+        match &recorded.report.target_exit {
+            Some(TargetExit::Code(c)) if *c == 0 || opts.accept_exit_codes.contains(c) => {}
+            Some(exit) => bad_exits.push(format!("run {i}: {exit}")),
+            None => {}
+        }
         runs.push(observe(&recorded.report));
     }
     let observed = combine(&runs);
@@ -164,7 +181,22 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
         let decision = decide(&observed, &config, Some(&baseline));
         return Ok((Verdict::Pass, decision));
     }
-    let decision = decide(&observed, &config, baseline.as_ref());
+    let mut decision = decide(&observed, &config, baseline.as_ref());
+    if !bad_exits.is_empty() {
+        // A crashed or failing command leaks nothing it never reached: never a pass.
+        decision.checks.insert(
+            0,
+            Check {
+                name: format!("the command exits with 0 ({})", bad_exits.join("; ")),
+                limit: 0,
+                actual: bad_exits.len() as u64,
+                passed: false,
+                unit: "failed runs".into(),
+                offenders: Vec::new(),
+            },
+        );
+        decision.passed = false;
+    }
     output::write_all(&decision, opts)?;
     print!("{}", output::text(&decision, opts));
     Ok((if decision.passed { Verdict::Pass } else { Verdict::LeakRegression }, decision))

@@ -162,6 +162,7 @@ fn build_report(
         started_at,
         duration_s: elapsed.as_secs_f64(),
         end_reason,
+        target_exit: None,
         warmup: None,
         totals,
         processes: Vec::new(),

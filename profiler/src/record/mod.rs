@@ -1,6 +1,6 @@
 //! A recording session: validate, find or launch the target, attach the
 //! probes, drain events into the collector until the session ends (target
-//! exit, `--duration`, SIGINT, SIGTERM), then build and write the report
+//! exit, `--duration`, SIGINT, SIGTERM, SIGHUP), then build and write the report
 //! while the target's address space still exists.
 
 mod assemble;
@@ -230,6 +230,11 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
 }
 
 async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
+    // Installed first: a signal from the moment we say we are attached ends the session cleanly.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    // A closed terminal or a dropped ssh session ends the recording like Ctrl-C.
+    let mut sighup = signal(SignalKind::hangup())?;
     let (info, mut target) = match &opts.target {
         TargetSpec::Pid(pid) => {
             let info = ProcessInfo::inspect(*pid)?;
@@ -294,6 +299,11 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                 let _ = l.control.send(Control::Kill);
                 l.join();
             }
+            if !cgroup_mode && !Path::new(&format!("/proc/{}", info.pid)).exists() {
+                return Err(
+                    e.context(format!("process {} exited while the profiler was attaching", info.pid))
+                );
+            }
             return Err(e);
         }
     };
@@ -334,8 +344,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         }
     );
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut target_exit = None;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_events = (Instant::now(), 0u64);
@@ -373,6 +382,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             }
             _ = sigint.recv() => break "SIGINT".to_string(),
             _ = sigterm.recv() => break "SIGTERM".to_string(),
+            _ = sighup.recv() => break "SIGHUP".to_string(),
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 break "duration elapsed".to_string()
             }
@@ -381,7 +391,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     Target::Launched(l) => l.events.recv().await,
                     Target::Attached { pidfd } => {
                         let _ = pidfd.readable().await;
-                        Some(TargetEvent::Exited("exited".into()))
+                        Some(TargetEvent::Exited(crate::target::exit_of_zombie(info.pid)))
                     }
                     // A cgroup does not exit: recording ends on a signal or --duration.
                     Target::Cgroup(_) => std::future::pending().await,
@@ -415,8 +425,17 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                             let _ = l.control.send(Control::Resume);
                         }
                     }
-                    Some(TargetEvent::Exiting(how)) => { held_at_exit = true; break format!("target exited ({how})") }
-                    Some(TargetEvent::Exited(how)) => break format!("target exited ({how})"),
+                    Some(TargetEvent::Exiting(how)) => {
+                        held_at_exit = true;
+                        let reason = format!("target exited ({how})");
+                        target_exit = Some(how);
+                        break reason
+                    }
+                    Some(TargetEvent::Exited(how)) => {
+                        let reason = format!("target exited ({how})");
+                        target_exit = Some(how);
+                        break reason
+                    }
                     None => break "target exited".to_string(),
                 }
             }
@@ -537,7 +556,8 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         target: &target,
         mounts: &mounts,
     };
-    let report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
+    let mut report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
+    report.target_exit = target_exit;
     let written = write_outputs(&report, &output, opts.top, opts.group_by);
 
     // Only now may the target go: its address space was needed for the report.
@@ -545,10 +565,11 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
         l.join();
     }
+    use std::io::Write;
+    // Not print!/eprintln!: after SIGHUP the terminal may be gone, and they panic on a failed write.
     if opts.print_summary {
-        print!("{}", text::render(&report, opts.top));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(text::render(&report, opts.top).as_bytes()).and_then(|_| stdout.flush());
     }
     drop(ring);
     probes.detach();
@@ -561,7 +582,11 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         .collect();
     let flamegraphs =
         if flamegraphs.is_empty() { "none, nothing outstanding".to_string() } else { flamegraphs.join(", ") };
-    eprintln!("wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})", output.path().display());
+    let _ = writeln!(
+        std::io::stderr(),
+        "wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})",
+        output.path().display()
+    );
     Ok(Recorded { report, output: output.path().to_path_buf() })
 }
 

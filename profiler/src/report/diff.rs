@@ -46,7 +46,7 @@ pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
                 stack: k.1.clone(),
                 before: x,
                 after: y,
-                delta: y as i64 - x as i64,
+                delta: (i128::from(y) - i128::from(x)).clamp(i64::MIN.into(), i64::MAX.into()) as i64,
             }
         })
         .filter(|d| d.delta != 0)
@@ -112,6 +112,7 @@ mod tests {
             started_at: 0,
             duration_s: 1.0,
             end_reason: "t".into(),
+            target_exit: None,
             warmup: None,
             totals: Default::default(),
             series: None,

@@ -130,6 +130,7 @@ mod tests {
             started_at: 0,
             duration_s: 1.0,
             end_reason: "test".into(),
+            target_exit: None,
             warmup: None,
             totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
             handles: Default::default(),

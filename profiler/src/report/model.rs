@@ -12,6 +12,35 @@ use crate::{
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// How a target process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetExit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it (`SIGSEGV`, `SIGKILL`, ...).
+    Signal(String),
+    /// It is gone, but its status was not seen (its parent reaped it first).
+    Unknown,
+}
+
+impl TargetExit {
+    /// An exit code of 0.
+    pub fn is_success(&self) -> bool {
+        *self == Self::Code(0)
+    }
+}
+
+impl std::fmt::Display for TargetExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit code {code}"),
+            Self::Signal(sig) => write!(f, "killed by {sig}"),
+            Self::Unknown => write!(f, "exited, status not seen"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
@@ -20,8 +49,11 @@ pub struct Report {
     /// Unix time (s) recording started.
     pub started_at: u64,
     pub duration_s: f64,
-    /// Why recording ended: `target exited (...)`, `duration elapsed`, `SIGINT`, `SIGTERM`.
+    /// Why recording ended: `target exited (...)`, `duration elapsed`, `SIGINT`, `SIGTERM`, `SIGHUP`.
     pub end_reason: String,
+    /// How the target process ended, when it ended while recording (launch and attach modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_exit: Option<TargetExit>,
     /// What was excluded as warm-up, if a warm-up was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<String>,

@@ -19,7 +19,7 @@ use nix::{
 };
 
 use super::ProcessInfo;
-use crate::procmaps::ProcessMaps;
+use crate::{procmaps::ProcessMaps, report::model::TargetExit};
 
 /// How a new program image appeared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +38,14 @@ pub enum TargetEvent {
     /// A process of the tree has a new image and is held stopped: attach its
     /// probes, then send [`Control::Resume`].
     NewImage { pid: u32, how: NewImage },
-    /// The launched process is exiting (how: `exit code N` or `killed by SIG...`)
-    /// and held stopped; send [`Control::Release`] when done.
-    Exiting(String),
+    /// The launched process is exiting and held stopped; send
+    /// [`Control::Release`] when done.
+    Exiting(TargetExit),
     /// Another process of the tree is exiting, held stopped until [`Control::Resume`]
     /// so its last events can be located in its address space.
     ProcessExiting { pid: u32 },
     /// The process is gone, with its exit code or the signal that killed it.
-    Exited(String),
+    Exited(TargetExit),
 }
 
 /// What the session tells the tracer thread.
@@ -276,8 +276,8 @@ fn trace(
             WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
                 let held = if pid == root {
                     // Hold the exit until the report is written (or we are told to go).
-                    let how = ptrace::getevent(pid).map(|status| describe_wait_status(status as i32));
-                    let _ = events.send(TargetEvent::Exiting(how.unwrap_or_else(|_| "exiting".into())));
+                    let how = ptrace::getevent(pid).map(|status| exit_of_wait_status(status as i32));
+                    let _ = events.send(TargetEvent::Exiting(how.unwrap_or(TargetExit::Unknown)));
                     true
                 } else if is_process(pid) {
                     let _ = events.send(TargetEvent::ProcessExiting { pid: pid.as_raw() as u32 });
@@ -329,14 +329,14 @@ fn trace(
                 tracees.remove(&pid);
                 if pid == root {
                     root_gone = true;
-                    let _ = events.send(TargetEvent::Exited(format!("exit code {code}")));
+                    let _ = events.send(TargetEvent::Exited(TargetExit::Code(code)));
                 }
             }
             WaitStatus::Signaled(pid, sig, _) => {
                 tracees.remove(&pid);
                 if pid == root {
                     root_gone = true;
-                    let _ = events.send(TargetEvent::Exited(format!("killed by {sig}")));
+                    let _ = events.send(TargetEvent::Exited(TargetExit::Signal(sig.to_string())));
                 }
             }
             WaitStatus::PtraceSyscall(pid) | WaitStatus::Continued(pid) => {
@@ -353,13 +353,13 @@ fn trace(
     }
 }
 
-/// `exit code N` or `killed by SIGNAME`, from a wait(2) status word.
-fn describe_wait_status(status: i32) -> String {
+/// The exit code or killing signal in a wait(2) status word.
+pub fn exit_of_wait_status(status: i32) -> TargetExit {
     if libc::WIFSIGNALED(status) {
         let sig = Signal::try_from(libc::WTERMSIG(status))
             .map_or_else(|_| libc::WTERMSIG(status).to_string(), |s| s.to_string());
-        format!("killed by {sig}")
+        TargetExit::Signal(sig)
     } else {
-        format!("exit code {}", libc::WEXITSTATUS(status))
+        TargetExit::Code(libc::WEXITSTATUS(status))
     }
 }

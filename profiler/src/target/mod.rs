@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::procmaps::ProcessMaps;
+use crate::{procmaps::ProcessMaps, report::model::TargetExit};
 
 /// A process found and ready to be probed.
 #[derive(Debug, Clone)]
@@ -34,6 +34,24 @@ impl ProcessInfo {
     pub fn inspect(pid: u32) -> Result<Self> {
         if pid == 0 || !PathBuf::from(format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}");
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        if field("Tgid:") != pid.to_string() && !field("Tgid:").is_empty() {
+            bail!(
+                "{pid} is a thread of process {}, not a process: use --pid {}",
+                field("Tgid:"),
+                field("Tgid:")
+            );
+        }
+        if is_kernel_thread(pid) {
+            bail!("pid {pid} ({}) is a kernel thread: it has no user space to profile", field("Name:"));
         }
         let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -63,6 +81,32 @@ impl ProcessInfo {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether `pid` is a kernel thread (`PF_KTHREAD` in the flags of /proc/PID/stat).
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesized command: state is field 3, flags field 9.
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_comm
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// How process `pid` ended, read once its pidfd says it exited: the exit
+/// code is in /proc/PID/stat while the process is a zombie (not yet reaped
+/// by its parent).
+pub fn exit_of_zombie(pid: u32) -> TargetExit {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    // Field 3 is the state, field 52 the wait status (fields counted from 1, 2 is the command).
+    match (fields.first(), fields.get(49).and_then(|f| f.parse::<i32>().ok())) {
+        (Some(&"Z"), Some(status)) => launch::exit_of_wait_status(status),
+        _ => TargetExit::Unknown,
     }
 }
 

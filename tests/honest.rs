@@ -1,0 +1,139 @@
+//! Honest exits and refusals (as root): every bad value is a usage error
+//! (exit 2) before anything is attached, with no output directory left
+//! behind; kernel threads and non-leader threads are refused by name; the
+//! gate fails a command that crashed or exited non-zero; SIGHUP ends a
+//! recording with a complete report; attach mode says how the target ended.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+};
+
+use common::{fresh_dir, report_json, start_profiler, PROFILER};
+
+fn profiler(args: &[&str]) -> Output {
+    Command::new(PROFILER).args(args).output().unwrap()
+}
+
+fn assert_exit(out: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+}
+
+#[test]
+fn bad_values_are_usage_errors_and_leave_no_directory() {
+    let dir = fresh_dir("honest-usage");
+    let d = dir.to_str().unwrap();
+    for (flag, value) in [
+        ("--duration", "1e300"),
+        ("--interval", "inf"),
+        ("--min-age", "-1"),
+        ("--warmup", "NaN"),
+        ("--ringbuf-mb", "4096"),
+        ("--duration", "0"),
+        ("--interval", "0.01"),
+    ] {
+        let out = profiler(&["record", "-o", d, flag, value, "--", "/bin/true"]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("error"), "{flag} {value}");
+    }
+    assert_exit(&profiler(&["gate", "--duration", "1e300", "--", "/bin/true"]), 2, "out of range");
+    assert_exit(&profiler(&["record", "-o", d, "--pid", "2"]), 1, "is a kernel thread");
+    assert!(!dir.exists(), "a rejected run created its output directory");
+}
+
+#[test]
+fn a_non_leader_thread_is_refused_with_its_process() {
+    let mut target = Command::new(common::fixture("churn2")).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid = target.id();
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|t| *t != pid.to_string())
+        .unwrap();
+    let dir = fresh_dir("honest-tid");
+    let run = profiler(&["record", "-o", dir.to_str().unwrap(), "--pid", &tid]);
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_exit(&run, 1, &format!("{tid} is a thread of process {pid}, not a process: use --pid {pid}"));
+}
+
+#[test]
+fn reports_of_another_schema_version_are_refused() {
+    let dir = fresh_dir("honest-schema");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run =
+        profiler(&["record", "--lens", "handles", "-q", "-o", dir.to_str().unwrap(), "--", "/bin/true"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut report = report_json(&dir);
+    report["schema_version"] = 99.into();
+    let future = dir.join("future.json");
+    std::fs::write(&future, serde_json::to_vec(&report).unwrap()).unwrap();
+    assert_exit(
+        &profiler(&["report", future.to_str().unwrap()]),
+        1,
+        "has report schema version 99; this profiler reads version 1",
+    );
+}
+
+#[test]
+fn the_gate_fails_a_command_that_crashed_or_exited_non_zero() {
+    let cases: [(&[&str], &str); 2] =
+        [(&["sh", "-c", "kill -SEGV $$"], "killed by SIGSEGV"), (&["false"], "exit code 1")];
+    for (command, reason) in cases {
+        let dir = fresh_dir("honest-gate");
+        let out = profiler(&[&["gate", "--output", dir.to_str().unwrap(), "--"], command].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{command:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(reason), "{command:?}: the summary names {reason:?}: {stdout}");
+        for file in ["gate.json", "junit.xml", "summary.md"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            assert!(text.contains(reason), "{file} names {reason:?}: {text}");
+        }
+    }
+    let dir = fresh_dir("honest-gate-accepted");
+    let out =
+        profiler(&["gate", "--accept-exit-code", "1", "--output", dir.to_str().unwrap(), "--", "false"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn sighup_ends_a_recording_with_a_complete_report() {
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let dir = fresh_dir("honest-sighup");
+    let pid = target.id().to_string();
+    let (mut p, stderr) =
+        start_profiler(&["--lens", "handles", "-q", "-o", dir.to_str().unwrap(), "--pid", &pid]);
+    assert!(Command::new("kill").args(["-HUP", &p.id().to_string()]).status().unwrap().success());
+    assert!(p.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    assert_eq!(report_json(&dir)["end_reason"], "SIGHUP");
+    target.kill().unwrap();
+    target.wait().unwrap();
+}
+
+#[test]
+fn attach_mode_says_how_the_target_ended() {
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let dir = fresh_dir("honest-killed");
+    let pid = target.id().to_string();
+    let (mut p, stderr) =
+        start_profiler(&["--lens", "handles", "-q", "-o", dir.to_str().unwrap(), "--pid", &pid]);
+    // Killed, and not reaped until the profiler has seen it (as a parent that waits later).
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    assert!(p.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    target.wait().unwrap();
+    let report = report_json(&dir);
+    assert_eq!(report["end_reason"], "target exited (killed by SIGKILL)");
+    assert_eq!(report["target_exit"]["signal"], "SIGKILL");
+}
