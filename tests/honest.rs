@@ -137,3 +137,51 @@ fn attach_mode_says_how_the_target_ended() {
     assert_eq!(report["end_reason"], "target exited (killed by SIGKILL)");
     assert_eq!(report["target_exit"]["signal"], "SIGKILL");
 }
+
+#[test]
+fn sighup_in_launch_mode_leaves_the_program_running() {
+    let dir = fresh_dir("honest-sighup-launch");
+    let (mut p, stderr) =
+        start_profiler(&["--lens", "handles", "-q", "-o", dir.to_str().unwrap(), "--", "sleep", "30"]);
+    assert!(Command::new("kill").args(["-HUP", &p.id().to_string()]).status().unwrap().success());
+    assert!(p.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    let report = report_json(&dir);
+    assert_eq!(report["end_reason"], "SIGHUP");
+    let pid = report["target"]["pid"].as_u64().unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(alive, "the launched program was killed with the profiler");
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+}
+
+#[test]
+fn a_full_disk_leaves_complete_files_or_none_and_the_summary_on_screen() {
+    let mount = fresh_dir("honest-full-disk");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"]).arg(&mount).status().unwrap();
+    assert!(mounted.success());
+    let out = mount.join("out");
+    let run = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-o", out.to_str().unwrap(), "--"])
+        .arg(common::fixture("leaky"))
+        .output()
+        .unwrap();
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    let _ = Command::new("umount").arg(&mount).status();
+    assert_eq!(run.status.code(), Some(1), "a failed write fails the run");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("No space left on device"));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("Outstanding when recording ended"),
+        "summary printed"
+    );
+    for (name, data) in &files {
+        assert!(!name.ends_with(".tmp"), "temporary {name} left behind");
+        if name == "report.json" {
+            serde_json::from_slice::<serde_json::Value>(data).expect("report.json is complete");
+        }
+    }
+}

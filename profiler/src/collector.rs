@@ -229,6 +229,10 @@ impl Collector {
     }
 
     /// Malformed perf-map lines met, over all processes.
+    pub fn perf_map_unread(&self) -> u64 {
+        self.spaces.values().map(AddressSpace::perf_map_unread).sum()
+    }
+
     pub fn perf_map_garbage(&self) -> u64 {
         self.spaces.values().map(AddressSpace::perf_map_garbage).sum()
     }

@@ -16,19 +16,35 @@ use std::{
 
 /// Longest line accepted (longer ones are skipped).
 const MAX_LINE: usize = 4096;
-/// Most bytes read from one map in total.
-const MAX_TOTAL: u64 = 256 << 20;
+/// Most bytes read from one map in total; what lies beyond is counted, not read.
+pub const MAX_TOTAL: u64 = 64 << 20;
+/// Bytes read per step: the transient buffer never holds more.
+const CHUNK: usize = 1 << 20;
 
-/// One process's JIT map, as read so far.
+/// One entry, 24 bytes; its name lives in [`PerfMap::names`].
+#[derive(Clone, Copy)]
+struct Entry {
+    start: u64,
+    end: u64,
+    name_at: u32,
+    name_len: u32,
+}
+
+/// One process's JIT map, as read so far. Memory is bounded by
+/// [`MAX_TOTAL`]: about 1.3 bytes per byte of map read (entries of 24 bytes
+/// plus the names, stored once in one arena).
 #[derive(Default)]
 pub struct PerfMap {
-    /// (start, end, name), sorted by start once `sorted` is set.
-    entries: Vec<(u64, u64, Arc<str>)>,
+    /// Sorted by start once `sorted` is set.
+    entries: Vec<Entry>,
+    names: String,
     sorted: bool,
     offset: u64,
     partial: Vec<u8>,
     /// Lines that could not be parsed (or were too long).
     pub garbage_lines: u64,
+    /// Bytes of the map past [`MAX_TOTAL`], left unread.
+    pub unread_bytes: u64,
     /// Whether a map file was found at all.
     pub found: bool,
 }
@@ -38,53 +54,92 @@ impl PerfMap {
     pub fn refresh(&mut self, pid: u32) {
         let Some(mut file) = open_in_root(pid) else { return };
         self.found = true;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.unread_bytes = len.saturating_sub(MAX_TOTAL);
         if self.offset >= MAX_TOTAL || file.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
-        let mut buf = Vec::new();
-        if file.take(MAX_TOTAL - self.offset).read_to_end(&mut buf).is_err() {
-            return;
+        let mut chunk = vec![0u8; CHUNK];
+        while self.offset < MAX_TOTAL {
+            let want = CHUNK.min((MAX_TOTAL - self.offset) as usize);
+            match file.read(&mut chunk[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.offset += n as u64;
+                    self.ingest(&chunk[..n]);
+                }
+            }
         }
-        self.offset += buf.len() as u64;
-        self.ingest(&buf);
     }
 
     /// Parses appended bytes (lines may be split across calls).
     fn ingest(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        let Some(last_newline) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            if self.partial.len() > MAX_LINE {
-                self.partial.clear();
-                self.garbage_lines += 1;
-            }
-            return;
-        };
-        let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
-        for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match parse_line(line) {
-                Some(entry) => {
-                    self.entries.push(entry);
-                    self.sorted = false;
+        let mut rest = bytes;
+        if !self.partial.is_empty() {
+            let Some(newline) = rest.iter().position(|b| *b == b'\n') else {
+                self.partial.extend_from_slice(rest);
+                if self.partial.len() > MAX_LINE {
+                    self.partial.clear();
+                    self.garbage_lines += 1;
                 }
-                None => self.garbage_lines += 1,
+                return;
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..newline]);
+            self.add_line(&line);
+            rest = &rest[newline + 1..];
+        }
+        let complete = match rest.iter().rposition(|b| *b == b'\n') {
+            Some(last) => {
+                let (complete, tail) = rest.split_at(last + 1);
+                self.partial.extend_from_slice(tail);
+                complete
             }
+            None => {
+                self.partial.extend_from_slice(rest);
+                &[]
+            }
+        };
+        if self.partial.len() > MAX_LINE {
+            self.partial.clear();
+            self.garbage_lines += 1;
+        }
+        for line in complete.split(|b| *b == b'\n') {
+            self.add_line(line);
+        }
+    }
+
+    fn add_line(&mut self, line: &[u8]) {
+        if line.is_empty() {
+            return;
+        }
+        match parse_line(line) {
+            Some((start, end, name)) => {
+                let name_at = self.names.len() as u32;
+                self.names.push_str(name);
+                self.entries.push(Entry { start, end, name_at, name_len: name.len() as u32 });
+                self.sorted = false;
+            }
+            None => self.garbage_lines += 1,
         }
     }
 
     /// The JIT function containing `addr`, if the map names it.
     pub fn lookup(&mut self, addr: u64) -> Option<Arc<str>> {
         if !self.sorted {
-            self.entries.sort_by_key(|e| e.0);
+            // Stable: of entries at one start, the latest stays last.
+            self.entries.sort_by_key(|e| e.start);
             self.sorted = true;
         }
-        let i = self.entries.partition_point(|e| e.0 <= addr);
+        let i = self.entries.partition_point(|e| e.start <= addr);
         // Code can be moved and re-registered: the latest entry at an address wins.
-        let (start, end, name) = self.entries.get(i.checked_sub(1)?)?;
-        (addr >= *start && addr < *end).then(|| name.clone())
+        let e = self.entries.get(i.checked_sub(1)?)?;
+        let name = &self.names[e.name_at as usize..(e.name_at + e.name_len) as usize];
+        (addr >= e.start && addr < e.end).then(|| Arc::from(name))
     }
 }
 
-fn parse_line(line: &[u8]) -> Option<(u64, u64, Arc<str>)> {
+fn parse_line(line: &[u8]) -> Option<(u64, u64, &str)> {
     if line.len() > MAX_LINE {
         return None;
     }
@@ -97,7 +152,7 @@ fn parse_line(line: &[u8]) -> Option<(u64, u64, Arc<str>)> {
     if name.is_empty() || size == 0 || name.chars().any(|c| c.is_control()) {
         return None;
     }
-    Some((start, start.checked_add(size)?, Arc::from(name)))
+    Some((start, start.checked_add(size)?, name))
 }
 
 /// The pid of `pid` as its own PID namespace sees it (the number in the
@@ -137,5 +192,53 @@ mod tests {
         assert_eq!(map.lookup(0x7f0000003004).as_deref(), Some("X"));
         assert_eq!(map.lookup(0x7f0000001040), None);
         assert_eq!(map.garbage_lines, 3, "the bad line, the zero-size entry, the overlong line");
+    }
+
+    /// Peak resident memory of this process (VmHWM), bytes.
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kb << 10
+    }
+
+    #[test]
+    fn a_hostile_one_gib_map_costs_bounded_memory_and_its_excess_is_counted() {
+        let pid = std::process::id();
+        let path = format!("/tmp/perf-{}.map", namespace_pid(pid));
+        let mut text = String::new();
+        let mut i = 0u64;
+        while (text.len() as u64) < MAX_TOTAL + (1 << 20) {
+            use std::fmt::Write;
+            let _ = writeln!(
+                text,
+                "{:x} 10 LazyCompile:*hostileFunctionName{i} /srv/app/some/long/path/file.js:{i}",
+                0x7f00_0000_0000u64 + i * 16
+            );
+            i += 1;
+        }
+        std::fs::write(&path, &text).unwrap();
+        drop(text);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(1 << 30).unwrap(); // sparse: a 1 GiB map
+        let before = peak_rss();
+        let mut map = PerfMap::default();
+        map.refresh(pid);
+        let grown = peak_rss().saturating_sub(before);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(map.unread_bytes, (1 << 30) - MAX_TOTAL);
+        assert!(map.entries.len() > 500_000, "{} entries", map.entries.len());
+        assert!(grown < 2 * MAX_TOTAL, "a {} MiB read cost {} MiB", MAX_TOTAL >> 20, grown >> 20);
+        assert_eq!(
+            map.lookup(0x7f00_0000_0000 + 16 * 7 + 3).as_deref(),
+            Some("LazyCompile:*hostileFunctionName7 /srv/app/some/long/path/file.js:7")
+        );
     }
 }

@@ -317,6 +317,23 @@ fn release_in_background() -> nix::Result<std::os::fd::OwnedFd> {
         unistd::{fork, pipe, ForkResult},
     };
     let (wait_end, done_end) = pipe()?;
+    use std::os::fd::AsRawFd;
+    // Everything but the kernel objects (links, programs, maps, perf events:
+    // anonymous inodes) is closed in the grandchild: our output directory,
+    // files and standard streams must not outlive us. Listed now, since the
+    // child may not allocate.
+    let mut close: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let anon = std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with("anon_inode:"));
+                    (!anon && fd != wait_end.as_raw_fd()).then_some(fd)
+                })
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![0, 1, 2, done_end.as_raw_fd()]);
+    close.push(done_end.as_raw_fd());
     // SAFETY: the child and grandchild call only async-signal-safe functions
     // (raw syscalls) and leave with _exit, running no destructor.
     match unsafe { fork() }? {
@@ -329,10 +346,9 @@ fn release_in_background() -> nix::Result<std::os::fd::OwnedFd> {
             if !matches!(fork(), Ok(ForkResult::Child)) {
                 libc::_exit(0);
             }
-            use std::os::fd::AsRawFd;
-            // Not the standard streams: whoever reads our output to its end must not wait for us.
-            for fd in [0, 1, 2, done_end.as_raw_fd()] {
-                libc::close(fd);
+            // Not the standard streams either: whoever reads our output to its end must not wait for us.
+            for fd in &close {
+                libc::close(*fd);
             }
             libc::prctl(libc::PR_SET_NAME, c"profiler-detach".as_ptr());
             let mut byte = 0u8;

@@ -218,6 +218,10 @@ impl AddressSpace {
     }
 
     /// Malformed lines met in the process's perf map.
+    pub fn perf_map_unread(&self) -> u64 {
+        self.perf_map.unread_bytes
+    }
+
     pub fn perf_map_garbage(&self) -> u64 {
         self.perf_map.garbage_lines
     }

@@ -193,6 +193,7 @@ fn build_report(
             truncated_stacks: collector.truncated_stacks,
             unnamed_jit_frames,
             perf_map_garbage_lines: collector.perf_map_garbage(),
+            perf_map_unread_bytes: collector.perf_map_unread(),
             ringbuf_drops: kernel[counters::RINGBUF_DROPS],
             inflight_map_full: kernel[counters::INFLIGHT_MAP_FULL],
             inflight_syscall_map_full: kernel[counters::INFLIGHT_SYSCALL_MAP_FULL],

@@ -217,6 +217,9 @@ pub struct Accuracy {
     /// Malformed lines skipped in perf maps.
     #[serde(default)]
     pub perf_map_garbage_lines: u64,
+    /// Bytes of perf maps past the per-map read bound, not read.
+    #[serde(default)]
+    pub perf_map_unread_bytes: u64,
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
     /// Allocator calls not tracked because the in-flight map was full.

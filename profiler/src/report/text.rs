@@ -221,6 +221,14 @@ pub fn render(report: &Report, top: usize) -> String {
             );
         }
     }
+    if a.perf_map_unread_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  perf map bytes past the {} read bound, not read: {}",
+            human_bytes(crate::perfmap::MAX_TOTAL),
+            human_bytes(a.perf_map_unread_bytes)
+        );
+    }
     if a.perf_map_garbage_lines > 0 {
         let _ = writeln!(s, "  perf map lines skipped as malformed: {}", a.perf_map_garbage_lines);
     }
