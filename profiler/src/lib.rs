@@ -8,6 +8,7 @@
 //! `target` finds, launches and watches the profiled process; `files` opens
 //! the target's files and writes outputs safely as root.
 
+pub mod allocators;
 pub mod collector;
 pub mod events;
 pub mod files;

@@ -18,11 +18,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection};
 use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 
 use crate::{
-    files::target::ModuleFile,
+    allocators::AllocatorImage,
     placement::{self, Placement, PlacementMode},
 };
 
@@ -124,64 +124,50 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the allocator probes to the C library `libc` (opened as the
-    /// target maps it; `name` is its path as the target sees it) for process
-    /// `pid`. Entry points that are aliases of one already probed (same
-    /// address) are skipped, since two probes at one address would count
-    /// each call twice.
-    pub fn attach_allocator(&mut self, libc: &ModuleFile, name: &str, pid: u32) -> Result<()> {
+    /// Attaches the allocator probes to every entry point of `image` (opened
+    /// as the target maps it) for process `pid`. Entry points that are
+    /// aliases of one already probed (same address) are skipped, since two
+    /// probes at one address would count each call twice.
+    pub fn attach_allocator(&mut self, image: &AllocatorImage, pid: u32) -> Result<()> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
-        self.attach_allocator_scoped(libc, name, scope)
+        self.attach_allocator_scoped(image, scope)
     }
 
     /// Like [`attach_allocator`](Self::attach_allocator) for every process
-    /// using this C library, left to the kernel-side filter (cgroup mode: a
+    /// using this image, left to the kernel-side filter (cgroup mode: a
     /// process that enters later is covered from its first instruction).
-    pub fn attach_allocator_everywhere(&mut self, libc: &ModuleFile, name: &str) -> Result<()> {
-        self.attach_allocator_scoped(libc, name, UProbeScope::AllProcesses)
+    pub fn attach_allocator_everywhere(&mut self, image: &AllocatorImage) -> Result<()> {
+        self.attach_allocator_scoped(image, UProbeScope::AllProcesses)
     }
 
-    fn attach_allocator_scoped(
-        &mut self,
-        module: &ModuleFile,
-        name_seen: &str,
-        scope: UProbeScope,
-    ) -> Result<()> {
-        let data = module.read_all().with_context(|| format!("reading {name_seen}"))?;
+    fn attach_allocator_scoped(&mut self, image: &AllocatorImage, scope: UProbeScope) -> Result<()> {
+        let name_seen = &image.path;
+        let data = image.file.read_all().with_context(|| format!("reading {name_seen}"))?;
         let elf = object::File::parse(&*data).with_context(|| format!("parsing {name_seen}"))?;
         // The kernel and aya resolve this path to the open file's inode.
-        let libc = PathBuf::from(module.proc_path());
-        let libc = libc.as_path();
-        let mut address_of = BTreeMap::new();
-        for sym in elf.dynamic_symbols().chain(elf.symbols()) {
-            if let Ok(name) = sym.name() {
-                if sym.is_definition() && ALLOC_APIS.iter().any(|a| a.symbol() == name) {
-                    address_of.entry(name.to_string()).or_insert((sym.address(), sym.size()));
-                }
-            }
-        }
-        let mut probed_at: BTreeMap<u64, AllocApi> = BTreeMap::new();
-        for api in ALLOC_APIS {
-            let name = api.symbol();
-            let Some(&(addr, size)) = address_of.get(name) else {
-                self.skipped.push(format!("{name}: not exported by {name_seen}"));
-                continue;
-            };
-            if let Some(first) = probed_at.get(&addr) {
-                let note = format!("{name}: alias of {} (same address), counted there", first.symbol());
+        let target = PathBuf::from(image.file.proc_path());
+        let target = target.as_path();
+        let mut probed_at: BTreeMap<u64, &str> = BTreeMap::new();
+        for entry in &image.entries {
+            let (name, api) = (entry.symbol.as_str(), entry.api);
+            if let Some(first) = probed_at.get(&entry.address) {
+                let note = format!("{name}: alias of {first} (same address) in {name_seen}, counted there");
                 if !self.skipped.contains(&note) {
                     self.skipped.push(note);
-                    self.aliases.push((*first, api));
+                    let standard = |s: &str| ALLOC_APIS.iter().find(|a| a.symbol() == s).copied();
+                    if let (Some(first), Some(alias)) = (standard(first), standard(name)) {
+                        self.aliases.push((first, alias));
+                    }
                 }
                 continue;
             }
-            probed_at.insert(addr, api);
+            probed_at.insert(entry.address, name);
             let placement = match self.placement {
                 PlacementMode::Entry => {
                     Placement { offset: 0, note: "offset 0 (--probe-placement entry)".into() }
                 }
-                PlacementMode::Emulated => function_bytes(&elf, addr, size)
-                    .map(|code| placement::choose(code, addr))
+                PlacementMode::Emulated => function_bytes(&elf, entry.address, entry.size)
+                    .map(|code| placement::choose(code, entry.address))
                     .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() }),
             };
             let location = || UProbeAttachLocation::SymbolOffset(name, placement.offset);
@@ -196,22 +182,26 @@ impl Probes {
                     r.load()?;
                 }
                 let id = r
-                    .attach(location(), libc, scope)
-                    .with_context(|| format!("attaching uretprobe {name}"))?;
+                    .attach(location(), target, scope)
+                    .with_context(|| format!("attaching uretprobe {name} in {name_seen}"))?;
                 self.links.push(Box::new(r.take_link(id)?));
             }
-            let entry = format!("{name}_enter");
-            let p: &mut UProbe = self.ebpf.program_mut(&entry).context(entry.clone())?.try_into()?;
+            let program = format!("{}_enter", api.symbol());
+            let p: &mut UProbe = self.ebpf.program_mut(&program).context(program.clone())?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
-            let id = p.attach(location(), libc, scope).with_context(|| format!("attaching uprobe {name}"))?;
+            let id = p
+                .attach(location(), target, scope)
+                .with_context(|| format!("attaching uprobe {name} in {name_seen}"))?;
             self.links.push(Box::new(p.take_link(id)?));
+            let shape = if api.symbol() == name { String::new() } else { format!(" (as {})", api.symbol()) };
             let attached = format!(
-                "uprobe{}:{name} at {} in {}",
+                "uprobe{}:{name}{shape} at {} in {} ({})",
                 if api == AllocApi::Free { "" } else { "+uretprobe" },
                 placement.note,
-                name_seen
+                name_seen,
+                image.family.name()
             );
             if !self.attached.contains(&attached) {
                 self.attached.push(attached);

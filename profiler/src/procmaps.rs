@@ -62,6 +62,14 @@ impl ProcessMaps {
         self.mappings.iter().any(|m| m.executable && m.file().is_some_and(|p| is_libc(Path::new(p))))
     }
 
+    /// Whether no dynamic loader is mapped: a statically linked program.
+    pub fn is_static(&self) -> bool {
+        !self.mappings.iter().filter_map(Mapping::file).any(|p| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            name.starts_with("ld-linux") || name.starts_with("ld-musl") || name.starts_with("ld.so")
+        })
+    }
+
     /// The end of the `[heap]` mapping: the program break, page-rounded.
     pub fn heap_end(&self) -> Option<u64> {
         self.mappings.iter().find(|m| m.name == "[heap]").map(|m| m.end)

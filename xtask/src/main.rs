@@ -334,14 +334,26 @@ fn gate(args: Vec<OsString>) -> Result<()> {
 /// Tools some tests use, installed when we can (those tests report a
 /// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`.
 fn install_test_tools() {
-    install_missing(&[("musl-gcc", "musl-tools"), ("go", "golang-go")], "the tests");
+    install_missing(
+        &[
+            ("musl-gcc", "musl-tools"),
+            ("go", "golang-go"),
+            ("/usr/lib/x86_64-linux-gnu/libjemalloc_pic.a", "libjemalloc-dev"),
+            ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "libgoogle-perftools-dev"),
+            ("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", "libmimalloc-dev"),
+        ],
+        "the tests",
+    );
 }
 
 /// Installs, as root with apt-get, the Debian package of each `(binary,
-/// package)` whose binary is not on PATH; warns (and carries on) when it cannot.
+/// package)` whose binary is not on PATH (or, given as an absolute path,
+/// does not exist); warns (and carries on) when it cannot.
 fn install_missing(tools: &[(&str, &str)], purpose: &str) {
+    let present =
+        |bin: &str| if bin.starts_with('/') { Path::new(bin).exists() } else { find_in_path(bin).is_some() };
     let missing: Vec<&str> =
-        tools.iter().filter(|(bin, _)| find_in_path(bin).is_none()).map(|(_, package)| *package).collect();
+        tools.iter().filter(|(bin, _)| !present(bin)).map(|(_, package)| *package).collect();
     if missing.is_empty() || !(is_root() && Path::new("/usr/bin/apt-get").exists()) {
         return;
     }

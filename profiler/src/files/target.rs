@@ -14,7 +14,6 @@ use std::{
     ffi::CString,
     fmt,
     fs::File,
-    io::Read,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::fs::MetadataExt,
@@ -70,10 +69,11 @@ impl ModuleFile {
         format!("/proc/self/fd/{}", self.file.as_raw_fd())
     }
 
-    /// The whole file (at most [`MAX_MODULE_BYTES`]).
+    /// The whole file as it was checked (at most [`MAX_MODULE_BYTES`]), from its start.
     pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
-        let mut data = Vec::with_capacity(self.len as usize);
-        (&self.file).take(MAX_MODULE_BYTES).read_to_end(&mut data)?;
+        use std::os::unix::fs::FileExt;
+        let mut data = vec![0; self.len as usize];
+        self.file.read_exact_at(&mut data, 0)?;
         Ok(data)
     }
 }

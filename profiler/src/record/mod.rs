@@ -210,7 +210,7 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
         TargetSpec::Pid(pid) => {
             let info = ProcessInfo::inspect(*pid)?;
             if opts.lenses.alloc {
-                info.require_libc()?;
+                info.require_allocator()?;
             }
         }
         TargetSpec::Cgroup(dir) => {
@@ -242,7 +242,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             (info, Target::Attached { pidfd: fd })
         }
         TargetSpec::Command(argv) => {
-            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some(), opts.lenses.alloc)?;
+            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
             (launched.info.clone(), Target::Launched(launched))
         }
         TargetSpec::Cgroup(_) | TargetSpec::Container(_) => {
@@ -256,7 +256,6 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                 pid: 0,
                 command: format!("cgroup {}", target.dir.display()),
                 name: "cgroup".into(),
-                libc: None,
                 maps: Default::default(),
             };
             let state = CgroupState {

@@ -5,82 +5,95 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use profiler_common::AllocApi;
 
 use super::preflight;
 use crate::{
+    allocators::{self, AllocatorImage},
     collector::Collector,
-    files::target::{open_path_mapped, ModuleFile},
     probes::Probes,
+    procmaps::ProcessMaps,
     target::cgroup::{CgroupMounts, CgroupTarget},
 };
 
-/// Which C library each process has allocator probes on, so each image is
+/// Which allocator images each process has probes on, so each image is
 /// probed exactly once (two probes at one address would count calls twice).
 pub(super) struct ProbedProcesses {
     /// False when the alloc lens is off: nothing gets allocator probes.
     enabled: bool,
-    libc_of: std::collections::HashMap<u32, (u64, u64)>,
+    /// Per process, the (device, inode) of every image probed for it.
+    images_of: std::collections::HashMap<u32, std::collections::HashSet<(u64, u64)>>,
     /// Processes whose C library was not mapped yet when we looked.
     pending: std::collections::HashMap<u32, Instant>,
-    /// C libraries probed for every process (cgroup mode), by (device, inode).
+    /// Images probed for every process (cgroup mode), by (device, inode).
     everywhere: std::collections::HashSet<(u64, u64)>,
 }
 
-/// A process's C library, opened as it is mapped (so a container's own libc
-/// is the one probed, and a swapped path cannot redirect us), its path as the
-/// process sees it, and its (device, inode) identity.
-fn libc_of(pid: u32) -> Result<(ModuleFile, String, (u64, u64))> {
+/// The allocator images of process `pid`, each with its (device, inode),
+/// once the process is ready to probe: its C library mapped, or statically
+/// linked. Fails (to be retried) before that, and when no image defines an
+/// allocator entry point.
+fn allocators_of(pid: u32) -> Result<Vec<(AllocatorImage, (u64, u64))>> {
     use std::os::unix::fs::MetadataExt;
-    let maps =
-        crate::procmaps::ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-    let Some(libc) = maps.libc().filter(|_| maps.libc_code_mapped()) else {
-        anyhow::bail!("no C library mapped");
-    };
-    let module =
-        open_path_mapped(pid, &maps, libc).with_context(|| format!("opening {libc} of pid {pid}"))?;
-    let meta = module.file.metadata()?;
-    Ok((module, libc.to_string(), (meta.dev(), meta.ino())))
+    let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+    if !maps.libc_code_mapped() && !maps.is_static() {
+        anyhow::bail!("no C library mapped yet");
+    }
+    let images = allocators::find(pid, &maps);
+    if !images.iter().any(|i| i.entries.iter().any(|e| e.api != AllocApi::Free)) {
+        anyhow::bail!("{}", allocators::NOT_FOUND);
+    }
+    images
+        .into_iter()
+        .map(|image| {
+            let meta = image.file.file.metadata()?;
+            Ok((image, (meta.dev(), meta.ino())))
+        })
+        .collect()
 }
 
 impl ProbedProcesses {
     pub(super) fn new(enabled: bool) -> Self {
         Self {
             enabled,
-            libc_of: Default::default(),
+            images_of: Default::default(),
             pending: Default::default(),
             everywhere: Default::default(),
         }
     }
 
-    /// Attaches the allocator probes for `pid` unless its current C library
-    /// already has them. Fails when the process has no C library (yet).
+    /// Attaches the allocator probes for `pid` to each of its allocator
+    /// images that has none yet. Fails when the process has no C library
+    /// (yet) or no allocator.
     pub(super) fn ensure(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
         if !self.enabled {
             self.pending.remove(&pid);
             return Ok(());
         }
-        let (libc, path, id) = libc_of(pid)?;
-        if self.libc_of.get(&pid) == Some(&id) {
-            return Ok(());
+        for (image, id) in allocators_of(pid)? {
+            if self.images_of.get(&pid).is_some_and(|ids| ids.contains(&id)) {
+                continue;
+            }
+            probes.attach_allocator(&image, pid)?;
+            self.images_of.entry(pid).or_default().insert(id);
         }
-        probes.attach_allocator(&libc, &path, pid)?;
-        self.libc_of.insert(pid, id);
         self.pending.remove(&pid);
         Ok(())
     }
 
-    /// Cgroup mode: probes the process's C library for every process using
-    /// it (once per library), filtered in the kernel by cgroup.
+    /// Cgroup mode: probes the process's allocator images for every process
+    /// using them (once per image), filtered in the kernel by cgroup.
     fn ensure_everywhere(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
         if !self.enabled {
             self.pending.remove(&pid);
             return Ok(());
         }
-        let (libc, path, id) = libc_of(pid)?;
-        if self.everywhere.insert(id) {
-            if let Err(e) = probes.attach_allocator_everywhere(&libc, &path) {
-                self.everywhere.remove(&id);
-                return Err(e);
+        for (image, id) in allocators_of(pid)? {
+            if self.everywhere.insert(id) {
+                if let Err(e) = probes.attach_allocator_everywhere(&image) {
+                    self.everywhere.remove(&id);
+                    return Err(e);
+                }
             }
         }
         self.pending.remove(&pid);

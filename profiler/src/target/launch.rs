@@ -81,14 +81,14 @@ impl Launched {
 
 /// Starts `argv` stopped, runs it until its C library is mapped, and returns
 /// it still stopped; nothing of it has run but the dynamic loader.
-pub fn launch(argv: &[OsString], pipe_stdout: bool, needs_libc: bool) -> Result<Launched> {
+pub fn launch(argv: &[OsString], pipe_stdout: bool) -> Result<Launched> {
     type Ready = Result<(ProcessInfo, Option<std::process::ChildStdout>)>;
     let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
     let (control_tx, control_rx) = mpsc::channel();
     let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
     let argv = argv.to_vec();
     let thread = thread::Builder::new().name("tracer".into()).spawn(move || {
-        let (child, stdout) = match start_stopped(&argv, pipe_stdout, needs_libc) {
+        let (child, stdout) = match start_stopped(&argv, pipe_stdout) {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready_tx.send(Err(e));
@@ -102,11 +102,7 @@ pub fn launch(argv: &[OsString], pipe_stdout: bool, needs_libc: bool) -> Result<
     Ok(Launched { info, stdout, control: control_tx, events: event_rx, thread: Some(thread) })
 }
 
-fn start_stopped(
-    argv: &[OsString],
-    pipe_stdout: bool,
-    needs_libc: bool,
-) -> Result<(Pid, Option<std::process::ChildStdout>)> {
+fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<std::process::ChildStdout>)> {
     let (program, args) = argv.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
@@ -128,7 +124,7 @@ fn start_stopped(
         pid,
         Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL,
     )?;
-    if let Err(e) = run_until_libc_mapped(pid).or_else(|e| if needs_libc { Err(e) } else { Ok(()) }) {
+    if let Err(e) = run_until_libc_mapped(pid) {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         return Err(e.context(format!("{}", program.to_string_lossy())));
@@ -137,7 +133,9 @@ fn start_stopped(
 }
 
 /// Steps through the dynamic loader's syscalls until libc appears in the
-/// maps. Fails when the program's own code runs first (static binary).
+/// maps. Returns at once for a static binary (its allocator, if any, is in
+/// the executable, mapped already), and when the program's own code runs
+/// before any C library is mapped.
 fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     let maps = ProcessMaps::read(pid.as_raw() as u32)?;
     if maps.libc_code_mapped() {
@@ -146,12 +144,9 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     let rip = ptrace::getregs(pid)?.rip;
     let loader = maps.find(rip).and_then(|m| m.file()).map(str::to_string);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let no_libc = || {
-        anyhow!("no C library: the program is statically linked or does not use libc, so the allocator probes have nothing to attach to")
-    };
     match (&loader, &exe) {
         (Some(l), Some(e)) if std::path::Path::new(l) != e.as_path() => {}
-        _ => return Err(no_libc()),
+        _ => return Ok(()),
     }
     let mut at_exit = false;
     loop {
@@ -165,7 +160,7 @@ fn run_until_libc_mapped(pid: Pid) -> Result<()> {
                         return Ok(());
                     }
                     if maps.find(regs.rip).and_then(|m| m.file()) != loader.as_deref() {
-                        return Err(no_libc());
+                        return Ok(());
                     }
                 }
                 at_exit = !at_exit;

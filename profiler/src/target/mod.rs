@@ -22,9 +22,6 @@ pub struct ProcessInfo {
     pub command: String,
     /// Short name (comm), used in default output paths.
     pub name: String,
-    /// Its C library, as a path we can open (through `/proc/PID/root`);
-    /// none for static binaries.
-    pub libc: Option<PathBuf>,
     pub maps: ProcessMaps,
 }
 
@@ -66,19 +63,13 @@ impl ProcessInfo {
                     .join(" ")
             })
             .unwrap_or_default();
-        let libc = maps.libc().map(|libc| PathBuf::from(format!("/proc/{pid}/root{libc}")));
-        Ok(Self { pid, command, name, libc, maps })
+        Ok(Self { pid, command, name, maps })
     }
 
-    /// Fails with a clear message when the process has no C library for the alloc lens to probe.
-    pub fn require_libc(&self) -> Result<()> {
-        if self.libc.is_none() {
-            bail!(
-                "process {} ({}) has no C library mapped (statically linked, or not a libc program): \
-                 the allocator probes of --lens alloc have nothing to attach to (--lens resident works without)",
-                self.pid,
-                self.name
-            );
+    /// Fails with a clear message when the process has no allocator for the alloc lens to probe.
+    pub fn require_allocator(&self) -> Result<()> {
+        if crate::allocators::find(self.pid, &self.maps).is_empty() {
+            bail!("process {} ({}): {}", self.pid, self.name, crate::allocators::NOT_FOUND);
         }
         Ok(())
     }
