@@ -64,6 +64,19 @@ fn failing_leaves(dir: &Path) -> Vec<String> {
 const MARKER: [&str; 2] = ["--warmup-marker", "warmup done"];
 
 #[test]
+fn a_leaked_file_descriptor_fails_with_zero_configuration() {
+    let dir = work_dir("file-fd");
+    let o = gate(&dir, &MARKER, &["--leak-file"]);
+    assert_eq!(o.status.code(), Some(1), "{}", explain(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("[FAIL] files budget (all stacks): 1 handles outstanding, budget 0 handles"),
+        "{out}"
+    );
+    assert_eq!(failing_leaves(&dir), vec!["leak_file"]);
+}
+
+#[test]
 fn leak_free_passes_and_a_switched_on_leak_fails_naming_the_function() {
     let dir = work_dir("pass-fail");
     let ok = gate(&dir, &MARKER, &[]);

@@ -77,7 +77,7 @@ enum Command {
 
     /// Run a command under the profiler and fail if it leaks: the CI leak regression gate.
     ///
-    /// With no configuration, fails when heap bytes or sockets allocated by the
+    /// With no configuration, fails when heap bytes or handles (sockets, files, pipes, event fds) allocated by the
     /// program's own code are still outstanding when it exits; allocations made
     /// entirely inside the C runtime and dynamic loader are allowed. Budgets,
     /// per-stack limits and allow-lists come from a TOML file (./leakgate.toml

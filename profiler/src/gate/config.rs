@@ -3,8 +3,8 @@
 //! ```toml
 //! [budget]                 # outstanding at exit, summed over stacks no rule below covers
 //! heap = 0                 # bytes (default 0)
-//! sockets = 0              # open handles (default 0)
-//! mmap = 1048576           # kinds without a budget are not checked
+//! sockets = 0              # open handles; files, pipes, events likewise (default 0)
+//! mmap = 1048576           # other memory kinds (mmap, file-mmap, brk, resident) only when given
 //!
 //! [[stack]]                # a budget for the stacks matching a function-name glob
 //! function = "cache_*"
@@ -20,11 +20,13 @@
 //! noise_percent = 0.0      # relative band; the larger of the two applies
 //! ```
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
+
+use crate::ledger::Kind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,40 +44,29 @@ pub struct Config {
     pub include_runtime: bool,
 }
 
-/// Budgets per kind: bytes for memory kinds, open handles for `sockets`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budgets {
-    #[serde(default = "zero")]
-    pub heap: Option<u64>,
-    pub mmap: Option<u64>,
-    #[serde(rename = "file-mmap")]
-    pub file_mmap: Option<u64>,
-    pub brk: Option<u64>,
-    #[serde(default = "zero")]
-    pub sockets: Option<u64>,
-}
-
-fn zero() -> Option<u64> {
-    Some(0)
-}
+/// Budgets per kind: bytes for memory kinds, open handles for handle kinds.
+/// Without configuration `heap` and every handle kind are budgeted at 0;
+/// other memory kinds are checked only when given.
+#[derive(Debug)]
+pub struct Budgets(BTreeMap<Kind, u64>);
 
 impl Default for Budgets {
     fn default() -> Self {
-        Self { heap: Some(0), mmap: None, file_mmap: None, brk: None, sockets: Some(0) }
+        Self(Kind::ALL.into_iter().filter(|k| *k == Kind::Heap || !k.is_memory()).map(|k| (k, 0)).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for Budgets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut budgets = Budgets::default();
+        budgets.0.extend(BTreeMap::<Kind, u64>::deserialize(d)?);
+        Ok(budgets)
     }
 }
 
 impl Budgets {
-    pub fn get(&self, kind: &str) -> Option<u64> {
-        match kind {
-            "heap" => self.heap,
-            "mmap" => self.mmap,
-            "file-mmap" => self.file_mmap,
-            "brk" => self.brk,
-            "sockets" => self.sockets,
-            _ => None,
-        }
+    pub fn get(&self, kind: Kind) -> Option<u64> {
+        self.0.get(&kind).copied()
     }
 }
 
@@ -84,7 +75,7 @@ impl Budgets {
 pub struct StackRule {
     #[serde(deserialize_with = "glob")]
     pub function: Pattern,
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     pub max: u64,
 }
 
@@ -93,7 +84,7 @@ pub struct StackRule {
 pub struct AllowRule {
     #[serde(deserialize_with = "glob")]
     pub function: Pattern,
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     #[serde(default)]
     pub reason: String,
 }
@@ -141,18 +132,7 @@ fn glob<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Pattern, D::Error> {
 
 impl Config {
     pub fn parse(text: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text)?;
-        for kind in config
-            .stacks
-            .iter()
-            .filter_map(|s| s.kind.as_deref())
-            .chain(config.allow.iter().filter_map(|a| a.kind.as_deref()))
-        {
-            if !["heap", "mmap", "file-mmap", "brk", "sockets"].contains(&kind) {
-                bail!("unknown kind {kind:?} (expected heap, mmap, file-mmap, brk or sockets)");
-            }
-        }
-        Ok(config)
+        Ok(toml::from_str(text)?)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -169,11 +149,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_gate_heap_and_sockets_at_zero() {
+    fn defaults_gate_heap_and_every_handle_kind_at_zero() {
         let c = Config::parse("").unwrap();
-        assert_eq!(c.budget.get("heap"), Some(0));
-        assert_eq!(c.budget.get("sockets"), Some(0));
-        assert_eq!(c.budget.get("mmap"), None);
+        for kind in [Kind::Heap, Kind::Sockets, Kind::Files, Kind::Pipes, Kind::Events] {
+            assert_eq!(c.budget.get(kind), Some(0), "{kind:?}");
+        }
+        assert_eq!(c.budget.get(Kind::Mmap), None);
+        let c = Config::parse("[budget]\nfiles = 2\npipes = 0\nevents = 1\nresident = 4096").unwrap();
+        assert_eq!((c.budget.get(Kind::Files), c.budget.get(Kind::Events)), (Some(2), Some(1)));
+        assert_eq!((c.budget.get(Kind::Heap), c.budget.get(Kind::Resident)), (Some(0), Some(4096)));
     }
 
     #[test]
@@ -197,8 +181,8 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.budget.get("heap"), Some(100));
-        assert_eq!(c.budget.get("sockets"), Some(0));
+        assert_eq!(c.budget.get(Kind::Heap), Some(100));
+        assert_eq!(c.budget.get(Kind::Sockets), Some(0));
         assert!(c.stacks[0].function.matches_any(["main", "cache_fill"].into_iter()));
         assert!(c.allow[0].function.matches_any(["init_x"].into_iter()));
         assert!(!c.allow[0].function.matches_any(["init_xy"].into_iter()));

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
+use crate::ledger::Kind;
 
 /// One stack as the gate sees it (identical names merged).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,11 +107,7 @@ pub struct Decision {
 }
 
 fn unit(kind: &str) -> &'static str {
-    if kind == "sockets" {
-        "handles"
-    } else {
-        "bytes"
-    }
+    Kind::from_name(kind).map_or("bytes", Kind::unit)
 }
 
 fn offender(o: &Observed, allowed: Option<u64>) -> Offender {
@@ -123,8 +120,8 @@ fn offender(o: &Observed, allowed: Option<u64>) -> Offender {
     }
 }
 
-fn kind_matches(rule: &Option<String>, kind: &str) -> bool {
-    rule.as_deref().is_none_or(|k| k == kind)
+fn kind_matches(rule: &Option<Kind>, kind: &str) -> bool {
+    rule.is_none_or(|k| k.name() == kind)
 }
 
 fn largest_first(mut v: Vec<&Observed>) -> Vec<&Observed> {
@@ -176,9 +173,10 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
     }
 
     let mut checks = Vec::new();
-    for kind in ["heap", "mmap", "file-mmap", "brk", "sockets"] {
+    for kind in Kind::ALL {
         let Some(limit) = config.budget.get(kind) else { continue };
-        let stacks = largest_first(per_kind.remove(kind).unwrap_or_default());
+        let stacks = largest_first(per_kind.remove(kind.name()).unwrap_or_default());
+        let kind = kind.name();
         let actual = stacks.iter().map(|o| o.value).sum();
         let scope = if baseline.is_some() { "new stacks" } else { "all stacks" };
         checks.push(Check {
@@ -198,7 +196,10 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
             limit: rule.max,
             actual,
             passed: actual <= rule.max,
-            unit: unit(rule.kind.as_deref().or(stacks.first().map(|o| o.kind.as_str())).unwrap_or("heap"))
+            unit: rule
+                .kind
+                .map(Kind::unit)
+                .unwrap_or_else(|| unit(stacks.first().map_or("heap", |o| &o.kind)))
                 .into(),
             offenders: stacks.iter().map(|o| offender(o, None)).collect(),
         });

@@ -60,7 +60,7 @@ pub fn text(d: &Decision, opts: &GateOptions) -> String {
             continue;
         }
         for o in c.offenders.iter().take(OFFENDERS_SHOWN) {
-            let unit = if o.kind == "sockets" { "handles" } else { "bytes" };
+            let unit = crate::ledger::Kind::from_name(&o.kind).map_or("bytes", crate::ledger::Kind::unit);
             let allowed =
                 o.allowed.map(|a| format!(" (baseline allows {})", amount(a, unit))).unwrap_or_default();
             let _ = writeln!(
@@ -108,7 +108,7 @@ pub fn markdown(d: &Decision) -> String {
     for c in d.checks.iter().filter(|c| !c.passed) {
         let _ = writeln!(s, "\n### {}\n", c.name);
         for o in c.offenders.iter().take(OFFENDERS_SHOWN) {
-            let unit = if o.kind == "sockets" { "handles" } else { "bytes" };
+            let unit = crate::ledger::Kind::from_name(&o.kind).map_or("bytes", crate::ledger::Kind::unit);
             let _ = writeln!(
                 s,
                 "- `{}` {}: `{}`",

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub type StackId = u32;
 
 /// What an outstanding resource is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// Blocks from the malloc family.
@@ -69,9 +69,22 @@ impl Kind {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// Memory kinds are measured in bytes, handle kinds in open handles.
     pub fn is_memory(self) -> bool {
         matches!(self, Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk | Kind::Resident)
+    }
+
+    /// What a budget or value of this kind counts.
+    pub fn unit(self) -> &'static str {
+        if self.is_memory() {
+            "bytes"
+        } else {
+            "handles"
+        }
     }
 }
 
