@@ -248,3 +248,29 @@ fn attaching_to_threads_inside_allocator_calls_loses_no_thread() {
     wrong.extend(attach_to_churning_threads(10, 2));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `forker N` under `ulimit -n 1024`: the report is complete, exited children
+/// hold nothing, and the profiler's memory does not grow with N.
+fn fork_children(n: usize) -> Value {
+    let dir = fresh_dir(&format!("forker-{n}"));
+    let script = format!(
+        "ulimit -n 1024 && exec {} record --lens alloc,handles -q -o {} -- {} {n}",
+        PROFILER,
+        dir.display(),
+        common::fixture("forker").display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{n} children: {}", String::from_utf8_lossy(&out.stderr));
+    let report = report_json(&dir);
+    assert_eq!(through(&report, "heap", "parent_leak"), (500, 1), "{n} children");
+    assert_eq!(through(&report, "heap", "child_work"), (0, 0), "{n} children: exited processes hold nothing");
+    report
+}
+
+#[test]
+fn five_hundred_short_lived_children_under_ulimit_1024() {
+    let peak = |r: &Value| r["accuracy"]["profiler_cost"]["peak_rss_bytes"].as_u64().unwrap();
+    let (few, many) = (fork_children(50), fork_children(500));
+    let grown = peak(&many).saturating_sub(peak(&few));
+    assert!(grown < 16 << 20, "profiler memory grew {} MiB from 50 to 500 children", grown >> 20);
+}

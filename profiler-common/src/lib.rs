@@ -64,6 +64,8 @@ pub enum EventKind {
     PageFault = 18,
     /// madvise(addr, size, arg) that drops pages (DONTNEED, FREE, REMOVE, DONTNEED_LOCKED).
     Madvise = 19,
+    /// The process exited (its main thread did): it holds nothing any more.
+    Exit = 20,
 }
 
 impl EventKind {
@@ -88,6 +90,7 @@ impl EventKind {
             17 => Self::OomKill,
             18 => Self::PageFault,
             19 => Self::Madvise,
+            20 => Self::Exit,
             _ => return None,
         })
     }

@@ -897,6 +897,23 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A process's main thread exits (`sched:sched_process_exit` fires per
+/// thread): the process is gone, and its pid may be reused by an unrelated
+/// process, so it leaves the filter here.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if pid_tgid as u32 != tgid || !is_target() {
+        return 0;
+    }
+    let _ = TARGETS.remove(&tgid);
+    if let Some(ev) = scratch(EventKind::Exit, 0) {
+        submit(&ev);
+    }
+    0
+}
+
 /// The OOM killer picked a victim. `pid` is the record's first field on every kernel.
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {

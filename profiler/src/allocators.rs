@@ -145,6 +145,8 @@ pub struct AllocatorImage {
     pub family: Family,
     pub entries: Vec<EntryPoint>,
     pub file: ModuleFile,
+    /// (device, inode) of the file.
+    pub id: (u64, u64),
 }
 
 /// Every known entry point `defined` by one object (by symbol name).
@@ -183,6 +185,17 @@ pub fn entry_points(defined: &dyn Fn(&str) -> Option<(u64, u64)>) -> (Family, Ve
 /// The allocator images of process `pid` (from its `maps`): each mapped
 /// object with executable code that defines an entry point, opened as mapped.
 pub fn find(pid: u32, maps: &ProcessMaps) -> Vec<AllocatorImage> {
+    find_new(pid, maps, &|_| false).0
+}
+
+/// Like [`find`], leaving out (unparsed) the files `known` says are probed
+/// already; also says whether any was left out.
+pub fn find_new(
+    pid: u32,
+    maps: &ProcessMaps,
+    known: &dyn Fn((u64, u64)) -> bool,
+) -> (Vec<AllocatorImage>, bool) {
+    let mut any_known = false;
     let mut seen = std::collections::HashSet::new();
     let mut images = Vec::new();
     for mapping in maps.mappings.iter().filter(|m| m.executable) {
@@ -190,18 +203,38 @@ pub fn find(pid: u32, maps: &ProcessMaps) -> Vec<AllocatorImage> {
         if !seen.insert(path.to_string()) {
             continue;
         }
-        if let Some(image) = image_of(pid, maps, mapping) {
-            images.push(image);
+        match image_of(pid, maps, mapping, known) {
+            Ok(Some(image)) => images.push(image),
+            Ok(None) => {}
+            Err(Known) => any_known = true,
         }
     }
-    images
+    (images, any_known)
 }
 
-fn image_of(pid: u32, maps: &ProcessMaps, mapping: &Mapping) -> Option<AllocatorImage> {
-    let path = mapping.file()?.to_string();
+/// An image already probed.
+struct Known;
+
+fn image_of(
+    pid: u32,
+    maps: &ProcessMaps,
+    mapping: &Mapping,
+    known: &dyn Fn((u64, u64)) -> bool,
+) -> Result<Option<AllocatorImage>, Known> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = mapping.file().map(str::to_string) else { return Ok(None) };
     // The whole file: symbols may lie outside the executable mapping's range.
     let first = maps.mappings.iter().find(|m| m.file() == Some(&path)).unwrap_or(mapping);
-    let file = open_mapped(pid, first).ok()?;
+    let Ok(file) = open_mapped(pid, first) else { return Ok(None) };
+    let Ok(meta) = file.file.metadata() else { return Ok(None) };
+    let id = (meta.dev(), meta.ino());
+    if known(id) {
+        return Err(Known);
+    }
+    Ok(parse_image(path, file, id))
+}
+
+fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<AllocatorImage> {
     let data = file.read_all().ok()?;
     let elf = object::File::parse(&*data).ok()?;
     let mut defined = std::collections::HashMap::new();
@@ -219,7 +252,7 @@ fn image_of(pid: u32, maps: &ProcessMaps, mapping: &Mapping) -> Option<Allocator
     if crate::procmaps::is_libc(std::path::Path::new(&path)) {
         family = Family::CLibrary;
     }
-    Some(AllocatorImage { path, family, entries, file })
+    Some(AllocatorImage { path, family, entries, file, id })
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub struct Collector {
     /// symbols alias (same address), e.g. glibc's memalign = aligned_alloc.
     aliases: HashMap<AllocApi, Vec<&'static str>>,
     spaces: HashMap<u32, AddressSpace>,
+    /// See [`Collector::set_root`].
+    root: Option<u32>,
     /// When (ns, monotonic) the marker function was last called.
     pub marker_seen_at: Option<u64>,
     /// Bytes the target asked to write to stdout so far, and for each write
@@ -265,6 +267,11 @@ impl Collector {
     }
 
     /// Remembers what a process is running now (after a fork or exec).
+    /// The process the session is about (launched or attached): kept at its exit.
+    pub fn set_root(&mut self, pid: u32) {
+        self.root = Some(pid);
+    }
+
     pub fn note_process(&mut self, pid: u32) {
         if let Some(cmd) = command_of(pid) {
             self.commands.insert(pid, cmd);
@@ -455,6 +462,14 @@ impl Collector {
                 self.note_process(h.tgid);
                 self.execs.push(h.tgid);
                 Op::Exec
+            }
+            EventKind::Exit => {
+                // The profiled process itself keeps what it held at its exit:
+                // that is the leak report. Others (children, cgroup members) are gone.
+                if self.root == Some(h.tgid) {
+                    return;
+                }
+                Op::Exit
             }
             EventKind::Fork => {
                 let child = h.addr as u32;

@@ -5,6 +5,14 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+/// Raises our open-file limit to its hard maximum: every probe link is an
+/// fd, and a traced process tree opens many (the usual soft limit is 1024).
+pub fn raise_fd_limit() {
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 pub fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the profiler must run as root (it loads eBPF programs and attaches probes); try `sudo`");

@@ -230,7 +230,7 @@ impl Probes {
         let mut config: Array<_, u64> = Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
         config.set(0, offset, 0)?;
         config.set(1, follow as u64, 0)?;
-        for name in ["sched_process_exec", "sched_process_fork"] {
+        for name in ["sched_process_exec", "sched_process_fork", "sched_process_exit"] {
             let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
             let id = p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;

@@ -239,8 +239,8 @@ impl AddressSpace {
     pub fn return_address_slot(&mut self, addr: u64) -> Option<u64> {
         let Location::File { path, offset } = self.locate(addr) else { return None };
         let (pid, maps) = (self.pid, &self.maps);
-        let load = || open_path_mapped(pid, maps, &path).ok()?.read_all().ok();
-        self.unwinder.return_address_slot(&path, load, offset)
+        let open = || open_path_mapped(pid, maps, &path).ok();
+        self.unwinder.return_address_slot(&path, open, offset)
     }
 
     /// Whether `addr` is plausibly a return address: it is in executable

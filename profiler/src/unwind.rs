@@ -6,33 +6,55 @@
 //! slot is exact, where scanning the stack for code pointers can pick up a
 //! stale return address left in an uninitialized slot.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    sync::{Arc, Mutex},
+};
 
 use gimli::{BaseAddresses, CfaRule, EhFrame, NativeEndian, UnwindContext, UnwindSection};
 use object::{Object, ObjectSection, ObjectSegment};
 
-/// Parsed-on-demand CFI of the modules seen, with answers cached.
+use crate::files::target::ModuleFile;
+
+/// Module contents by (device, inode), shared by every process's unwinder:
+/// a process tree maps one libc, and it is read once, not once per process.
+static MODULES: Mutex<Option<HashMap<(u64, u64), Arc<Vec<u8>>>>> = Mutex::new(None);
+
+/// The contents of `module`, read once per file.
+fn contents(module: &ModuleFile) -> Option<Arc<Vec<u8>>> {
+    let meta = module.file.metadata().ok()?;
+    let key = (meta.dev(), meta.ino());
+    let mut modules = MODULES.lock().ok()?;
+    let modules = modules.get_or_insert_with(HashMap::new);
+    if let Some(data) = modules.get(&key) {
+        return Some(data.clone());
+    }
+    let data = Arc::new(module.read_all().ok()?);
+    modules.insert(key, data.clone());
+    Some(data)
+}
+
+/// One process's answers, from the shared module contents.
 #[derive(Default)]
 pub struct Unwinder {
-    modules: HashMap<Arc<str>, Option<Vec<u8>>>,
     answers: HashMap<(Arc<str>, u64), Option<u64>>,
 }
 
 impl Unwinder {
     /// For code at `file_offset` in the module at `path`, how many bytes
-    /// above the stack pointer the return address is stored; `load` reads
-    /// the module (once).
+    /// above the stack pointer the return address is stored; `open` opens
+    /// the module (only when this offset was not answered before).
     pub fn return_address_slot(
         &mut self,
         path: &Arc<str>,
-        load: impl FnOnce() -> Option<Vec<u8>>,
+        open: impl FnOnce() -> Option<ModuleFile>,
         file_offset: u64,
     ) -> Option<u64> {
         if let Some(answer) = self.answers.get(&(path.clone(), file_offset)) {
             return *answer;
         }
-        let data = self.modules.entry(path.clone()).or_insert_with(load);
-        let answer = data.as_deref().and_then(|d| slot_in(d, file_offset));
+        let answer = open().and_then(|m| contents(&m)).and_then(|d| slot_in(&d, file_offset));
         self.answers.insert((path.clone(), file_offset), answer);
         answer
     }
@@ -88,6 +110,12 @@ mod tests {
             .unwrap();
         let mut u = Unwinder::default();
         let path: Arc<str> = Arc::from(exe.to_str().unwrap());
-        assert_eq!(u.return_address_slot(&path, || std::fs::read(&exe).ok(), offset), Some(0));
+        let open = || {
+            Some(ModuleFile {
+                len: std::fs::metadata(&exe).unwrap().len(),
+                file: std::fs::File::open(&exe).unwrap(),
+            })
+        };
+        assert_eq!(u.return_address_slot(&path, open, offset), Some(0));
     }
 }

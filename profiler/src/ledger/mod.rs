@@ -197,6 +197,8 @@ pub enum Op {
         on: bool,
     },
     /// The process exec'd: its memory is gone, close-on-exec fds are closed.
+    /// The process exited.
+    Exit,
     Exec,
     /// The process forked `child`, which inherits its fds.
     Fork {
@@ -440,6 +442,7 @@ impl Ledger {
                 }
             }
             Op::Exec => self.exec(tgid),
+            Op::Exit => self.exit(tgid),
             Op::Fork { child } => self.fork(tgid, child),
         }
     }
@@ -516,6 +519,17 @@ impl Ledger {
         for fd in cloexec {
             self.close_handle(tgid, fd);
         }
+    }
+
+    /// exit: the process holds nothing any more (its memory and fds are the kernel's to free).
+    fn exit(&mut self, tgid: u32) {
+        self.exec(tgid);
+        let fds: Vec<u64> =
+            self.processes.get(&tgid).map(|p| p.handles.keys().copied().collect()).unwrap_or_default();
+        for fd in fds {
+            self.close_handle(tgid, fd);
+        }
+        self.processes.remove(&tgid);
     }
 
     /// fork: the child gets the parent's fds (same stacks, counted for the

@@ -203,6 +203,7 @@ enum Target {
 
 pub fn record(opts: RecordOptions) -> Result<Recorded> {
     preflight::require_root()?;
+    preflight::raise_fd_limit();
     preflight::require_btf()?;
     preflight::ensure_tracefs()?;
     // Clear errors before anything else happens (and before any directory is made).
@@ -270,8 +271,8 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     };
     // Launch mode follows the whole tree; --pid only with --follow.
     let follow = matches!(target, Target::Launched(_)) || opts.follow;
-    let mut probed = ProbedProcesses::new(opts.lenses.alloc);
     let cgroup_mode = matches!(target, Target::Cgroup(_));
+    let mut probed = ProbedProcesses::new(opts.lenses.alloc, follow || cgroup_mode);
     let mut attach = || -> Result<Probes> {
         let settings =
             ProbeSettings { cgroup_mode, sample_bytes: opts.sample_bytes, placement: opts.placement };
@@ -316,7 +317,10 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     };
     match &mut target {
         Target::Cgroup(cgroup) => probed.follow_cgroup(&mut probes, &mut collector, cgroup),
-        _ => collector.add_process(info.pid, info.maps.clone(), initial_brk),
+        _ => {
+            collector.set_root(info.pid);
+            collector.add_process(info.pid, info.maps.clone(), initial_brk)
+        }
     }
     for (api, alias) in &probes.aliases {
         collector.add_alias(*api, *alias);

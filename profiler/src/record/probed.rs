@@ -21,6 +21,10 @@ use crate::{
 pub(super) struct ProbedProcesses {
     /// False when the alloc lens is off: nothing gets allocator probes.
     enabled: bool,
+    /// Process trees and cgroups: one set of probes per image for every
+    /// process, filtered in the kernel (targets come and go; per-process
+    /// probes would cost ~20 links each: 500 children, 10,000 fds).
+    shared: bool,
     /// Per process, the (device, inode) of every image probed for it.
     images_of: std::collections::HashMap<u32, std::collections::HashSet<(u64, u64)>>,
     /// Processes whose C library was not mapped yet when we looked.
@@ -29,33 +33,26 @@ pub(super) struct ProbedProcesses {
     everywhere: std::collections::HashSet<(u64, u64)>,
 }
 
-/// The allocator images of process `pid`, each with its (device, inode),
-/// once the process is ready to probe: its C library mapped, or statically
-/// linked. Fails (to be retried) before that, and when no image defines an
-/// allocator entry point.
-fn allocators_of(pid: u32) -> Result<Vec<(AllocatorImage, (u64, u64))>> {
-    use std::os::unix::fs::MetadataExt;
+/// The allocator images of process `pid` not `known` yet, once the process
+/// is ready to probe: its C library mapped, or statically linked. Fails (to
+/// be retried) before that, and when no image defines an allocator entry point.
+fn allocators_of(pid: u32, known: &dyn Fn((u64, u64)) -> bool) -> Result<Vec<AllocatorImage>> {
     let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
     if !maps.libc_code_mapped() && !maps.is_static() {
         anyhow::bail!("no C library mapped yet");
     }
-    let images = allocators::find(pid, &maps);
-    if !images.iter().any(|i| i.entries.iter().any(|e| e.api != AllocApi::Free)) {
+    let (images, any_known) = allocators::find_new(pid, &maps, known);
+    if !any_known && !images.iter().any(|i| i.entries.iter().any(|e| e.api != AllocApi::Free)) {
         anyhow::bail!("{}", allocators::NOT_FOUND);
     }
-    images
-        .into_iter()
-        .map(|image| {
-            let meta = image.file.file.metadata()?;
-            Ok((image, (meta.dev(), meta.ino())))
-        })
-        .collect()
+    Ok(images)
 }
 
 impl ProbedProcesses {
-    pub(super) fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool, shared: bool) -> Self {
         Self {
             enabled,
+            shared,
             images_of: Default::default(),
             pending: Default::default(),
             everywhere: Default::default(),
@@ -66,16 +63,17 @@ impl ProbedProcesses {
     /// images that has none yet. Fails when the process has no C library
     /// (yet) or no allocator.
     pub(super) fn ensure(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
+        if self.shared {
+            return self.ensure_everywhere(probes, pid);
+        }
         if !self.enabled {
             self.pending.remove(&pid);
             return Ok(());
         }
-        for (image, id) in allocators_of(pid)? {
-            if self.images_of.get(&pid).is_some_and(|ids| ids.contains(&id)) {
-                continue;
-            }
+        let probed = self.images_of.get(&pid);
+        for image in allocators_of(pid, &|id| probed.is_some_and(|ids| ids.contains(&id)))? {
             probes.attach_allocator(&image, pid)?;
-            self.images_of.entry(pid).or_default().insert(id);
+            self.images_of.entry(pid).or_default().insert(image.id);
         }
         self.pending.remove(&pid);
         Ok(())
@@ -88,13 +86,9 @@ impl ProbedProcesses {
             self.pending.remove(&pid);
             return Ok(());
         }
-        for (image, id) in allocators_of(pid)? {
-            if self.everywhere.insert(id) {
-                if let Err(e) = probes.attach_allocator_everywhere(&image) {
-                    self.everywhere.remove(&id);
-                    return Err(e);
-                }
-            }
+        for image in allocators_of(pid, &|id| self.everywhere.contains(&id))? {
+            probes.attach_allocator_everywhere(&image)?;
+            self.everywhere.insert(image.id);
         }
         self.pending.remove(&pid);
         Ok(())
