@@ -103,6 +103,40 @@ fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
     }
 }
 
+#[test]
+fn a_process_started_in_an_empty_cgroup_is_seen_from_its_first_allocation() {
+    let cgroup = TestCgroup::new("leakprof-empty");
+    let dir = common::fresh_dir("cgroup-empty-at-start");
+    let (mut profiler, stderr) = common::start_profiler(&[
+        "--lens",
+        "alloc,handles",
+        "-q",
+        "-o",
+        dir.to_str().unwrap(),
+        "--cgroup",
+        cgroup.0.to_str().unwrap(),
+    ]);
+    // Leaks at once, long before the periodic cgroup scan can find it.
+    let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --stay", cgroup.0.display());
+    let mut child =
+        Command::new("sh").args(["-c", &script]).arg(leaky()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    assert!(profiler.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    let report = common::report_json(&dir);
+    let heap = by_pid_and_leaf(&report, "heap");
+    let pid = child.id() as u64;
+    for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
+        assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "{f}: {heap:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn record_error(args: &[&str]) -> String {
     let out = Command::new(PROFILER).args(["record", "--lens", "alloc,handles"]).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} must fail: {}", String::from_utf8_lossy(&out.stdout));

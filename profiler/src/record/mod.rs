@@ -283,6 +283,10 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             probes.attach_page_faults()?;
         }
         if cgroup_mode {
+            // A process that starts in the cgroup later with this machine's
+            // C library is covered from its first allocation (the scan that
+            // finds it comes later): probe ours, for every process, up front.
+            probed.prime_with_own_images(&mut probes);
             return Ok(probes);
         }
         probes.add_target(info.pid)?;

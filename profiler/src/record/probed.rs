@@ -79,6 +79,14 @@ impl ProbedProcesses {
         Ok(())
     }
 
+    /// Cgroup mode: probes the allocator images of this (the profiler's)
+    /// process for every process, before any target is found (see the caller).
+    pub(super) fn prime_with_own_images(&mut self, probes: &mut Probes) {
+        if let Err(e) = self.ensure_everywhere(probes, std::process::id()) {
+            eprintln!("warning: cannot probe this machine's C library in advance: {e:#}");
+        }
+    }
+
     /// Cgroup mode: probes the process's allocator images for every process
     /// using them (once per image), filtered in the kernel by cgroup.
     fn ensure_everywhere(&mut self, probes: &mut Probes, pid: u32) -> Result<()> {
