@@ -84,6 +84,22 @@ impl Probes {
         Ok(())
     }
 
+    /// Empties the in-kernel filter: the programs record nothing more.
+    pub fn stop_recording(&mut self) {
+        if let Some(Ok(mut targets)) = self.ebpf.map_mut("TARGETS").map(BpfHashMap::<_, u32, u8>::try_from) {
+            let keys: Vec<u32> = targets.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = targets.remove(&k);
+            }
+        }
+        if let Some(Ok(mut cgroups)) = self.ebpf.map_mut("CGROUPS").map(BpfHashMap::<_, u64, u8>::try_from) {
+            let keys: Vec<u64> = cgroups.keys().filter_map(|k| k.ok()).collect();
+            for k in keys {
+                let _ = cgroups.remove(&k);
+            }
+        }
+    }
+
     /// Adds cgroups (by v2 id) to the in-kernel filter.
     pub fn add_cgroups(&mut self, ids: &[u64]) -> Result<()> {
         let mut cgroups: BpfHashMap<_, u64, u8> =
@@ -317,7 +333,8 @@ fn release_in_background() -> nix::Result<std::os::fd::OwnedFd> {
             dir.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-                    let anon = std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with("anon_inode:"));
+                    let anon = std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.as_os_str().as_encoded_bytes().starts_with(b"anon_inode:"));
                     (!anon && fd != wait_end.as_raw_fd()).then_some(fd)
                 })
                 .collect()

@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -364,7 +365,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         }
     };
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
-    let mut drain = tokio::time::interval(Duration::from_millis(10));
+    let mut drain_timer = tokio::time::interval(Duration::from_millis(10));
     let mut held_at_exit = false;
     let mut warmup_end: Option<String> = None;
     let warmup_deadline = opts.warmup.after.map(|d| tokio::time::Instant::now() + d);
@@ -381,11 +382,16 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    collector.ingest(&item);
+                // A batch, then back to the runtime: under a flood of events
+                // the signals, timers and target events still get their turn
+                // (signals are read by the runtime's driver, polled on a yield).
+                if drain(guard.get_inner_mut(), &mut collector, Some(BATCH)) {
+                    guard.retain_ready();
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
                 }
-                guard.clear_ready();
             }
             _ = sigint.recv() => break "SIGINT".to_string(),
             _ = sigterm.recv() => break "SIGTERM".to_string(),
@@ -407,9 +413,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                 match ev {
                     Some(TargetEvent::NewImage { pid, how }) => {
                         // Held stopped by the tracer until this is done.
-                        while let Some(item) = ring.get_mut().next() {
-                            collector.ingest(&item);
-                        }
+                        drain(ring.get_mut(), &mut collector, None);
                         collector.note_process(pid);
                         if how != launch::NewImage::Fork {
                             collector.snapshot_process(pid);
@@ -425,9 +429,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     }
                     Some(TargetEvent::ProcessExiting { .. }) => {
                         // Held at exit: take its events while its maps still exist.
-                        while let Some(item) = ring.get_mut().next() {
-                            collector.ingest(&item);
-                        }
+                        drain(ring.get_mut(), &mut collector, None);
                         if let Target::Launched(l) = &target {
                             let _ = l.control.send(Control::Resume);
                         }
@@ -448,22 +450,16 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             }
             _ = async { tokio::time::sleep_until(warmup_deadline.unwrap()).await },
                 if warmup_deadline.is_some() && warmup_end.is_none() => {
-                while let Some(item) = ring.get_mut().next() {
-                    collector.ingest(&item);
-                }
+                drain(ring.get_mut(), &mut collector, None);
                 collector.exclude_live();
                 warmup_end = Some(format!("after {:.1}s", started.elapsed().as_secs_f64()));
             }
             Some(line_end) = marker_rx.recv(), if warmup_end.is_none() => {
-                while let Some(item) = ring.get_mut().next() {
-                    collector.ingest(&item);
-                }
+                drain(ring.get_mut(), &mut collector, None);
                 warmup_end = Some(exclude_before_marker_line(&mut collector, line_end, &opts.warmup));
             }
-            _ = drain.tick() => {
-                while let Some(item) = ring.get_mut().next() {
-                    collector.ingest(&item);
-                }
+            _ = drain_timer.tick() => {
+                drain(ring.get_mut(), &mut collector, Some(BATCH));
                 match &mut target {
                     Target::Cgroup(cgroup) => {
                         if cgroup.last_scan.elapsed() > Duration::from_millis(200) {
@@ -480,9 +476,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                 }
             }
             _ = sample.tick() => {
-                while let Some(item) = ring.get_mut().next() {
-                    collector.ingest(&item);
-                }
+                drain(ring.get_mut(), &mut collector, None);
                 let now = resident(&target);
                 collector.sample(started.elapsed().as_secs_f64(), now);
                 // --snapshot-at: a full numbered snapshot when memory crosses each threshold.
@@ -522,10 +516,11 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     if interactive {
         eprintln!();
     }
-    // Everything the target did before the end is already in the ring buffer.
-    while let Some(item) = ring.get_mut().next() {
-        collector.ingest(&item);
-    }
+    // Everything the target did before the end is already in the ring
+    // buffer; with the filter emptied nothing more is added, so this ends
+    // even while the target goes on allocating.
+    probes.stop_recording();
+    drain(ring.get_mut(), &mut collector, None);
     if opts.warmup.stdout_marker.is_some() && warmup_end.is_none() {
         // The marker line may still be in the pipe: let the relay catch up with what was written.
         let wait_until = Instant::now() + Duration::from_secs(1);
@@ -595,6 +590,21 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         output.path().display()
     );
     Ok(Recorded { report, output: output.path().to_path_buf() })
+}
+
+/// Records read from the ring buffer per turn of the event loop.
+const BATCH: usize = 8192;
+
+/// Ingests what the ring buffer holds, all of it or at most `limit`
+/// records; returns whether records remain.
+fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, limit: Option<usize>) -> bool {
+    let mut read = 0;
+    while limit.is_none_or(|l| read < l) {
+        let Some(item) = ring.next() else { return false };
+        collector.ingest(&item);
+        read += 1;
+    }
+    true
 }
 
 /// Copies the program's output to ours. Sends the stdout offset just past
