@@ -220,10 +220,14 @@ fn attach_to_churning_threads(run: usize, profilers: usize) -> Vec<String> {
     for (i, (dir, (p, stderr))) in started.into_iter().enumerate() {
         stop_profiler(p, stderr);
         let report = report_json(&dir);
+        let acc = &report["accuracy"];
         for (f, want) in [("leak_in_a", (100_000, 100)), ("leak_in_b", (300_000, 100))] {
             let got = through(&report, "heap", f);
             if got != want {
-                wrong.push(format!("run {run}, profiler {i} of {profilers}: {f} {got:?}, want {want:?}"));
+                wrong.push(format!(
+                    "run {run}, profiler {i} of {profilers}: {f} {got:?}, want {want:?} (ring drops {}, missed returns {}, nested {})",
+                    acc["ringbuf_drops"], acc["missed_returns"], acc["nested_calls"]
+                ));
             }
         }
         let churn = through(&report, "heap", "churn");
