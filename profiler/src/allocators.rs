@@ -14,11 +14,12 @@
 //! whose arguments it shares (`mallocx(size, flags)` as `malloc`,
 //! `sdallocx(ptr, size, flags)` as `free`, ...).
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use profiler_common::AllocApi::{self, *};
 
 use crate::{
     files::target::{open_mapped, ModuleFile},
+    placement::{self, Placement},
     procmaps::{Mapping, ProcessMaps},
 };
 
@@ -135,6 +136,17 @@ pub struct EntryPoint {
     pub api: AllocApi,
     pub address: u64,
     pub size: u64,
+    /// Where its code is in the file, found when the image is parsed (so
+    /// attaching reads and parses nothing again).
+    pub code: Option<Code>,
+}
+
+/// An entry point's code in its file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Code {
+    pub file_offset: u64,
+    /// Where an entry probe goes with `--probe-placement emulated`.
+    pub emulated: Placement,
 }
 
 /// A mapped object that defines allocator entry points.
@@ -166,7 +178,7 @@ pub fn entry_points(defined: &dyn Fn(&str) -> Option<(u64, u64)>) -> (Family, Ve
     let entries: Vec<EntryPoint> = names
         .into_iter()
         .filter_map(|(symbol, api)| {
-            defined(&symbol).map(|(address, size)| EntryPoint { symbol, api, address, size })
+            defined(&symbol).map(|(address, size)| EntryPoint { symbol, api, address, size, code: None })
         })
         .collect();
     let has = |prefix: &str| entries.iter().any(|e| e.symbol.starts_with(prefix));
@@ -245,14 +257,29 @@ fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<Allocat
             }
         }
     }
-    let (mut family, entries) = entry_points(&|name| defined.get(name).copied());
+    let (mut family, mut entries) = entry_points(&|name| defined.get(name).copied());
     if entries.is_empty() {
         return None;
+    }
+    for e in &mut entries {
+        e.code = code_of(&elf, e.address, e.size);
     }
     if crate::procmaps::is_libc(std::path::Path::new(&path)) {
         family = Family::CLibrary;
     }
     Some(AllocatorImage { path, family, entries, file, id })
+}
+
+/// The file offset and probe placement of the function at `address`
+/// (`size` from the symbol table).
+fn code_of(elf: &object::File, address: u64, size: u64) -> Option<Code> {
+    let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
+    let (section_offset, _) = section.file_range()?;
+    let data = section.data().ok()?;
+    let start = (address - section.address()) as usize;
+    let len = if size == 0 { 64 } else { size as usize };
+    let bytes = data.get(start..(start + len).min(data.len()))?;
+    Some(Code { file_offset: section_offset + start as u64, emulated: placement::choose(bytes, address) })
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub enum PlacementMode {
 }
 
 /// The chosen offset and why, for the report.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
     pub offset: u64,
     pub note: String,

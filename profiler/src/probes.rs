@@ -18,12 +18,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use object::{Object, ObjectSection};
 use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 
 use crate::{
     allocators::AllocatorImage,
-    placement::{self, Placement, PlacementMode},
+    placement::{Placement, PlacementMode},
 };
 
 /// The compiled eBPF object (see build.rs).
@@ -86,18 +85,16 @@ impl Probes {
 
     /// Empties the in-kernel filter: the programs record nothing more.
     pub fn stop_recording(&mut self) {
-        if let Some(Ok(mut targets)) = self.ebpf.map_mut("TARGETS").map(BpfHashMap::<_, u32, u8>::try_from) {
-            let keys: Vec<u32> = targets.keys().filter_map(|k| k.ok()).collect();
-            for k in keys {
-                let _ = targets.remove(&k);
+        fn clear<K: aya::Pod>(map: Option<&mut aya::maps::Map>) {
+            if let Some(Ok(mut map)) = map.map(BpfHashMap::<_, K, u8>::try_from) {
+                let keys: Vec<K> = map.keys().filter_map(|k| k.ok()).collect();
+                for k in keys {
+                    let _ = map.remove(&k);
+                }
             }
         }
-        if let Some(Ok(mut cgroups)) = self.ebpf.map_mut("CGROUPS").map(BpfHashMap::<_, u64, u8>::try_from) {
-            let keys: Vec<u64> = cgroups.keys().filter_map(|k| k.ok()).collect();
-            for k in keys {
-                let _ = cgroups.remove(&k);
-            }
-        }
+        clear::<u32>(self.ebpf.map_mut("TARGETS"));
+        clear::<u64>(self.ebpf.map_mut("CGROUPS"));
     }
 
     /// Adds cgroups (by v2 id) to the in-kernel filter.
@@ -158,9 +155,7 @@ impl Probes {
 
     fn attach_allocator_scoped(&mut self, image: &AllocatorImage, scope: UProbeScope) -> Result<()> {
         let name_seen = &image.path;
-        let data = image.file.read_all().with_context(|| format!("reading {name_seen}"))?;
-        let elf = object::File::parse(&*data).with_context(|| format!("parsing {name_seen}"))?;
-        // The kernel and aya resolve this path to the open file's inode.
+        // The kernel resolves this path to the open file's inode.
         let target = PathBuf::from(image.file.proc_path());
         let target = target.as_path();
         let mut probed_at: BTreeMap<u64, &str> = BTreeMap::new();
@@ -178,15 +173,16 @@ impl Probes {
                 continue;
             }
             probed_at.insert(entry.address, name);
-            let placement = match self.placement {
-                PlacementMode::Entry => {
-                    Placement { offset: 0, note: "offset 0 (--probe-placement entry)".into() }
-                }
-                PlacementMode::Emulated => function_bytes(&elf, entry.address, entry.size)
-                    .map(|code| placement::choose(code, entry.address))
-                    .unwrap_or(Placement { offset: 0, note: "offset 0 (code not readable)".into() }),
+            let Some(code) = &entry.code else {
+                self.skipped.push(format!("{name}: its code is in no section of {name_seen}"));
+                continue;
             };
-            let location = || UProbeAttachLocation::SymbolOffset(name, placement.offset);
+            let entry_placement = Placement { offset: 0, note: "offset 0 (--probe-placement entry)".into() };
+            let placement = match self.placement {
+                PlacementMode::Entry => &entry_placement,
+                PlacementMode::Emulated => &code.emulated,
+            };
+            let location = || UProbeAttachLocation::AbsoluteOffset(code.file_offset + placement.offset);
             if api != AllocApi::Free {
                 // Same place as the entry probe: one trap serves both. The
                 // return probe goes first, so every call whose entry is seen
@@ -287,8 +283,9 @@ impl Probes {
     /// background process. A grandchild forked here holds a copy of every
     /// descriptor, our copies are closed (fast: only the last close
     /// releases), and the grandchild exits once our end of a pipe closes,
-    /// leaving the kernel to release the links in its exit. Perf-event links
-    /// are disabled by our close already, so no program runs meanwhile.
+    /// leaving the kernel to release the links in its exit. The programs
+    /// stay attached until then, but record nothing: the caller emptied the
+    /// kernel filter first ([`Probes::stop_recording`]).
     pub fn detach(self) {
         match release_in_background() {
             Ok(done) => {
@@ -363,15 +360,6 @@ fn release_in_background() -> nix::Result<std::os::fd::OwnedFd> {
             libc::_exit(0)
         },
     }
-}
-
-/// The bytes of the function at `address` (`size` from the symbol table).
-fn function_bytes<'a>(elf: &object::File<'a>, address: u64, size: u64) -> Option<&'a [u8]> {
-    let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
-    let data = section.data().ok()?;
-    let start = (address - section.address()) as usize;
-    let len = if size == 0 { 64 } else { size as usize };
-    data.get(start..(start + len).min(data.len()))
 }
 
 /// Where `child_pid` sits in a `sched_process_fork` record: the layout
