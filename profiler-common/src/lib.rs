@@ -3,8 +3,14 @@
 //! the kernel side writes it into the ring buffer, userspace reads it back.
 #![no_std]
 
-/// Maximum number of user stack frames captured per event.
-pub const MAX_FRAMES: usize = 127;
+/// Maximum number of user stack frames captured per event (the kernel
+/// unwinder's depth; a deeper stack is cut and marked [`StackStatus::Truncated`]).
+pub const MAX_FRAMES: usize = 256;
+const _: () = assert!(MAX_FRAMES.is_power_of_two(), "the kernel side masks frame indices with it");
+
+/// Frames of the frame-pointer fallback (`bpf_get_stack`, for a process
+/// whose call-frame tables are not loaded yet).
+pub const FP_MAX_FRAMES: usize = 127;
 
 /// Words copied from the user stack pointer at a syscall. Glibc's syscall
 /// wrappers keep no frame pointer, so the frame-pointer walk skips the
@@ -12,8 +18,8 @@ pub const MAX_FRAMES: usize = 127;
 /// wrappers such as `open` have frames of ~100 bytes) and userspace re-inserts it.
 pub const STACK_HINT_WORDS: usize = 64;
 
-/// Frames captured for syscall events, leaving room for the hint words.
-pub const MAX_SYSCALL_FRAMES: usize = MAX_FRAMES - STACK_HINT_WORDS;
+/// Frame-pointer frames captured for syscall events, leaving room for the hint words.
+pub const MAX_SYSCALL_FRAMES: usize = FP_MAX_FRAMES - STACK_HINT_WORDS;
 const _: () =
     assert!((MAX_SYSCALL_FRAMES + 1).is_power_of_two(), "the kernel side masks frame counts with it");
 
@@ -373,8 +379,8 @@ pub struct EventHeader {
     pub api: u16,
     /// Number of stack frames that follow the header.
     pub frames: u16,
-    /// 1 when the stack capture failed.
-    pub stack_failed: u8,
+    /// How the stack walk ended: a [`StackStatus`].
+    pub stack_status: u8,
     /// Number of stack-hint words (syscall events) that follow the frames.
     pub hints: u8,
     pub tgid: u32,
@@ -385,6 +391,125 @@ pub struct EventHeader {
     pub old_addr: u64,
     pub old_size: u64,
     pub arg: u64,
+}
+
+/// How a user stack walk ended (the record's `stack_status`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StackStatus {
+    /// Walked to the outermost frame (its return address is undefined in
+    /// the call-frame information, or zero).
+    Complete = 0,
+    /// The frame-pointer capture failed outright.
+    CaptureFailed = 1,
+    /// Deeper than [`MAX_FRAMES`]: the outer frames are cut.
+    Truncated = 2,
+    /// A saved return address or frame pointer could not be read.
+    Unreadable = 3,
+    /// The frame's call-frame rule is not one the kernel walker follows
+    /// (a DWARF expression, e.g. a signal frame).
+    UnsupportedRule = 4,
+    /// No call-frame tables for the process (yet): walked by frame
+    /// pointers, which skip frameless functions and stop at code built
+    /// without them.
+    FramePointers = 5,
+    /// A frame did not move up the stack: the walk left the real stack.
+    BadFrame = 6,
+}
+
+impl StackStatus {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Complete,
+            1 => Self::CaptureFailed,
+            2 => Self::Truncated,
+            3 => Self::Unreadable,
+            4 => Self::UnsupportedRule,
+            5 => Self::FramePointers,
+            6 => Self::BadFrame,
+            _ => return None,
+        })
+    }
+}
+
+/// Call-frame tables for the kernel's stack walker, built by userspace from
+/// each module's `.eh_frame` / `.debug_frame`.
+///
+/// Every module's rows live in one array of [`RowPage`]s (a module's rows
+/// are contiguous, sorted by `pc`); each process has a sorted list of its
+/// executable file mappings pointing into it. A row gives, for the code from
+/// its `pc` up to the next row's, how to find the caller's frame on x86_64:
+/// the canonical frame address (CFA) from `rsp` or `rbp`, the return
+/// address at CFA - 8, and where the caller's `rbp` was saved.
+pub mod unwind {
+    /// One row of a module's call-frame table.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Row {
+        /// Code offset from the module table's base address.
+        pub pc: u32,
+        /// CFA = base register + this (CFA rules only).
+        pub cfa_offset: u16,
+        /// One of [`rule`].
+        pub rule: u8,
+        /// The caller's `rbp` is saved at CFA + 8 * this; 0: `rbp` is unchanged.
+        pub rbp_offset: i8,
+    }
+
+    /// How a [`Row`] finds the caller's frame.
+    pub mod rule {
+        /// CFA = rsp + offset.
+        pub const CFA_RSP: u8 = 1;
+        /// CFA = rbp + offset.
+        pub const CFA_RBP: u8 = 2;
+        /// A lazy-binding PLT stub: CFA = rsp + 8, + 8 once past the stub's push
+        /// (offset 11 of its 16 bytes), the one DWARF expression every
+        /// linker emits.
+        pub const PLT: u8 = 3;
+        /// The outermost frame (return address undefined, e.g. `_start`).
+        pub const END: u8 = 4;
+        /// Code with no call-frame information: walk the frame pointer.
+        pub const NO_CFI: u8 = 5;
+        /// A rule the kernel walker does not follow; the walk stops here.
+        pub const UNSUPPORTED: u8 = 6;
+    }
+
+    pub const ROWS_PER_PAGE: usize = 512;
+
+    /// Rows are stored in pages: one map update writes 512 rows.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct RowPage {
+        pub rows: [Row; ROWS_PER_PAGE],
+    }
+
+    /// Pages in the row array: 4 Mi rows, 32 MiB of kernel memory.
+    pub const ROW_PAGES: u32 = 8192;
+
+    /// One executable file mapping of a process.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Mapping {
+        pub start: u64,
+        pub end: u64,
+        /// A code address minus this is the module table's `pc`.
+        pub bias: u64,
+        /// Index of the module's first row in the row array.
+        pub first_row: u32,
+        /// Number of rows; 0 when the module has no call-frame information.
+        pub rows: u32,
+    }
+
+    pub const MAX_MAPPINGS: usize = 128;
+
+    /// A process's executable file mappings, sorted by `start`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Process {
+        pub count: u32,
+        pub _pad: u32,
+        pub mappings: [Mapping; MAX_MAPPINGS],
+    }
 }
 
 /// A complete record as the kernel side assembles it before output.
@@ -400,4 +525,6 @@ pub const HEADER_SIZE: usize = core::mem::size_of::<EventHeader>();
 #[cfg(feature = "user")]
 mod user {
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::unwind::RowPage {}
+    unsafe impl aya::Pod for super::unwind::Process {}
 }

@@ -25,9 +25,12 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, HEADER_SIZE, MAX_FRAMES, MAX_SYSCALL_FRAMES,
-    STACK_HINT_WORDS,
+    counters, syscalls, AllocApi, Event, EventKind, StackStatus, FP_MAX_FRAMES, HEADER_SIZE, MAX_FRAMES,
+    MAX_SYSCALL_FRAMES, STACK_HINT_WORDS,
 };
+
+mod unwind;
+use unwind::{Hijacked, UserRegs};
 
 /// Pending bytes in the ring buffer above which the reader is woken at once.
 const WAKEUP_THRESHOLD: u64 = 256 * 1024;
@@ -152,6 +155,9 @@ struct InFlight {
     ptr: u64,
     /// Stack pointer at entry (spent: at the return).
     sp: u64,
+    /// The return address at entry: the uretprobe replaces it on the stack
+    /// with its trampoline, so a stack walked inside the call reads it here.
+    ret: u64,
 }
 
 #[inline(always)]
@@ -228,7 +234,7 @@ fn scratch(kind: EventKind, api: u16) -> Option<Claim> {
     h.kind = kind as u16;
     h.api = api;
     h.frames = 0;
-    h.stack_failed = 0;
+    h.stack_status = StackStatus::Complete as u8;
     h.hints = 0;
     h.tgid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
@@ -241,9 +247,32 @@ fn scratch(kind: EventKind, api: u16) -> Option<Claim> {
     Some(ev)
 }
 
-/// Captures up to `max_frames` frames of the user stack into `ev`.
+/// Walks the user stack from `regs` into `ev` with the process's call-frame
+/// tables; false when it has none (the caller falls back to frame pointers).
 #[inline(always)]
-fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event, max_frames: usize) {
+fn walk_stack(ev: &mut Event, regs: UserRegs, hijacked: Hijacked) -> bool {
+    match unwind::walk(ev.header.tgid, regs, hijacked, ev.frames.as_mut_ptr()) {
+        Some((frames, status)) => {
+            ev.header.frames = frames;
+            ev.header.stack_status = status as u8;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Captures the user stack into `ev`: walked with call-frame tables when the
+/// process has them, else up to `max_frames` frame-pointer frames.
+#[inline(always)]
+fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event, regs: UserRegs, max_frames: usize) {
+    if walk_stack(ev, regs, Hijacked::default()) {
+        return;
+    }
+    capture_frame_pointers(ctx, ev, max_frames);
+}
+
+#[inline(always)]
+fn capture_frame_pointers<C: EbpfContext>(ctx: &C, ev: &mut Event, max_frames: usize) {
     let n = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
@@ -253,9 +282,10 @@ fn capture_stack<C: EbpfContext>(ctx: &C, ev: &mut Event, max_frames: usize) {
         )
     };
     if n < 0 {
-        ev.header.stack_failed = 1;
+        ev.header.stack_status = StackStatus::CaptureFailed as u8;
         count(counters::STACK_FAILED);
     } else {
+        ev.header.stack_status = StackStatus::FramePointers as u8;
         ev.header.frames = (n as u64 / 8) as u16;
     }
 }
@@ -368,7 +398,8 @@ fn alloc_enter(api: AllocApi, size: u64, arg: u64, ptr: u64, sp: u64) -> u32 {
             count(counters::MISSED_RETURNS);
         }
     }
-    let entry = InFlight { api: api as u16, tail_calls: 0, spent: 0, _pad: 0, size, arg, ptr, sp };
+    let ret = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    let entry = InFlight { api: api as u16, tail_calls: 0, spent: 0, _pad: 0, size, arg, ptr, sp, ret };
     if INFLIGHT.insert(&key, &entry, 0).is_err() {
         count(counters::INFLIGHT_MAP_FULL);
     }
@@ -564,7 +595,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     ev.header.size = call.size;
     ev.header.arg = call.arg;
     ev.header.old_addr = call.ptr;
-    capture_stack(&ctx, &mut ev, MAX_FRAMES);
+    let regs = unsafe { &*ctx.regs };
+    let regs = UserRegs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp };
+    capture_stack(&ctx, &mut ev, regs, FP_MAX_FRAMES);
     submit(&ev);
     0
 }
@@ -582,7 +615,9 @@ pub fn marker(_ctx: ProbeContext) -> u32 {
 
 // ---------------------------------------------------------------- syscalls
 
-/// Byte offset of the stack pointer in x86_64 `struct pt_regs` (a stable kernel ABI).
+/// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).
+const PT_REGS_BP: usize = 4 * 8;
+const PT_REGS_IP: usize = 16 * 8;
 const PT_REGS_SP: usize = 19 * 8;
 
 /// Flags meaning close-on-exec (`O_CLOEXEC`, `SOCK_CLOEXEC`, `EFD_CLOEXEC`, ...: all 0o2000000).
@@ -685,22 +720,46 @@ fn is_error(ret: u64) -> bool {
     ret > (-4096i64) as u64
 }
 
-/// The user stack pointer of the current task (for a fault or syscall in
-/// the kernel, as it was when the task entered the kernel).
+/// The user registers of the current task (for a fault or syscall in the
+/// kernel, as they were when the task entered the kernel).
 #[inline(always)]
-fn user_sp() -> u64 {
+fn user_regs() -> Option<UserRegs> {
     // SAFETY: the helper returns the task's saved user registers (pt_regs).
     let regs = unsafe { aya_ebpf::helpers::generated::bpf_task_pt_regs(bpf_get_current_task_btf()) };
-    unsafe { bpf_probe_read_kernel((regs as *const u8).add(PT_REGS_SP) as *const u64) }.unwrap_or(0)
+    let field =
+        |offset: usize| unsafe { bpf_probe_read_kernel((regs as *const u8).add(offset) as *const u64).ok() };
+    Some(UserRegs { ip: field(PT_REGS_IP)?, sp: field(PT_REGS_SP)?, bp: field(PT_REGS_BP)? })
 }
 
-/// Completes a record taken where the innermost user function may have no
-/// frame (a libc syscall wrapper, memset): its stack plus the words at the
-/// user stack pointer, from which userspace finds that function's caller.
+/// The return address a uretprobe took from the thread's allocator call in
+/// progress, if any: a syscall or fault inside `malloc` walks through it.
+#[inline(always)]
+fn hijacked_return() -> Hijacked {
+    match unsafe { INFLIGHT.get(&bpf_get_current_pid_tgid()) } {
+        Some(f) if f.spent == 0 => Hijacked { slot: f.sp, return_address: f.ret },
+        _ => Hijacked::default(),
+    }
+}
+
+/// Completes a record taken in the kernel on the task's behalf (a syscall,
+/// a fault) with its user stack. Without call-frame tables, the innermost
+/// function may have no frame (a libc syscall wrapper, memset): the
+/// frame-pointer stack then carries the words at the user stack pointer,
+/// from which userspace finds that function's caller.
 #[inline(always)]
 fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
-    let sp = user_sp();
-    capture_stack(ctx, ev, MAX_SYSCALL_FRAMES);
+    let Some(regs) = user_regs() else {
+        ev.header.stack_status = StackStatus::CaptureFailed as u8;
+        count(counters::STACK_FAILED);
+        submit(ev);
+        return;
+    };
+    let sp = regs.sp;
+    if walk_stack(ev, regs, hijacked_return()) {
+        submit(ev);
+        return;
+    }
+    capture_frame_pointers(ctx, ev, MAX_SYSCALL_FRAMES);
     let n = ev.header.frames as usize;
     if n <= MAX_SYSCALL_FRAMES {
         // The mask restates the bound on the register the pointer is built
@@ -742,16 +801,28 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
     if !is_target() {
         return 0;
     }
+    // One stack walk for every kind of record: each walk site costs the
+    // verifier a pass over the walker.
+    if let Some(mut ev) = syscall_exit_record(&ctx) {
+        submit_with_stack(&ctx, &mut ev);
+    }
+    0
+}
+
+/// The record a traced syscall's exit makes, still to be completed with its
+/// stack (records without a stack are submitted here).
+#[inline(always)]
+fn syscall_exit_record(ctx: &TracePointContext) -> Option<Claim> {
     let key = bpf_get_current_pid_tgid();
-    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return 0 };
+    let Some(saved) = (unsafe { SYSCALL_ARGS.get(&key) }).copied() else { return None };
     let _ = SYSCALL_ARGS.remove(&key);
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return 0 };
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(16) }) else { return None };
     let ret = ret as u64;
     if let Some(slot) = syscalls::slot(saved.nr) {
         count(counters::SYSCALLS + slot);
     }
     if is_error(ret) {
-        return 0;
+        return None;
     }
     let a = saved.args;
     let nr = saved.nr;
@@ -759,17 +830,17 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
     if let Some(kind) = syscalls::creates(nr) {
         // signalfd on an existing fd updates it rather than creating one.
         if (nr == syscalls::SIGNALFD || nr == syscalls::SIGNALFD4) && a[0] as i32 != -1 {
-            return 0;
+            return None;
         }
         let (first, second) = match nr {
             syscalls::PIPE | syscalls::PIPE2 | syscalls::SOCKETPAIR => {
                 let ptr = if nr == syscalls::SOCKETPAIR { a[3] } else { a[0] };
-                let Ok(fds) = (unsafe { bpf_probe_read_user(ptr as *const [i32; 2]) }) else { return 0 };
+                let Ok(fds) = (unsafe { bpf_probe_read_user(ptr as *const [i32; 2]) }) else { return None };
                 (fds[0] as u64, fds[1] as u64)
             }
             _ => (ret, u64::MAX),
         };
-        let Some(mut ev) = scratch(EventKind::FdOpen, nr16) else { return 0 };
+        let Some(mut ev) = scratch(EventKind::FdOpen, nr16) else { return None };
         ev.header.addr = first;
         ev.header.old_addr = second;
         ev.header.arg = kind as u64;
@@ -779,63 +850,61 @@ pub fn syscall_exit(ctx: TracePointContext) -> u32 {
             syscalls::ACCEPT | syscalls::ACCEPT4 => a[0],
             _ => 0,
         };
-        submit_with_stack(&ctx, &mut ev);
-        return 0;
+        return Some(ev);
     }
     match nr {
         syscalls::MMAP => {
-            let Some(mut ev) = scratch(EventKind::Mmap, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Mmap, nr16) else { return None };
             ev.header.addr = ret;
             ev.header.size = a[1];
             ev.header.arg = a[3];
             ev.header.old_size = a[4];
-            submit_with_stack(&ctx, &mut ev);
+            Some(ev)
         }
         syscalls::MREMAP => {
-            let Some(mut ev) = scratch(EventKind::Mremap, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Mremap, nr16) else { return None };
             ev.header.old_addr = a[0];
             ev.header.old_size = a[1];
             ev.header.size = a[2];
             ev.header.arg = a[3];
             ev.header.addr = ret;
-            submit_with_stack(&ctx, &mut ev);
+            Some(ev)
         }
         syscalls::BRK => {
-            let Some(mut ev) = scratch(EventKind::Brk, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::Brk, nr16) else { return None };
             ev.header.addr = ret;
             ev.header.size = a[0];
-            submit_with_stack(&ctx, &mut ev);
+            Some(ev)
         }
         syscalls::DUP | syscalls::DUP2 | syscalls::DUP3 | syscalls::FCNTL => {
             if nr == syscalls::FCNTL {
                 match a[1] {
                     F_DUPFD | F_DUPFD_CLOEXEC => {}
                     F_SETFD => {
-                        let Some(mut ev) = scratch(EventKind::FdSetCloexec, nr16) else { return 0 };
+                        let Some(mut ev) = scratch(EventKind::FdSetCloexec, nr16) else { return None };
                         ev.header.addr = a[0];
                         ev.header.arg = a[2] & 1;
                         submit(&ev);
-                        return 0;
+                        return None;
                     }
-                    _ => return 0,
+                    _ => return None,
                 }
             }
             // dup2(fd, fd) is a no-op.
             if (nr == syscalls::DUP2 || nr == syscalls::DUP3) && a[0] == a[1] {
-                return 0;
+                return None;
             }
-            let Some(mut ev) = scratch(EventKind::FdDup, nr16) else { return 0 };
+            let Some(mut ev) = scratch(EventKind::FdDup, nr16) else { return None };
             ev.header.addr = ret;
             ev.header.old_addr = a[0];
             ev.header.old_size = match nr {
                 syscalls::FCNTL => (a[1] == F_DUPFD_CLOEXEC) as u64,
                 _ => cloexec_requested(nr, &a) as u64,
             };
-            submit_with_stack(&ctx, &mut ev);
+            Some(ev)
         }
-        _ => {}
+        _ => None,
     }
-    0
 }
 
 // ---------------------------------------------------------------- resident pages
@@ -890,6 +959,7 @@ pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if is_target() {
+        unwind::forget((bpf_get_current_pid_tgid() >> 32) as u32);
         if let Some(ev) = scratch(EventKind::Exec, 0) {
             submit(&ev);
         }
@@ -908,6 +978,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = TARGETS.remove(&tgid);
+    unwind::forget(tgid);
     if let Some(ev) = scratch(EventKind::Exit, 0) {
         submit(&ev);
     }
@@ -952,6 +1023,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if setting(config::FOLLOW_CHILDREN) == 1 {
         let _ = TARGETS.insert(&(child as u32), &1, 0);
     }
+    unwind::inherit((bpf_get_current_pid_tgid() >> 32) as u32, child as u32);
     if let Some(mut ev) = scratch(EventKind::Fork, 0) {
         ev.header.addr = child as u64;
         submit(&ev);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{syscalls, AllocApi, EventKind, HandleKind};
+use profiler_common::{syscalls, AllocApi, EventKind, HandleKind, StackStatus};
 
 use crate::{
     events::RawEvent,
@@ -21,15 +21,30 @@ use crate::{
 const MAP_ANONYMOUS: u64 = 0x20;
 const PAGE: u64 = 4096;
 
-/// Where an event's stack was captured, which decides how it is completed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CapturedAt {
+/// Where an event's stack was captured, which decides how a frame-pointer
+/// stack is completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CapturedAt {
     /// An allocator's return: the frame chain is intact.
     Return,
-    /// A syscall, in a frameless libc wrapper (with stack hints).
+    /// A memory syscall, in a frameless libc wrapper (with stack hints).
     Syscall,
+    /// A handle-creating syscall (the same, but the leaf is the first frame
+    /// outside the C library: `fopen`'s caller, not `__open64_nocancel`).
+    HandleSyscall,
     /// A page fault, maybe in a frameless function (with stack hints).
     Fault,
+}
+
+impl CapturedAt {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Return => "allocator",
+            Self::Syscall => "memory syscall",
+            Self::HandleSyscall => "handle syscall",
+            Self::Fault => "page fault",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -57,16 +72,22 @@ pub struct Collector {
     pub stack_failures: u64,
     /// Events whose stack walk left executable memory and was cut there.
     pub truncated_stacks: u64,
+    /// Events whose stack walk did not reach the outermost frame, by where
+    /// and why (the stack ends in a marker frame saying so).
+    pub incomplete_stacks: std::collections::BTreeMap<(CapturedAt, StackStatus), u64>,
     /// Processes that exec'd / were forked since last taken (for the session
     /// to attach allocator probes to their new image).
     pub execs: Vec<u32>,
     pub forks: Vec<(u32, u32)>,
+    /// Processes that mapped a file since last taken (a library loaded: the
+    /// kernel walker needs its table).
+    pub mapped_files: std::collections::BTreeSet<u32>,
     /// Command line of every process seen, for the report.
     commands: HashMap<u32, String>,
     /// How many times each process exec'd: addresses of different images differ.
     images: HashMap<u32, u64>,
     /// Captured allocator stacks already resolved: key -> (stack, was cut).
-    raw_stacks: HashMap<Box<[u64]>, (StackId, bool)>,
+    raw_stacks: HashMap<Box<[u64]>, (StackId, bool, StackStatus)>,
     /// Outstanding per site and in total at every `--interval` sample.
     pub series: Series,
     /// Profiled processes the OOM killer chose as victims.
@@ -343,7 +364,8 @@ impl Collector {
 
     fn intern(&mut self, ev: &RawEvent, captured: CapturedAt) -> StackId {
         let tgid = ev.header.tgid;
-        if ev.header.stack_failed != 0 {
+        let status = StackStatus::from_u8(ev.header.stack_status).unwrap_or(StackStatus::BadFrame);
+        if status == StackStatus::CaptureFailed {
             self.stack_failures += 1;
         }
         let image = self.images.get(&tgid).copied().unwrap_or(0);
@@ -351,18 +373,51 @@ impl Collector {
         // Allocator stacks repeat: the same captured frames always give the same
         // stack, so repairing and checking them is done once. Syscall and fault
         // stacks depend on their stack-hint words too and are rarer: not cached.
-        let raw_key = (captured == CapturedAt::Return).then(|| crate::stacks::stack_key(tgid, image, &raw));
-        if let Some(&(id, truncated)) = raw_key.as_ref().and_then(|k| self.raw_stacks.get(k.as_slice())) {
+        let raw_key = (captured == CapturedAt::Return).then(|| {
+            let mut key = crate::stacks::stack_key(tgid, image, &raw);
+            key.push(status as u64);
+            key
+        });
+        if let Some(&(id, truncated, end)) = raw_key.as_ref().and_then(|k| self.raw_stacks.get(k.as_slice()))
+        {
             self.truncated_stacks += truncated as u64;
+            self.count_incomplete(captured, end);
             return id;
         }
+        // Frame-pointer stacks taken in the kernel skipped a frameless
+        // innermost function; the call-frame walk did not. A syscall's leaf
+        // is the code that called the C library's wrapper, as it is for
+        // `malloc` (the allocator's own frame is never shown).
         let mut frames = match captured {
+            CapturedAt::Syscall if status != StackStatus::FramePointers => {
+                let mut frames = raw;
+                if frames.len() > 1 && self.space(tgid).in_libc(frames[0]) {
+                    frames.remove(0);
+                }
+                frames
+            }
+            CapturedAt::HandleSyscall if status != StackStatus::FramePointers => {
+                let space = self.space(tgid);
+                let in_libc = raw.iter().take_while(|&&a| space.in_libc(a)).count();
+                raw[in_libc.min(raw.len().saturating_sub(1))..].to_vec()
+            }
+            _ if status != StackStatus::FramePointers => raw,
             CapturedAt::Return => raw,
-            CapturedAt::Syscall => repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)),
+            CapturedAt::Syscall | CapturedAt::HandleSyscall => {
+                repair_syscall_stack(&raw, &ev.hints(), self.space(tgid))
+            }
             CapturedAt::Fault => repair_fault_stack(&raw, &ev.hints(), self.space(tgid)),
         };
         let truncated = truncate_at_invalid_frame(&mut frames, self.space(tgid));
         self.truncated_stacks += truncated as u64;
+        let end = match status {
+            StackStatus::Complete if truncated => StackStatus::BadFrame,
+            status => status,
+        };
+        if end != StackStatus::Complete {
+            frames.push(crate::stacks::cut_marker(end));
+        }
+        self.count_incomplete(captured, end);
         let (id, new) = self.stacks.intern(tgid, image, &frames);
         if new {
             let space = self.space(tgid);
@@ -372,9 +427,16 @@ impl Collector {
             self.api.push(name);
         }
         if let Some(key) = raw_key {
-            self.raw_stacks.insert(key.into_boxed_slice(), (id, truncated));
+            self.raw_stacks.insert(key.into_boxed_slice(), (id, truncated, end));
         }
         id
+    }
+
+    /// Counts a stack cut short (a failed capture is counted as such).
+    fn count_incomplete(&mut self, captured: CapturedAt, end: StackStatus) {
+        if !matches!(end, StackStatus::Complete | StackStatus::CaptureFailed) {
+            *self.incomplete_stacks.entry((captured, end)).or_default() += 1;
+        }
     }
 
     /// Applies one ring-buffer record.
@@ -388,6 +450,9 @@ impl Collector {
         if matches!(ev.kind, EventKind::Mmap | EventKind::Mremap | EventKind::Munmap) {
             if let Some(space) = self.spaces.get_mut(&h.tgid) {
                 space.invalidate();
+            }
+            if ev.kind == EventKind::Mmap && h.old_size as i32 >= 0 {
+                self.mapped_files.insert(h.tgid);
             }
         }
         let op = match ev.kind {
@@ -438,7 +503,7 @@ impl Collector {
                     }
                     _ => handle_detail(nr, h.size),
                 };
-                let stack = self.intern(&ev, CapturedAt::Syscall);
+                let stack = self.intern(&ev, CapturedAt::HandleSyscall);
                 let cloexec = h.old_size != 0;
                 if h.old_addr != u64::MAX {
                     let second = Op::OpenHandle { fd: h.old_addr, kind, detail, cloexec, stack };
@@ -447,7 +512,7 @@ impl Collector {
                 Op::OpenHandle { fd: h.addr, kind, detail, cloexec, stack }
             }
             EventKind::FdDup => {
-                let stack = self.intern(&ev, CapturedAt::Syscall);
+                let stack = self.intern(&ev, CapturedAt::HandleSyscall);
                 Op::DupHandle { old: h.old_addr, new: h.addr, cloexec: h.old_size != 0, stack }
             }
             EventKind::CloseRange => {
@@ -461,6 +526,7 @@ impl Collector {
                 *self.images.entry(h.tgid).or_default() += 1;
                 self.note_process(h.tgid);
                 self.execs.push(h.tgid);
+                self.mapped_files.insert(h.tgid);
                 Op::Exec
             }
             EventKind::Exit => {

@@ -23,6 +23,7 @@ use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 use crate::{
     allocators::AllocatorImage,
     placement::{Placement, PlacementMode},
+    unwind::kernel::KernelTables,
 };
 
 /// The compiled eBPF object (see build.rs).
@@ -49,6 +50,8 @@ pub struct Probes {
     pub skipped: Vec<String>,
     /// (probed entry point, alias at the same address that was not probed separately).
     pub aliases: Vec<(AllocApi, AllocApi)>,
+    /// The kernel stack walker's call-frame tables.
+    pub tables: KernelTables,
 }
 
 impl Probes {
@@ -59,13 +62,18 @@ impl Probes {
                 "this profiler binary was built without its eBPF programs; build it with `cargo xtask build`"
             );
         }
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ringbuf_bytes)
             .override_global("CGROUP_MODE", &(settings.cgroup_mode as u8), true)
             .override_global("SAMPLE_BYTES", &settings.sample_bytes, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
+        let tables = KernelTables::new(
+            ebpf.take_map("UNWIND_ROWS").context("UNWIND_ROWS map")?,
+            ebpf.take_map("UNWIND_PROCESSES").context("UNWIND_PROCESSES map")?,
+        )?;
         Ok(Self {
+            tables,
             links: Vec::new(),
             ebpf,
             placement: settings.placement,

@@ -1,6 +1,7 @@
 //! Call stacks: interning raw frame lists into small ids, locating each
-//! frame in the process's mappings while the process is alive, and repairing
-//! syscall stacks whose frame-pointer walk skipped the wrapper's caller.
+//! frame in the process's mappings while the process is alive, marking where
+//! a walk stopped short, and repairing frame-pointer syscall stacks whose
+//! walk skipped the wrapper's caller.
 
 use std::{
     collections::HashMap,
@@ -10,7 +11,36 @@ use std::{
     time::{Duration, Instant},
 };
 
+use profiler_common::StackStatus;
+
 use crate::{files::target::open_path_mapped, ledger::StackId, procmaps::ProcessMaps};
+
+/// Marker frames, appended as the outermost frame of a stack whose walk did
+/// not reach the program's first frame: an address no user code has (above
+/// the canonical user half), with the reason in its low byte.
+const CUT_MARKER: u64 = 0xffff_ffff_ffff_ff00;
+
+/// The marker frame for a stack cut for `reason`.
+pub fn cut_marker(reason: StackStatus) -> u64 {
+    CUT_MARKER | reason as u64
+}
+
+/// What a marker frame says, in the stack's place of the missing frames.
+pub fn cut_name(reason: StackStatus) -> String {
+    match reason {
+        StackStatus::Complete => "[complete]".into(),
+        StackStatus::CaptureFailed => "[stack unavailable]".into(),
+        StackStatus::Truncated => format!("[truncated: deeper than {} frames]", profiler_common::MAX_FRAMES),
+        StackStatus::Unreadable => "[unwind failed: stack memory unreadable]".into(),
+        StackStatus::UnsupportedRule => {
+            "[unwind failed: call-frame rule not followed (signal frame?)]".into()
+        }
+        StackStatus::FramePointers => {
+            "[frame pointers only: no call-frame tables for the process yet]".into()
+        }
+        StackStatus::BadFrame => "[unwind failed: the walk left the stack]".into(),
+    }
+}
 
 /// The lookup key of a stack: process, program image, frames.
 pub fn stack_key(tgid: u32, image: u64, frames: &[u64]) -> Vec<u64> {
@@ -61,6 +91,8 @@ pub enum Location {
     Anonymous { name: Arc<str>, addr: u64 },
     /// Not mapped when we looked.
     Unmapped { addr: u64 },
+    /// Not a frame: where and why the walk stopped ([`cut_marker`]).
+    Cut(StackStatus),
 }
 
 /// Locates addresses of one process, caching answers and re-reading the
@@ -169,6 +201,9 @@ impl AddressSpace {
     }
 
     pub fn locate(&mut self, addr: u64) -> Location {
+        if addr & CUT_MARKER == CUT_MARKER {
+            return Location::Cut(StackStatus::from_u8(addr as u8).unwrap_or(StackStatus::BadFrame));
+        }
         if let Some(loc) = self.cache.get(&addr) {
             return loc.clone();
         }

@@ -19,6 +19,7 @@ use crate::{
     lens::Lenses,
     record::{record, RecordOptions, TargetSpec, Warmup},
     report::{flame, model::TargetExit, Report},
+    symbols::Frame,
 };
 use config::Config;
 use decide::{decide, Baseline, Check, Decision, Observed};
@@ -50,12 +51,62 @@ pub enum Verdict {
     LeakRegression,
 }
 
-/// Modules of the C runtime and dynamic loader. Allocations whose frames all
-/// lie in these are "runtime": the program did not ask for them.
+/// Modules of the C and C++ runtimes and the dynamic loader.
 fn is_runtime_module(module: &str) -> bool {
-    const PREFIXES: [&str; 9] =
-        ["libc.so", "libc-", "ld-linux", "ld-musl", "libpthread", "libdl", "libgcc_s", "librt", "libm."];
+    const PREFIXES: [&str; 10] = [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "ld-musl",
+        "libpthread",
+        "libdl",
+        "libgcc_s",
+        "librt",
+        "libm.",
+        "libstdc++",
+    ];
     PREFIXES.iter().any(|p| module.starts_with(p)) || module == "[vdso]"
+}
+
+/// The program's start-up glue, which every complete stack passes through
+/// (linked into the executable or in libc).
+const ENTRY_GLUE: [&str; 5] =
+    ["_start", "__libc_start_main", "__libc_start_main_impl", "__libc_start_call_main", "__libc_csu_init"];
+
+/// Runtime structures made once (per process or per thread) on the
+/// program's behalf, whoever's call triggered them: allowed by default.
+/// Documented in the README ("What the gate counts as runtime").
+pub const ONE_TIME_RUNTIME: [&str; 8] = [
+    // glibc: the per-thread malloc cache, made by a thread's first malloc.
+    "tcache_init",
+    // glibc: stdio buffers (stdout, stderr, and each FILE's on first use).
+    "_IO_file_doallocate",
+    // glibc / the loader: per-thread TLS blocks and their vectors.
+    "_dl_allocate_tls",
+    "allocate_dtv",
+    // glibc: locale data loaded by setlocale.
+    "_nl_find_locale",
+    "_nl_load_locale_from_archive",
+    // libstdc++: per-thread exception-handling globals and the emergency
+    // exception pool (made by a static constructor before main).
+    "__cxa_get_globals",
+    "(anonymous namespace)::pool::pool",
+];
+
+/// Whether a stack's allocation is the runtime's, not the program's: every
+/// frame is in the C/C++ runtime, the loader or the start-up glue (nothing
+/// of the program's own code asked for it), or it passes through a
+/// documented one-time runtime allocation. A leak made through a libc
+/// helper (`strdup`, `fopen`) from the program's code is the program's.
+fn is_runtime_stack(frames: &[Frame]) -> bool {
+    let name = |f: &Frame| f.function.trim_start_matches("__GI_").to_string();
+    let real: Vec<&Frame> = frames.iter().filter(|f| f.module != "[unwind]").collect();
+    if real.is_empty() {
+        return false;
+    }
+    let only_runtime =
+        real.iter().all(|f| is_runtime_module(&f.module) || ENTRY_GLUE.contains(&name(f).as_str()));
+    only_runtime || real.iter().any(|f| ONE_TIME_RUNTIME.iter().any(|r| name(f) == *r))
 }
 
 /// Per-stack values of one run, identical names merged.
@@ -63,7 +114,7 @@ fn observe(report: &Report) -> BTreeMap<(String, String), Observed> {
     let mut out: BTreeMap<(String, String), Observed> = BTreeMap::new();
     for e in &report.stacks {
         let stack = flame::folded_path(e);
-        let runtime = !e.frames.is_empty() && e.frames.iter().all(|f| is_runtime_module(&f.module));
+        let runtime = is_runtime_stack(&e.frames);
         let o = out.entry((e.kind.clone(), stack.clone())).or_insert_with(|| Observed {
             kind: e.kind.clone(),
             stack,
@@ -235,5 +286,42 @@ mod tests {
         assert!(is_runtime_module("ld-linux-x86-64.so.2"));
         assert!(!is_runtime_module("leaky"));
         assert!(!is_runtime_module("libcrypto.so.3"));
+    }
+
+    fn frames(list: &[(&str, &str)]) -> Vec<Frame> {
+        list.iter()
+            .map(|(function, module)| {
+                let mut f = Frame::named(function);
+                f.module = module.to_string();
+                f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runtime_is_judged_on_the_complete_stack() {
+        let glue = [("__libc_start_call_main", "libc.so.6"), ("_start", "app")];
+        // strdup called by the program: the program's leak.
+        let strdup = frames(&[("__GI___strdup", "libc.so.6"), ("main", "app"), glue[0], glue[1]]);
+        assert!(!is_runtime_stack(&strdup));
+        // libc's own start-up work, under the executable's _start: runtime.
+        let init = frames(&[("_IO_setb", "libc.so.6"), ("__libc_start_main_impl", "libc.so.6"), glue[1]]);
+        assert!(is_runtime_stack(&init));
+        // A thread's malloc cache, made by the program's first malloc: runtime.
+        let tcache =
+            frames(&[("tcache_init", "libc.so.6"), ("__GI___libc_malloc", "libc.so.6"), ("main", "app")]);
+        assert!(is_runtime_stack(&tcache));
+        // The emergency pool, before main, from the loader: runtime.
+        let pool = frames(&[
+            ("(anonymous namespace)::pool::pool", "libstdc++.so.6"),
+            ("call_init", "ld-linux-x86-64.so.2"),
+            ("_dl_start_user", "ld-linux-x86-64.so.2"),
+        ]);
+        assert!(is_runtime_stack(&pool));
+        // std::string growth in the program's code: the program's.
+        let string =
+            frames(&[("operator new(unsigned long)", "libstdc++.so.6"), ("make", "app"), ("main", "app")]);
+        assert!(!is_runtime_stack(&string));
+        assert!(!is_runtime_stack(&[]));
     }
 }

@@ -15,8 +15,8 @@ use crate::{
     report::{
         flame,
         model::{
-            Accuracy, CgroupInfo, ProcessSummary, SeriesReport, StackEntry, Status, TargetInfo, Total,
-            SCHEMA_VERSION,
+            Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, StackEntry, Status,
+            TargetInfo, Total, UnwindTables, SCHEMA_VERSION,
         },
         text, Report,
     },
@@ -206,6 +206,31 @@ fn build_report(
             ledger: collector.ledger.counters,
             probes_skipped: probes.skipped.clone(),
             probes_attached: probes.attached.clone(),
+            incomplete_stacks: collector
+                .incomplete_stacks
+                .iter()
+                .map(|(&(captured, reason), &events)| IncompleteStacks {
+                    captured_at: captured.name().to_string(),
+                    reason: crate::stacks::cut_name(reason),
+                    events,
+                })
+                .collect(),
+            unwind_tables: {
+                let t = &probes.tables.stats;
+                UnwindTables {
+                    modules: t.modules as u64,
+                    rows: t.rows,
+                    row_bytes: t.row_bytes(),
+                    code_bytes: t.code_bytes,
+                    build_ms: t.build_time.as_secs_f64() * 1e3,
+                    modules_without_tables: t
+                        .without_tables
+                        .iter()
+                        .map(|(module, why)| format!("{module}: {why}"))
+                        .collect(),
+                    mappings_over_limit: t.mappings_over_limit,
+                }
+            },
         },
     }
 }

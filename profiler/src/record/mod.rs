@@ -291,6 +291,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             return Ok(probes);
         }
         probes.add_target(info.pid)?;
+        track_stacks(&mut probes, info.pid);
         probed.ensure(&mut probes, info.pid)?;
         if let Some(function) = &opts.warmup.function {
             probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
@@ -418,6 +419,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                         if how != launch::NewImage::Fork {
                             collector.snapshot_process(pid);
                         }
+                        track_stacks(&mut probes, pid);
                         if how != launch::NewImage::ExecWithoutLibc {
                             if let Err(e) = probed.ensure(&mut probes, pid) {
                                 eprintln!("warning: no heap probes for pid {pid}: {e:#}");
@@ -460,6 +462,9 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             }
             _ = drain_timer.tick() => {
                 drain(ring.get_mut(), &mut collector, Some(BATCH));
+                for pid in std::mem::take(&mut collector.mapped_files) {
+                    track_stacks(&mut probes, pid);
+                }
                 match &mut target {
                     Target::Cgroup(cgroup) => {
                         if cgroup.last_scan.elapsed() > Duration::from_millis(200) {
@@ -597,6 +602,14 @@ const BATCH: usize = 8192;
 
 /// Ingests what the ring buffer holds, all of it or at most `limit`
 /// records; returns whether records remain.
+/// Gives the kernel's stack walker the call-frame tables of process `pid`'s
+/// current modules (a process it has none for is walked by frame pointers).
+fn track_stacks(probes: &mut Probes, pid: u32) {
+    // Fails only when the process is gone or its maps unreadable; its stacks
+    // are then walked by frame pointers, and each one says so.
+    let _ = probes.tables.track(pid);
+}
+
 fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, limit: Option<usize>) -> bool {
     let mut read = 0;
     while limit.is_none_or(|l| read < l) {

@@ -109,6 +109,7 @@ impl ProbedProcesses {
         let execs: Vec<u32> = collector.execs.drain(..).collect();
         for pid in forks.into_iter().chain(execs) {
             // note_process already ran when the event was ingested.
+            super::track_stacks(probes, pid);
             self.pending.insert(pid, Instant::now());
         }
         self.retry_pending(probes, false);
@@ -143,10 +144,12 @@ impl ProbedProcesses {
                     let brk = maps.heap_end().or_else(|| preflight::start_brk(pid));
                     collector.add_process(pid, maps, brk);
                 }
+                super::track_stacks(probes, pid);
                 self.pending.insert(pid, Instant::now());
             }
         }
         for pid in collector.execs.drain(..) {
+            super::track_stacks(probes, pid);
             self.pending.insert(pid, Instant::now());
         }
         collector.forks.clear();

@@ -246,6 +246,37 @@ pub struct Accuracy {
     /// Allocator entry points not probed, and why.
     pub probes_skipped: Vec<String>,
     pub probes_attached: Vec<String>,
+    /// Events whose stack does not reach the program's first frame (each
+    /// such stack ends in a marker frame naming the reason).
+    #[serde(default)]
+    pub incomplete_stacks: Vec<IncompleteStacks>,
+    /// The kernel stack walker's call-frame tables.
+    #[serde(default)]
+    pub unwind_tables: UnwindTables,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IncompleteStacks {
+    /// "allocator", "syscall" or "page fault".
+    pub captured_at: String,
+    /// The marker frame's text.
+    pub reason: String,
+    pub events: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UnwindTables {
+    pub modules: u64,
+    pub rows: u64,
+    /// Kernel memory taken by the rows.
+    pub row_bytes: u64,
+    /// Executable bytes the tables cover.
+    pub code_bytes: u64,
+    pub build_ms: f64,
+    /// Modules walked by frame pointer, with the reason.
+    pub modules_without_tables: Vec<String>,
+    /// Executable mappings past the per-process limit (walked by frame pointer).
+    pub mappings_over_limit: u64,
 }
 
 /// The profiler's own CPU time and peak memory, up to the report.

@@ -235,6 +235,29 @@ pub fn render(report: &Report, top: usize) -> String {
     for skipped in &a.probes_skipped {
         let _ = writeln!(s, "  not probed: {skipped}");
     }
+    let u = &a.unwind_tables;
+    let _ = writeln!(
+        s,
+        "  unwind tables: {} modules, {} rows ({}) for {} of code, built in {:.0} ms",
+        u.modules,
+        u.rows,
+        human_bytes(u.row_bytes),
+        human_bytes(u.code_bytes),
+        u.build_ms
+    );
+    for module in &u.modules_without_tables {
+        let _ = writeln!(s, "  walked by frame pointer (no table): {module}");
+    }
+    if u.mappings_over_limit > 0 {
+        let _ = writeln!(
+            s,
+            "  walked by frame pointer: {} executable mappings past the per-process limit",
+            u.mappings_over_limit
+        );
+    }
+    for cut in &a.incomplete_stacks {
+        let _ = writeln!(s, "  incomplete stacks: {} {} at {}", cut.events, cut.reason, cut.captured_at);
+    }
     s
 }
 
@@ -265,6 +288,7 @@ fn losses(report: &Report) -> Option<String> {
         (a.sampled_map_full, "sampled blocks lost to a full map"),
         (a.missed_returns, "allocator calls whose return was missed"),
         (a.stack_failures, "stacks not captured"),
+        (a.incomplete_stacks.iter().map(|c| c.events).sum(), "stacks cut short (marked in the stack)"),
         (a.undecodable_events, "undecodable events"),
     ];
     let parts: Vec<String> =

@@ -1,0 +1,172 @@
+//! Loads call-frame tables into the kernel walker's maps: each module's rows
+//! once per session (modules are told apart by device and inode, so a
+//! process tree maps one libc table), and per profiled process the sorted
+//! list of its executable mappings pointing into them.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use profiler_common::unwind::{Mapping, Process, Row, RowPage, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES};
+
+use super::table::{self, NoTable};
+use crate::{files::target::open_mapped, procmaps::ProcessMaps};
+
+/// A module's rows in the row array.
+#[derive(Clone, Copy, Debug)]
+struct Loaded {
+    first_row: u32,
+    rows: u32,
+    /// `table::ModuleTable::base`.
+    base: u64,
+}
+
+/// Why a module's code is walked by frame pointer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Missing {
+    Table(NoTable),
+    /// The row array is full (`ROW_PAGES`).
+    ArrayFull,
+    /// The mapped file could not be opened safely.
+    Unopenable(String),
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Table(e) => e.fmt(f),
+            Self::ArrayFull => write!(f, "the kernel's unwind table array is full"),
+            Self::Unopenable(e) => write!(f, "cannot open it: {e}"),
+        }
+    }
+}
+
+/// What the tables cost and what they miss (for the report and the bench).
+#[derive(Clone, Debug, Default)]
+pub struct TableStats {
+    pub modules: usize,
+    pub rows: u64,
+    /// Bytes of executable mappings covered by a table (first mapping of each module).
+    pub code_bytes: u64,
+    pub build_time: Duration,
+    /// Modules walked by frame pointer instead, with the reason.
+    pub without_tables: Vec<(String, String)>,
+    /// Executable mappings past [`MAX_MAPPINGS`] in one process (walked by frame pointer).
+    pub mappings_over_limit: u64,
+}
+
+impl TableStats {
+    /// Kernel memory the loaded rows take.
+    pub fn row_bytes(&self) -> u64 {
+        self.rows * std::mem::size_of::<Row>() as u64
+    }
+}
+
+pub struct KernelTables {
+    rows: Array<MapData, RowPage>,
+    processes: BpfHashMap<MapData, u32, Process>,
+    next_page: u32,
+    modules: HashMap<(u64, u64), Result<Loaded, Missing>>,
+    pub stats: TableStats,
+}
+
+impl KernelTables {
+    pub fn new(rows: aya::maps::Map, processes: aya::maps::Map) -> Result<Self> {
+        Ok(Self {
+            rows: Array::try_from(rows).context("UNWIND_ROWS map")?,
+            processes: BpfHashMap::try_from(processes).context("UNWIND_PROCESSES map")?,
+            next_page: 0,
+            modules: HashMap::new(),
+            stats: TableStats::default(),
+        })
+    }
+
+    /// Loads the tables of every module process `pid` maps executable (those
+    /// not loaded yet) and gives the kernel the process's current mappings.
+    pub fn track(&mut self, pid: u32) -> Result<()> {
+        let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let mut list = Vec::new();
+        for m in maps.mappings.iter().filter(|m| m.executable && m.file().is_some()) {
+            let (key, loaded) = match open_mapped(pid, m) {
+                Ok(module) => {
+                    let key = module.file.metadata().map(|md| (md.dev(), md.ino())).unwrap_or((0, m.inode));
+                    if !self.modules.contains_key(&key) {
+                        let loaded = self.load(&module.file);
+                        match &loaded {
+                            Ok(l) => {
+                                self.stats.modules += 1;
+                                self.stats.rows += l.rows as u64;
+                                self.stats.code_bytes += m.end - m.start;
+                            }
+                            Err(why) => self.stats.without_tables.push((m.name.clone(), why.to_string())),
+                        }
+                        self.modules.insert(key, loaded);
+                    }
+                    let delta = table::vaddr_delta(&object::ReadCache::new(&module.file), m.offset);
+                    (Some(key), delta)
+                }
+                Err(e) => {
+                    let why = Missing::Unopenable(e.to_string());
+                    if !self.stats.without_tables.iter().any(|(n, _)| *n == m.name) {
+                        self.stats.without_tables.push((m.name.clone(), why.to_string()));
+                    }
+                    (None, None)
+                }
+            };
+            let mut mapping = Mapping { start: m.start, end: m.end, ..Default::default() };
+            if let (Some(Ok(l)), Some(delta)) = (key.and_then(|k| self.modules.get(&k)), loaded) {
+                // vaddr = address - start + file offset + delta; row pc = vaddr - base.
+                mapping.bias = m.start.wrapping_sub(m.offset).wrapping_sub(delta).wrapping_add(l.base);
+                mapping.first_row = l.first_row;
+                mapping.rows = l.rows;
+            }
+            list.push(mapping);
+        }
+        if list.len() > MAX_MAPPINGS {
+            self.stats.mappings_over_limit += (list.len() - MAX_MAPPINGS) as u64;
+            // Keep the largest: most code, most frames.
+            list.sort_by_key(|m| std::cmp::Reverse(m.end - m.start));
+            list.truncate(MAX_MAPPINGS);
+            list.sort_by_key(|m| m.start);
+        }
+        let mut process =
+            Process { count: list.len() as u32, _pad: 0, mappings: [Mapping::default(); MAX_MAPPINGS] };
+        process.mappings[..list.len()].copy_from_slice(&list);
+        let current = self.processes.get(&pid, 0).ok();
+        if current.is_some_and(|c| c.count == process.count && c.mappings == process.mappings) {
+            return Ok(());
+        }
+        self.processes.insert(pid, process, 0).context("writing a process's unwind mappings")?;
+        Ok(())
+    }
+
+    /// Builds a module's table and writes its rows, from a fresh page.
+    fn load(&mut self, file: &std::fs::File) -> Result<Loaded, Missing> {
+        let started = Instant::now();
+        let loaded = self.build_and_write(file);
+        self.stats.build_time += started.elapsed();
+        loaded
+    }
+
+    fn build_and_write(&mut self, file: &std::fs::File) -> Result<Loaded, Missing> {
+        let t = table::build(&object::ReadCache::new(file)).map_err(Missing::Table)?;
+        let pages = t.rows.len().div_ceil(ROWS_PER_PAGE) as u32;
+        if self.next_page + pages > ROW_PAGES {
+            return Err(Missing::ArrayFull);
+        }
+        let first_page = self.next_page;
+        for (i, chunk) in t.rows.chunks(ROWS_PER_PAGE).enumerate() {
+            let mut page = RowPage { rows: [Row::default(); ROWS_PER_PAGE] };
+            page.rows[..chunk.len()].copy_from_slice(chunk);
+            self.rows
+                .set(first_page + i as u32, page, 0)
+                .map_err(|e| Missing::Table(NoTable::Unreadable(format!("writing rows: {e}"))))?;
+        }
+        self.next_page += pages;
+        Ok(Loaded { first_row: first_page * ROWS_PER_PAGE as u32, rows: t.rows.len() as u32, base: t.base })
+    }
+}

@@ -1,0 +1,258 @@
+//! A module's call-frame information (`.eh_frame`, else `.debug_frame`) as
+//! the kernel walker's rows: for each code range, where the caller's frame
+//! starts (CFA from `rsp` or `rbp` plus an offset) and where the caller's
+//! `rbp` was saved. Gaps between functions become [`rule::NO_CFI`] rows, so
+//! code without information is walked by its frame pointer rather than with
+//! the rule of the function before it.
+
+use gimli::{
+    BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, Reader, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef};
+use profiler_common::unwind::{rule, Row};
+
+/// One module's rows, sorted by `pc` (an offset from `base`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModuleTable {
+    /// Virtual address (in the module's own address space) of `pc` 0.
+    pub base: u64,
+    pub rows: Vec<Row>,
+    /// Rows with a rule the kernel walker does not follow (signal frames,
+    /// DWARF expressions): a walk reaching one stops there, marked.
+    pub unsupported_rows: usize,
+}
+
+/// Why a module has no table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoTable {
+    /// Neither `.eh_frame` nor `.debug_frame`: walked by frame pointers.
+    NoCallFrameInfo,
+    /// The file is not an ELF object we can read.
+    Unreadable(String),
+    /// The call-frame information does not parse.
+    Malformed(String),
+    /// The code spans more than 4 GiB (rows hold 32-bit offsets).
+    TooLarge,
+}
+
+impl std::fmt::Display for NoTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoCallFrameInfo => write!(f, "no call-frame information"),
+            Self::Unreadable(e) => write!(f, "unreadable: {e}"),
+            Self::Malformed(e) => write!(f, "malformed call-frame information: {e}"),
+            Self::TooLarge => write!(f, "code spans more than 4 GiB"),
+        }
+    }
+}
+
+/// A row's rule before offsets are made relative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rule {
+    rule: u8,
+    cfa_offset: u16,
+    rbp_offset: i8,
+}
+
+const NO_CFI: Rule = Rule { rule: rule::NO_CFI, cfa_offset: 0, rbp_offset: 0 };
+const UNSUPPORTED: Rule = Rule { rule: rule::UNSUPPORTED, cfa_offset: 0, rbp_offset: 0 };
+
+/// Builds the table of the ELF module `data` (any [`ReadRef`]: a file read
+/// lazily reads only headers and the frame section).
+pub fn build<'a, R: ReadRef<'a>>(data: R) -> Result<ModuleTable, NoTable> {
+    let file = object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))?;
+    let mut ranges = Vec::new();
+    if let Some(section) = file.section_by_name(".eh_frame").filter(|s| s.size() > 0) {
+        let bytes = section.data().map_err(|e| NoTable::Unreadable(e.to_string()))?;
+        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+        if let Some(text) = file.section_by_name(".text") {
+            bases = bases.set_text(text.address());
+        }
+        if let Some(got) = file.section_by_name(".got") {
+            bases = bases.set_got(got.address());
+        }
+        collect(&EhFrame::new(bytes, gimli::LittleEndian), &bases, &mut ranges)?;
+    } else if let Some(section) = file.section_by_name(".debug_frame").filter(|s| s.size() > 0) {
+        let bytes = section.data().map_err(|e| NoTable::Unreadable(e.to_string()))?;
+        let mut frame = DebugFrame::new(bytes, gimli::LittleEndian);
+        frame.set_address_size(8);
+        collect(&frame, &BaseAddresses::default(), &mut ranges)?;
+    } else {
+        return Err(NoTable::NoCallFrameInfo);
+    }
+    rows_of(ranges)
+}
+
+/// (start, end, rule) of every row of every FDE in `section`.
+fn collect<R: Reader<Offset = usize>, S: UnwindSection<R>>(
+    section: &S,
+    bases: &BaseAddresses,
+    ranges: &mut Vec<(u64, u64, Rule)>,
+) -> Result<(), NoTable> {
+    let malformed = |e: gimli::Error| NoTable::Malformed(e.to_string());
+    let mut ctx = UnwindContext::new();
+    let mut entries = section.entries(bases);
+    while let Some(entry) = entries.next().map_err(malformed)? {
+        let CieOrFde::Fde(partial) = entry else { continue };
+        // A broken FDE loses its function, not the module.
+        let Ok(fde) = partial.parse(S::cie_from_offset) else { continue };
+        let Ok(mut table) = fde.rows(section, bases, &mut ctx) else { continue };
+        while let Ok(Some(row)) = table.next_row() {
+            if row.start_address() < row.end_address() {
+                ranges.push((row.start_address(), row.end_address(), rule_of(section, row)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rule_of<R: Reader<Offset = usize>, S: UnwindSection<R>>(
+    section: &S,
+    row: &gimli::UnwindTableRow<usize>,
+) -> Rule {
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Undefined) => return Rule { rule: rule::END, cfa_offset: 0, rbp_offset: 0 },
+        Some(RegisterRule::Offset(-8)) | None => {}
+        _ => return UNSUPPORTED,
+    }
+    let (base, offset) = match row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RSP => {
+            (rule::CFA_RSP, *offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if *register == X86_64::RBP => {
+            (rule::CFA_RBP, *offset)
+        }
+        CfaRule::Expression(expr) => {
+            let is_plt = expr
+                .get(section)
+                .ok()
+                .and_then(|e| e.0.to_slice().ok().map(|b| is_plt_expression(&b)))
+                .unwrap_or(false);
+            return if is_plt { Rule { rule: rule::PLT, cfa_offset: 0, rbp_offset: 0 } } else { UNSUPPORTED };
+        }
+        _ => return UNSUPPORTED,
+    };
+    let Ok(cfa_offset) = u16::try_from(offset) else { return UNSUPPORTED };
+    let rbp_offset = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::Undefined | RegisterRule::SameValue) => 0,
+        Some(RegisterRule::Offset(n)) if n % 8 == 0 && n != 0 => match i8::try_from(n / 8) {
+            Ok(n) => n,
+            Err(_) => return UNSUPPORTED,
+        },
+        _ => return UNSUPPORTED,
+    };
+    Rule { rule: base, cfa_offset, rbp_offset }
+}
+
+/// The CFA expression linkers emit for lazy-binding PLT entries:
+/// `rsp + 8 + ((rip & 15) >= 11 ? 8 : 0)`.
+fn is_plt_expression(b: &[u8]) -> bool {
+    const PLT: [u8; 11] = [0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
+    b == PLT
+}
+
+/// Sorted, merged rows, with [`NO_CFI`] rows where no FDE covers the code.
+fn rows_of(mut ranges: Vec<(u64, u64, Rule)>) -> Result<ModuleTable, NoTable> {
+    ranges.sort_by_key(|r| r.0);
+    let Some(base) = ranges.first().map(|r| r.0) else { return Err(NoTable::NoCallFrameInfo) };
+    let mut rows: Vec<Row> = Vec::with_capacity(ranges.len() + ranges.len() / 4);
+    let mut covered_to = base;
+    let mut unsupported_rows = 0;
+    let push = |rows: &mut Vec<Row>, at: u64, r: Rule| -> Result<(), NoTable> {
+        let pc = u32::try_from(at - base).map_err(|_| NoTable::TooLarge)?;
+        if let Some(last) = rows.last_mut() {
+            let same =
+                last.rule == r.rule && last.cfa_offset == r.cfa_offset && last.rbp_offset == r.rbp_offset;
+            if same {
+                return Ok(());
+            }
+            if last.pc == pc {
+                rows.pop();
+            }
+        }
+        rows.push(Row { pc, cfa_offset: r.cfa_offset, rule: r.rule, rbp_offset: r.rbp_offset });
+        Ok(())
+    };
+    for (start, end, r) in ranges {
+        if start > covered_to {
+            push(&mut rows, covered_to, NO_CFI)?;
+        }
+        if r == UNSUPPORTED {
+            unsupported_rows += 1;
+        }
+        push(&mut rows, start, r)?;
+        covered_to = covered_to.max(end);
+    }
+    push(&mut rows, covered_to, NO_CFI)?;
+    Ok(ModuleTable { base, rows, unsupported_rows })
+}
+
+/// The delta between virtual addresses and file offsets in the segment of
+/// `data` holding `file_offset` (vaddr = offset + delta).
+pub fn vaddr_delta<'a, R: ReadRef<'a>>(data: R, file_offset: u64) -> Option<u64> {
+    let file = object::File::parse(data).ok()?;
+    file.segments().find_map(|seg| {
+        let (start, size) = seg.file_range();
+        (start..start + size).contains(&file_offset).then(|| seg.address().wrapping_sub(start))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pc: u32, rule: u8, cfa_offset: u16, rbp_offset: i8) -> Row {
+        Row { pc, cfa_offset, rule, rbp_offset }
+    }
+
+    #[test]
+    fn gaps_between_functions_are_walked_by_frame_pointer() {
+        let f = |rule, cfa_offset| Rule { rule, cfa_offset, rbp_offset: 0 };
+        let t = rows_of(vec![
+            (0x1000, 0x1001, f(rule::CFA_RSP, 8)),
+            (0x1001, 0x1010, f(rule::CFA_RSP, 16)),
+            (0x1010, 0x1020, f(rule::CFA_RSP, 16)),
+            (0x1040, 0x1050, f(rule::CFA_RSP, 8)),
+        ])
+        .unwrap();
+        assert_eq!(t.base, 0x1000);
+        assert_eq!(
+            t.rows,
+            vec![
+                row(0, rule::CFA_RSP, 8, 0),
+                row(1, rule::CFA_RSP, 16, 0),
+                row(0x20, rule::NO_CFI, 0, 0),
+                row(0x40, rule::CFA_RSP, 8, 0),
+                row(0x50, rule::NO_CFI, 0, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn plt_expression_is_recognized() {
+        assert!(is_plt_expression(&[0x77, 0x08, 0x80, 0x00, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22]));
+        assert!(!is_plt_expression(&[0x77, 0x08]));
+    }
+
+    /// The C library's own table: `malloc` is frameless at -O2 (CFA from
+    /// rsp), `_start`-like entry code ends the walk, and signal return code is
+    /// marked unsupported rather than guessed.
+    #[test]
+    fn libc_table_has_rsp_rbp_and_end_rules() {
+        let Some(libc) = ["/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+        else {
+            return;
+        };
+        let data = std::fs::read(libc).unwrap();
+        let t = build(&*data).unwrap();
+        assert!(t.rows.len() > 5_000, "{} rows", t.rows.len());
+        assert!(t.rows.windows(2).all(|w| w[0].pc < w[1].pc));
+        for r in [rule::CFA_RSP, rule::CFA_RBP, rule::END, rule::NO_CFI] {
+            assert!(t.rows.iter().any(|row| row.rule == r), "no rule {r}");
+        }
+        assert!(t.unsupported_rows > 0, "__restore_rt's expression rule");
+    }
+}
