@@ -22,19 +22,27 @@ pub fn tmp() -> PathBuf {
 /// Builds `tests/fixtures/<name>.c` once per test binary, with frame
 /// pointers and debug info, using `compiler` (`cc`, `musl-gcc`).
 pub fn fixture_with(compiler: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let mut flags = vec!["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread"];
+    flags.extend_from_slice(extra);
+    built_fixture(compiler, &format!("{name}.c"), &flags)
+}
+
+/// Builds `tests/fixtures/<source>` once per test binary with exactly
+/// `flags` (e.g. a distribution's `-O2`, no frame pointers), using
+/// `compiler` (`cc`, `g++`, `rustc`).
+pub fn built_fixture(compiler: &str, source: &str, flags: &[&str]) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
-    let key = format!("{compiler} {name} {}", extra.join(" "));
+    let key = format!("{compiler} {source} {}", flags.join(" "));
     let mut built = BUILT.lock().unwrap();
     if let Some(exe) = built.get_or_insert_with(HashMap::new).get(&key) {
         return exe.clone();
     }
-    let suffix: String = extra.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("-");
-    let exe =
-        tmp().join(format!("bin-{compiler}-{name}{}{suffix}", if suffix.is_empty() { "" } else { "-" }));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{name}.c"));
+    let stem = source.rsplit_once('.').map_or(source, |(stem, _)| stem);
+    let suffix: String = flags.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("-");
+    let exe = tmp().join(format!("bin-{compiler}-{stem}-{suffix}").replace(['=', ' '], "_"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{source}"));
     let status = Command::new(compiler)
-        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline", "-pthread"])
-        .args(extra)
+        .args(flags)
         .arg("-o")
         .arg(&exe)
         .arg(&src)

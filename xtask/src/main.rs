@@ -341,6 +341,8 @@ fn install_test_tools() {
             ("/usr/lib/x86_64-linux-gnu/libjemalloc_pic.a", "libjemalloc-dev"),
             ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "libgoogle-perftools-dev"),
             ("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", "libmimalloc-dev"),
+            ("sqlite3", "sqlite3"),
+            ("g++", "g++"),
         ],
         "the tests",
     );

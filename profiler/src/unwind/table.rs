@@ -188,14 +188,29 @@ fn rows_of(mut ranges: Vec<(u64, u64, Rule)>) -> Result<ModuleTable, NoTable> {
     Ok(ModuleTable { base, rows, unsupported_rows })
 }
 
-/// The delta between virtual addresses and file offsets in the segment of
-/// `data` holding `file_offset` (vaddr = offset + delta).
+/// The delta between virtual addresses and file offsets (vaddr = offset +
+/// delta) of the executable segment that a mapping at page-aligned
+/// `file_offset` maps. A segment's own offset need not be page-aligned
+/// (lld packs segments), so the mapping may start below it.
 pub fn vaddr_delta<'a, R: ReadRef<'a>>(data: R, file_offset: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    const PF_X: u32 = 1;
     let file = object::File::parse(data).ok()?;
-    file.segments().find_map(|seg| {
-        let (start, size) = seg.file_range();
-        (start..start + size).contains(&file_offset).then(|| seg.address().wrapping_sub(start))
-    })
+    // (file start, file size, vaddr, executable) of each segment.
+    let segments: Vec<(u64, u64, u64, bool)> = file
+        .segments()
+        .map(|seg| {
+            let (start, size) = seg.file_range();
+            let x = matches!(seg.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0);
+            (start, size, seg.address(), x)
+        })
+        .collect();
+    let holds = |&&(start, size, _, _): &&(u64, u64, u64, bool)| {
+        (start & !(PAGE - 1)..start + size).contains(&file_offset)
+    };
+    let (start, _, vaddr, _) =
+        segments.iter().find(|s| holds(s) && s.3).or_else(|| segments.iter().find(holds))?;
+    Some(vaddr.wrapping_sub(*start))
 }
 
 #[cfg(test)]
