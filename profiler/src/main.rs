@@ -11,6 +11,7 @@ use profiler::{
     record::{record, RecordOptions, SortBy, TargetSpec, Warmup},
     report::{flame::GroupBy, Report},
     trend::Thresholds,
+    unwind::StackWalk,
 };
 
 /// `2G`, `512M`, `64k`, `1000` (binary units).
@@ -213,6 +214,12 @@ struct RecordArgs {
     /// the kernel emulates (one trap instead of two); `entry` probes offset 0, for comparison.
     #[arg(long, value_enum, default_value_t = PlacementMode::Emulated, hide_short_help = true)]
     probe_placement: PlacementMode,
+
+    /// How user stacks are walked. `tables` (default) follows each module's call-frame
+    /// information in the kernel, complete on code built without frame pointers;
+    /// `frame-pointers` uses only the kernel's frame-pointer walk, for comparison.
+    #[arg(long, value_enum, default_value_t = StackWalk::Tables, hide_short_help = true)]
+    stack_walk: StackWalk,
 
     #[command(flatten)]
     warmup: WarmupArgs,
@@ -441,6 +448,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         lenses,
         sample_bytes,
         placement: args.probe_placement,
+        stack_walk: args.stack_walk,
         snapshot_at: {
             let mut sizes = args.snapshot_at;
             sizes.sort_unstable();

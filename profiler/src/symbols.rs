@@ -41,10 +41,27 @@ impl Default for Symbols {
         let symbolizer = Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
-            .enable_demangling(true)
+            // Ours (`demangle`): blazesym's sends plain C names through the
+            // C++ demangler, which reads `f` as `float`.
+            .enable_demangling(false)
             .build();
         Self { symbolizer, opened: Default::default() }
     }
+}
+
+/// A symbol as people read it: Rust names (v0 `_R...`, legacy `_ZN...E`,
+/// without the hash), then C++ names (`_Z...`); anything else is a plain C
+/// name and is left alone, as is a name no demangler parses.
+pub fn demangle(name: &str) -> String {
+    if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        return format!("{rust:#}");
+    }
+    if name.starts_with("_Z") {
+        if let Some(cpp) = cpp_demangle::Symbol::new(name).ok().and_then(|s| s.demangle().ok()) {
+            return cpp;
+        }
+    }
+    name.to_string()
 }
 
 fn basename(path: &str) -> &str {
@@ -55,7 +72,7 @@ fn basename(path: &str) -> &str {
 fn frame(function: &str, module: &str, offset: u64, code: Option<&CodeInfo>, inlined: bool) -> Frame {
     let (file, line) = code.map(|c| (c.to_path().display().to_string(), c.line)).unwrap_or_default();
     Frame {
-        function: function.to_string(),
+        function: demangle(function),
         module: module.to_string(),
         offset: format!("{offset:#x}"),
         file: (!file.is_empty()).then_some(file),
@@ -141,5 +158,23 @@ impl Symbols {
             }
         }
         names
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::demangle;
+
+    #[test]
+    fn plain_c_names_are_not_demangled() {
+        for name in ["f", "d", "i", "v", "main", "leak_strdup"] {
+            assert_eq!(demangle(name), name);
+        }
+    }
+
+    #[test]
+    fn cpp_and_rust_names_are() {
+        assert_eq!(demangle("_Znwm"), "operator new(unsigned long)");
+        assert_eq!(demangle("_ZN8rustleak13leak_box_leak17h09d227c3cfbc7001E"), "rustleak::leak_box_leak");
+        assert_eq!(demangle("_Zbogus"), "_Zbogus", "kept as written when no demangler parses it");
     }
 }

@@ -7,6 +7,10 @@
 //!   bookkeeping (skipped, with the reason, when bpftrace cannot run).
 //! - Node HTTP server under wrk (loopback, bounded): requests/s and p99
 //!   latency, unprobed vs each lens attached with `--pid`.
+//! - Stack walking: each lens's added ns per operation with call-frame
+//!   tables vs frame pointers only, on the churn loop built with and without
+//!   frame pointers, 10 frames below main; table memory per MiB of code and
+//!   the time to prepare node's tables at attach.
 //! - The profiler's own CPU time and peak RSS (from its reports), and the
 //!   userspace pipeline benchmark (`profiler/benches/pipeline.rs`).
 
@@ -34,6 +38,10 @@ const PRODUCTION_RPS_LOSS_TARGET: f64 = 0.03;
 const EVENTS_PER_S_TARGET: f64 = 1e6;
 const BYTES_PER_ALLOC_TARGET: f64 = 150.0;
 const REPORT_S_TARGET: f64 = 2.0;
+/// Complete unwinding may cost at most this times the frame-pointer walk.
+const UNWIND_RATIO_TARGET: f64 = 1.5;
+/// Frames between main and the churn loop in the stack-walk section.
+const CHURN_DEPTH: &str = "10";
 
 /// A lens configuration: its name and `profiler record` arguments.
 struct Config {
@@ -50,6 +58,21 @@ const CONFIGS: [Config; 4] = [
     Config { name: "alloc, --sample-bytes 512K", args: &["--lens", "alloc", "--sample-bytes", "512K"] },
     Config { name: "resident + handles (default)", args: &[] },
 ];
+
+/// Waits (up to 60 s) until no earlier run's probes are still being
+/// detached in the background (`profiler-detach`): a probe left on `malloc`
+/// would make the next "unprobed" run trap, and a probed one trap twice.
+fn settle() {
+    let detaching = || {
+        std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "profiler-detach")
+        })
+    };
+    let start = std::time::Instant::now();
+    while detaching() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -70,9 +93,10 @@ pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
     b.md.push_str("# Profiler overhead\n\nEach figure is the median of ");
     b.md.push_str(&format!("{RUNS} runs, measured against the unprobed run of the same invocation.\n\n"));
     let churn = b.churn(root)?;
+    let stack_walk = b.stack_walk(root)?;
     let http = b.http(root)?;
     let pipeline = b.pipeline(root)?;
-    let out = json!({ "churn": churn, "http": http, "pipeline": pipeline });
+    let out = json!({ "churn": churn, "stack_walk": stack_walk, "http": http, "pipeline": pipeline });
     std::fs::write(b.dir.join("bench.json"), serde_json::to_vec_pretty(&out)?)?;
     std::fs::write(b.dir.join("bench.md"), &b.md)?;
     println!("{}", b.md);
@@ -81,9 +105,13 @@ pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
 }
 
 fn compile_churn(root: &Path, out: &Path) -> Result<PathBuf> {
-    let exe = out.join("churn");
+    compile_churn_with(root, out, "churn", "-fno-omit-frame-pointer")
+}
+
+fn compile_churn_with(root: &Path, out: &Path, name: &str, frame_pointers: &str) -> Result<PathBuf> {
+    let exe = out.join(name);
     let st = Command::new("cc")
-        .args(["-O2", "-fno-omit-frame-pointer", "-o"])
+        .args(["-O2", frame_pointers, "-o"])
         .arg(&exe)
         .arg(root.join("tests/fixtures/churn.c"))
         .status()?;
@@ -93,11 +121,11 @@ fn compile_churn(root: &Path, out: &Path) -> Result<PathBuf> {
     Ok(exe)
 }
 
-/// Parses the churn fixture's "N ns per malloc+free pair".
+/// Parses the churn fixture's "N ns per <operation> pair".
 fn ns_per_pair(stdout: &[u8]) -> Result<f64> {
     let text = String::from_utf8_lossy(stdout);
     text.lines()
-        .find_map(|l| l.strip_suffix(" ns per malloc+free pair"))
+        .find_map(|l| l.split_once(" ns per ").filter(|(_, rest)| rest.ends_with(" pair")).map(|(n, _)| n))
         .and_then(|n| n.trim().parse().ok())
         .with_context(|| format!("no timing in churn output: {text}"))
 }
@@ -118,6 +146,7 @@ impl Bench {
         eprintln!("bench: churn loop");
         let exe = compile_churn(root, &self.dir)?;
         let run = |c: &mut Command| -> Result<f64> {
+            settle();
             let out = c.output()?;
             if !out.status.success() {
                 bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -145,6 +174,7 @@ impl Bench {
                 }
             }
             if bpftrace_skip.is_none() {
+                settle();
                 let out = Command::new("bpftrace")
                     .args(["-e", script, "-c"])
                     .arg(format!("{} {PROBED_PAIRS}", exe.display()))
@@ -215,6 +245,129 @@ impl Bench {
         ));
         Ok(
             json!({ "unprobed_ns": base, "rows": rows, "alloc_vs_naive": ratio, "profiler_cpu_s": median(cpu), "profiler_peak_rss_bytes": median(rss) }),
+        )
+    }
+
+    fn stack_walk(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: stack walking");
+        let builds = [
+            (
+                "with frame pointers",
+                compile_churn_with(root, &self.dir, "churn-fp", "-fno-omit-frame-pointer")?,
+            ),
+            (
+                "without frame pointers (-O2)",
+                compile_churn_with(root, &self.dir, "churn-nofp", "-fomit-frame-pointer")?,
+            ),
+        ];
+        // (operation, lens, pairs unprobed, pairs probed)
+        let workloads = [
+            ("malloc", "alloc", "2000000", "200000"),
+            ("open", "handles", "100000", "50000"),
+            ("fault", "resident", "50000", "20000"),
+        ];
+        let run = |c: &mut Command| -> Result<f64> {
+            settle();
+            let out = c.output()?;
+            if !out.status.success() {
+                bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            ns_per_pair(&out.stdout)
+        };
+        self.md.push_str(&format!("## Stack walking ({CHURN_DEPTH} frames below main)\n\n"));
+        self.md.push_str(
+            "Added ns per operation pair; `tables`: call-frame tables walked in the kernel (the default), \
+             `frame pointers`: the kernel's frame-pointer walk only (`--stack-walk frame-pointers`), which \
+             is complete only on the build with frame pointers.\n\n\
+             | operation (lens) | build | unprobed ns | frame pointers added | tables added | tables / frame pointers |\n\
+             |---|---|---:|---:|---:|---:|\n",
+        );
+        let mut rows = Vec::new();
+        let mut table_report = None;
+        for (op, lens, unprobed_pairs, probed_pairs) in workloads {
+            for (build, exe) in &builds {
+                let mut base = Vec::new();
+                let mut fp = Vec::new();
+                let mut tables = Vec::new();
+                for _ in 0..RUNS {
+                    base.push(run(Command::new(exe).args([unprobed_pairs, CHURN_DEPTH, op]))?);
+                    let target =
+                        [exe.clone().into_os_string(), probed_pairs.into(), CHURN_DEPTH.into(), op.into()];
+                    let fp_args = ["--lens", lens, "--stack-walk", "frame-pointers"];
+                    fp.push(run(&mut self.record("walk-fp", &fp_args, &target))?);
+                    tables.push(run(&mut self.record("walk-tables", &["--lens", lens], &target))?);
+                }
+                let base = median(base);
+                let (fp, tables) = (median(fp) - base, median(tables) - base);
+                self.md.push_str(&format!(
+                    "| {op} ({lens}) | {build} | {base:.0} | {fp:.0} | {tables:.0} | {:.2}x |
+",
+                    tables / fp
+                ));
+                rows.push(json!({ "operation": op, "lens": lens, "build": build, "unprobed_ns": base,
+                    "frame_pointers_added_ns": fp, "tables_added_ns": tables, "ratio": tables / fp }));
+                if table_report.is_none() {
+                    table_report = Some(self.report("walk-tables")?);
+                }
+            }
+        }
+        let alloc_fp = rows
+            .iter()
+            .find(|r| r["operation"] == "malloc")
+            .map_or(f64::NAN, |r| r["ratio"].as_f64().unwrap_or(f64::NAN));
+        self.md.push_str(&format!(
+            "
+Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (alloc lens, build with frame pointers, where both are complete): **{alloc_fp:.2}x, {}**.
+
+",
+            if alloc_fp <= UNWIND_RATIO_TARGET { "met" } else { "missed" }
+        ));
+        let tables = &table_report.context("no stack-walk report")?["accuracy"]["unwind_tables"];
+        let per_mib = |t: &Value| {
+            t["row_bytes"].as_f64().unwrap_or(0.0) / (t["code_bytes"].as_f64().unwrap_or(1.0) / 1048576.0)
+        };
+        self.md.push_str(&format!(
+            "Unwind table memory (churn's modules): {:.0} KiB per MiB of mapped code ({} rows for {:.1} MiB).
+
+",
+            per_mib(tables) / 1024.0,
+            tables["rows"],
+            tables["code_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        ));
+        let node = if crate::find_in_path("node").is_some() {
+            let st = self
+                .record(
+                    "walk-node",
+                    &["--lens", "handles", "--duration", "2"],
+                    &["node".into(), "-e".into(), "setTimeout(() => {}, 3000)".into()],
+                )
+                .status()?;
+            if !st.success() {
+                bail!("profiling node failed");
+            }
+            let t = self.report("walk-node")?["accuracy"]["unwind_tables"].clone();
+            self.md.push_str(&format!(
+                "Node ({} modules, {:.1} MiB of code): tables prepared in {:.0} ms at attach, {} rows, {:.1} MiB of kernel memory ({:.0} KiB per MiB of code).
+
+",
+                t["modules"],
+                t["code_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                t["build_ms"].as_f64().unwrap_or(0.0),
+                t["rows"],
+                t["row_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                per_mib(&t) / 1024.0
+            ));
+            t
+        } else {
+            self.md.push_str(
+                "Node table preparation skipped: node is not installed.
+
+",
+            );
+            json!({ "skipped": "node missing" })
+        };
+        Ok(
+            json!({ "depth": CHURN_DEPTH, "rows": rows, "alloc_ratio": alloc_fp, "churn_tables": tables, "node_tables": node }),
         )
     }
 

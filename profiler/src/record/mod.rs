@@ -37,6 +37,7 @@ use crate::{
         launch::{self, Control, TargetEvent},
         pidfd, ProcessInfo,
     },
+    unwind::StackWalk,
 };
 
 /// What to profile.
@@ -101,6 +102,7 @@ pub struct RecordOptions {
     /// Alloc lens: mean bytes between sampled allocations (0: every call).
     pub sample_bytes: u64,
     pub placement: PlacementMode,
+    pub stack_walk: StackWalk,
 }
 
 /// How stacks are ranked within each kind.
@@ -138,6 +140,7 @@ impl RecordOptions {
             lenses: Lenses::default(),
             sample_bytes: 0,
             placement: PlacementMode::default(),
+            stack_walk: StackWalk::default(),
         }
     }
 }
@@ -278,6 +281,9 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         let settings =
             ProbeSettings { cgroup_mode, sample_bytes: opts.sample_bytes, placement: opts.placement };
         let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
+        if opts.stack_walk == StackWalk::FramePointers {
+            probes.tables.disable();
+        }
         probes.attach_syscalls(opts.lenses.handles, opts.warmup.stdout_marker.is_some())?;
         probes.attach_process_tracepoints(follow)?;
         if opts.lenses.resident {

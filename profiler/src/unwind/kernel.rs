@@ -23,6 +23,8 @@ struct Loaded {
     rows: u32,
     /// `table::ModuleTable::base`.
     base: u64,
+    /// The code the rows describe (from the first row to the last).
+    code_bytes: u64,
 }
 
 /// Why a module's code is walked by frame pointer.
@@ -50,7 +52,7 @@ impl std::fmt::Display for Missing {
 pub struct TableStats {
     pub modules: usize,
     pub rows: u64,
-    /// Bytes of executable mappings covered by a table (first mapping of each module).
+    /// Bytes of code the loaded tables describe.
     pub code_bytes: u64,
     pub build_time: Duration,
     /// Modules walked by frame pointer instead, with the reason.
@@ -71,6 +73,8 @@ pub struct KernelTables {
     processes: BpfHashMap<MapData, u32, Process>,
     next_page: u32,
     modules: HashMap<(u64, u64), Result<Loaded, Missing>>,
+    /// False with `--stack-walk frame-pointers`: no process gets tables.
+    enabled: bool,
     pub stats: TableStats,
 }
 
@@ -81,6 +85,7 @@ impl KernelTables {
             processes: BpfHashMap::try_from(processes).context("UNWIND_PROCESSES map")?,
             next_page: 0,
             modules: HashMap::new(),
+            enabled: true,
             stats: TableStats::default(),
         })
     }
@@ -88,6 +93,9 @@ impl KernelTables {
     /// Loads the tables of every module process `pid` maps executable (those
     /// not loaded yet) and gives the kernel the process's current mappings.
     pub fn track(&mut self, pid: u32) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
         let mut list = Vec::new();
         for m in maps.mappings.iter().filter(|m| m.executable && m.file().is_some()) {
@@ -100,7 +108,7 @@ impl KernelTables {
                             Ok(l) => {
                                 self.stats.modules += 1;
                                 self.stats.rows += l.rows as u64;
-                                self.stats.code_bytes += m.end - m.start;
+                                self.stats.code_bytes += l.code_bytes;
                             }
                             Err(why) => self.stats.without_tables.push((m.name.clone(), why.to_string())),
                         }
@@ -144,6 +152,11 @@ impl KernelTables {
         Ok(())
     }
 
+    /// Leaves every stack to the kernel's frame-pointer walk.
+    pub fn disable(&mut self) {
+        self.enabled = false;
+    }
+
     /// Builds a module's table and writes its rows, from a fresh page.
     fn load(&mut self, file: &std::fs::File) -> Result<Loaded, Missing> {
         let started = Instant::now();
@@ -167,6 +180,11 @@ impl KernelTables {
                 .map_err(|e| Missing::Table(NoTable::Unreadable(format!("writing rows: {e}"))))?;
         }
         self.next_page += pages;
-        Ok(Loaded { first_row: first_page * ROWS_PER_PAGE as u32, rows: t.rows.len() as u32, base: t.base })
+        Ok(Loaded {
+            first_row: first_page * ROWS_PER_PAGE as u32,
+            rows: t.rows.len() as u32,
+            base: t.base,
+            code_bytes: t.rows.last().map_or(0, |r| r.pc as u64),
+        })
     }
 }

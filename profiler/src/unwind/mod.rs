@@ -17,3 +17,14 @@ pub mod return_slot;
 pub mod table;
 
 pub use return_slot::Unwinder;
+
+/// How user stacks are walked (`--stack-walk`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StackWalk {
+    /// Call-frame tables in the kernel: complete on code without frame pointers.
+    #[default]
+    Tables,
+    /// The kernel's frame-pointer walk only (for comparison): stops or skips
+    /// at every function built without frame pointers.
+    FramePointers,
+}
