@@ -25,9 +25,12 @@ fn as_nobody(args: &[&str]) -> Command {
     c
 }
 
-/// A directory writable by nobody, and a root-only victim file beside it.
+/// A directory writable by nobody, and a root-only victim file beside it,
+/// under the system's temporary directory: nobody must reach it, whatever
+/// the permissions of the checkout the tests run in (`mktemp -d` makes 0700).
 fn arena(name: &str) -> (PathBuf, PathBuf) {
-    let dir = fresh_dir(name);
+    let dir = std::env::temp_dir().join(format!("profiler-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let victim = dir.with_extension("victim");

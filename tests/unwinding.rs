@@ -8,34 +8,18 @@ mod common;
 
 use std::{
     io::Write,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use common::{
-    built_fixture, folded_by_leaf, fresh_dir, record_launch, report_json, through, LEAKY_HEAP_LEAKS, PROFILER,
+    built_fixture, folded_by_leaf, fresh_dir, record_launch, report_json, stacks_through, start_profiler,
+    through, LEAKY_HEAP_LEAKS, PROFILER,
 };
 
 const NO_FRAME_POINTERS: &str = "-fomit-frame-pointer";
-
-/// Heap stacks through `function`, each as its function names.
-fn stacks_through(report: &serde_json::Value, kind: &str, function: &str) -> Vec<Vec<String>> {
-    report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .map(|e| {
-            e["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["function"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .filter(|names: &Vec<String>| names.iter().any(|n| n == function))
-        .collect()
-}
 
 /// Every stack through `function` reaches `main` (and the program's entry).
 fn assert_reaches_main(report: &serde_json::Value, kind: &str, function: &str) {
@@ -55,8 +39,12 @@ fn leaky_at(flags: &[&str], name: &str) {
     let exe = built_fixture("cc", "leaky.c", flags);
     let dir = fresh_dir(name);
     record_launch(&dir, &exe, &[]);
-    let report = report_json(&dir);
-    let heap = folded_by_leaf(&dir, "heap");
+    assert_leaky_ground_truth(&dir);
+}
+
+fn assert_leaky_ground_truth(dir: &Path) {
+    let report = report_json(dir);
+    let heap = folded_by_leaf(dir, "heap");
     for (f, bytes, n) in LEAKY_HEAP_LEAKS {
         assert_eq!(through(&report, "heap", f), (bytes, n), "heap through {f}; heap.folded: {heap:?}");
         assert_eq!(heap.get(f), Some(&bytes), "{f} is the leaf of its leak; heap.folded: {heap:?}");
@@ -76,6 +64,46 @@ fn distribution_build_with_debug_info_has_complete_stacks() {
 #[test]
 fn distribution_build_without_debug_info_has_complete_stacks() {
     leaky_at(&["-O2", NO_FRAME_POINTERS, "-pthread"], "unwind-leaky-O2");
+}
+
+/// Attached by pid to a running -O2 program: its tables are loaded before
+/// the probes, so the first event's stack is already complete.
+#[test]
+fn attached_by_pid_to_a_distribution_build_stacks_are_complete() {
+    let exe = built_fixture("cc", "leaky.c", &["-O2", "-g", NO_FRAME_POINTERS, "-pthread"]);
+    let mut target = Command::new(&exe).arg("--wait").stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let dir = fresh_dir("unwind-leaky-O2-pid");
+    let pid = target.id().to_string();
+    let (mut profiler, stderr) = start_profiler(&[
+        "--lens",
+        "alloc,resident,handles",
+        "-q",
+        "-o",
+        dir.to_str().unwrap(),
+        "--pid",
+        &pid,
+    ]);
+    assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    let status = profiler.wait().unwrap();
+    let _ = target.kill();
+    let _ = target.wait();
+    assert!(status.success(), "{}", stderr.join().unwrap());
+    assert_leaky_ground_truth(&dir);
+    // The resident and syscall stacks of the same build are complete too.
+    let report = report_json(&dir);
+    for kind in ["resident", "mmap", "sockets"] {
+        let stacks = stacks_through(&report, kind, "main");
+        assert!(!stacks.is_empty(), "no {kind} stack reaches main");
+    }
 }
 
 fn helpers() -> PathBuf {

@@ -21,18 +21,17 @@ use crate::{
 const MAP_ANONYMOUS: u64 = 0x20;
 const PAGE: u64 = 4096;
 
-/// Where an event's stack was captured, which decides how a frame-pointer
-/// stack is completed.
+/// Where an event's stack was captured, which decides where its shown part
+/// starts and how a frame-pointer stack is completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CapturedAt {
     /// An allocator's return: the frame chain is intact.
     Return,
-    /// A memory syscall, in a frameless libc wrapper (with stack hints).
+    /// A memory syscall (mmap, brk, ...), in a libc wrapper.
     Syscall,
-    /// A handle-creating syscall (the same, but the leaf is the first frame
-    /// outside the C library: `fopen`'s caller, not `__open64_nocancel`).
+    /// A handle-creating syscall, in a libc wrapper.
     HandleSyscall,
-    /// A page fault, maybe in a frameless function (with stack hints).
+    /// A page fault, maybe in a frameless function.
     Fault,
 }
 
@@ -45,6 +44,20 @@ impl CapturedAt {
             Self::Fault => "page fault",
         }
     }
+}
+
+/// Where a syscall stack's shown part starts. A syscall's leaf is the code
+/// that called the C library, as `malloc`'s caller is a heap stack's leaf: a
+/// memory syscall drops the libc wrapper (keeping the allocator internals that
+/// made the call, such as `sysmalloc`), a handle syscall every libc frame
+/// (`fopen`'s caller, not `__open64_nocancel`). At least one frame stays.
+fn syscall_leaf(frames: &[u64], captured: CapturedAt, space: &mut AddressSpace) -> usize {
+    let in_libc = match captured {
+        CapturedAt::Syscall => frames.iter().take(1).take_while(|&&a| space.in_libc(a)).count(),
+        CapturedAt::HandleSyscall => frames.iter().take_while(|&&a| space.in_libc(a)).count(),
+        CapturedAt::Return | CapturedAt::Fault => 0,
+    };
+    in_libc.min(frames.len().saturating_sub(1))
 }
 
 #[derive(Default)]
@@ -86,7 +99,7 @@ pub struct Collector {
     commands: HashMap<u32, String>,
     /// How many times each process exec'd: addresses of different images differ.
     images: HashMap<u32, u64>,
-    /// Captured allocator stacks already resolved: key -> (stack, was cut).
+    /// Captured stacks already resolved: key -> (stack, was cut, how it ended).
     raw_stacks: HashMap<Box<[u64]>, (StackId, bool, StackStatus)>,
     /// Outstanding per site and in total at every `--interval` sample.
     pub series: Series,
@@ -370,12 +383,14 @@ impl Collector {
         }
         let image = self.images.get(&tgid).copied().unwrap_or(0);
         let raw: Vec<u64> = ev.frames().collect();
-        // Allocator stacks repeat: the same captured frames always give the same
-        // stack, so repairing and checking them is done once. Syscall and fault
-        // stacks depend on their stack-hint words too and are rarer: not cached.
-        let raw_key = (captured == CapturedAt::Return).then(|| {
+        // Stacks repeat: the same captured frames always give the same stack,
+        // so completing and checking them is done once. Frame-pointer
+        // syscall and fault stacks also depend on their stack-hint words: not
+        // cached (they are the fallback, for processes without tables).
+        let hinted = status == StackStatus::FramePointers && captured != CapturedAt::Return;
+        let raw_key = (!hinted).then(|| {
             let mut key = crate::stacks::stack_key(tgid, image, &raw);
-            key.push(status as u64);
+            key.extend([status as u64, captured as u64]);
             key
         });
         if let Some(&(id, truncated, end)) = raw_key.as_ref().and_then(|k| self.raw_stacks.get(k.as_slice()))
@@ -384,29 +399,16 @@ impl Collector {
             self.count_incomplete(captured, end);
             return id;
         }
-        // Frame-pointer stacks taken in the kernel skipped a frameless
-        // innermost function; the call-frame walk did not. A syscall's leaf
-        // is the code that called the C library's wrapper, as it is for
-        // `malloc` (the allocator's own frame is never shown).
-        let mut frames = match captured {
-            CapturedAt::Syscall if status != StackStatus::FramePointers => {
-                let mut frames = raw;
-                if frames.len() > 1 && self.space(tgid).in_libc(frames[0]) {
-                    frames.remove(0);
-                }
-                frames
+        let mut frames = if hinted {
+            // The kernel's frame-pointer walk skipped a frameless innermost
+            // function; its caller is found from the hint words.
+            match captured {
+                CapturedAt::Fault => repair_fault_stack(&raw, &ev.hints(), self.space(tgid)),
+                _ => repair_syscall_stack(&raw, &ev.hints(), self.space(tgid)),
             }
-            CapturedAt::HandleSyscall if status != StackStatus::FramePointers => {
-                let space = self.space(tgid);
-                let in_libc = raw.iter().take_while(|&&a| space.in_libc(a)).count();
-                raw[in_libc.min(raw.len().saturating_sub(1))..].to_vec()
-            }
-            _ if status != StackStatus::FramePointers => raw,
-            CapturedAt::Return => raw,
-            CapturedAt::Syscall | CapturedAt::HandleSyscall => {
-                repair_syscall_stack(&raw, &ev.hints(), self.space(tgid))
-            }
-            CapturedAt::Fault => repair_fault_stack(&raw, &ev.hints(), self.space(tgid)),
+        } else {
+            let leaf = syscall_leaf(&raw, captured, self.space(tgid));
+            raw[leaf..].to_vec()
         };
         let truncated = truncate_at_invalid_frame(&mut frames, self.space(tgid));
         self.truncated_stacks += truncated as u64;

@@ -109,13 +109,36 @@ pub const LEAKY_HEAP_LEAKS: [(&str, u64, u64); 10] = [
 
 /// (bytes, count) of the `kind` entries whose stack passes through `function`.
 pub fn through(report: &serde_json::Value, kind: &str, function: &str) -> (u64, u64) {
+    entries_through(report, kind, function)
+        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
+}
+
+/// The `kind` entries of a report whose stack passes through `function`.
+pub fn entries_through<'a>(
+    report: &'a serde_json::Value,
+    kind: &'a str,
+    function: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> {
     report["stacks"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["kind"] == kind)
-        .filter(|e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
-        .fold((0, 0), |(b, c), e| (b + e["bytes"].as_u64().unwrap(), c + e["count"].as_u64().unwrap()))
+        .filter(move |e| e["kind"] == kind)
+        .filter(move |e| e["frames"].as_array().unwrap().iter().any(|f| f["function"] == function))
+}
+
+/// The function names (innermost first) of each `kind` stack through `function`.
+pub fn stacks_through(report: &serde_json::Value, kind: &str, function: &str) -> Vec<Vec<String>> {
+    entries_through(report, kind, function)
+        .map(|e| {
+            e["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["function"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
 }
 
 /// A cgroup v2 directory removed (with its processes killed) on drop.

@@ -121,6 +121,17 @@ fn compile_churn_with(root: &Path, out: &Path, name: &str, frame_pointers: &str)
     Ok(exe)
 }
 
+/// Runs a churn command (probed or not) once probes of earlier runs are
+/// gone; returns its ns per pair.
+fn run(c: &mut Command) -> Result<f64> {
+    settle();
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    ns_per_pair(&out.stdout)
+}
+
 /// Parses the churn fixture's "N ns per <operation> pair".
 fn ns_per_pair(stdout: &[u8]) -> Result<f64> {
     let text = String::from_utf8_lossy(stdout);
@@ -145,14 +156,6 @@ impl Bench {
     fn churn(&mut self, root: &Path) -> Result<Value> {
         eprintln!("bench: churn loop");
         let exe = compile_churn(root, &self.dir)?;
-        let run = |c: &mut Command| -> Result<f64> {
-            settle();
-            let out = c.output()?;
-            if !out.status.success() {
-                bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            ns_per_pair(&out.stdout)
-        };
         let target = |pairs: &str| vec![exe.clone().into_os_string(), pairs.into()];
         let mut unprobed = Vec::new();
         let mut probed: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
@@ -266,14 +269,6 @@ impl Bench {
             ("open", "handles", "100000", "50000"),
             ("fault", "resident", "50000", "20000"),
         ];
-        let run = |c: &mut Command| -> Result<f64> {
-            settle();
-            let out = c.output()?;
-            if !out.status.success() {
-                bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            ns_per_pair(&out.stdout)
-        };
         self.md.push_str(&format!("## Stack walking ({CHURN_DEPTH} frames below main)\n\n"));
         self.md.push_str(
             "Added ns per operation pair; `tables`: call-frame tables walked in the kernel (the default), \

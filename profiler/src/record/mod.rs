@@ -606,8 +606,6 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
 /// Records read from the ring buffer per turn of the event loop.
 const BATCH: usize = 8192;
 
-/// Ingests what the ring buffer holds, all of it or at most `limit`
-/// records; returns whether records remain.
 /// Gives the kernel's stack walker the call-frame tables of process `pid`'s
 /// current modules (a process it has none for is walked by frame pointers).
 fn track_stacks(probes: &mut Probes, pid: u32) {
@@ -616,6 +614,8 @@ fn track_stacks(probes: &mut Probes, pid: u32) {
     let _ = probes.tables.track(pid);
 }
 
+/// Ingests what the ring buffer holds, all of it or at most `limit`
+/// records; returns whether records remain.
 fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, limit: Option<usize>) -> bool {
     let mut read = 0;
     while limit.is_none_or(|l| read < l) {

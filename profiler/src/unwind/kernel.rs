@@ -57,7 +57,7 @@ pub struct TableStats {
     pub build_time: Duration,
     /// Modules walked by frame pointer instead, with the reason.
     pub without_tables: Vec<(String, String)>,
-    /// Executable mappings past [`MAX_MAPPINGS`] in one process (walked by frame pointer).
+    /// Most executable mappings past [`MAX_MAPPINGS`] in one process (walked by frame pointer).
     pub mappings_over_limit: u64,
 }
 
@@ -73,6 +73,9 @@ pub struct KernelTables {
     processes: BpfHashMap<MapData, u32, Process>,
     next_page: u32,
     modules: HashMap<(u64, u64), Result<Loaded, Missing>>,
+    /// Mappings already resolved, by (pid, start, end, file offset, inode):
+    /// a process's unchanged mapping is not opened again at every new mmap.
+    resolved: HashMap<(u32, u64, u64, u64, u64), Mapping>,
     /// False with `--stack-walk frame-pointers`: no process gets tables.
     enabled: bool,
     pub stats: TableStats,
@@ -85,6 +88,7 @@ impl KernelTables {
             processes: BpfHashMap::try_from(processes).context("UNWIND_PROCESSES map")?,
             next_page: 0,
             modules: HashMap::new(),
+            resolved: HashMap::new(),
             enabled: true,
             stats: TableStats::default(),
         })
@@ -97,45 +101,22 @@ impl KernelTables {
             return Ok(());
         }
         let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
-        let mut list = Vec::new();
-        for m in maps.mappings.iter().filter(|m| m.executable && m.file().is_some()) {
-            let (key, loaded) = match open_mapped(pid, m) {
-                Ok(module) => {
-                    let key = module.file.metadata().map(|md| (md.dev(), md.ino())).unwrap_or((0, m.inode));
-                    if !self.modules.contains_key(&key) {
-                        let loaded = self.load(&module.file);
-                        match &loaded {
-                            Ok(l) => {
-                                self.stats.modules += 1;
-                                self.stats.rows += l.rows as u64;
-                                self.stats.code_bytes += l.code_bytes;
-                            }
-                            Err(why) => self.stats.without_tables.push((m.name.clone(), why.to_string())),
-                        }
-                        self.modules.insert(key, loaded);
-                    }
-                    let delta = table::vaddr_delta(&object::ReadCache::new(&module.file), m.offset);
-                    (Some(key), delta)
+        let mut list: Vec<Mapping> = maps
+            .mappings
+            .iter()
+            .filter(|m| m.executable && m.file().is_some())
+            .map(|m| match self.resolved.get(&(pid, m.start, m.end, m.offset, m.inode)) {
+                Some(known) => *known,
+                None => {
+                    let mapping = self.resolve(pid, m);
+                    self.resolved.insert((pid, m.start, m.end, m.offset, m.inode), mapping);
+                    mapping
                 }
-                Err(e) => {
-                    let why = Missing::Unopenable(e.to_string());
-                    if !self.stats.without_tables.iter().any(|(n, _)| *n == m.name) {
-                        self.stats.without_tables.push((m.name.clone(), why.to_string()));
-                    }
-                    (None, None)
-                }
-            };
-            let mut mapping = Mapping { start: m.start, end: m.end, ..Default::default() };
-            if let (Some(Ok(l)), Some(delta)) = (key.and_then(|k| self.modules.get(&k)), loaded) {
-                // vaddr = address - start + file offset + delta; row pc = vaddr - base.
-                mapping.bias = m.start.wrapping_sub(m.offset).wrapping_sub(delta).wrapping_add(l.base);
-                mapping.first_row = l.first_row;
-                mapping.rows = l.rows;
-            }
-            list.push(mapping);
-        }
+            })
+            .collect();
         if list.len() > MAX_MAPPINGS {
-            self.stats.mappings_over_limit += (list.len() - MAX_MAPPINGS) as u64;
+            let over = (list.len() - MAX_MAPPINGS) as u64;
+            self.stats.mappings_over_limit = self.stats.mappings_over_limit.max(over);
             // Keep the largest: most code, most frames.
             list.sort_by_key(|m| std::cmp::Reverse(m.end - m.start));
             list.truncate(MAX_MAPPINGS);
@@ -150,6 +131,45 @@ impl KernelTables {
         }
         self.processes.insert(pid, process, 0).context("writing a process's unwind mappings")?;
         Ok(())
+    }
+
+    /// The kernel's entry for one executable file mapping of process `pid`,
+    /// loading the module's table the first time the module is seen. A
+    /// module without a table gets an entry with no rows (frame pointers).
+    fn resolve(&mut self, pid: u32, m: &crate::procmaps::Mapping) -> Mapping {
+        let mut mapping = Mapping { start: m.start, end: m.end, ..Default::default() };
+        let module = match open_mapped(pid, m) {
+            Ok(module) => module,
+            Err(e) => {
+                if !self.stats.without_tables.iter().any(|(n, _)| *n == m.name) {
+                    self.stats
+                        .without_tables
+                        .push((m.name.clone(), Missing::Unopenable(e.to_string()).to_string()));
+                }
+                return mapping;
+            }
+        };
+        let key = module.file.metadata().map(|md| (md.dev(), md.ino())).unwrap_or((0, m.inode));
+        if !self.modules.contains_key(&key) {
+            let loaded = self.load(&module.file);
+            match &loaded {
+                Ok(l) => {
+                    self.stats.modules += 1;
+                    self.stats.rows += l.rows as u64;
+                    self.stats.code_bytes += l.code_bytes;
+                }
+                Err(why) => self.stats.without_tables.push((m.name.clone(), why.to_string())),
+            }
+            self.modules.insert(key, loaded);
+        }
+        let delta = table::vaddr_delta(&object::ReadCache::new(&module.file), m.offset);
+        if let (Some(Ok(l)), Some(delta)) = (self.modules.get(&key), delta) {
+            // vaddr = address - start + file offset + delta; row pc = vaddr - base.
+            mapping.bias = m.start.wrapping_sub(m.offset).wrapping_sub(delta).wrapping_add(l.base);
+            mapping.first_row = l.first_row;
+            mapping.rows = l.rows;
+        }
+        mapping
     }
 
     /// Leaves every stack to the kernel's frame-pointer walk.
