@@ -108,6 +108,18 @@ fn at_most(a: u64, b: u64) -> u64 {
     (((b as i64).wrapping_sub(a as i64) >> 63) + 1) as u64
 }
 
+/// Halvings that narrow `n` candidates to one: ceil(log2(n)). Searching
+/// only that many steps (not the bound's 23) is what makes a small module's
+/// lookup cheap; the one exit branch per step adds states linearly.
+#[inline(always)]
+fn steps_for(n: u64) -> usize {
+    if n <= 1 {
+        0
+    } else {
+        (64 - (n - 1).leading_zeros()) as usize
+    }
+}
+
 /// The mapping holding `pc`: the last one starting at or before it.
 #[inline(always)]
 fn mapping_of(process: &Process, pc: u64) -> Option<Mapping> {
@@ -117,7 +129,11 @@ fn mapping_of(process: &Process, pc: u64) -> Option<Mapping> {
     }
     // Invariant: the answer is in [lo, hi).
     let (mut lo, mut hi) = (0u64, count);
-    for _ in 0..MAPPING_STEPS {
+    let steps = steps_for(count);
+    for i in 0..MAPPING_STEPS {
+        if i >= steps {
+            break;
+        }
         let mid = lo + (hi - lo) / 2;
         let start = process.mappings[mid as usize & (MAX_MAPPINGS - 1)].start;
         let le = at_most(start, pc);
@@ -136,7 +152,11 @@ fn row_of(m: &Mapping, pc: u64) -> Option<Row> {
         return None;
     }
     let (mut lo, mut hi) = (m.first_row as u64, m.first_row as u64 + m.rows as u64);
-    for _ in 0..ROW_STEPS {
+    let steps = steps_for(m.rows as u64);
+    for i in 0..ROW_STEPS {
+        if i >= steps {
+            break;
+        }
         let mid = lo + (hi - lo) / 2;
         let le = at_most(row(mid as u32)?.pc as u64, rel);
         lo += le * (mid - lo);
@@ -171,15 +191,29 @@ fn to_caller(w: &mut Walk, cfa: u64, saved_bp: Option<u64>) -> i64 {
     if at_most(cfa, w.sp) != 0 {
         return end(w, StackStatus::BadFrame);
     }
-    let Some(ret) = read(w, cfa - 8) else {
-        return end(w, StackStatus::Unreadable);
-    };
-    if let Some(slot) = saved_bp {
-        match read(w, slot) {
-            Some(bp) => w.bp = bp,
-            None => return end(w, StackStatus::Unreadable),
+    let ret_slot = cfa - 8;
+    let ret = if saved_bp == Some(ret_slot - 8) && w.hijacked.slot != ret_slot {
+        // The caller's rbp right below the return address (every function
+        // that pushes rbp first, frame-pointer code included): one read.
+        match unsafe { bpf_probe_read_user((ret_slot - 8) as *const [u64; 2]) } {
+            Ok([bp, ret]) => {
+                w.bp = bp;
+                ret
+            }
+            Err(_) => return end(w, StackStatus::Unreadable),
         }
-    }
+    } else {
+        let Some(ret) = read(w, ret_slot) else {
+            return end(w, StackStatus::Unreadable);
+        };
+        if let Some(slot) = saved_bp {
+            match read(w, slot) {
+                Some(bp) => w.bp = bp,
+                None => return end(w, StackStatus::Unreadable),
+            }
+        }
+        ret
+    };
     w.sp = cfa;
     w.pc = ret;
     if ret == 0 {
