@@ -132,6 +132,52 @@ fn leaks_through_libc_helpers_stay_with_their_caller() {
     assert_eq!(folded_by_leaf(&dir, "files").get("leak_fopen"), Some(&1), "fopen's fd under its caller");
 }
 
+/// Code built without unwind tables has its call-frame information only in
+/// `.debug_frame`, which a distribution splits into a debug file found by
+/// `.gnu_debuglink`: both give complete stacks, and without the debug file
+/// the stack is marked, not silently short.
+#[test]
+fn debug_frame_and_split_debug_files_give_complete_stacks() {
+    let flags = ["-O2", "-g", NO_FRAME_POINTERS, "-fno-asynchronous-unwind-tables", "-fno-unwind-tables"];
+    let exe = built_fixture("cc", "helpers.c", &flags);
+    let run = |exe: &Path, name: &str| {
+        let dir = fresh_dir(name);
+        record_launch(&dir, exe, &["strdup"]);
+        report_json(&dir)
+    };
+    let report = run(&exe, "unwind-debug-frame");
+    assert_eq!(through(&report, "heap", "leak_strdup"), (33, 3));
+    assert_reaches_main(&report, "heap", "leak_strdup");
+
+    let split = fresh_dir("unwind-split");
+    std::fs::create_dir_all(&split).unwrap();
+    let stripped = split.join("helpers");
+    std::fs::copy(&exe, &stripped).unwrap();
+    let objcopy = |args: &[&str]| {
+        assert!(
+            Command::new("objcopy").args(args).arg(&stripped).status().unwrap().success(),
+            "objcopy {args:?}"
+        );
+    };
+    let debug = split.join("helpers.debug");
+    objcopy(&["--only-keep-debug"]);
+    std::fs::rename(&stripped, &debug).unwrap();
+    std::fs::copy(&exe, &stripped).unwrap();
+    objcopy(&["--strip-debug", "--add-gnu-debuglink", debug.to_str().unwrap()]);
+    let report = run(&stripped, "unwind-split-out");
+    assert_eq!(through(&report, "heap", "leak_strdup"), (33, 3));
+    assert_reaches_main(&report, "heap", "leak_strdup");
+
+    std::fs::remove_file(&debug).unwrap();
+    let report = run(&stripped, "unwind-split-missing");
+    let stacks = stacks_through(&report, "heap", "leak_strdup");
+    assert!(
+        stacks.iter().all(|s| s.last().is_some_and(|f| f.starts_with("[unwind failed"))),
+        "without its debug file the stack is marked: {stacks:?}"
+    );
+    assert!(!incomplete(&report).is_empty(), "and counted");
+}
+
 /// 300 frames: the walk stops at 256, and the stack and the counters say so.
 #[test]
 fn a_stack_deeper_than_the_walker_is_marked_and_counted() {

@@ -14,7 +14,29 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use profiler_common::unwind::{Mapping, Process, Row, RowPage, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES};
 
 use super::table::{self, NoTable};
-use crate::{files::target::open_mapped, procmaps::ProcessMaps};
+use crate::{
+    files::target::{open_mapped, open_regular_in_root, MAX_MODULE_BYTES},
+    procmaps::ProcessMaps,
+};
+
+/// A module's table from its own call-frame information, with its separate
+/// debug file's added when its own leaves most of its code bare (code built
+/// without unwind tables, whose `.debug_frame` was split off). The debug
+/// file is looked up inside the target's root, like every file we open.
+fn build_table(pid: u32, path: &str, file: &std::fs::File) -> Result<table::ModuleTable, Missing> {
+    let module = object::ReadCache::new(file);
+    let own = table::build(&module);
+    if own.as_ref().is_ok_and(|t| !t.mostly_bare()) {
+        return own.map_err(Missing::Table);
+    }
+    for candidate in table::debug_file_candidates(&module, path) {
+        let Ok(debug) = open_regular_in_root(pid, &candidate, MAX_MODULE_BYTES) else { continue };
+        if let Ok(t) = table::build_with_debug_file(&module, &object::ReadCache::new(&debug)) {
+            return Ok(t);
+        }
+    }
+    own.map_err(Missing::Table)
+}
 
 /// A module's rows in the row array.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +173,7 @@ impl KernelTables {
         };
         let key = module.file.metadata().map(|md| (md.dev(), md.ino())).unwrap_or((0, m.inode));
         if !self.modules.contains_key(&key) {
-            let loaded = self.load(&module.file);
+            let loaded = self.load(pid, m.name.trim_end_matches(" (deleted)"), &module.file);
             match &loaded {
                 Ok(l) => {
                     self.stats.modules += 1;
@@ -177,16 +199,17 @@ impl KernelTables {
         self.enabled = false;
     }
 
-    /// Builds a module's table and writes its rows, from a fresh page.
-    fn load(&mut self, file: &std::fs::File) -> Result<Loaded, Missing> {
+    /// Builds the table of the module at `path` (open as `file`) in process
+    /// `pid`'s file system and writes its rows.
+    fn load(&mut self, pid: u32, path: &str, file: &std::fs::File) -> Result<Loaded, Missing> {
         let started = Instant::now();
-        let loaded = self.build_and_write(file);
+        let loaded = build_table(pid, path, file).and_then(|t| self.write(&t));
         self.stats.build_time += started.elapsed();
         loaded
     }
 
-    fn build_and_write(&mut self, file: &std::fs::File) -> Result<Loaded, Missing> {
-        let t = table::build(&object::ReadCache::new(file)).map_err(Missing::Table)?;
+    /// Writes a module's rows, from a fresh page.
+    fn write(&mut self, t: &table::ModuleTable) -> Result<Loaded, Missing> {
         let pages = t.rows.len().div_ceil(ROWS_PER_PAGE) as u32;
         if self.next_page + pages > ROW_PAGES {
             return Err(Missing::ArrayFull);

@@ -21,6 +21,18 @@ pub struct ModuleTable {
     /// Rows with a rule the kernel walker does not follow (signal frames,
     /// DWARF expressions): a walk reaching one stops there, marked.
     pub unsupported_rows: usize,
+    /// Bytes of code the call-frame information describes, and the size of
+    /// `.text`: code built without unwind tables leaves most of it bare.
+    pub covered: u64,
+    pub text_size: u64,
+}
+
+impl ModuleTable {
+    /// Whether the module's own information leaves most of its code bare,
+    /// so its separate debug file should be looked for.
+    pub fn mostly_bare(&self) -> bool {
+        self.covered * 2 < self.text_size
+    }
 }
 
 /// Why a module has no table.
@@ -59,29 +71,97 @@ const NO_CFI: Rule = Rule { rule: rule::NO_CFI, cfa_offset: 0, rbp_offset: 0 };
 const UNSUPPORTED: Rule = Rule { rule: rule::UNSUPPORTED, cfa_offset: 0, rbp_offset: 0 };
 
 /// Builds the table of the ELF module `data` (any [`ReadRef`]: a file read
-/// lazily reads only headers and the frame section).
+/// lazily reads only headers and the frame sections) from its `.eh_frame`
+/// and `.debug_frame` together: code built without unwind tables has only
+/// the latter, next to the C runtime's `.eh_frame` entries.
 pub fn build<'a, R: ReadRef<'a>>(data: R) -> Result<ModuleTable, NoTable> {
-    let file = object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))?;
+    let file = parse(data)?;
     let mut ranges = Vec::new();
-    if let Some(section) = file.section_by_name(".eh_frame").filter(|s| s.size() > 0) {
-        let bytes = section.data().map_err(|e| NoTable::Unreadable(e.to_string()))?;
-        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+    frame_ranges(&file, &mut ranges)?;
+    rows_of(ranges, text_size(&file))
+}
+
+/// [`build`], adding the call-frame information of the module's separate
+/// debug file `debug` (`.gnu_debuglink` / build id). A debug file whose build
+/// id differs from the module's is refused.
+pub fn build_with_debug_file<'a, 'b, R: ReadRef<'a>, D: ReadRef<'b>>(
+    data: R,
+    debug: D,
+) -> Result<ModuleTable, NoTable> {
+    let file = parse(data)?;
+    let debug = parse(debug)?;
+    if let (Ok(Some(a)), Ok(Some(b))) = (file.build_id(), debug.build_id()) {
+        if a != b {
+            return Err(NoTable::Unreadable("the debug file's build id differs from the module's".into()));
+        }
+    }
+    let mut ranges = Vec::new();
+    frame_ranges(&file, &mut ranges)?;
+    frame_ranges(&debug, &mut ranges)?;
+    rows_of(ranges, text_size(&file))
+}
+
+/// Where a module's separate debug file may be, as paths in the target's
+/// file system: by build id under `/usr/lib/debug/.build-id/`, then by its
+/// `.gnu_debuglink` name beside the module, in `.debug/` beside it and under
+/// `/usr/lib/debug` (gdb's order). `module_path` is the module's path.
+pub fn debug_file_candidates<'a, R: ReadRef<'a>>(data: R, module_path: &str) -> Vec<String> {
+    let Ok(file) = parse(data) else { return Vec::new() };
+    let mut paths = Vec::new();
+    if let Ok(Some(id)) = file.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            paths.push(format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
+        }
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name);
+        // A name with a path in it could point anywhere: only plain names.
+        if !name.contains('/') && !name.is_empty() {
+            let dir = module_path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            paths.push(format!("{dir}/{name}"));
+            paths.push(format!("{dir}/.debug/{name}"));
+            paths.push(format!("/usr/lib/debug{dir}/{name}"));
+        }
+    }
+    paths
+}
+
+fn parse<'a, R: ReadRef<'a>>(data: R) -> Result<object::File<'a, R>, NoTable> {
+    object::File::parse(data).map_err(|e| NoTable::Unreadable(e.to_string()))
+}
+
+fn text_size<'a, R: ReadRef<'a>>(file: &object::File<'a, R>) -> u64 {
+    file.section_by_name(".text").map_or(0, |s| s.size())
+}
+
+/// Adds the rows of `file`'s `.eh_frame` and `.debug_frame` to `ranges`.
+fn frame_ranges<'a, R: ReadRef<'a>>(
+    file: &object::File<'a, R>,
+    ranges: &mut Vec<(u64, u64, Rule)>,
+) -> Result<(), NoTable> {
+    // A debug file keeps section headers of stripped sections with no data.
+    let with_data = |name: &str| {
+        file.section_by_name(name)
+            .filter(|s| s.kind() != object::SectionKind::UninitializedData)
+            .and_then(|s| Some((s.address(), s.data().ok().filter(|d| !d.is_empty())?)))
+    };
+    if let Some((address, bytes)) = with_data(".eh_frame") {
+        let mut bases = BaseAddresses::default().set_eh_frame(address);
         if let Some(text) = file.section_by_name(".text") {
             bases = bases.set_text(text.address());
         }
         if let Some(got) = file.section_by_name(".got") {
             bases = bases.set_got(got.address());
         }
-        collect(&EhFrame::new(bytes, gimli::LittleEndian), &bases, &mut ranges)?;
-    } else if let Some(section) = file.section_by_name(".debug_frame").filter(|s| s.size() > 0) {
-        let bytes = section.data().map_err(|e| NoTable::Unreadable(e.to_string()))?;
+        collect(&EhFrame::new(bytes, gimli::LittleEndian), &bases, ranges)?;
+    }
+    if let Some((_, bytes)) = with_data(".debug_frame") {
         let mut frame = DebugFrame::new(bytes, gimli::LittleEndian);
         frame.set_address_size(8);
-        collect(&frame, &BaseAddresses::default(), &mut ranges)?;
-    } else {
-        return Err(NoTable::NoCallFrameInfo);
+        collect(&frame, &BaseAddresses::default(), ranges)?;
     }
-    rows_of(ranges)
+    Ok(())
 }
 
 /// (start, end, rule) of every row of every FDE in `section`.
@@ -153,11 +233,12 @@ fn is_plt_expression(b: &[u8]) -> bool {
 }
 
 /// Sorted, merged rows, with [`NO_CFI`] rows where no FDE covers the code.
-fn rows_of(mut ranges: Vec<(u64, u64, Rule)>) -> Result<ModuleTable, NoTable> {
+fn rows_of(mut ranges: Vec<(u64, u64, Rule)>, text_size: u64) -> Result<ModuleTable, NoTable> {
     ranges.sort_by_key(|r| r.0);
     let Some(base) = ranges.first().map(|r| r.0) else { return Err(NoTable::NoCallFrameInfo) };
     let mut rows: Vec<Row> = Vec::with_capacity(ranges.len() + ranges.len() / 4);
     let mut covered_to = base;
+    let mut covered = 0;
     let mut unsupported_rows = 0;
     let push = |rows: &mut Vec<Row>, at: u64, r: Rule| -> Result<(), NoTable> {
         let pc = u32::try_from(at - base).map_err(|_| NoTable::TooLarge)?;
@@ -182,10 +263,11 @@ fn rows_of(mut ranges: Vec<(u64, u64, Rule)>) -> Result<ModuleTable, NoTable> {
             unsupported_rows += 1;
         }
         push(&mut rows, start, r)?;
+        covered += end.saturating_sub(start.max(covered_to));
         covered_to = covered_to.max(end);
     }
     push(&mut rows, covered_to, NO_CFI)?;
-    Ok(ModuleTable { base, rows, unsupported_rows })
+    Ok(ModuleTable { base, rows, unsupported_rows, covered, text_size })
 }
 
 /// The delta between virtual addresses and file offsets (vaddr = offset +
@@ -224,14 +306,19 @@ mod tests {
     #[test]
     fn gaps_between_functions_are_walked_by_frame_pointer() {
         let f = |rule, cfa_offset| Rule { rule, cfa_offset, rbp_offset: 0 };
-        let t = rows_of(vec![
-            (0x1000, 0x1001, f(rule::CFA_RSP, 8)),
-            (0x1001, 0x1010, f(rule::CFA_RSP, 16)),
-            (0x1010, 0x1020, f(rule::CFA_RSP, 16)),
-            (0x1040, 0x1050, f(rule::CFA_RSP, 8)),
-        ])
+        let t = rows_of(
+            vec![
+                (0x1000, 0x1001, f(rule::CFA_RSP, 8)),
+                (0x1001, 0x1010, f(rule::CFA_RSP, 16)),
+                (0x1010, 0x1020, f(rule::CFA_RSP, 16)),
+                (0x1040, 0x1050, f(rule::CFA_RSP, 8)),
+            ],
+            0x100,
+        )
         .unwrap();
         assert_eq!(t.base, 0x1000);
+        assert_eq!(t.covered, 0x30);
+        assert!(t.mostly_bare(), "0x30 of 0x100 bytes described");
         assert_eq!(
             t.rows,
             vec![
