@@ -2,7 +2,7 @@
 //!
 //! The kernel walks every captured stack itself (profiler-ebpf's `unwind`)
 //! from per-module call-frame tables that this module builds ([`table`]: a
-//! module's `.eh_frame` or `.debug_frame` as compact rows) and loads into its
+//! module's `.eh_frame` and `.debug_frame` as compact rows) and loads into its
 //! maps for each profiled process ([`kernel`]). [`return_slot`] serves the
 //! frame-pointer fallback of a process whose tables are not loaded yet.
 //!

@@ -1,5 +1,5 @@
-//! A module's call-frame information (`.eh_frame`, else `.debug_frame`) as
-//! the kernel walker's rows: for each code range, where the caller's frame
+//! A module's call-frame information (its `.eh_frame` and `.debug_frame`,
+//! and its separate debug file's when given) as the kernel walker's rows: for each code range, where the caller's frame
 //! starts (CFA from `rsp` or `rbp` plus an offset) and where the caller's
 //! `rbp` was saved. Gaps between functions become [`rule::NO_CFI`] rows, so
 //! code without information is walked by its frame pointer rather than with
