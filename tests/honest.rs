@@ -78,7 +78,7 @@ fn reports_of_another_schema_version_are_refused() {
     assert_exit(
         &profiler(&["report", future.to_str().unwrap()]),
         1,
-        "has report schema version 99; this profiler reads version 1",
+        "is not a report.json this profiler reads: report schema version 99; this profiler reads version 1",
     );
 }
 

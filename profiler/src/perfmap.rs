@@ -73,7 +73,7 @@ impl PerfMap {
     }
 
     /// Parses appended bytes (lines may be split across calls).
-    fn ingest(&mut self, bytes: &[u8]) {
+    pub fn ingest(&mut self, bytes: &[u8]) {
         let mut rest = bytes;
         if !self.partial.is_empty() {
             let Some(newline) = rest.iter().position(|b| *b == b'\n') else {

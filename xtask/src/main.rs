@@ -9,6 +9,7 @@
 //! - `gate ARGS`: build, then `profiler gate ARGS` as root; exits with its code.
 //! - `test`: set up, build and run the whole test suite as root.
 //! - `bench`: measure what profiling costs (see [`bench`]).
+//! - `fuzz`: run every cargo-fuzz target of `profiler/fuzz` for a bounded time.
 
 mod bench;
 
@@ -51,6 +52,14 @@ enum Task {
     },
     /// Measure the profiler's overhead against unprobed runs (as root); writes target/bench/bench.md and bench.json.
     Bench,
+    /// Run each fuzz target (profiler/fuzz) for a bounded time, from its committed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Build and run the full test suite (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -67,6 +76,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run(args),
         Task::Gate { args } => gate(args),
         Task::Test { args } => test(args),
+        Task::Fuzz { seconds, targets } => fuzz(seconds, targets),
         Task::Bench => build(true).and_then(|profiler| {
             if !is_root() {
                 bail!("the benchmark loads eBPF programs: run it as root");
@@ -388,4 +398,58 @@ fn test(args: Vec<OsString>) -> Result<()> {
     let mut cmd = as_root(Path::new(&cargo), &full);
     cmd.current_dir(workspace_root()).env("PROFILER_EBPF_OBJECT", &object);
     status(&mut cmd)
+}
+
+/// The cargo-fuzz release this project's fuzz targets are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Runs the fuzz targets for `seconds` each. Findings are kept in
+/// `target/fuzz-corpus/<target>` (the committed corpus is only read);
+/// a crash leaves its input in `profiler/fuzz/artifacts/<target>` and fails.
+fn fuzz(seconds: u64, targets: Vec<String>) -> Result<()> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let has_cargo_fuzz =
+        || Command::new(&cargo).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz() {
+        eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        status(Command::new(&cargo).args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
+    let root = workspace_root();
+    let fuzz_dir = root.join("profiler/fuzz");
+    // cargo-fuzz needs unstable compiler flags (coverage instrumentation);
+    // RUSTC_BOOTSTRAP lets the one stable toolchain accept them.
+    let cargo_fuzz = |args: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.arg("fuzz").args(args).current_dir(&fuzz_dir).env("RUSTC_BOOTSTRAP", "1");
+        cmd
+    };
+    let targets = if targets.is_empty() {
+        let out = cargo_fuzz(&["list"]).output().context("cargo fuzz list")?;
+        String::from_utf8(out.stdout)?.lines().map(str::to_string).collect()
+    } else {
+        targets
+    };
+    status(&mut cargo_fuzz(&["build", "-s", "none", "-O"]))?;
+    for target in &targets {
+        let findings = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&findings)?;
+        let committed = fuzz_dir.join("corpus").join(target);
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        status(cargo_fuzz(&["run", "-s", "none", "-O", target]).arg(&findings).arg(&committed).args([
+            "--".into(),
+            format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=2048".into(),
+            "-print_final_stats=1".into(),
+        ]))
+        .with_context(|| {
+            format!("fuzz target {target} failed; its input is in profiler/fuzz/artifacts/{target}")
+        })?;
+    }
+    Ok(())
 }

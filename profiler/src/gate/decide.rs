@@ -57,6 +57,18 @@ pub struct BaselineStack {
 }
 
 impl Baseline {
+    /// Reads a committed baseline; refuses other schema versions.
+    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Self> {
+        let baseline: Baseline = serde_json::from_slice(bytes)?;
+        if baseline.schema_version != BASELINE_SCHEMA_VERSION {
+            anyhow::bail!(
+                "schema version {}; this gate reads version {BASELINE_SCHEMA_VERSION} (take a new one with --update-baseline)",
+                baseline.schema_version
+            );
+        }
+        Ok(baseline)
+    }
+
     pub fn from_observed(observed: &[Observed]) -> Self {
         let stacks = observed
             .iter()

@@ -82,6 +82,20 @@ pub struct Report {
     pub accuracy: Accuracy,
 }
 
+impl Report {
+    /// Reads a `report.json` this profiler wrote; refuses other schema versions.
+    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Self> {
+        let report: Report = serde_json::from_slice(bytes)?;
+        if report.schema_version != SCHEMA_VERSION {
+            anyhow::bail!(
+                "report schema version {}; this profiler reads version {SCHEMA_VERSION}",
+                report.schema_version
+            );
+        }
+        Ok(report)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub pid: u32,
