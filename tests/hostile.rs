@@ -1,9 +1,10 @@
 //! Safe as root on hostile input (as root): an unprivileged user (uid 65534)
 //! plants symlinks at every output name, and a target replaces its own
 //! executable's path with a symlink to a root-only file, `/dev/zero` or a
-//! FIFO. The profiler must change no file outside its output directory,
-//! never open the planted targets (watched with inotify), and still write a
-//! complete report, promptly.
+//! FIFO, or plants a 1 GiB perf map. The profiler must change no file
+//! outside its output directory, never open the planted targets (watched
+//! with inotify and in its own fds), stay under [`PEAK_RSS_BOUND`], and still
+//! write a complete report within [`EXIT_BOUND`] of the end of recording.
 
 mod common;
 
@@ -12,10 +13,30 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{folded_by_leaf, fresh_dir, report_json, start_profiler, PROFILER};
+use common::{
+    folded_by_leaf, fresh_dir, open_fd_targets, report_json, start_profiler, stop_and_reap, through, Stopped,
+    PROFILER,
+};
+
+/// The profiler's documented bound on its own peak memory for one target
+/// (README, "Safe as root"), hostile inputs included.
+const PEAK_RSS_BOUND: u64 = 256 << 20;
+/// From the end of recording (the stop signal) to the profiler's exit.
+const EXIT_BOUND: Duration = Duration::from_secs(2);
+
+fn assert_prompt_and_bounded(stopped: &Stopped, stderr: String) {
+    assert!(stopped.status.success(), "{stderr}");
+    assert!(stopped.exit_after < EXIT_BOUND, "exited {:?} after the stop signal", stopped.exit_after);
+    assert!(
+        stopped.peak_rss < PEAK_RSS_BOUND,
+        "peak RSS {} MiB (bound {} MiB)",
+        stopped.peak_rss >> 20,
+        PEAK_RSS_BOUND >> 20
+    );
+}
 
 const NOBODY: &str = "--reuid=65534";
 
@@ -161,22 +182,20 @@ fn target_replacing_its_executable(name: &str, plant: impl Fn(&Path, &Path)) {
     let watch = OpenWatch::new(&victim);
     let out = dir.join("out");
     let pid = target.id().to_string();
-    let (mut profiler, stderr) =
+    let (profiler, stderr) =
         start_profiler(&["--lens", "alloc,handles", "-q", "-o", out.to_str().unwrap(), "--pid", &pid]);
     assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
     line.clear();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "leaked");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while profiler.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the profiler hangs on a planted {name}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let planted = std::fs::read_link(&exe).unwrap_or_default();
+    let fds = open_fd_targets(profiler.id());
+    assert!(!fds.iter().any(|fd| *fd == planted || *fd == victim), "the profiler holds {fds:?}");
+    let stopped = stop_and_reap(&profiler, libc::SIGINT);
     let _ = target.kill();
     let _ = target.wait();
-    assert!(profiler.wait().unwrap().success(), "{}", stderr.join().unwrap());
+    assert_prompt_and_bounded(&stopped, stderr.join().unwrap());
     assert!(!watch.opened(), "the profiler opened the planted symlink's target");
     // Frames of the deleted executable are still named, from the mapping itself.
     assert_eq!(folded_by_leaf(&out, "heap").get("leak_malloc"), Some(&3000), "{}", out.display());
@@ -204,4 +223,41 @@ fn a_target_replacing_its_executable_with_dev_zero_or_a_fifo() {
         assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
         symlink_as_nobody(&fifo, at);
     });
+}
+
+#[test]
+fn a_one_gib_perf_map_costs_bounded_memory_and_its_unread_part_is_counted() {
+    let (dir, _) = arena("hostile-perf-map");
+    // 70 MiB of well-formed lines (more than the profiler reads), then sparse to 1 GiB.
+    let exe = common::fixture("jitmap");
+    let mut target = as_nobody(&[exe.to_str().unwrap(), "70"]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = target.id();
+    let map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let mut stdout = BufReader::new(target.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    assert_eq!(std::fs::metadata(&map).unwrap().len(), 1 << 30);
+    let out = dir.join("out");
+    let (profiler, stderr) =
+        start_profiler(&["--lens", "alloc", "-q", "-o", out.to_str().unwrap(), "--pid", &pid.to_string()]);
+    assert!(Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success());
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = stop_and_reap(&profiler, libc::SIGINT);
+    let _ = target.kill();
+    let _ = target.wait();
+    let _ = std::fs::remove_file(&map);
+    assert_prompt_and_bounded(&stopped, stderr.join().unwrap());
+    let report = report_json(&out);
+    // Named from the map's first line; what lies past the read limit is counted.
+    assert_eq!(through(&report, "heap", "JIT:hostile_jit_function"), (3000, 3), "{}", out.display());
+    assert_eq!(report["accuracy"]["perf_map_unread_bytes"], (1u64 << 30) - (64 << 20));
+    eprintln!(
+        "1 GiB perf map: profiler peak RSS {} MiB, exit {:?}",
+        stopped.peak_rss >> 20,
+        stopped.exit_after
+    );
 }

@@ -201,3 +201,42 @@ pub fn start_profiler<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Child, std::thr
     });
     (p, rest)
 }
+
+/// How a stopped profiler ended: its exit status, how long it took from
+/// the stop signal to its exit, and its peak resident memory.
+pub struct Stopped {
+    pub status: std::process::ExitStatus,
+    pub exit_after: Duration,
+    pub peak_rss: u64,
+}
+
+/// Sends `signal` to `child` and reaps it with `wait4` (for its peak RSS);
+/// panics if it has not exited within 20 s. `child` must not be waited on again.
+pub fn stop_and_reap(child: &Child, signal: libc::c_int) -> Stopped {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let sent = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data, written by the kernel.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            return Stopped {
+                status: std::process::ExitStatus::from_raw(status),
+                exit_after: sent.elapsed(),
+                peak_rss: usage.ru_maxrss as u64 * 1024,
+            };
+        }
+        assert!(sent.elapsed() < Duration::from_secs(20), "pid {pid} did not exit within 20 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Where each open fd of `pid` points.
+pub fn open_fd_targets(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).collect())
+        .unwrap_or_default()
+}
