@@ -13,6 +13,10 @@
 //!   the time to prepare node's tables at attach.
 //! - The profiler's own CPU time and peak RSS (from its reports), and the
 //!   userspace pipeline benchmark (`profiler/benches/pipeline.rs`).
+//! - Soak (`tests/fixtures/soak.c`): two threads allocating as fast as they
+//!   can for `--soak-secs` (default 10 min), launched and attached by pid,
+//!   alloc lens: every leak exact or every loss counted in the headline, and
+//!   the profiler's RSS sampled throughout.
 
 use std::{
     ffi::OsString,
@@ -85,18 +89,40 @@ struct Bench {
     md: String,
 }
 
-pub fn bench(profiler: PathBuf, root: &Path) -> Result<()> {
+/// The benchmark's sections, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Churn,
+    StackWalk,
+    Http,
+    Pipeline,
+    Soak,
+}
+
+pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     crate::install_missing(&[("bpftrace", "bpftrace"), ("wrk", "wrk")], "the benchmark");
     let mut b = Bench { profiler, dir, md: String::new() };
     b.md.push_str("# Profiler overhead\n\nEach figure is the median of ");
     b.md.push_str(&format!("{RUNS} runs, measured against the unprobed run of the same invocation.\n\n"));
-    let churn = b.churn(root)?;
-    let stack_walk = b.stack_walk(root)?;
-    let http = b.http(root)?;
-    let pipeline = b.pipeline(root)?;
-    let out = json!({ "churn": churn, "stack_walk": stack_walk, "http": http, "pipeline": pipeline });
+    let wanted = |s: Section| only.is_empty() || only.contains(&s);
+    let mut out = serde_json::Map::new();
+    if wanted(Section::Churn) {
+        out.insert("churn".into(), b.churn(root)?);
+    }
+    if wanted(Section::StackWalk) {
+        out.insert("stack_walk".into(), b.stack_walk(root)?);
+    }
+    if wanted(Section::Http) {
+        out.insert("http".into(), b.http(root)?);
+    }
+    if wanted(Section::Pipeline) {
+        out.insert("pipeline".into(), b.pipeline(root)?);
+    }
+    if wanted(Section::Soak) && soak_secs > 0 {
+        out.insert("soak".into(), b.soak(root, soak_secs)?);
+    }
     std::fs::write(b.dir.join("bench.json"), serde_json::to_vec_pretty(&out)?)?;
     std::fs::write(b.dir.join("bench.md"), &b.md)?;
     println!("{}", b.md);
@@ -507,6 +533,160 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         Ok(
             json!({ "runs": runs, "ingest_events_per_s": eps, "bytes_per_outstanding": bpa, "report_s": report }),
         )
+    }
+
+    fn soak(&mut self, root: &Path, secs: u64) -> Result<Value> {
+        let exe = self.dir.join("soak");
+        let st = Command::new("cc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(root.join("tests/fixtures/soak.c"))
+            .status()?;
+        if !st.success() {
+            bail!("compiling soak.c");
+        }
+        self.md.push_str(&format!(
+            "## Soak: {secs} s at the target's maximum allocation rate (two threads, alloc lens)\n\n\
+             Each thread churns malloc/free pairs of 16..4096 B as fast as it can and leaks one block per \
+             10,000 pairs (`leak_in_a` 1000 B, `leak_in_b` 3000 B). Attach: the threads are churning when \
+             the probes attach. Profiler RSS sampled every 5 s.\n\n\
+             | mode | pairs/s (both threads) | events | losses counted | leak_in_a seen / made | leak_in_b seen / made | profiler RSS at 1 min | at end | growth after 1 min | verdict |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        ));
+        let mut rows = Vec::new();
+        for mode in ["launch", "attach"] {
+            eprintln!("bench: soak ({mode}, {secs} s)");
+            settle();
+            let name = format!("soak-{mode}");
+            let started = std::time::Instant::now();
+            let (mut profiler, target_out) = if mode == "launch" {
+                let mut c =
+                    self.record(&name, &["--lens", "alloc"], &[exe.clone().into(), secs.to_string().into()]);
+                let mut p = c.stdout(Stdio::piped()).spawn()?;
+                let out = p.stdout.take().context("profiler stdout")?;
+                (p, out)
+            } else {
+                let mut target = Command::new(&exe)
+                    .args([secs.to_string().as_str(), "--wait"])
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                let mut out = BufReader::new(target.stdout.take().context("soak stdout")?);
+                let mut line = String::new();
+                out.read_line(&mut line)?;
+                if line.trim() != "ready" {
+                    bail!("soak did not start: {line}");
+                }
+                let mut p = Command::new(&self.profiler)
+                    .args(["record", "-q", "--lens", "alloc", "--pid", &target.id().to_string(), "-o"])
+                    .arg(self.dir.join(&name))
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                let mut stderr = BufReader::new(p.stderr.take().context("profiler stderr")?);
+                let mut said = String::new();
+                stderr.read_line(&mut said)?;
+                if !said.starts_with("profiling") {
+                    bail!("profiler did not attach: {said}");
+                }
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                let _ = Command::new("kill").args(["-USR1", &target.id().to_string()]).status();
+                std::thread::spawn(move || target.wait());
+                (p, out.into_inner())
+            };
+            let reader = std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut BufReader::new(target_out), &mut text);
+                text
+            });
+            let mut rss = Vec::new(); // (seconds since start, bytes)
+            let status = loop {
+                if let Some(st) = profiler.try_wait()? {
+                    break st;
+                }
+                if let Some(kib) =
+                    std::fs::read_to_string(format!("/proc/{}/status", profiler.id())).ok().and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))?
+                            .split_whitespace()
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                {
+                    rss.push((started.elapsed().as_secs_f64(), kib * 1024));
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            };
+            if !status.success() {
+                bail!("the soak's profiler ({mode}) exited with {status}");
+            }
+            let text = reader.join().map_err(|_| anyhow::anyhow!("soak output reader"))?;
+            let made = |thread: &str| -> Result<(u64, u64)> {
+                let line = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("soak: thread {thread}: ")))
+                    .with_context(|| format!("no totals of thread {thread} in: {text}"))?;
+                let mut numbers = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+                Ok((numbers.next().context("pairs")?, numbers.next().context("leaked")?))
+            };
+            let ((pairs_a, leaked_a), (pairs_b, leaked_b)) = (made("a")?, made("b")?);
+            let report = self.report(&name)?;
+            let seen = |function: &str| -> u64 {
+                report["stacks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["kind"] == "heap")
+                    .filter(|e| {
+                        e["frames"].as_array().is_some_and(|f| f.iter().any(|f| f["function"] == function))
+                    })
+                    .map(|e| e["count"].as_u64().unwrap_or(0))
+                    .sum()
+            };
+            let (seen_a, seen_b) = (seen("leak_in_a"), seen("leak_in_b"));
+            let a = &report["accuracy"];
+            let losses: u64 = [
+                "ringbuf_drops",
+                "scratch_busy",
+                "inflight_map_full",
+                "inflight_syscall_map_full",
+                "missed_returns",
+                "stack_failures",
+            ]
+            .iter()
+            .map(|k| a[k].as_u64().unwrap_or(0))
+            .sum();
+            let headline = std::fs::read_to_string(self.dir.join(&name).join("report.txt"))?
+                .lines()
+                .take(4)
+                .any(|l| l.starts_with("INCOMPLETE:"));
+            let exact = seen_a == leaked_a && seen_b == leaked_b;
+            let honest = exact || (losses > 0 && headline);
+            let at = |t: f64| rss.iter().find(|(s, _)| *s >= t).or(rss.last()).map_or(0, |r| r.1);
+            let (rss_1min, rss_end) = (at(60.0), rss.last().map_or(0, |r| r.1));
+            let growth = rss_end as f64 - rss_1min as f64;
+            let flat = growth < 16.0 * 1048576.0;
+            let pairs_per_s = (pairs_a + pairs_b) as f64 / secs as f64;
+            let mib = |b: f64| b / 1048576.0;
+            let verdict = match (exact, honest, flat) {
+                (true, _, true) => "exact, RSS flat".to_string(),
+                (false, true, true) => "losses counted in the headline, RSS flat".to_string(),
+                (_, false, _) => "**leaks missed without a counted loss**".to_string(),
+                (_, true, false) => "**RSS grew**".to_string(),
+            };
+            self.md.push_str(&format!(
+                "| {mode} | {pairs_per_s:.0} | {} | {losses} | {seen_a} / {leaked_a} | {seen_b} / {leaked_b} | {:.0} MiB | {:.0} MiB | {:+.1} MiB | {verdict} |\n",
+                a["events_received"],
+                mib(rss_1min as f64),
+                mib(rss_end as f64),
+                mib(growth),
+            ));
+            rows.push(json!({ "mode": mode, "secs": secs, "pairs_per_s": pairs_per_s, "events": a["events_received"],
+                "losses": losses, "headline_shows_losses": headline,
+                "leak_in_a": { "seen": seen_a, "made": leaked_a }, "leak_in_b": { "seen": seen_b, "made": leaked_b },
+                "rss_samples": rss, "rss_at_1min": rss_1min, "rss_end": rss_end, "exact": exact, "honest": honest, "flat": flat }));
+        }
+        self.md.push_str("\n");
+        Ok(json!({ "rows": rows }))
     }
 }
 

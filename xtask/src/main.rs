@@ -51,7 +51,14 @@ enum Task {
         args: Vec<OsString>,
     },
     /// Measure the profiler's overhead against unprobed runs (as root); writes target/bench/bench.md and bench.json.
-    Bench,
+    Bench {
+        /// Length of each soak run (launch, then attach), seconds; 0 skips the soak.
+        #[arg(long, default_value_t = 600)]
+        soak_secs: u64,
+        /// Run only these sections (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
+    },
     /// Run each fuzz target (profiler/fuzz) for a bounded time, from its committed corpus.
     Fuzz {
         /// Seconds per target.
@@ -77,11 +84,11 @@ fn main() -> ExitCode {
         Task::Gate { args } => gate(args),
         Task::Test { args } => test(args),
         Task::Fuzz { seconds, targets } => fuzz(seconds, targets),
-        Task::Bench => build(true).and_then(|profiler| {
+        Task::Bench { soak_secs, only } => build(true).and_then(|profiler| {
             if !is_root() {
                 bail!("the benchmark loads eBPF programs: run it as root");
             }
-            bench::bench(profiler, &workspace_root())
+            bench::bench(profiler, &workspace_root(), &only, soak_secs)
         }),
     };
     match result {
