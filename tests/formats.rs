@@ -120,3 +120,25 @@ fn diff_of_two_runs_gives_exact_deltas_and_a_differential_flamegraph() {
     assert!(svg.contains("<svg") && svg.contains("leaky_request"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("leaky_request"));
 }
+
+/// 40 calls from one line at 40 return addresses (an unrolled loop, Rust
+/// release build with line tables): one row "over 40 calls", the addresses
+/// kept in JSON.
+#[test]
+fn identical_symbolized_stacks_are_one_row_over_their_calls() {
+    let exe = common::built_fixture("rustc", "unrolled.rs", &["-C", "opt-level=3", "-g"]);
+    let dir = record("formats-unrolled", &exe, &[]);
+    let report = common::report_json(&dir);
+    let rows: Vec<&serde_json::Value> =
+        common::entries_through(&report, "heap", "unrolled::leak_unrolled").collect();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let row = rows[0];
+    assert_eq!((row["bytes"].as_u64(), row["count"].as_u64()), (Some(40 * 65536), Some(40)));
+    assert_eq!(row["sites"], 40);
+    let paths = row["site_offsets"].as_array().unwrap();
+    assert_eq!(paths.len(), 40);
+    let distinct: std::collections::BTreeSet<String> = paths.iter().map(|p| p.to_string()).collect();
+    assert_eq!(distinct.len(), 40, "each path has its own addresses");
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("2.5 MiB over 40 calls from 40 code paths"), "{text}");
+}

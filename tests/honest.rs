@@ -139,6 +139,24 @@ fn attach_mode_says_how_the_target_ended() {
 }
 
 #[test]
+fn a_process_exiting_while_the_probes_attach_is_named_as_such() {
+    // Gone at the third open of its executable: the profiler has checked it and is attaching probes.
+    let mut target =
+        Command::new(common::fixture("exitonopen")).arg("3").stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(target.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let dir = fresh_dir("honest-exit-during-attach");
+    let pid = target.id().to_string();
+    let reaper = std::thread::spawn(move || target.wait());
+    let run =
+        profiler(&["record", "--lens", "alloc,handles", "-q", "-o", dir.to_str().unwrap(), "--pid", &pid]);
+    reaper.join().unwrap().unwrap();
+    assert_exit(&run, 1, &format!("process {pid} exited while the profiler was attaching"));
+    assert!(!dir.exists(), "a run that never attached created its output directory");
+}
+
+#[test]
 fn sighup_in_launch_mode_leaves_the_program_running() {
     let dir = fresh_dir("honest-sighup-launch");
     let (mut p, stderr) =
@@ -166,8 +184,10 @@ fn a_full_disk_leaves_complete_files_or_none_and_the_summary_on_screen() {
         .arg(common::fixture("leaky"))
         .output()
         .unwrap();
+    // Nothing may fit: then the directory the run made is removed too.
     let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&out)
-        .unwrap()
+        .into_iter()
+        .flatten()
         .map(|e| e.unwrap())
         .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
         .collect();

@@ -15,7 +15,7 @@ use crate::{
         repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
         StackTable,
     },
-    symbols::Symbols,
+    symbols::{Frame, Symbols},
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -597,45 +597,126 @@ impl Collector {
             let maps = self.spaces.get(&pid).map(AddressSpace::maps).cloned().unwrap_or_default();
             names.extend(symbols.resolve(pid, &maps, &locs));
         }
-        let entries: Vec<StackEntry> = sites
-            .iter()
-            .map(|(site, o)| {
-                let pid = site.pid;
-                // Innermost first overall; an address's inlined frames are listed outermost
-                // first by the symbolizer, so reverse them.
-                let frames = self.locations[site.stack as usize]
-                    .iter()
-                    .flat_map(|l| names.get(l).cloned().unwrap_or_default().into_iter().rev())
-                    .collect();
-                let value = if site.kind.is_memory() { o.bytes } else { o.count };
-                let series = self.series.of(site);
-                let old_share = old.get(site).map_or(0.0, |v| *v as f64 / value.max(1) as f64);
+        // Sites whose symbolized stacks are identical (an unrolled loop: one
+        // call site per return address) are one entry.
+        let mut merged: Vec<Merged> = Vec::new();
+        let mut index: HashMap<(Kind, u32, Vec<FrameIdentity>), usize> = HashMap::new();
+        for (site, o) in &sites {
+            // Innermost first overall; an address's inlined frames are listed outermost
+            // first by the symbolizer, so reverse them.
+            let frames: Vec<Frame> = self.locations[site.stack as usize]
+                .iter()
+                .flat_map(|l| names.get(l).cloned().unwrap_or_default().into_iter().rev())
+                .collect();
+            let identity = frames.iter().map(FrameIdentity::of).collect();
+            let i = *index.entry((site.kind, site.pid, identity)).or_insert_with(|| {
+                merged.push(Merged {
+                    kind: site.kind,
+                    pid: site.pid,
+                    frames: frames.clone(),
+                    bytes: 0,
+                    count: 0,
+                    age_ns_sum: 0,
+                    old: 0,
+                    series: Vec::new(),
+                    apis: Vec::new(),
+                    site_offsets: Vec::new(),
+                    sites: 0,
+                });
+                merged.len() - 1
+            });
+            let m = &mut merged[i];
+            m.bytes += o.bytes;
+            m.count += o.count;
+            m.age_ns_sum += u128::from(o.mean_age_ns(now_ns)) * u128::from(o.count);
+            m.old += old.get(site).copied().unwrap_or(0);
+            let series = self.series.of(site);
+            m.series.resize(series.len().max(m.series.len()), 0);
+            for (sum, v) in m.series.iter_mut().zip(series) {
+                *sum += v;
+            }
+            let api = &self.api[site.stack as usize];
+            if !m.apis.contains(api) {
+                m.apis.push(api.clone());
+            }
+            if m.site_offsets.len() < MAX_SITE_OFFSETS {
+                m.site_offsets.push(frames.iter().map(|f| f.offset.clone()).collect());
+            }
+            m.sites += 1;
+        }
+        merged
+            .into_iter()
+            .map(|m| {
+                let value = if m.kind.is_memory() { m.bytes } else { m.count };
+                let old_share = m.old as f64 / value.max(1) as f64;
                 let points: Vec<(f64, f64)> = times
                     .iter()
-                    .zip(&series)
+                    .zip(&m.series)
                     .skip(self.series.warmup_index)
                     .map(|(t, v)| (*t, *v as f64))
                     .collect();
-                let min_growth = if site.kind.is_memory() { 4096.0 } else { 0.5 };
+                let min_growth = if m.kind.is_memory() { 4096.0 } else { 0.5 };
                 let trend = (!points.is_empty()).then(|| crate::trend::judge(&points, old_share, min_growth));
                 StackEntry {
                     class: None,
                     trend,
                     old_share,
-                    series,
-                    kind: site.kind.name().to_string(),
-                    pid,
-                    command: self.command(pid),
-                    bytes: if site.kind.is_memory() { o.bytes } else { 0 },
-                    count: o.count,
-                    mean_age_s: o.mean_age_ns(now_ns) as f64 / 1e9,
-                    api: self.api[site.stack as usize].clone(),
-                    frames,
+                    series: m.series,
+                    kind: m.kind.name().to_string(),
+                    pid: m.pid,
+                    command: self.command(m.pid),
+                    bytes: if m.kind.is_memory() { m.bytes } else { 0 },
+                    count: m.count,
+                    mean_age_s: (m.age_ns_sum / u128::from(m.count.max(1))) as f64 / 1e9,
+                    api: m.apis.join(", "),
+                    frames: m.frames,
+                    sites: m.sites,
+                    site_offsets: if m.sites > 1 { m.site_offsets } else { Vec::new() },
                 }
             })
-            .collect();
-        entries
+            .collect()
     }
+}
+
+/// Most code addresses listed per merged entry (`site_offsets`).
+const MAX_SITE_OFFSETS: usize = 64;
+
+/// What makes two symbolized frames the same frame for people: everything
+/// but the code address.
+#[derive(PartialEq, Eq, Hash)]
+struct FrameIdentity {
+    function: String,
+    module: String,
+    file: Option<String>,
+    line: Option<u32>,
+    inlined: bool,
+}
+
+impl FrameIdentity {
+    fn of(f: &Frame) -> Self {
+        Self {
+            function: f.function.clone(),
+            module: f.module.clone(),
+            file: f.file.clone(),
+            line: f.line,
+            inlined: f.inlined,
+        }
+    }
+}
+
+/// The sites of one entry, summed.
+struct Merged {
+    kind: Kind,
+    pid: u32,
+    frames: Vec<Frame>,
+    bytes: u64,
+    count: u64,
+    age_ns_sum: u128,
+    old: u64,
+    series: Vec<u64>,
+    apis: Vec<String>,
+    site_offsets: Vec<Vec<String>>,
+    sites: u64,
 }
 
 #[cfg(test)]

@@ -550,8 +550,8 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
              Each thread churns malloc/free pairs of 16..4096 B as fast as it can and leaks one block per \
              10,000 pairs (`leak_in_a` 1000 B, `leak_in_b` 3000 B). Attach: the threads are churning when \
              the probes attach. Profiler RSS sampled every 5 s.\n\n\
-             | mode | pairs/s (both threads) | events | losses counted | leak_in_a seen / made | leak_in_b seen / made | profiler RSS at 1 min | at end | growth after 1 min | verdict |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+             | mode | pairs/s (both threads) | events | losses counted | leak_in_a seen / made | leak_in_b seen / made | profiler RSS at 1 min | at the end of recording | growth after 1 min | peak (report included) | verdict |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
         ));
         let mut rows = Vec::new();
         for mode in ["launch", "attach"] {
@@ -661,8 +661,11 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                 .any(|l| l.starts_with("INCOMPLETE:"));
             let exact = seen_a == leaked_a && seen_b == leaked_b;
             let honest = exact || (losses > 0 && headline);
-            let at = |t: f64| rss.iter().find(|(s, _)| *s >= t).or(rss.last()).map_or(0, |r| r.1);
-            let (rss_1min, rss_end) = (at(60.0), rss.last().map_or(0, |r| r.1));
+            // While the target runs; the report built after it exits has its own peak.
+            let recording: Vec<(f64, u64)> = rss.iter().copied().filter(|(t, _)| *t < secs as f64).collect();
+            let at = |t: f64| recording.iter().find(|(s, _)| *s >= t).or(recording.last()).map_or(0, |r| r.1);
+            let (rss_1min, rss_end) = (at(60.0), recording.last().map_or(0, |r| r.1));
+            let peak = report["accuracy"]["profiler_cost"]["peak_rss_bytes"].as_f64().unwrap_or(0.0);
             let growth = rss_end as f64 - rss_1min as f64;
             let flat = growth < 16.0 * 1048576.0;
             let pairs_per_s = (pairs_a + pairs_b) as f64 / secs as f64;
@@ -674,16 +677,17 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                 (_, true, false) => "**RSS grew**".to_string(),
             };
             self.md.push_str(&format!(
-                "| {mode} | {pairs_per_s:.0} | {} | {losses} | {seen_a} / {leaked_a} | {seen_b} / {leaked_b} | {:.0} MiB | {:.0} MiB | {:+.1} MiB | {verdict} |\n",
+                "| {mode} | {pairs_per_s:.0} | {} | {losses} | {seen_a} / {leaked_a} | {seen_b} / {leaked_b} | {:.0} MiB | {:.0} MiB | {:+.1} MiB | {:.0} MiB | {verdict} |\n",
                 a["events_received"],
                 mib(rss_1min as f64),
                 mib(rss_end as f64),
                 mib(growth),
+                mib(peak),
             ));
             rows.push(json!({ "mode": mode, "secs": secs, "pairs_per_s": pairs_per_s, "events": a["events_received"],
                 "losses": losses, "headline_shows_losses": headline,
                 "leak_in_a": { "seen": seen_a, "made": leaked_a }, "leak_in_b": { "seen": seen_b, "made": leaked_b },
-                "rss_samples": rss, "rss_at_1min": rss_1min, "rss_end": rss_end, "exact": exact, "honest": honest, "flat": flat }));
+                "rss_samples": rss, "rss_at_1min": rss_1min, "rss_end": rss_end, "peak_rss": peak, "exact": exact, "honest": honest, "flat": flat }));
         }
         self.md.push_str("\n");
         Ok(json!({ "rows": rows }))

@@ -23,6 +23,25 @@ use super::random_suffix;
 pub struct OutputDir {
     path: PathBuf,
     dir: OwnedFd,
+    /// Set when this run made the directory.
+    new: Option<NewDir>,
+}
+
+/// A directory this run made: removed again if the run fails before
+/// writing anything into it.
+#[derive(Debug)]
+pub struct NewDir {
+    parent: File,
+    name: CString,
+}
+
+impl NewDir {
+    /// Removes the directory if it is still empty (`rmdir` through its
+    /// parent: a symlink planted in its place is not followed).
+    pub fn remove_if_empty(self) {
+        // SAFETY: a plain syscall on a NUL-terminated name.
+        unsafe { libc::unlinkat(self.parent.as_raw_fd(), self.name.as_ptr(), libc::AT_REMOVEDIR) };
+    }
 }
 
 fn c_name(name: &str) -> Result<CString> {
@@ -47,16 +66,18 @@ fn open_dir_at(at: libc::c_int, name: &CString) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Creates directory `name` in `at` (`exclusive`: it must not exist yet) and opens it.
-fn make_dir_at(at: libc::c_int, name: &CString, exclusive: bool) -> std::io::Result<OwnedFd> {
+/// Creates directory `name` in `at` (`exclusive`: it must not exist yet) and
+/// opens it; says whether it was made here.
+fn make_dir_at(at: libc::c_int, name: &CString, exclusive: bool) -> std::io::Result<(OwnedFd, bool)> {
     // SAFETY: a plain syscall on a NUL-terminated name.
-    if unsafe { libc::mkdirat(at, name.as_ptr(), 0o755) } != 0 {
+    let made = unsafe { libc::mkdirat(at, name.as_ptr(), 0o755) } == 0;
+    if !made {
         let e = std::io::Error::last_os_error();
         if exclusive || e.raw_os_error() != Some(libc::EEXIST) {
             return Err(e);
         }
     }
-    open_dir_at(at, name)
+    Ok((open_dir_at(at, name)?, made))
 }
 
 impl OutputDir {
@@ -72,9 +93,10 @@ impl OutputDir {
         let parent_dir = File::open(parent).with_context(what)?;
         let name = path.file_name().with_context(what)?;
         let name = c_name(&name.to_string_lossy()).with_context(what)?;
-        let dir = make_dir_at(parent_dir.as_raw_fd(), &name, exclusive)
+        let (dir, made) = make_dir_at(parent_dir.as_raw_fd(), &name, exclusive)
             .with_context(|| format!("{} (it must be a directory, not a symlink)", what()))?;
-        let out = Self { path: path.to_path_buf(), dir };
+        let new = made.then_some(NewDir { parent: parent_dir, name });
+        let out = Self { path: path.to_path_buf(), dir, new };
         out.write(".write-test", b"")
             .with_context(|| format!("output directory {} is not writable", path.display()))?;
         out.remove(".write-test");
@@ -85,11 +107,16 @@ impl OutputDir {
         &self.path
     }
 
+    /// The directory, if this run made it (see [`NewDir::remove_if_empty`]).
+    pub fn take_new(&mut self) -> Option<NewDir> {
+        self.new.take()
+    }
+
     /// Creates (or reuses) the subdirectory `name` and opens it.
     pub fn subdir(&self, name: &str) -> Result<Self> {
-        let dir = make_dir_at(self.dir.as_raw_fd(), &c_name(name)?, false)
+        let (dir, _) = make_dir_at(self.dir.as_raw_fd(), &c_name(name)?, false)
             .with_context(|| format!("creating {}", self.path.join(name).display()))?;
-        Ok(Self { path: self.path.join(name), dir })
+        Ok(Self { path: self.path.join(name), dir, new: None })
     }
 
     /// Writes `data` as file `name`, completely or not at all.
@@ -159,7 +186,7 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let dir = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
-    let dir = OutputDir { path: parent.to_path_buf(), dir: OwnedFd::from(dir) };
+    let dir = OutputDir { path: parent.to_path_buf(), dir: OwnedFd::from(dir), new: None };
     let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
     dir.write(&name.to_string_lossy(), data)
 }

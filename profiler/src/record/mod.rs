@@ -226,12 +226,21 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
         }
         TargetSpec::Command(_) => {}
     }
-    let output = match &opts.output {
+    let mut output = match &opts.output {
         Some(dir) => OutputDir::create(dir, false)?,
         None => OutputDir::create(&default_output(&opts.target), true)?,
     };
+    let new_dir = output.take_new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(run(opts, output))
+    let recorded = runtime.block_on(run(opts, output));
+    if recorded.is_err() {
+        // A run that failed before writing anything (e.g. the target exited
+        // while the probes were being attached) leaves no empty directory.
+        if let Some(dir) = new_dir {
+            dir.remove_if_empty();
+        }
+    }
+    recorded
 }
 
 async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {

@@ -29,7 +29,8 @@ pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
     let index = |r: &Report| {
         let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
         for e in &r.stacks {
-            *m.entry((e.kind.clone(), flame::folded_path(e))).or_default() += flame::value(e);
+            let sum = m.entry((e.kind.clone(), flame::folded_path(e))).or_default();
+            *sum = sum.saturating_add(flame::value(e));
         }
         m
     };
@@ -136,6 +137,8 @@ mod tests {
                     old_share: 0.0,
                     series: vec![],
                     class: None,
+                    sites: 1,
+                    site_offsets: vec![],
                 })
                 .collect(),
             accuracy: Accuracy::default(),
@@ -165,5 +168,14 @@ mod tests {
         );
         let svg = String::from_utf8(svg(&a, &b, "heap").unwrap()).unwrap();
         assert!(svg.contains("grows"));
+    }
+
+    #[test]
+    fn deltas_saturate_instead_of_wrapping() {
+        let a = report(&[("heap", "huge", u64::MAX), ("heap", "huge", u64::MAX), ("heap", "gone", u64::MAX)]);
+        let b = report(&[("heap", "new", u64::MAX)]);
+        let d = diff(&a, &b);
+        let rows: Vec<(&str, i64)> = d.iter().map(|x| (x.stack.as_str(), x.delta)).collect();
+        assert_eq!(rows, vec![("main;new", i64::MAX), ("main;gone", i64::MIN), ("main;huge", i64::MIN)]);
     }
 }

@@ -86,9 +86,10 @@ pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
         )
     } else {
         format!(
-            "{kind}: {} outstanding in {} blocks - {} (pid {})",
+            "{kind}: {} outstanding in {} {} - {} (pid {})",
             human_bytes(total.bytes),
             total.count,
+            super::text::units(kind, total.count),
             report.target.command,
             report.target.pid
         )
@@ -122,6 +123,8 @@ mod tests {
             old_share: 0.0,
             series: Vec::new(),
             class: None,
+            sites: 1,
+            site_offsets: Vec::new(),
         };
         Report {
             schema_version: 1,

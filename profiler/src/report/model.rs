@@ -157,6 +157,17 @@ pub struct StackEntry {
     /// The value at each sample time of `series.times`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<u64>,
+    /// How many code paths (distinct return addresses with identical
+    /// symbolized frames, e.g. an unrolled loop's calls) this entry merges.
+    #[serde(default = "one")]
+    pub sites: u64,
+    /// The frames' code addresses of each merged path (first 64), when more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_offsets: Vec<Vec<String>>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// Samples of the whole recording.

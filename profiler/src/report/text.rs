@@ -35,7 +35,7 @@ pub fn render(report: &Report, top: usize) -> String {
                 "  {kind:<10} {:>12} in {} {}",
                 human_bytes(total.bytes),
                 total.count,
-                units(kind)
+                units(kind, total.count)
             );
         }
     }
@@ -115,11 +115,17 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(s);
         let _ = writeln!(s, "Top {kind} stacks:");
         for (i, e) in entries.iter().enumerate() {
-            let what = if Report::is_handle_kind(kind) {
+            let mut what = if Report::is_handle_kind(kind) {
                 format!("{} open", e.count)
+            } else if kind == "heap" {
+                // Each outstanding block is one allocating call.
+                format!("{} over {} {}", human_bytes(e.bytes), e.count, plural(e.count, "call", "calls"))
             } else {
-                format!("{} in {} {}", human_bytes(e.bytes), e.count, units(kind))
+                format!("{} in {} {}", human_bytes(e.bytes), e.count, units(kind, e.count))
             };
+            if e.sites > 1 {
+                what.push_str(&format!(" from {} code paths", e.sites));
+            }
             let trend = match e.trend {
                 Some(t) if t.verdict != crate::trend::Verdict::Unknown => {
                     let rate = if Report::is_handle_kind(kind) {
@@ -262,11 +268,20 @@ pub fn render(report: &Report, top: usize) -> String {
 }
 
 /// What a memory kind's count counts.
-fn units(kind: &str) -> &'static str {
+/// What `count` items of a memory kind are called.
+pub(crate) fn units(kind: &str, count: u64) -> &'static str {
     match kind {
-        "resident" => "pages",
-        "mmap" | "file-mmap" => "mappings",
-        _ => "blocks",
+        "resident" => plural(count, "page", "pages"),
+        "mmap" | "file-mmap" => plural(count, "mapping", "mappings"),
+        _ => plural(count, "block", "blocks"),
+    }
+}
+
+fn plural(count: u64, one: &'static str, many: &'static str) -> &'static str {
+    if count == 1 {
+        one
+    } else {
+        many
     }
 }
 
