@@ -278,3 +278,69 @@ fn five_hundred_short_lived_children_under_ulimit_1024() {
     let grown = peak(&many).saturating_sub(peak(&few));
     assert!(grown < 16 << 20, "profiler memory grew {} MiB from 50 to 500 children", grown >> 20);
 }
+
+const FORKLEAK_FUNCTIONS: [&str; 7] = [
+    "before_fork_a",
+    "before_fork_b",
+    "parent_thread",
+    "parent_after_fork",
+    "child_first",
+    "child_thread",
+    "child_after_parent_exit",
+];
+
+/// (bytes, blocks) on the heap per leaking function of `forkleak.c`, in the
+/// stacks of process `pid` (or of every other process when `others`).
+fn heap_by_function(report: &Value, pid: u64, others: bool) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for e in report["stacks"].as_array().unwrap() {
+        if e["kind"] != "heap" || (e["pid"].as_u64() == Some(pid)) == others {
+            continue;
+        }
+        let leaf = e["frames"][0]["function"].as_str().unwrap_or("?").to_string();
+        if !FORKLEAK_FUNCTIONS.contains(&leaf.as_str()) {
+            continue; // the C library's own (thread descriptors)
+        }
+        let v = out.entry(leaf).or_default();
+        v.0 += e["bytes"].as_u64().unwrap();
+        v.1 += e["count"].as_u64().unwrap();
+    }
+    out
+}
+
+/// A child outliving its launched parent is recorded until it exits (the
+/// recording ends with it, not with the parent), and holds the blocks it
+/// inherited at the fork as well as its own: exact per process.
+#[test]
+fn a_child_outliving_its_parent_is_recorded_to_its_exit_with_inherited_blocks() {
+    let dir = fresh_dir("forkleak");
+    common::record_launch(&dir, &common::fixture("forkleak"), &[]);
+    let report = report_json(&dir);
+    let parent = report["target"]["pid"].as_u64().unwrap();
+    let expect = |pairs: &[(&str, u64)]| -> BTreeMap<String, (u64, u64)> {
+        pairs.iter().map(|(f, b)| (f.to_string(), (*b, 1))).collect()
+    };
+    let inherited = [("before_fork_a", 10001), ("parent_thread", 20001), ("before_fork_b", 10002)];
+    let mut parent_leaks = expect(&inherited);
+    parent_leaks.extend(expect(&[("parent_after_fork", 10003)]));
+    let mut child_leaks = expect(&inherited);
+    child_leaks.extend(expect(&[
+        ("child_first", 30000),
+        ("child_thread", 20002),
+        ("child_after_parent_exit", 30001),
+    ]));
+    assert_eq!(heap_by_function(&report, parent, false), parent_leaks, "the parent, at its exit");
+    assert_eq!(
+        heap_by_function(&report, parent, true),
+        child_leaks,
+        "the child, at its exit after the parent's"
+    );
+    let end = report["end_reason"].as_str().unwrap();
+    assert!(end.starts_with("last process of the tree exited (pid "), "{end}");
+    assert!(end.contains(&format!("the launched process {parent} ended earlier, exit code 0")), "{end}");
+    assert_eq!(report["target_exit"]["code"], 0);
+    // Each thread's exit hands glibc's thread cache back with frees of its own.
+    let accuracy = &report["accuracy"];
+    assert_eq!(accuracy["unknown_frees"], 0, "the C library's own frees are not the program's");
+    assert!(accuracy["c_library_frees"].as_u64().unwrap() >= 2, "{}", accuracy["c_library_frees"]);
+}

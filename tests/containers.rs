@@ -137,6 +137,69 @@ fn a_process_started_in_an_empty_cgroup_is_seen_from_its_first_allocation() {
     let _ = child.wait();
 }
 
+/// A root directory holding copies of `program` and of every library it
+/// loads, at their own paths: new inodes, a C library the profiler has not
+/// probed (as a container's own root filesystem is).
+fn root_with_own_libc(name: &str, program: &std::path::Path) -> PathBuf {
+    let root = common::fresh_dir(name);
+    let ldd = Command::new("ldd").arg(program).output().unwrap();
+    let libs: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_string)
+        .collect();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{libs:?}");
+    for lib in libs {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&lib, &to).unwrap();
+    }
+    std::fs::copy(program, root.join("leaky")).unwrap();
+    root
+}
+
+/// Its own copy of libc, never seen by the profiler before: the kernel holds
+/// the process at exec until that copy is probed, so nothing is missed.
+#[test]
+fn a_process_with_its_own_libc_in_a_chroot_is_seen_from_its_first_allocation() {
+    let cgroup = TestCgroup::new("leakprof-own-libc");
+    let root = root_with_own_libc("own-libc-root", &leaky());
+    let dir = common::fresh_dir("cgroup-own-libc");
+    let (mut profiler, stderr) = common::start_profiler(&[
+        "--lens",
+        "alloc,handles",
+        "-q",
+        "-o",
+        dir.to_str().unwrap(),
+        "--cgroup",
+        cgroup.0.to_str().unwrap(),
+    ]);
+    let script = format!("echo $$ > {}/cgroup.procs && exec chroot \"$0\" /leaky --stay", cgroup.0.display());
+    let mut child =
+        Command::new("sh").args(["-c", &script]).arg(&root).stdout(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "leaked");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    let stderr_text = stderr.join().unwrap();
+    assert!(profiler.wait().unwrap().success(), "{stderr_text}");
+    assert!(!stderr_text.contains("could not be held"), "{stderr_text}");
+    let report = common::report_json(&dir);
+    let attached = report["accuracy"]["probes_attached"].as_array().unwrap();
+    let mallocs =
+        attached.iter().filter(|p| p.as_str().unwrap().starts_with("uprobe+uretprobe:malloc ")).count();
+    assert_eq!(mallocs, 2, "this machine's libc (primed) and the root's own copy: {attached:?}");
+    let heap = by_pid_and_leaf(&report, "heap");
+    let pid = child.id() as u64;
+    for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
+        assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "{f}: {heap:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn record_error(args: &[&str]) -> String {
     let out = Command::new(PROFILER).args(["record", "--lens", "alloc,handles"]).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} must fail: {}", String::from_utf8_lossy(&out.stdout));

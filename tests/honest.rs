@@ -27,18 +27,22 @@ fn assert_exit(out: &Output, code: i32, needle: &str) {
 fn bad_values_are_usage_errors_and_leave_no_directory() {
     let dir = fresh_dir("honest-usage");
     let d = dir.to_str().unwrap();
-    for (flag, value) in [
-        ("--duration", "1e300"),
-        ("--interval", "inf"),
-        ("--min-age", "-1"),
-        ("--warmup", "NaN"),
-        ("--ringbuf-mb", "4096"),
-        ("--duration", "0"),
-        ("--interval", "0.01"),
+    let range = "is out of range (0 to 315360000 seconds)";
+    for (flag, value, message) in [
+        ("--duration", "1e300", format!("invalid value '1e300' for '--duration <SECS>': \"1e300\" {range}")),
+        ("--interval", "inf", format!("invalid value 'inf' for '--interval <SECS>': \"inf\" {range}")),
+        ("--min-age", "-1", format!("invalid value '-1' for '--min-age <SECS>': \"-1\" {range}")),
+        ("--warmup", "NaN", format!("invalid value 'NaN' for '--warmup <SECS>': \"NaN\" {range}")),
+        (
+            "--ringbuf-mb",
+            "4096",
+            "invalid value '4096' for '--ringbuf-mb <MIB>': 4096 is not in 1..=1024".into(),
+        ),
+        ("--duration", "0", "error: --duration must be a positive number of seconds".into()),
+        ("--interval", "0.01", "error: --interval must be at least 0.05 s".into()),
     ] {
         let out = profiler(&["record", "-o", d, flag, value, "--", "/bin/true"]);
-        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("error"), "{flag} {value}");
+        assert_exit(&out, 2, &message);
     }
     assert_exit(&profiler(&["gate", "--duration", "1e300", "--", "/bin/true"]), 2, "out of range");
     assert_exit(&profiler(&["record", "-o", d, "--pid", "2"]), 1, "is a kernel thread");
@@ -101,6 +105,15 @@ fn the_gate_fails_a_command_that_crashed_or_exited_non_zero() {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
             assert!(text.contains(reason), "{file} names {reason:?}: {text}");
         }
+        // Nor does a failed run become the baseline.
+        let baseline = dir.join("baseline.json");
+        let args = ["gate", "--update-baseline", "--baseline", baseline.to_str().unwrap(), "--output"];
+        let out = profiler(&[&args[..], &[dir.to_str().unwrap(), "--"], command].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+        let want = format!("no baseline written: the command failed (run 1: {reason})");
+        assert!(stderr.contains(&want), "{command:?}: {stderr}");
+        assert!(!baseline.exists());
     }
     let dir = fresh_dir("honest-gate-accepted");
     let out =

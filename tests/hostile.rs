@@ -123,27 +123,47 @@ fn symlinks_planted_at_every_output_name_are_replaced_not_followed() {
     assert!(!out.join(".write-test").exists());
     assert_eq!(folded_by_leaf(&out, "heap").get("leak_malloc"), Some(&3000));
 
-    // The gate's outputs and baseline likewise.
+    // The gate's outputs and baseline likewise: the baseline written by one
+    // run, the decision files by a second run judged against it.
     let gate_out = dir.join("gate");
     std::fs::create_dir(&gate_out).unwrap();
-    for name in ["gate.json", "junit.xml", "summary.md"] {
-        std::os::unix::fs::symlink(&victim, gate_out.join(name)).unwrap();
+    assert!(Command::new("chown").args(["65534", gate_out.to_str().unwrap()]).status().unwrap().success());
+    let gate_names = ["gate.json", "junit.xml", "summary.md"];
+    for name in gate_names {
+        let link = gate_out.join(name);
+        assert!(as_nobody(&["ln", "-s", victim.to_str().unwrap(), link.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success());
     }
-    let baseline = dir.join("baseline.json");
-    std::os::unix::fs::symlink(&victim, &baseline).unwrap();
-    let gate = Command::new(PROFILER)
-        .args(["gate", "--update-baseline", "--baseline"])
-        .arg(&baseline)
-        .arg("--output")
-        .arg(&gate_out)
-        .arg("--")
-        .arg(common::fixture("leaky"))
-        .output()
-        .unwrap();
-    assert!(gate.status.code().is_some(), "{}", String::from_utf8_lossy(&gate.stderr));
+    let baseline = gate_out.join("baseline.json");
+    assert!(as_nobody(&["ln", "-s", victim.to_str().unwrap(), baseline.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    for update in [true, false] {
+        let mut gate = Command::new(PROFILER);
+        gate.arg("gate");
+        if update {
+            gate.arg("--update-baseline");
+        }
+        let gate = gate
+            .arg("--baseline")
+            .arg(&baseline)
+            .arg("--output")
+            .arg(&gate_out)
+            .arg("--")
+            .arg(common::fixture("leaky"))
+            .output()
+            .unwrap();
+        assert_eq!(gate.status.code(), Some(0), "update {update}: {}", String::from_utf8_lossy(&gate.stderr));
+    }
     assert!(!watch.opened(), "the gate opened the planted symlink's target");
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
-    assert!(std::fs::symlink_metadata(&baseline).unwrap().file_type().is_file());
+    for name in gate_names.iter().chain(&["baseline.json"]) {
+        let meta = std::fs::symlink_metadata(gate_out.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is a regular file now");
+    }
 }
 
 #[test]

@@ -29,7 +29,8 @@ const _: () =
 pub enum EventKind {
     /// A heap block was returned by an allocator entry point (`addr`, `size`).
     Alloc = 1,
-    /// A heap block was released (`addr`).
+    /// A heap block was released (`addr`); from `free` itself, `arg` is
+    /// the caller's return address (0 if unreadable).
     Free = 2,
     /// `realloc`-like move: `old_addr` is released, `addr`/`size` allocated.
     Realloc = 3,
@@ -59,7 +60,8 @@ pub enum EventKind {
     CloseRange = 13,
     /// fcntl(F_SETFD): fd `addr`, `arg` = 1 if close-on-exec is now set.
     FdSetCloexec = 14,
-    /// The process exec'd a new program.
+    /// The process exec'd a new program; `arg` = 1 if it was stopped
+    /// (SIGSTOP) before its first instruction, to be probed and continued.
     Exec = 15,
     /// The process forked child process `addr` (not a thread).
     Fork = 16,

@@ -16,7 +16,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_prandom_u32,
-        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -185,6 +185,13 @@ fn count(slot: usize) {
 /// match, they must not pay for the cgroup-id helper and a second map lookup.
 #[unsafe(no_mangle)]
 static CGROUP_MODE: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+
+/// 1 when every exec of a target is to be held with SIGSTOP until userspace
+/// has probed its allocator (cgroup and `--follow` modes with the alloc lens;
+/// launch mode holds execs with ptrace instead).
+#[unsafe(no_mangle)]
+static HOLD_AT_EXEC: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+const SIGSTOP: u32 = 19;
 
 /// `--sample-bytes`: mean bytes between sampled allocations; 0 records every call.
 #[unsafe(no_mangle)]
@@ -479,6 +486,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     }
     if let Some(mut ev) = scratch(EventKind::Free, AllocApi::Free as u16) {
         ev.header.addr = ptr;
+        // The caller (the return address at the entry's stack pointer, which
+        // the placement keeps), to tell the allocator's own frees apart.
+        ev.header.arg = unsafe { bpf_probe_read_user(entry_sp(&ctx) as *const u64) }.unwrap_or(0);
         submit(&ev);
     }
     0
@@ -960,7 +970,12 @@ pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if is_target() {
         unwind::forget((bpf_get_current_pid_tgid() >> 32) as u32);
-        if let Some(ev) = scratch(EventKind::Exec, 0) {
+        if let Some(mut ev) = scratch(EventKind::Exec, 0) {
+            // Stopped before its first instruction: userspace probes the
+            // allocator it is about to load, then lets it go.
+            if HOLD_AT_EXEC.load() != 0 && unsafe { bpf_send_signal(SIGSTOP) } == 0 {
+                ev.header.arg = 1;
+            }
             submit(&ev);
         }
     }

@@ -92,6 +92,8 @@ pub struct Collector {
     /// to attach allocator probes to their new image).
     pub execs: Vec<u32>,
     pub forks: Vec<(u32, u32)>,
+    /// Processes the kernel stopped at exec, waiting to be probed and let go.
+    pub held_at_exec: Vec<u32>,
     /// Processes that mapped a file since last taken (a library loaded: the
     /// kernel walker needs its table).
     pub mapped_files: std::collections::BTreeSet<u32>,
@@ -477,7 +479,16 @@ impl Collector {
                     stack,
                 }
             }
-            EventKind::Free => Op::Free { addr: h.addr },
+            EventKind::Free => {
+                // glibc's thread exit hands its per-thread cache back with
+                // free() calls of its own, of blocks the program freed long ago.
+                let own = h.api == AllocApi::Free as u16 && h.arg != 0;
+                if own && !self.ledger.holds_block(h.tgid, h.addr) && self.space(h.tgid).in_libc(h.arg) {
+                    self.ledger.counters.c_library_frees += 1;
+                    return;
+                }
+                Op::Free { addr: h.addr }
+            }
             EventKind::Mmap => {
                 let stack = self.intern(&ev, CapturedAt::Syscall);
                 Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
@@ -524,6 +535,9 @@ impl Collector {
             EventKind::FdSetCloexec => Op::SetCloexec { fd: h.addr, on: h.arg != 0 },
             EventKind::Exec => {
                 // A new program: new mappings, maybe a new C library.
+                if h.arg == 1 {
+                    self.held_at_exec.push(h.tgid);
+                }
                 self.spaces.remove(&h.tgid);
                 *self.images.entry(h.tgid).or_default() += 1;
                 self.note_process(h.tgid);

@@ -113,7 +113,7 @@ enum Command {
 #[derive(Args)]
 struct WarmupArgs {
     /// Exclude everything still live this many seconds after start (warm-up).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     warmup: Option<Duration>,
 
     /// Exclude everything still live when the program prints a line containing TEXT.
@@ -152,7 +152,7 @@ struct RecordArgs {
     follow: bool,
 
     /// Stop after this many seconds.
-    #[arg(long, short, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, short, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     duration: Option<Duration>,
 
     /// Output directory [default: ./profile-<target>-<timestamp>].
@@ -172,11 +172,11 @@ struct RecordArgs {
     quiet: bool,
 
     /// Sample outstanding values per stack every SECS: growth rates and verdicts in the report.
-    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     interval: Duration,
 
     /// Bytes younger than this are "in flight": a stack made mostly of them is transient.
-    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     min_age: Duration,
 
     /// How stacks are ranked in each kind.
@@ -305,7 +305,7 @@ struct GateArgs {
     runs: usize,
 
     /// Judge each run this many seconds after start (for programs that do not exit), instead of at exit.
-    #[arg(long, short, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, short, value_name = "SECS", value_parser = parse_secs, allow_negative_numbers = true)]
     duration: Option<Duration>,
 
     /// An exit code of the command that does not fail the gate (repeatable; 0 always passes).

@@ -37,6 +37,8 @@ pub struct ProbeSettings {
     /// Mean bytes between sampled allocations (`--sample-bytes`); 0 records every call.
     pub sample_bytes: u64,
     pub placement: PlacementMode,
+    /// Stop every exec'd target (SIGSTOP) until its allocator is probed.
+    pub hold_at_exec: bool,
 }
 
 pub struct Probes {
@@ -66,6 +68,7 @@ impl Probes {
             .map_max_entries("EVENTS", ringbuf_bytes)
             .override_global("CGROUP_MODE", &(settings.cgroup_mode as u8), true)
             .override_global("SAMPLE_BYTES", &settings.sample_bytes, true)
+            .override_global("HOLD_AT_EXEC", &(settings.hold_at_exec as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         let tables = KernelTables::new(

@@ -13,6 +13,9 @@
 //!   the time to prepare node's tables at attach.
 //! - The profiler's own CPU time and peak RSS (from its reports), and the
 //!   userspace pipeline benchmark (`profiler/benches/pipeline.rs`).
+//! - Exit: from the end of recording (SIGINT) to the summary on stdout and
+//!   to the profiler's exit, attached to two threads churning the allocator,
+//!   with every lens (~90 probes and tracepoints) and with the default lenses.
 //! - Soak (`tests/fixtures/soak.c`): two threads allocating as fast as they
 //!   can for `--soak-secs` (default 10 min), launched and attached by pid,
 //!   alloc lens: every leak exact or every loss counted in the headline, and
@@ -44,6 +47,9 @@ const BYTES_PER_ALLOC_TARGET: f64 = 150.0;
 const REPORT_S_TARGET: f64 = 2.0;
 /// Complete unwinding may cost at most this times the frame-pointer walk.
 const UNWIND_RATIO_TARGET: f64 = 1.5;
+/// From the end of recording: the summary on screen, and the profiler gone.
+const SUMMARY_S_TARGET: f64 = 1.0;
+const EXIT_S_TARGET: f64 = 2.0;
 /// Frames between main and the churn loop in the stack-walk section.
 const CHURN_DEPTH: &str = "10";
 
@@ -96,6 +102,7 @@ pub enum Section {
     StackWalk,
     Http,
     Pipeline,
+    Exit,
     Soak,
 }
 
@@ -120,6 +127,9 @@ pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64) -
     if wanted(Section::Pipeline) {
         out.insert("pipeline".into(), b.pipeline(root)?);
     }
+    if wanted(Section::Exit) {
+        out.insert("exit".into(), b.exit(root)?);
+    }
     if wanted(Section::Soak) && soak_secs > 0 {
         out.insert("soak".into(), b.soak(root, soak_secs)?);
     }
@@ -143,6 +153,19 @@ fn compile_churn_with(root: &Path, out: &Path, name: &str, frame_pointers: &str)
         .status()?;
     if !st.success() {
         bail!("compiling churn.c");
+    }
+    Ok(exe)
+}
+
+fn compile_soak(root: &Path, out: &Path) -> Result<PathBuf> {
+    let exe = out.join("soak");
+    let st = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(root.join("tests/fixtures/soak.c"))
+        .status()?;
+    if !st.success() {
+        bail!("compiling soak.c");
     }
     Ok(exe)
 }
@@ -535,16 +558,80 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         )
     }
 
-    fn soak(&mut self, root: &Path, secs: u64) -> Result<Value> {
-        let exe = self.dir.join("soak");
-        let st = Command::new("cc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&exe)
-            .arg(root.join("tests/fixtures/soak.c"))
-            .status()?;
-        if !st.success() {
-            bail!("compiling soak.c");
+    /// Attaches to `soak --wait` (two threads churning), stops the
+    /// recording with SIGINT after 3 s, and times the summary and the exit.
+    fn exit(&mut self, root: &Path) -> Result<Value> {
+        let exe = compile_soak(root, &self.dir)?;
+        self.md.push_str(&format!(
+            "## Exit: from SIGINT to the summary and to the profiler's exit\n\n\
+             Attached by pid to two threads churning the allocator, recording 3 s, median of {RUNS} runs \
+             (targets: summary < {SUMMARY_S_TARGET} s, exit < {EXIT_S_TARGET} s; links are released \
+             afterwards by a background `profiler-detach`).\n\n\
+             | lenses | probes and tracepoints | summary on stdout (s) | profiler exited (s) | verdict |\n\
+             |---|---:|---:|---:|---|\n"
+        ));
+        let mut rows = Vec::new();
+        for lenses in ["alloc,resident,handles", "resident,handles"] {
+            let (mut summary, mut exit, mut links) = (Vec::new(), Vec::new(), 0);
+            for run in 0..RUNS {
+                eprintln!("bench: exit ({lenses}, run {})", run + 1);
+                settle();
+                let mut target = Command::new(&exe).args(["600", "--wait"]).stdout(Stdio::piped()).spawn()?;
+                let mut target_out = BufReader::new(target.stdout.take().context("soak stdout")?);
+                let mut line = String::new();
+                target_out.read_line(&mut line)?;
+                let name = format!("exit-{run}");
+                let mut p = Command::new(&self.profiler)
+                    .args(["record", "--lens", lenses, "--pid", &target.id().to_string(), "-o"])
+                    .arg(self.dir.join(&name))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+                let mut stderr = BufReader::new(p.stderr.take().context("profiler stderr")?);
+                let mut said = String::new();
+                stderr.read_line(&mut said)?;
+                if !said.starts_with("profiling") {
+                    bail!("profiler did not attach: {said}");
+                }
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                let _ = Command::new("kill").args(["-USR1", &target.id().to_string()]).status();
+                std::thread::sleep(Duration::from_secs(3));
+                let mut stdout = p.stdout.take().context("profiler stdout")?;
+                let stopped = std::time::Instant::now();
+                let _ = Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+                let mut first = [0u8; 1];
+                std::io::Read::read_exact(&mut stdout, &mut first).context("no summary on stdout")?;
+                summary.push(stopped.elapsed().as_secs_f64());
+                std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+                let st = p.wait()?;
+                exit.push(stopped.elapsed().as_secs_f64());
+                let _ = target.kill();
+                let _ = target.wait();
+                if !st.success() {
+                    bail!("the profiler exited with {st}");
+                }
+                // Entries name a group of links: `tracepoint:syscalls:sys_enter_{mmap,munmap,...}`.
+                let attached = &self.report(&name)?["accuracy"]["probes_attached"];
+                links = attached
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(|e| e.split_once('{').map_or(1, |(_, group)| group.matches(',').count() + 1))
+                    .sum();
+            }
+            let (summary, exit) = (median(summary), median(exit));
+            let met = summary < SUMMARY_S_TARGET && exit < EXIT_S_TARGET;
+            let verdict = if met { "met" } else { "MISSED" };
+            self.md.push_str(&format!("| {lenses} | {links} | {summary:.2} | {exit:.2} | {verdict} |\n"));
+            rows.push(json!({ "lenses": lenses, "probes_attached": links, "summary_s": summary, "exit_s": exit, "met": met }));
         }
+        self.md.push('\n');
+        Ok(Value::Array(rows))
+    }
+
+    fn soak(&mut self, root: &Path, secs: u64) -> Result<Value> {
+        let exe = compile_soak(root, &self.dir)?;
         self.md.push_str(&format!(
             "## Soak: {secs} s at the target's maximum allocation rate (two threads, alloc lens)\n\n\
              Each thread churns malloc/free pairs of 16..4096 B as fast as it can and leaks one block per \

@@ -216,6 +216,12 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     }
     let observed = combine(&runs);
     if opts.update_baseline {
+        if !bad_exits.is_empty() {
+            bail!(
+                "no baseline written: the command failed ({}); a baseline is taken from passing runs (--accept-exit-code to accept a code)",
+                bad_exits.join("; ")
+            );
+        }
         let path = opts.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
         let baseline = Baseline::from_observed(&observed);
         crate::files::output::write_file(&path, &serde_json::to_vec_pretty(&baseline)?)

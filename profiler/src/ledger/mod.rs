@@ -213,6 +213,12 @@ pub struct LedgerCounters {
     /// `free` of an address we never saw allocated (allocated before attach,
     /// or its allocation event was lost).
     pub unknown_frees: u64,
+    /// `free` of an address we never saw allocated, called from inside the
+    /// C library itself: its per-thread cache handed back at thread exit,
+    /// or a block it allocated for its own use before recording. Not the
+    /// program's unmatched frees.
+    #[serde(default)]
+    pub c_library_frees: u64,
     /// `realloc` of a block we never saw allocated.
     pub unknown_reallocs: u64,
     /// Allocation at an address that was still live: its free was missed.
@@ -532,14 +538,14 @@ impl Ledger {
         self.processes.remove(&tgid);
     }
 
-    /// fork: the child gets the parent's fds (same stacks, counted for the
-    /// child too) and a copy of its memory, which is the parent's doing and
-    /// so not counted for the child.
+    /// fork: the child gets the parent's fds and heap blocks (same stacks,
+    /// counted for the child too: it holds them until it frees or closes them
+    /// or exits) and a copy of its mappings and pages, shared copy-on-write
+    /// and so not counted twice.
     fn fork(&mut self, parent: u32, child: u32) {
         let Some(p) = self.processes.get(&parent) else { return };
         let handles: Vec<(u64, Handle)> = p.handles.iter().map(|(fd, h)| (*fd, *h)).collect();
-        let heap: Vec<(u64, Block)> =
-            p.heap.iter().map(|(a, b)| (*a, Block { counted: false, ..*b })).collect();
+        let heap: Vec<(u64, Block)> = p.heap.iter().map(|(a, b)| (*a, *b)).collect();
         let mappings: Vec<Piece<Region>> = p
             .mappings
             .iter()
@@ -548,6 +554,9 @@ impl Ledger {
         let brk = p.brk;
         let pages: Vec<(u64, Page)> =
             p.resident.iter().map(|(a, page)| (*a, Page { counted: false, ..*page })).collect();
+        for (_, b) in heap.iter().filter(|(_, b)| b.counted) {
+            self.add(Site { kind: Kind::Heap, stack: b.stack, pid: child }, b.size, b.ts);
+        }
         let c = self.processes.entry(child).or_default();
         c.heap.extend(heap);
         for (addr, page) in pages {
@@ -560,6 +569,11 @@ impl Ledger {
         for (fd, h) in handles {
             self.open_handle(child, fd, Handle { site: Site { pid: child, ..h.site }, ..h }, false);
         }
+    }
+
+    /// Whether process `tgid` holds a live heap block at `addr`.
+    pub fn holds_block(&self, tgid: u32, addr: u64) -> bool {
+        self.processes.get(&tgid).is_some_and(|p| p.heap.contains_key(&addr))
     }
 
     /// The processes the ledger has seen.
@@ -1050,13 +1064,15 @@ mod tests {
     }
 
     #[test]
-    fn fork_child_inherits_fds_with_parent_stacks_but_not_memory_attribution() {
+    fn fork_child_inherits_fds_and_heap_blocks_with_parent_stacks() {
         let mut l = Ledger::new();
         l.apply(1, 1, sock(3, 1));
         l.apply(1, 1, Op::Alloc { addr: 0x10, size: 10, stack: 2 });
+        l.apply(1, 1, Op::Map { addr: 0x10000, len: 4096, file_backed: false, stack: 3 });
         l.apply(1, 2, Op::Fork { child: 2 });
         assert_eq!(at(&l, Kind::Sockets, 1), (2, 2), "one in each process");
-        assert_eq!(at(&l, Kind::Heap, 2), (10, 1), "the copy is not the child's allocation");
+        assert_eq!(at(&l, Kind::Heap, 2), (20, 2), "the child holds its copy of the block");
+        assert_eq!(at(&l, Kind::Mmap, 3), (4096, 1), "shared copy-on-write mappings count once");
         l.apply(2, 3, Op::Free { addr: 0x10 });
         assert_eq!(l.counters.unknown_frees, 0, "the child may free its inherited copy");
         assert_eq!(at(&l, Kind::Heap, 2), (10, 1), "the parent's block is still live");

@@ -31,7 +31,7 @@ use crate::{
     placement::PlacementMode,
     preflight,
     probes::{ProbeSettings, Probes},
-    report::{flame, text, Report},
+    report::{flame, model::TargetExit, text, Report},
     target::{
         cgroup::{CgroupMounts, CgroupTarget},
         launch::{self, Control, TargetEvent},
@@ -285,10 +285,17 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     // Launch mode follows the whole tree; --pid only with --follow.
     let follow = matches!(target, Target::Launched(_)) || opts.follow;
     let cgroup_mode = matches!(target, Target::Cgroup(_));
+    let launched = matches!(target, Target::Launched(_));
     let mut probed = ProbedProcesses::new(opts.lenses.alloc, follow || cgroup_mode);
     let mut attach = || -> Result<Probes> {
-        let settings =
-            ProbeSettings { cgroup_mode, sample_bytes: opts.sample_bytes, placement: opts.placement };
+        // Without ptrace, a process exec'ing another program (maybe with another C library) is held by the kernel.
+        let hold_at_exec = opts.lenses.alloc && (cgroup_mode || (follow && !launched));
+        let settings = ProbeSettings {
+            cgroup_mode,
+            sample_bytes: opts.sample_bytes,
+            placement: opts.placement,
+            hold_at_exec,
+        };
         let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
         if opts.stack_walk == StackWalk::FramePointers {
             probes.tables.disable();
@@ -420,7 +427,8 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     Target::Launched(l) => l.events.recv().await,
                     Target::Attached { pidfd } => {
                         let _ = pidfd.readable().await;
-                        Some(TargetEvent::Exited(crate::target::exit_of_zombie(info.pid)))
+                        let how = crate::target::exit_of_zombie(info.pid);
+                        Some(TargetEvent::Exited { pid: info.pid, how, last: true })
                     }
                     // A cgroup does not exit: recording ends on a signal or --duration.
                     Target::Cgroup(_) => std::future::pending().await,
@@ -444,23 +452,29 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                             let _ = l.control.send(Control::Resume);
                         }
                     }
-                    Some(TargetEvent::ProcessExiting { .. }) => {
+                    Some(TargetEvent::Exiting { pid, how, last }) => {
+                        if pid == info.pid {
+                            target_exit = Some(how.clone());
+                        }
+                        if last {
+                            // Held until the report is written.
+                            held_at_exit = true;
+                            break tree_end_reason(info.pid, pid, &how, target_exit.as_ref());
+                        }
                         // Held at exit: take its events while its maps still exist.
                         drain(ring.get_mut(), &mut collector, None);
+                        collector.name_jit_frames();
                         if let Target::Launched(l) = &target {
                             let _ = l.control.send(Control::Resume);
                         }
                     }
-                    Some(TargetEvent::Exiting(how)) => {
-                        held_at_exit = true;
-                        let reason = format!("target exited ({how})");
-                        target_exit = Some(how);
-                        break reason
-                    }
-                    Some(TargetEvent::Exited(how)) => {
-                        let reason = format!("target exited ({how})");
-                        target_exit = Some(how);
-                        break reason
+                    Some(TargetEvent::Exited { pid, how, last }) => {
+                        if pid == info.pid {
+                            target_exit = Some(how.clone());
+                        }
+                        if last {
+                            break tree_end_reason(info.pid, pid, &how, target_exit.as_ref());
+                        }
                     }
                     None => break "target exited".to_string(),
                 }
@@ -477,6 +491,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             }
             _ = drain_timer.tick() => {
                 drain(ring.get_mut(), &mut collector, Some(BATCH));
+                probed.release_held(&mut probes, &mut collector);
                 for pid in std::mem::take(&mut collector.mapped_files) {
                     track_stacks(&mut probes, pid);
                 }
@@ -610,6 +625,17 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         output.path().display()
     );
     Ok(Recorded { report, output: output.path().to_path_buf() })
+}
+
+/// Why the recording ended when the `last` process of the traced tree exited.
+fn tree_end_reason(root: u32, last: u32, how: &TargetExit, root_exit: Option<&TargetExit>) -> String {
+    match root_exit {
+        _ if last == root => format!("target exited ({how})"),
+        Some(root_how) => {
+            format!("last process of the tree exited (pid {last}, {how}; the launched process {root} ended earlier, {root_how})")
+        }
+        None => format!("last process of the tree exited (pid {last}, {how})"),
+    }
 }
 
 /// Records read from the ring buffer per turn of the event loop.

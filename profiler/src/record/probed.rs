@@ -13,7 +13,10 @@ use crate::{
     collector::Collector,
     probes::Probes,
     procmaps::ProcessMaps,
-    target::cgroup::{CgroupMounts, CgroupTarget},
+    target::{
+        cgroup::{CgroupMounts, CgroupTarget},
+        held::HeldExec,
+    },
 };
 
 /// Which allocator images each process has probes on, so each image is
@@ -100,6 +103,25 @@ impl ProbedProcesses {
         }
         self.pending.remove(&pid);
         Ok(())
+    }
+
+    /// Processes the kernel stopped at exec (cgroup and `--follow` modes):
+    /// each runs under ptrace until its C library is mapped and is probed
+    /// there, before its first allocation, then goes on.
+    pub(super) fn release_held(&mut self, probes: &mut Probes, collector: &mut Collector) {
+        for pid in collector.held_at_exec.drain(..) {
+            match HeldExec::run_until_libc_mapped(pid) {
+                Ok(_held) => {
+                    super::track_stacks(probes, pid);
+                    if let Err(e) = self.ensure(probes, pid) {
+                        eprintln!("warning: no heap probes for pid {pid} at its exec: {e:#}");
+                    }
+                }
+                Err(e) => eprintln!(
+                    "warning: pid {pid} could not be held at exec ({e:#}): its first allocations may be missed"
+                ),
+            }
+        }
     }
 
     /// `--follow` without ptrace: probe forked and exec'd processes as soon

@@ -208,8 +208,9 @@ pub fn render(report: &Report, top: usize) -> String {
     let l = &a.ledger;
     let _ = writeln!(
         s,
-        "  frees of unknown addresses {} | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | dups of unknown fds {} | reused fds {} | repeated page faults {}",
+        "  frees of unknown addresses {} (and {} by the C library itself: thread-cache teardown) | reallocs of unknown blocks {} | overwritten blocks {} | untracked unmapped {} | closes of unknown fds {} | dups of unknown fds {} | reused fds {} | repeated page faults {}",
         l.unknown_frees,
+        l.c_library_frees,
         l.unknown_reallocs,
         l.overwritten_blocks,
         human_bytes(l.untracked_unmap_bytes),

@@ -38,14 +38,13 @@ pub enum TargetEvent {
     /// A process of the tree has a new image and is held stopped: attach its
     /// probes, then send [`Control::Resume`].
     NewImage { pid: u32, how: NewImage },
-    /// The launched process is exiting and held stopped; send
-    /// [`Control::Release`] when done.
-    Exiting(TargetExit),
-    /// Another process of the tree is exiting, held stopped until [`Control::Resume`]
-    /// so its last events can be located in its address space.
-    ProcessExiting { pid: u32 },
-    /// The process is gone, with its exit code or the signal that killed it.
-    Exited(TargetExit),
+    /// A process of the tree is exiting, held stopped with its address space
+    /// intact. When it is the `last` live process of the tree the recording
+    /// ends: send [`Control::Release`] once the report is written; otherwise
+    /// take its last events and send [`Control::Resume`].
+    Exiting { pid: u32, how: TargetExit, last: bool },
+    /// A process of the tree is gone without an exit stop (e.g. SIGKILL).
+    Exited { pid: u32, how: TargetExit, last: bool },
 }
 
 /// What the session tells the tracer thread.
@@ -136,7 +135,7 @@ fn start_stopped(argv: &[OsString], pipe_stdout: bool) -> Result<(Pid, Option<st
 /// maps. Returns at once for a static binary (its allocator, if any, is in
 /// the executable, mapped already), and when the program's own code runs
 /// before any C library is mapped.
-fn run_until_libc_mapped(pid: Pid) -> Result<()> {
+pub(super) fn run_until_libc_mapped(pid: Pid) -> Result<()> {
     let maps = ProcessMaps::read(pid.as_raw() as u32)?;
     if maps.libc_code_mapped() {
         return Ok(()); // musl: the loader is the C library
@@ -220,8 +219,10 @@ fn detach_all(tracees: &std::collections::BTreeSet<Pid>) {
 }
 
 /// The tracer loop after setup: follow forks and execs (holding each new
-/// image until its probes are attached), forward signals, hold the root's
-/// exit, obey controls.
+/// image until its probes are attached), forward signals, hold every
+/// process's exit until the session has its last events, obey controls. It
+/// ends when the last process of the tree is gone, which may be long after
+/// the launched one.
 fn trace(
     root: Pid,
     control: mpsc::Receiver<Control>,
@@ -244,10 +245,11 @@ fn trace(
         Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXIT | Options::PTRACE_O_EXITKILL | follow;
     let _ = ptrace::setoptions(root, options);
     let _ = ptrace::cont(root, None);
+    // Every traced task (threads included), and the processes among them that have not begun to exit.
     let mut tracees: BTreeSet<Pid> = [root].into();
+    let mut live: BTreeSet<Pid> = [root].into();
     // New tasks whose first stop (a SIGSTOP before they ever ran) is still to come.
     let mut unborn: BTreeSet<Pid> = BTreeSet::new();
-    let mut root_gone = false;
     loop {
         match control.try_recv() {
             Ok(Control::Detach) => {
@@ -269,19 +271,14 @@ fn trace(
         };
         match status {
             WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXIT as i32 => {
-                let held = if pid == root {
-                    // Hold the exit until the report is written (or we are told to go).
-                    let how = ptrace::getevent(pid).map(|status| exit_of_wait_status(status as i32));
-                    let _ = events.send(TargetEvent::Exiting(how.unwrap_or(TargetExit::Unknown)));
-                    true
-                } else if is_process(pid) {
-                    let _ = events.send(TargetEvent::ProcessExiting { pid: pid.as_raw() as u32 });
-                    true
-                } else {
-                    false
-                };
-                if held {
-                    if let Ok(Control::Detach) = control.recv() {
+                if live.remove(&pid) {
+                    // Hold the exit: the session takes the process's last events
+                    // (and, for the last one, writes the report) while its maps exist.
+                    let how =
+                        ptrace::getevent(pid).map_or(TargetExit::Unknown, |s| exit_of_wait_status(s as i32));
+                    let last = live.is_empty();
+                    let _ = events.send(TargetEvent::Exiting { pid: pid.as_raw() as u32, how, last });
+                    if let Ok(Control::Detach) | Err(_) = control.recv() {
                         detach_all(&tracees);
                         return;
                     }
@@ -298,18 +295,24 @@ fn trace(
                 }
                 let _ = ptrace::cont(pid, None);
             }
-            WaitStatus::PtraceEvent(pid, _, _) => {
+            WaitStatus::PtraceEvent(pid, _, ev) => {
                 // fork / vfork / clone: the new task reports its own first stop.
+                // It counts as live from now, so a parent exiting first does not end the tree.
                 if let Ok(new) = ptrace::getevent(pid) {
                     let new = Pid::from_raw(new as i32);
                     if tracees.insert(new) {
                         unborn.insert(new);
+                    }
+                    let clone = ev == ptrace::Event::PTRACE_EVENT_CLONE as i32;
+                    if !clone || is_process(new) {
+                        live.insert(new);
                     }
                 }
                 let _ = ptrace::cont(pid, None);
             }
             WaitStatus::Stopped(pid, Signal::SIGSTOP) if unborn.remove(&pid) || tracees.insert(pid) => {
                 if is_process(pid) {
+                    live.insert(pid);
                     if let Some(Control::Detach) = announce(pid, NewImage::Fork, &control, &events) {
                         detach_all(&tracees);
                         return;
@@ -320,30 +323,28 @@ fn trace(
             WaitStatus::Stopped(pid, sig) => {
                 let _ = ptrace::cont(pid, Some(sig));
             }
-            WaitStatus::Exited(pid, code) => {
+            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
                 tracees.remove(&pid);
-                if pid == root {
-                    root_gone = true;
-                    let _ = events.send(TargetEvent::Exited(TargetExit::Code(code)));
+                if live.remove(&pid) {
+                    // Gone without an exit stop (killed by SIGKILL).
+                    let how = match status {
+                        WaitStatus::Exited(_, code) => TargetExit::Code(code),
+                        WaitStatus::Signaled(_, sig, _) => TargetExit::Signal(sig.to_string()),
+                        _ => unreachable!(),
+                    };
+                    let last = live.is_empty();
+                    let _ = events.send(TargetEvent::Exited { pid: pid.as_raw() as u32, how, last });
                 }
-            }
-            WaitStatus::Signaled(pid, sig, _) => {
-                tracees.remove(&pid);
-                if pid == root {
-                    root_gone = true;
-                    let _ = events.send(TargetEvent::Exited(TargetExit::Signal(sig.to_string())));
+                if live.is_empty() {
+                    // Only tasks already on their way out remain: leave them untraced.
+                    detach_all(&tracees);
+                    return;
                 }
             }
             WaitStatus::PtraceSyscall(pid) | WaitStatus::Continued(pid) => {
                 let _ = ptrace::cont(pid, None);
             }
             _ => {}
-        }
-        if root_gone {
-            // The session is over; leave the rest of the tree running untraced.
-            tracees.retain(|p| *p != root);
-            detach_all(&tracees);
-            return;
         }
     }
 }

@@ -3,6 +3,7 @@
 //! process's C library, and noticing its exit.
 
 pub mod cgroup;
+pub mod held;
 pub mod launch;
 
 use std::{

@@ -1,0 +1,66 @@
+//! Processes the kernel stopped at exec (cgroup and `--follow` modes with
+//! the alloc lens: the exec tracepoint sends SIGSTOP before the new
+//! program's first instruction). A [`HeldExec`] runs one under ptrace until
+//! its C library is mapped, so the allocator it really uses (a container's
+//! own libc, a preloaded jemalloc) is probed before its first allocation;
+//! dropping it lets the process go, whatever happened in between.
+
+use anyhow::{Context, Result};
+use nix::{
+    sys::{
+        ptrace::{self, Options},
+        signal::{kill, Signal},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
+
+pub struct HeldExec {
+    pid: Pid,
+    traced: bool,
+    /// It had entered the job-control stop before we took over: end it with SIGCONT.
+    group_stopped: bool,
+}
+
+impl HeldExec {
+    /// Takes over process `pid`, stopped (or about to stop) by the kernel's
+    /// SIGSTOP, and runs it until its C library is mapped: ready to probe.
+    /// On failure (another tracer has it, it exited) the process is let go.
+    pub fn run_until_libc_mapped(pid: u32) -> Result<Self> {
+        let pid = Pid::from_raw(pid as i32);
+        let mut held = Self { pid, traced: false, group_stopped: false };
+        ptrace::seize(pid, Options::PTRACE_O_TRACESYSGOOD).context("ptrace(SEIZE)")?;
+        held.traced = true;
+        // The first stop: our SIGSTOP being delivered (suppressed below, so
+        // the process never enters a job-control stop its parent would see),
+        // or the group stop it already entered.
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::__WALL)).context("waiting for the held process")? {
+                WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
+                WaitStatus::PtraceEvent(..) => {
+                    held.group_stopped = true;
+                    break;
+                }
+                WaitStatus::Stopped(_, sig) => ptrace::cont(pid, Some(sig))?,
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    held.traced = false;
+                    anyhow::bail!("exited while held at exec");
+                }
+                _ => ptrace::cont(pid, None)?,
+            }
+        }
+        super::launch::run_until_libc_mapped(pid)?;
+        Ok(held)
+    }
+}
+
+impl Drop for HeldExec {
+    fn drop(&mut self) {
+        if self.traced {
+            let _ = ptrace::detach(self.pid, None);
+        }
+        if self.group_stopped || !self.traced {
+            let _ = kill(self.pid, Signal::SIGCONT);
+        }
+    }
+}
