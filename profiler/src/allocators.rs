@@ -247,8 +247,10 @@ fn image_of(
 }
 
 fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<AllocatorImage> {
-    let data = file.read_all().ok()?;
-    let elf = object::File::parse(&*data).ok()?;
+    // Read on demand: headers, symbol tables and the entry points' code,
+    // never the whole (target-controlled, maybe huge) file.
+    let cache = object::ReadCache::new(&file.file);
+    let elf = object::File::parse(&cache).ok()?;
     let mut defined = std::collections::HashMap::new();
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
         if sym.is_definition() && sym.kind() == SymbolKind::Text {
@@ -264,6 +266,8 @@ fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<Allocat
     for e in &mut entries {
         e.code = code_of(&elf, e.address, e.size);
     }
+    drop(elf);
+    drop(cache);
     if crate::procmaps::is_libc(std::path::Path::new(&path)) {
         family = Family::CLibrary;
     }
@@ -272,14 +276,19 @@ fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<Allocat
 
 /// The file offset and probe placement of the function at `address`
 /// (`size` from the symbol table).
-fn code_of(elf: &object::File, address: u64, size: u64) -> Option<Code> {
+fn code_of<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    address: u64,
+    size: u64,
+) -> Option<Code> {
     let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
     let (section_offset, _) = section.file_range()?;
-    let data = section.data().ok()?;
-    let start = (address - section.address()) as usize;
-    let len = if size == 0 { 64 } else { size as usize };
-    let bytes = data.get(start..(start + len).min(data.len()))?;
-    Some(Code { file_offset: section_offset + start as u64, emulated: placement::choose(bytes, address) })
+    let start = address - section.address();
+    // A prologue is all placement looks at; a symbol's size is the target's to state.
+    let len = if size == 0 { 64 } else { size.min(4096) };
+    let len = len.min(section.size() - start);
+    let bytes = section.data_range(address, len).ok()??;
+    Some(Code { file_offset: section_offset + start, emulated: placement::choose(bytes, address) })
 }
 
 #[cfg(test)]

@@ -68,14 +68,6 @@ impl ModuleFile {
     pub fn proc_path(&self) -> String {
         format!("/proc/self/fd/{}", self.file.as_raw_fd())
     }
-
-    /// The whole file as it was checked (at most [`MAX_MODULE_BYTES`]), from its start.
-    pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut data = vec![0; self.len as usize];
-        self.file.read_exact_at(&mut data, 0)?;
-        Ok(data)
-    }
 }
 
 /// Opens the file that `mapping` (from a snapshot of process `pid`'s maps)

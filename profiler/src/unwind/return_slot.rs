@@ -17,22 +17,53 @@ use object::{Object, ObjectSection, ObjectSegment};
 
 use crate::files::target::ModuleFile;
 
-/// Module contents by (device, inode), shared by every process's unwinder:
-/// a process tree maps one libc, and it is read once, not once per process.
-static MODULES: Mutex<Option<HashMap<(u64, u64), Arc<Vec<u8>>>>> = Mutex::new(None);
+/// What one-frame unwinding needs of a module: its segments and its
+/// `.eh_frame`, read on demand (not the whole file), by (device, inode),
+/// shared by every process's unwinder: a process tree maps one libc, and
+/// it is read once, not once per process.
+struct ModuleCfi {
+    /// (file offset, file size, virtual address) of each segment.
+    segments: Vec<(u64, u64, u64)>,
+    eh_frame: Vec<u8>,
+    eh_frame_address: u64,
+    text_address: Option<u64>,
+}
 
-/// The contents of `module`, read once per file.
-fn contents(module: &ModuleFile) -> Option<Arc<Vec<u8>>> {
+/// A module whose `.eh_frame` claims more than this is not unwound here
+/// (its calls fall back to the scan): bounded memory per target-controlled file.
+const MAX_EH_FRAME: u64 = 64 << 20;
+
+static MODULES: Mutex<Option<HashMap<(u64, u64), Option<Arc<ModuleCfi>>>>> = Mutex::new(None);
+
+/// The call-frame information of `module`, read once per file.
+fn cfi_of(module: &ModuleFile) -> Option<Arc<ModuleCfi>> {
     let meta = module.file.metadata().ok()?;
     let key = (meta.dev(), meta.ino());
     let mut modules = MODULES.lock().ok()?;
     let modules = modules.get_or_insert_with(HashMap::new);
-    if let Some(data) = modules.get(&key) {
-        return Some(data.clone());
+    modules.entry(key).or_insert_with(|| read_cfi(module).map(Arc::new)).clone()
+}
+
+fn read_cfi(module: &ModuleFile) -> Option<ModuleCfi> {
+    let cache = object::ReadCache::new(&module.file);
+    let file = object::File::parse(&cache).ok()?;
+    let segments = file
+        .segments()
+        .map(|seg| {
+            let (start, size) = seg.file_range();
+            (start, size, seg.address())
+        })
+        .collect();
+    let section = file.section_by_name(".eh_frame")?;
+    if section.size() > MAX_EH_FRAME {
+        return None;
     }
-    let data = Arc::new(module.read_all().ok()?);
-    modules.insert(key, data.clone());
-    Some(data)
+    Some(ModuleCfi {
+        segments,
+        eh_frame: section.data().ok()?.to_vec(),
+        eh_frame_address: section.address(),
+        text_address: file.section_by_name(".text").map(|t| t.address()),
+    })
 }
 
 /// One process's answers, from the shared module contents.
@@ -54,23 +85,20 @@ impl Unwinder {
         if let Some(answer) = self.answers.get(&(path.clone(), file_offset)) {
             return *answer;
         }
-        let answer = open().and_then(|m| contents(&m)).and_then(|d| slot_in(&d, file_offset));
+        let answer = open().and_then(|m| cfi_of(&m)).and_then(|cfi| slot_in(&cfi, file_offset));
         self.answers.insert((path.clone(), file_offset), answer);
         answer
     }
 }
 
-fn slot_in(data: &[u8], file_offset: u64) -> Option<u64> {
-    let file = object::File::parse(data).ok()?;
-    let vaddr = file.segments().find_map(|seg| {
-        let (start, size) = seg.file_range();
-        (start..start + size).contains(&file_offset).then(|| seg.address() + (file_offset - start))
+fn slot_in(cfi: &ModuleCfi, file_offset: u64) -> Option<u64> {
+    let vaddr = cfi.segments.iter().find_map(|&(start, size, address)| {
+        (start..start + size).contains(&file_offset).then(|| address + (file_offset - start))
     })?;
-    let section = file.section_by_name(".eh_frame")?;
-    let eh_frame = EhFrame::new(section.data().ok()?, NativeEndian);
-    let mut bases = BaseAddresses::default().set_eh_frame(section.address());
-    if let Some(text) = file.section_by_name(".text") {
-        bases = bases.set_text(text.address());
+    let eh_frame = EhFrame::new(&cfi.eh_frame, NativeEndian);
+    let mut bases = BaseAddresses::default().set_eh_frame(cfi.eh_frame_address);
+    if let Some(text) = cfi.text_address {
+        bases = bases.set_text(text);
     }
     let mut ctx = UnwindContext::new();
     let row = eh_frame.unwind_info_for_address(&bases, &mut ctx, vaddr, EhFrame::cie_from_offset).ok()?;
