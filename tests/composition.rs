@@ -344,3 +344,34 @@ fn a_child_outliving_its_parent_is_recorded_to_its_exit_with_inherited_blocks() 
     assert_eq!(accuracy["unknown_frees"], 0, "the C library's own frees are not the program's");
     assert!(accuracy["c_library_frees"].as_u64().unwrap() >= 2, "{}", accuracy["c_library_frees"]);
 }
+
+/// A launched program returning from main while its threads still run: the
+/// tracer lets every exiting thread go in the order the kernel reports them
+/// (it used to wait for the zombie leader first and hang), and the report
+/// is complete, within seconds.
+#[test]
+fn a_program_exiting_with_running_threads_ends_the_recording_promptly() {
+    let dir = fresh_dir("threadexit");
+    let mut p = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-q", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(common::fixture("threadexit"))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = p.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = p.kill();
+            panic!("the profiler did not exit within 20 s of a program exiting with running threads");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let report = report_json(&dir);
+    assert_eq!(through(&report, "heap", "leak_at_exit"), (777, 1));
+    assert_eq!(report["target_exit"]["code"], 0);
+}

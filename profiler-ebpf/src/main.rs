@@ -299,7 +299,8 @@ fn capture_frame_pointers<C: EbpfContext>(ctx: &C, ev: &mut Event, max_frames: u
 
 /// Sends the header plus its captured frames and hint words.
 #[inline(always)]
-fn submit(ev: &Event) {
+/// Copies the event into the ring buffer; false when it was full (counted).
+fn submit(ev: &Event) -> bool {
     let mut words = ev.header.frames as usize + ev.header.hints as usize;
     if words > MAX_FRAMES {
         words = MAX_FRAMES;
@@ -315,7 +316,9 @@ fn submit(ev: &Event) {
     };
     if EVENTS.output::<[u8]>(bytes, flags as u64).is_err() {
         count(counters::RINGBUF_DROPS);
+        return false;
     }
+    true
 }
 
 // ---------------------------------------------------------------- allocator
@@ -972,11 +975,13 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         unwind::forget((bpf_get_current_pid_tgid() >> 32) as u32);
         if let Some(mut ev) = scratch(EventKind::Exec, 0) {
             // Stopped before its first instruction: userspace probes the
-            // allocator it is about to load, then lets it go.
-            if HOLD_AT_EXEC.load() != 0 && unsafe { bpf_send_signal(SIGSTOP) } == 0 {
-                ev.header.arg = 1;
+            // allocator it is about to load, then lets it go. Only once the
+            // event is in the ring: a process nobody knows of is never stopped.
+            let hold = HOLD_AT_EXEC.load() != 0;
+            ev.header.arg = hold as u64;
+            if submit(&ev) && hold {
+                let _ = unsafe { bpf_send_signal(SIGSTOP) };
             }
-            submit(&ev);
         }
     }
     0

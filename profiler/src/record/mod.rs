@@ -283,9 +283,9 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         }
     };
     // Launch mode follows the whole tree; --pid only with --follow.
-    let follow = matches!(target, Target::Launched(_)) || opts.follow;
-    let cgroup_mode = matches!(target, Target::Cgroup(_));
     let launched = matches!(target, Target::Launched(_));
+    let follow = launched || opts.follow;
+    let cgroup_mode = matches!(target, Target::Cgroup(_));
     let mut probed = ProbedProcesses::new(opts.lenses.alloc, follow || cgroup_mode);
     let mut attach = || -> Result<Probes> {
         // Without ptrace, a process exec'ing another program (maybe with another C library) is held by the kernel.
@@ -428,7 +428,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     Target::Attached { pidfd } => {
                         let _ = pidfd.readable().await;
                         let how = crate::target::exit_of_zombie(info.pid);
-                        Some(TargetEvent::Exited { pid: info.pid, how, last: true })
+                        Some(TargetEvent::Exit { pid: info.pid, how, last: true, held: false })
                     }
                     // A cgroup does not exit: recording ends on a signal or --duration.
                     Target::Cgroup(_) => std::future::pending().await,
@@ -452,28 +452,22 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                             let _ = l.control.send(Control::Resume);
                         }
                     }
-                    Some(TargetEvent::Exiting { pid, how, last }) => {
+                    Some(TargetEvent::Exit { pid, how, last, held }) => {
                         if pid == info.pid {
                             target_exit = Some(how.clone());
                         }
                         if last {
                             // Held until the report is written.
-                            held_at_exit = true;
+                            held_at_exit = held;
                             break tree_end_reason(info.pid, pid, &how, target_exit.as_ref());
                         }
-                        // Held at exit: take its events while its maps still exist.
-                        drain(ring.get_mut(), &mut collector, None);
-                        collector.name_jit_frames();
-                        if let Target::Launched(l) = &target {
-                            let _ = l.control.send(Control::Resume);
-                        }
-                    }
-                    Some(TargetEvent::Exited { pid, how, last }) => {
-                        if pid == info.pid {
-                            target_exit = Some(how.clone());
-                        }
-                        if last {
-                            break tree_end_reason(info.pid, pid, &how, target_exit.as_ref());
+                        if held {
+                            // Take its events while its maps still exist.
+                            drain(ring.get_mut(), &mut collector, None);
+                            collector.name_jit_frames();
+                            if let Target::Launched(l) = &target {
+                                let _ = l.control.send(Control::Resume);
+                            }
                         }
                     }
                     None => break "target exited".to_string(),
@@ -556,6 +550,8 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     // even while the target goes on allocating.
     probes.stop_recording();
     drain(ring.get_mut(), &mut collector, None);
+    // Processes stopped at exec just before the end still wait to be let go.
+    probed.release_held(&mut probes, &mut collector);
     if opts.warmup.stdout_marker.is_some() && warmup_end.is_none() {
         // The marker line may still be in the pipe: let the relay catch up with what was written.
         let wait_until = Instant::now() + Duration::from_secs(1);

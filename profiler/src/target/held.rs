@@ -31,14 +31,18 @@ impl HeldExec {
         let mut held = Self { pid, traced: false, group_stopped: false };
         ptrace::seize(pid, Options::PTRACE_O_TRACESYSGOOD).context("ptrace(SEIZE)")?;
         held.traced = true;
+        // Stops it even if the kernel's signal was refused (an interrupt stop).
+        ptrace::interrupt(pid).context("ptrace(INTERRUPT)")?;
         // The first stop: our SIGSTOP being delivered (suppressed below, so
         // the process never enters a job-control stop its parent would see),
-        // or the group stop it already entered.
+        // the group stop it already entered, or the interrupt.
         loop {
             match waitpid(pid, Some(WaitPidFlag::__WALL)).context("waiting for the held process")? {
                 WaitStatus::Stopped(_, Signal::SIGSTOP) => break,
-                WaitStatus::PtraceEvent(..) => {
-                    held.group_stopped = true;
+                WaitStatus::PtraceEvent(_, sig, _) => {
+                    // The group stop our SIGSTOP caused before we took over
+                    // (a pending one is suppressed when it is delivered), or the interrupt (SIGTRAP).
+                    held.group_stopped = sig != Signal::SIGTRAP;
                     break;
                 }
                 WaitStatus::Stopped(_, sig) => ptrace::cont(pid, Some(sig))?,

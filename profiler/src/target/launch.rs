@@ -38,13 +38,12 @@ pub enum TargetEvent {
     /// A process of the tree has a new image and is held stopped: attach its
     /// probes, then send [`Control::Resume`].
     NewImage { pid: u32, how: NewImage },
-    /// A process of the tree is exiting, held stopped with its address space
-    /// intact. When it is the `last` live process of the tree the recording
-    /// ends: send [`Control::Release`] once the report is written; otherwise
-    /// take its last events and send [`Control::Resume`].
-    Exiting { pid: u32, how: TargetExit, last: bool },
-    /// A process of the tree is gone without an exit stop (e.g. SIGKILL).
-    Exited { pid: u32, how: TargetExit, last: bool },
+    /// A process of the tree exits; `last` when no other lives. When `held`,
+    /// it is stopped at its exit with its address space intact: take its
+    /// last events and send [`Control::Resume`] (for the last one, send
+    /// [`Control::Release`] once the report is written). Not held: it is
+    /// already gone (SIGKILL), or it is the `--pid` target.
+    Exit { pid: u32, how: TargetExit, last: bool, held: bool },
 }
 
 /// What the session tells the tracer thread.
@@ -167,6 +166,8 @@ pub(super) fn run_until_libc_mapped(pid: Pid) -> Result<()> {
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                 bail!("exited before its C library was loaded")
             }
+            // A seized process's interrupt stop (see `held`): resumed by the next step.
+            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => {}
             WaitStatus::PtraceEvent(_, _, _) => bail!("exited before its C library was loaded"),
             _ => {}
         }
@@ -197,22 +198,47 @@ fn announce(
 }
 
 /// Stops every tracee and detaches from it, leaving the programs running.
+/// Stops are taken in whatever order the tasks report them: a zombie leader
+/// cannot be waited for while its exiting threads are stopped. Tasks that
+/// report nothing within 2 s (zombies) are left; they are dying anyway.
 fn detach_all(tracees: &std::collections::BTreeSet<Pid>) {
-    for &pid in tracees {
+    let zombie = |pid: &Pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+            .unwrap_or(true)
+    };
+    let mut pending: std::collections::BTreeSet<Pid> =
+        tracees.iter().copied().filter(|p| !zombie(p)).collect();
+    for &pid in &pending {
         let _ = nix::sys::signal::kill(pid, Signal::SIGSTOP);
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) | Ok(WaitStatus::PtraceEvent(..)) => {
-                    let _ = ptrace::detach(pid, Some(Signal::SIGCONT));
-                    break;
-                }
-                Ok(WaitStatus::Stopped(_, sig)) => {
-                    let _ = ptrace::cont(pid, Some(sig));
-                }
-                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
-                Ok(_) => {
-                    let _ = ptrace::cont(pid, None);
-                }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !pending.is_empty() && std::time::Instant::now() < deadline {
+        let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            Ok(status) => status,
+            Err(_) => break, // no tracees left
+        };
+        let Some(pid) = status.pid() else { continue };
+        match status {
+            WaitStatus::Stopped(_, Signal::SIGSTOP)
+            | WaitStatus::PtraceEvent(..)
+            | WaitStatus::PtraceSyscall(_) => {
+                let _ = ptrace::detach(pid, Some(Signal::SIGCONT));
+                pending.remove(&pid);
+            }
+            WaitStatus::Stopped(_, sig) => {
+                let _ = ptrace::cont(pid, Some(sig));
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                pending.remove(&pid);
+            }
+            _ => {
+                let _ = ptrace::cont(pid, None);
             }
         }
     }
@@ -277,7 +303,8 @@ fn trace(
                     let how =
                         ptrace::getevent(pid).map_or(TargetExit::Unknown, |s| exit_of_wait_status(s as i32));
                     let last = live.is_empty();
-                    let _ = events.send(TargetEvent::Exiting { pid: pid.as_raw() as u32, how, last });
+                    let _ =
+                        events.send(TargetEvent::Exit { pid: pid.as_raw() as u32, how, last, held: true });
                     if let Ok(Control::Detach) | Err(_) = control.recv() {
                         detach_all(&tracees);
                         return;
@@ -333,13 +360,13 @@ fn trace(
                         _ => unreachable!(),
                     };
                     let last = live.is_empty();
-                    let _ = events.send(TargetEvent::Exited { pid: pid.as_raw() as u32, how, last });
+                    let _ =
+                        events.send(TargetEvent::Exit { pid: pid.as_raw() as u32, how, last, held: false });
                 }
-                if live.is_empty() {
-                    // Only tasks already on their way out remain: leave them untraced.
-                    detach_all(&tracees);
-                    return;
-                }
+                // With no live process left, the remaining tasks are threads on
+                // their way out: the loop lets them finish (a zombie leader
+                // cannot be waited for while its threads are stopped) and ends
+                // when none is left.
             }
             WaitStatus::PtraceSyscall(pid) | WaitStatus::Continued(pid) => {
                 let _ = ptrace::cont(pid, None);
