@@ -200,6 +200,80 @@ fn a_process_with_its_own_libc_in_a_chroot_is_seen_from_its_first_allocation() {
     let _ = child.wait();
 }
 
+/// Debian's podman with runc, as this machine's hybrid cgroup layout needs
+/// them (`../shared/docs/platform.md`): the cgroupfs manager, no default ulimits.
+fn podman(args: &[&str]) -> String {
+    let conf = common::tmp().join("containers.conf");
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").unwrap();
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", &conf)
+        .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+        .args(args)
+        .output()
+        .expect("podman (cargo xtask test installs it)");
+    assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A real container running the fixture from its own root filesystem, with
+/// its own copy of libc: `--container ID --wait` started after `podman
+/// create` and before `podman start`, and a second process `podman exec`'d
+/// into it later; both exact from their first allocation.
+#[test]
+fn a_podman_container_and_a_process_exec_d_into_it_are_exact() {
+    let root = root_with_own_libc("podman-root", &leaky());
+    let id = podman(&[
+        "create",
+        "--pids-limit",
+        "0",
+        "--network",
+        "none",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "/leaky",
+        "--stay",
+    ]);
+    let dir = common::fresh_dir("podman-container");
+    let (mut profiler, stderr) = common::start_profiler(&[
+        "--lens",
+        "alloc,handles",
+        "-q",
+        "-o",
+        dir.to_str().unwrap(),
+        "--container",
+        &id,
+        "--wait",
+    ]);
+    podman(&["start", &id]);
+    let logs_say = |n: usize| {
+        let started = std::time::Instant::now();
+        while podman(&["logs", &id]).matches("leaked").count() < n {
+            assert!(started.elapsed() < Duration::from_secs(20), "no 'leaked' #{n} in the container's log");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    logs_say(1);
+    podman(&["exec", "-d", &id, "/leaky", "--stay"]);
+    // The exec'd process's output goes nowhere: give it time to leak.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    let stderr_text = stderr.join().unwrap();
+    let ok = profiler.wait().unwrap().success();
+    let _ = podman(&["rm", "-f", &id]);
+    assert!(ok, "{stderr_text}");
+    assert!(!stderr_text.contains("could not be held"), "{stderr_text}");
+    let report = common::report_json(&dir);
+    let heap = by_pid_and_leaf(&report, "heap");
+    let pids: std::collections::BTreeSet<u64> =
+        heap.keys().filter(|(_, f)| f == "leak_malloc").map(|(pid, _)| *pid).collect();
+    assert_eq!(pids.len(), 2, "the container's process and the exec'd one: {heap:?}");
+    for pid in pids {
+        for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
+            assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "pid {pid} {f}: {heap:?}");
+        }
+    }
+}
+
 fn record_error(args: &[&str]) -> String {
     let out = Command::new(PROFILER).args(["record", "--lens", "alloc,handles"]).args(args).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{args:?} must fail: {}", String::from_utf8_lossy(&out.stdout));
@@ -231,5 +305,6 @@ fn bad_cgroup_and_container_input_fail_clearly() {
         "{ambiguous}"
     );
     assert!(missing.contains("no container with id feedbeef"), "{missing}");
+    assert!(missing.contains("(--wait waits for it to start)"), "{missing}");
     assert!(bad.contains("hexadecimal"), "{bad}");
 }

@@ -266,8 +266,6 @@ fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<Allocat
     for e in &mut entries {
         e.code = code_of(&elf, e.address, e.size);
     }
-    drop(elf);
-    drop(cache);
     if crate::procmaps::is_libc(std::path::Path::new(&path)) {
         family = Family::CLibrary;
     }

@@ -94,6 +94,13 @@ pub struct Collector {
     pub forks: Vec<(u32, u32)>,
     /// Processes the kernel stopped at exec, waiting to be probed and let go.
     pub held_at_exec: Vec<u32>,
+    /// Forked children are profiled too (launch, `--follow`, cgroup modes).
+    pub follows_children: bool,
+    /// Processes seen forking or exec'ing while recording: seen from their start.
+    born_while_recording: std::collections::HashSet<u32>,
+    /// Processes a cgroup scan found already running, started after recording
+    /// began but not seen starting: their earlier allocations are unseen.
+    pub found_late: std::collections::HashSet<u32>,
     /// Processes that mapped a file since last taken (a library loaded: the
     /// kernel walker needs its table).
     pub mapped_files: std::collections::BTreeSet<u32>,
@@ -306,6 +313,14 @@ impl Collector {
     /// The process the session is about (launched or attached): kept at its exit.
     pub fn set_root(&mut self, pid: u32) {
         self.root = Some(pid);
+    }
+
+    /// A scan found process `pid` running: counted as found late unless it
+    /// was seen starting.
+    pub fn found_running(&mut self, pid: u32) {
+        if !self.born_while_recording.contains(&pid) {
+            self.found_late.insert(pid);
+        }
     }
 
     pub fn note_process(&mut self, pid: u32) {
@@ -538,6 +553,9 @@ impl Collector {
                 if h.arg == 1 {
                     self.held_at_exec.push(h.tgid);
                 }
+                // The new image is recorded from its first instruction.
+                self.born_while_recording.insert(h.tgid);
+                self.found_late.remove(&h.tgid);
                 self.spaces.remove(&h.tgid);
                 *self.images.entry(h.tgid).or_default() += 1;
                 self.note_process(h.tgid);
@@ -555,6 +573,12 @@ impl Collector {
             }
             EventKind::Fork => {
                 let child = h.addr as u32;
+                if !self.follows_children {
+                    // Its frees, closes and exit go unseen: it must not hold copies.
+                    return;
+                }
+                self.born_while_recording.insert(child);
+                self.found_late.remove(&child);
                 self.note_process(child);
                 // The child starts as a copy of the parent's address space, and may
                 // exec before we look at it: locate its first frames in the copy.

@@ -147,6 +147,11 @@ struct RecordArgs {
     #[arg(long, value_name = "ID", group = "target")]
     container: Option<String>,
 
+    /// With --container: if it has not started yet (e.g. after `podman create`), wait for it
+    /// instead of refusing; its processes are then seen from their first allocation.
+    #[arg(long, requires = "container")]
+    wait: bool,
+
     /// With --pid: also profile processes it starts after attaching (launch mode always follows).
     #[arg(long, requires = "pid")]
     follow: bool,
@@ -425,7 +430,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
     let target = match (args.pid, args.cgroup, args.container) {
         (Some(pid), _, _) => TargetSpec::Pid(pid),
         (_, Some(dir), _) => TargetSpec::Cgroup(dir),
-        (_, _, Some(id)) => TargetSpec::Container(id),
+        (_, _, Some(id)) => TargetSpec::Container { id, wait_for_start: args.wait },
         _ => TargetSpec::Command(args.command),
     };
     let opts = RecordOptions {

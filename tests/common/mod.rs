@@ -192,9 +192,11 @@ pub fn start_profiler<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Child, std::thr
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(p.stderr.take().unwrap());
+    // Notes may come first (e.g. "waiting for container ... to start").
     let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    assert!(first.starts_with("profiling"), "profiler did not attach: {first}");
+    while !first.lines().last().is_some_and(|l| l.starts_with("profiling")) {
+        assert!(stderr.read_line(&mut first).unwrap() > 0, "profiler did not attach: {first}");
+    }
     let rest = std::thread::spawn(move || {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut first);
         first

@@ -157,6 +157,16 @@ fn compile_churn_with(root: &Path, out: &Path, name: &str, frame_pointers: &str)
     Ok(exe)
 }
 
+/// A child process killed and reaped when dropped, on every path out.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn compile_soak(root: &Path, out: &Path) -> Result<PathBuf> {
     let exe = out.join("soak");
     let st = Command::new("cc")
@@ -576,37 +586,41 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
             for run in 0..RUNS {
                 eprintln!("bench: exit ({lenses}, run {})", run + 1);
                 settle();
-                let mut target = Command::new(&exe).args(["600", "--wait"]).stdout(Stdio::piped()).spawn()?;
-                let mut target_out = BufReader::new(target.stdout.take().context("soak stdout")?);
+                let mut target =
+                    Reaped(Command::new(&exe).args(["600", "--wait"]).stdout(Stdio::piped()).spawn()?);
+                let mut target_out = BufReader::new(target.0.stdout.take().context("soak stdout")?);
                 let mut line = String::new();
                 target_out.read_line(&mut line)?;
                 let name = format!("exit-{run}");
-                let mut p = Command::new(&self.profiler)
-                    .args(["record", "--lens", lenses, "--pid", &target.id().to_string(), "-o"])
-                    .arg(self.dir.join(&name))
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()?;
-                let mut stderr = BufReader::new(p.stderr.take().context("profiler stderr")?);
+                let mut p = Reaped(
+                    Command::new(&self.profiler)
+                        .args(["record", "--lens", lenses, "--pid", &target.0.id().to_string(), "-o"])
+                        .arg(self.dir.join(&name))
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()?,
+                );
+                let mut stderr = BufReader::new(p.0.stderr.take().context("profiler stderr")?);
                 let mut said = String::new();
-                stderr.read_line(&mut said)?;
-                if !said.starts_with("profiling") {
-                    bail!("profiler did not attach: {said}");
+                while !said.starts_with("profiling") {
+                    said.clear();
+                    if stderr.read_line(&mut said)? == 0 {
+                        bail!("profiler did not attach");
+                    }
                 }
                 std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                let _ = Command::new("kill").args(["-USR1", &target.id().to_string()]).status();
+                let _ = Command::new("kill").args(["-USR1", &target.0.id().to_string()]).status();
                 std::thread::sleep(Duration::from_secs(3));
-                let mut stdout = p.stdout.take().context("profiler stdout")?;
+                let mut stdout = p.0.stdout.take().context("profiler stdout")?;
                 let stopped = std::time::Instant::now();
-                let _ = Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+                let _ = Command::new("kill").args(["-INT", &p.0.id().to_string()]).status();
                 let mut first = [0u8; 1];
                 std::io::Read::read_exact(&mut stdout, &mut first).context("no summary on stdout")?;
                 summary.push(stopped.elapsed().as_secs_f64());
                 std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-                let st = p.wait()?;
+                let st = p.0.wait()?;
                 exit.push(stopped.elapsed().as_secs_f64());
-                let _ = target.kill();
-                let _ = target.wait();
+                drop(target);
                 if !st.success() {
                     bail!("the profiler exited with {st}");
                 }

@@ -360,6 +360,8 @@ fn install_test_tools() {
             ("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2", "libmimalloc-dev"),
             ("sqlite3", "sqlite3"),
             ("g++", "g++"),
+            ("podman", "podman"),
+            ("runc", "runc"),
         ],
         "the tests",
     );

@@ -93,10 +93,12 @@ impl ReportContext<'_> {
             self.opts,
         );
         if let Target::Cgroup(cgroup) = self.target {
-            report.cgroup = Some(CgroupInfo {
-                path: cgroup.target.dir.display().to_string(),
-                memory: cgroup.target.memory(&cgroup.mounts),
-            });
+            if let Some(target) = &cgroup.target {
+                report.cgroup = Some(CgroupInfo {
+                    path: target.dir.display().to_string(),
+                    memory: target.memory(&cgroup.mounts),
+                });
+            }
         }
         report.status = status(&report, collector, self.opts, self.target, self.mounts, self.info.pid);
         report.processes = summarize_processes(&report);
@@ -190,6 +192,7 @@ fn build_report(
             events_received: collector.events_received,
             undecodable_events: collector.undecodable_events,
             stack_failures: collector.stack_failures.max(kernel[counters::STACK_FAILED]),
+            late_processes: collector.found_late.len() as u64,
             truncated_stacks: collector.truncated_stacks,
             unnamed_jit_frames,
             perf_map_garbage_lines: collector.perf_map_garbage(),

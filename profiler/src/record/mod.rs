@@ -47,8 +47,12 @@ pub enum TargetSpec {
     Command(Vec<OsString>),
     /// Every process in a cgroup v2 directory and its descendants.
     Cgroup(PathBuf),
-    /// The cgroup of a container, by id or unique id prefix.
-    Container(String),
+    /// The cgroup of a container, by id or unique id prefix; with
+    /// `wait_for_start`, one that may not have started yet.
+    Container {
+        id: String,
+        wait_for_start: bool,
+    },
 }
 
 /// What is excluded as warm-up: everything still live when the first of
@@ -162,7 +166,7 @@ fn default_output(spec: &TargetSpec) -> PathBuf {
         TargetSpec::Cgroup(dir) => {
             format!("cgroup-{}", dir.file_name().unwrap_or_default().to_string_lossy())
         }
-        TargetSpec::Container(id) => format!("container-{id}"),
+        TargetSpec::Container { id, .. } => format!("container-{id}"),
     };
     // The random part makes the name impossible to plant in advance.
     let ts = chrono_like_timestamp();
@@ -221,8 +225,11 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
         TargetSpec::Cgroup(dir) => {
             CgroupTarget::resolve(dir, &CgroupMounts::read()?)?;
         }
-        TargetSpec::Container(id) => {
-            CgroupTarget::from_container(id, &CgroupMounts::read()?)?;
+        TargetSpec::Container { id, wait_for_start } => {
+            let found = CgroupTarget::from_container(id, &CgroupMounts::read()?);
+            if !wait_for_start || found.as_ref().is_err_and(|e| !CgroupTarget::not_started(e)) {
+                found?;
+            }
         }
         TargetSpec::Command(_) => {}
     }
@@ -259,21 +266,32 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
             let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
             (launched.info.clone(), Target::Launched(launched))
         }
-        TargetSpec::Cgroup(_) | TargetSpec::Container(_) => {
+        TargetSpec::Cgroup(_) | TargetSpec::Container { .. } => {
             let mounts = CgroupMounts::read()?;
-            let target = match &opts.target {
-                TargetSpec::Cgroup(dir) => CgroupTarget::resolve(dir, &mounts)?,
-                TargetSpec::Container(id) => CgroupTarget::from_container(id, &mounts)?,
+            let (target, awaited) = match &opts.target {
+                TargetSpec::Cgroup(dir) => (Some(CgroupTarget::resolve(dir, &mounts)?), None),
+                TargetSpec::Container { id, wait_for_start } => {
+                    match CgroupTarget::from_container(id, &mounts) {
+                        Ok(found) => (Some(found), None),
+                        Err(e) if *wait_for_start && CgroupTarget::not_started(&e) => {
+                            eprintln!("waiting for container {id} to start");
+                            (None, Some(id.clone()))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 _ => unreachable!(),
             };
-            let info = ProcessInfo {
-                pid: 0,
-                command: format!("cgroup {}", target.dir.display()),
-                name: "cgroup".into(),
-                maps: Default::default(),
+            let command = match (&target, &awaited) {
+                (Some(t), _) => format!("cgroup {}", t.dir.display()),
+                (None, id) => format!("container {}", id.as_deref().unwrap_or_default()),
             };
+            let info = ProcessInfo { pid: 0, command, name: "cgroup".into(), maps: Default::default() };
             let state = CgroupState {
                 target,
+                awaited,
+                scanned: false,
+                warned: false,
                 mounts,
                 ids: Default::default(),
                 processes: Default::default(),
@@ -338,6 +356,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     let mut ring = watch(probes.take_ringbuf()?)?;
     let mut collector = Collector::default();
     collector.sample_bytes = opts.sample_bytes;
+    collector.follows_children = follow || cgroup_mode;
     let initial_brk = match &target {
         Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
         Target::Launched(_) => preflight::start_brk(info.pid),
@@ -383,7 +402,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     let mounts = CgroupMounts::read().unwrap_or_default();
     let resident = |target: &Target| -> Option<u64> {
         match target {
-            Target::Cgroup(cg) => cg.target.memory(&cg.mounts).map(|m| m.usage),
+            Target::Cgroup(cg) => cg.target.as_ref()?.memory(&cg.mounts).map(|m| m.usage),
             _ => rss_of(info.pid),
         }
     };
@@ -491,7 +510,8 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                 }
                 match &mut target {
                     Target::Cgroup(cgroup) => {
-                        if cgroup.last_scan.elapsed() > Duration::from_millis(200) {
+                        // A container awaited is looked for at every tick: found before its program starts.
+                        if cgroup.target.is_none() || cgroup.last_scan.elapsed() > Duration::from_millis(200) {
                             cgroup.last_scan = Instant::now();
                             probed.follow_cgroup(&mut probes, &mut collector, cgroup);
                         }

@@ -156,15 +156,38 @@ impl ProbedProcesses {
         collector: &mut Collector,
         cgroup: &mut CgroupState,
     ) {
-        let ids: Vec<u64> = cgroup.target.ids().into_iter().filter(|id| cgroup.ids.insert(*id)).collect();
+        // Processes found by a scan after the first were already running: unless we saw
+        // them fork or exec, what they allocated before is unseen.
+        let late = std::mem::replace(&mut cgroup.scanned, true);
+        if let (None, Some(id)) = (&cgroup.target, &cgroup.awaited) {
+            match CgroupTarget::from_container(id, &cgroup.mounts) {
+                Ok(found) => {
+                    eprintln!("container {id} started: {}", found.dir.display());
+                    cgroup.target = Some(found);
+                }
+                Err(e) if CgroupTarget::not_started(&e) => return,
+                Err(e) => {
+                    // e.g. two containers now match the prefix: say so once, and keep looking.
+                    if !std::mem::replace(&mut cgroup.warned, true) {
+                        eprintln!("warning: {e:#}");
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(target) = &cgroup.target else { return };
+        let ids: Vec<u64> = target.ids().into_iter().filter(|id| cgroup.ids.insert(*id)).collect();
         if let Err(e) = probes.add_cgroups(&ids) {
             eprintln!("warning: {e:#}");
         }
-        for pid in cgroup.target.processes() {
+        for pid in target.processes() {
             if cgroup.processes.insert(pid) {
                 if let Ok(maps) = crate::procmaps::ProcessMaps::read(pid) {
                     let brk = maps.heap_end().or_else(|| preflight::start_brk(pid));
                     collector.add_process(pid, maps, brk);
+                }
+                if late {
+                    collector.found_running(pid);
                 }
                 super::track_stacks(probes, pid);
                 self.pending.insert(pid, Instant::now());
@@ -181,7 +204,14 @@ impl ProbedProcesses {
 
 /// What cgroup mode has seen so far.
 pub(super) struct CgroupState {
-    pub(super) target: CgroupTarget,
+    /// None while an awaited container has not started.
+    pub(super) target: Option<CgroupTarget>,
+    /// `--container ID --wait`: the id looked for until it starts.
+    pub(super) awaited: Option<String>,
+    /// The first scan (at the start of recording) is done.
+    pub(super) scanned: bool,
+    /// A problem finding the awaited container was reported.
+    pub(super) warned: bool,
     pub(super) mounts: CgroupMounts,
     pub(super) ids: std::collections::HashSet<u64>,
     pub(super) processes: std::collections::BTreeSet<u32>,

@@ -208,6 +208,11 @@ pub struct Accuracy {
     /// The lenses recorded (`alloc`, `resident`, `handles`).
     #[serde(default)]
     pub lenses: String,
+    /// Cgroup mode: processes a scan found already running that were not
+    /// seen starting (they entered the cgroup, or started within a scan of
+    /// its creation): what they allocated before is unseen.
+    #[serde(default)]
+    pub late_processes: u64,
     /// `--sample-bytes`: heap blocks were sampled about once per this many
     /// bytes and their bytes scaled (unbiased); heap counts are sampled blocks. 0: exact.
     #[serde(default)]

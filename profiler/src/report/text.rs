@@ -306,6 +306,7 @@ fn losses(report: &Report) -> Option<String> {
         (a.stack_failures, "stacks not captured"),
         (a.incomplete_stacks.iter().map(|c| c.events).sum(), "stacks cut short (marked in the stack)"),
         (a.undecodable_events, "undecodable events"),
+        (a.late_processes, "processes found already running (their earlier allocations unseen)"),
     ];
     let parts: Vec<String> =
         counted.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();

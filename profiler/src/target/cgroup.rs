@@ -75,6 +75,26 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// No container's cgroup matches the id (it may not have started yet).
+#[derive(Debug)]
+pub struct NotStarted {
+    id: String,
+    root: PathBuf,
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no container with id {}* under {} (--wait waits for it to start)",
+            self.id,
+            self.root.display()
+        )
+    }
+}
+
+impl std::error::Error for NotStarted {}
+
 /// A cgroup v2 directory being profiled.
 #[derive(Clone, Debug)]
 pub struct CgroupTarget {
@@ -128,13 +148,19 @@ impl CgroupTarget {
             }
         }
         match found.len() {
-            0 => bail!("no container with id {id}* under {}", v2.display()),
+            0 => Err(NotStarted { id, root: v2.to_path_buf() }.into()),
             1 => Ok(Self { dir: found.remove(0).1 }),
             _ => {
                 let ids: Vec<String> = found.iter().map(|(c, p)| format!("{c} ({})", p.display())).collect();
                 bail!("container id prefix {id} is ambiguous; it matches:\n  {}", ids.join("\n  "))
             }
         }
+    }
+
+    /// Whether `error`, from [`from_container`](Self::from_container), says
+    /// only that no such container runs (yet).
+    pub fn not_started(error: &anyhow::Error) -> bool {
+        error.is::<NotStarted>()
     }
 
     /// Ids of the cgroup and all its descendants (the kernel filters on these).
@@ -220,9 +246,12 @@ pub struct CgroupMemory {
 
 /// The container id in a cgroup directory name, as runtimes name them:
 /// `<id>`, `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
-/// `libpod-<id>.scope`.
+/// `libpod-<id>.scope`; not the runtime monitor's own (`libpod-conmon-<id>.scope`).
 fn container_id(name: &str) -> Option<String> {
     let stem = name.strip_suffix(".scope").unwrap_or(name);
+    if stem.contains("conmon-") {
+        return None;
+    }
     let id = stem.rsplit('-').next()?;
     (id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
@@ -230,6 +259,21 @@ fn container_id(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_ids_from_runtime_names_not_their_monitors() {
+        let id = "ab".repeat(32);
+        for name in [
+            id.clone(),
+            format!("docker-{id}.scope"),
+            format!("libpod-{id}"),
+            format!("cri-containerd-{id}.scope"),
+        ] {
+            assert_eq!(container_id(&name).as_deref(), Some(id.as_str()), "{name}");
+        }
+        assert_eq!(container_id(&format!("libpod-conmon-{id}.scope")), None);
+        assert_eq!(container_id("system.slice"), None);
+    }
 
     #[test]
     fn finds_hybrid_and_unified_mounts() {

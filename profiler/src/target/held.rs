@@ -63,8 +63,24 @@ impl Drop for HeldExec {
         if self.traced {
             let _ = ptrace::detach(self.pid, None);
         }
-        if self.group_stopped || !self.traced {
+        // A group stop entered before we took over, or the kernel's SIGSTOP
+        // still pending (it came after our interrupt, and the process never
+        // got as far as delivering it): either would leave it stopped.
+        if self.group_stopped || !self.traced || stop_pending(self.pid) {
             let _ = kill(self.pid, Signal::SIGCONT);
         }
     }
+}
+
+/// Whether a SIGSTOP is pending for the process (`/proc/PID/status`).
+fn stop_pending(pid: Pid) -> bool {
+    let bit = 1u64 << (libc::SIGSTOP - 1);
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status.lines().any(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                .is_some_and(|mask| mask & bit != 0)
+        })
+    })
 }

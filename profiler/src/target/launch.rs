@@ -197,48 +197,40 @@ fn announce(
     }
 }
 
-/// Stops every tracee and detaches from it, leaving the programs running.
-/// Stops are taken in whatever order the tasks report them: a zombie leader
-/// cannot be waited for while its exiting threads are stopped. Tasks that
-/// report nothing within 2 s (zombies) are left; they are dying anyway.
-fn detach_all(tracees: &std::collections::BTreeSet<Pid>) {
-    let zombie = |pid: &Pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
-            .unwrap_or(true)
-    };
-    let mut pending: std::collections::BTreeSet<Pid> =
-        tracees.iter().copied().filter(|p| !zombie(p)).collect();
-    for &pid in &pending {
-        let _ = nix::sys::signal::kill(pid, Signal::SIGSTOP);
+/// Detaches from every tracee, leaving the programs running: first `held`
+/// (in a stop we were told about), then each other task once it stops for
+/// a SIGSTOP sent to it alone, which is suppressed at the detach (no job-
+/// control stop; a SIGCONT would also resume the threads still to be
+/// stopped). A task that reports nothing within 500 ms is dying (a zombie
+/// leader, an exiting thread) and is left.
+fn detach_all(tracees: &std::collections::BTreeSet<Pid>, held: Option<Pid>) {
+    if let Some(pid) = held {
+        let _ = ptrace::detach(pid, None);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !pending.is_empty() && std::time::Instant::now() < deadline {
-        let status = match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => {
-                thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            Ok(status) => status,
-            Err(_) => break, // no tracees left
-        };
-        let Some(pid) = status.pid() else { continue };
-        match status {
-            WaitStatus::Stopped(_, Signal::SIGSTOP)
-            | WaitStatus::PtraceEvent(..)
-            | WaitStatus::PtraceSyscall(_) => {
-                let _ = ptrace::detach(pid, Some(Signal::SIGCONT));
-                pending.remove(&pid);
-            }
-            WaitStatus::Stopped(_, sig) => {
-                let _ = ptrace::cont(pid, Some(sig));
-            }
-            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
-                pending.remove(&pid);
-            }
-            _ => {
-                let _ = ptrace::cont(pid, None);
+    for &tid in tracees.iter().filter(|t| Some(**t) != held) {
+        // SAFETY: tkill takes plain integers.
+        if unsafe { libc::syscall(libc::SYS_tkill, tid.as_raw(), libc::SIGSTOP) } != 0 {
+            continue; // gone
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < deadline {
+            match waitpid(tid, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => thread::sleep(Duration::from_millis(1)),
+                Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {
+                    let _ = ptrace::detach(tid, None);
+                    break;
+                }
+                Ok(WaitStatus::Stopped(_, sig)) => {
+                    let _ = ptrace::cont(tid, Some(sig));
+                }
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => break,
+                Ok(_) => {
+                    // An event stop from before: our SIGSTOP is still pending,
+                    // and would stop the program once untraced. SIGCONT discards it.
+                    let _ = ptrace::detach(tid, None);
+                    let _ = unsafe { libc::syscall(libc::SYS_tkill, tid.as_raw(), libc::SIGCONT) };
+                    break;
+                }
             }
         }
     }
@@ -276,16 +268,18 @@ fn trace(
     let mut live: BTreeSet<Pid> = [root].into();
     // New tasks whose first stop (a SIGSTOP before they ever ran) is still to come.
     let mut unborn: BTreeSet<Pid> = BTreeSet::new();
+    // Once the last process was released: its remaining threads are let
+    // finish, and nothing is announced any more (the session is over).
+    let mut released_at: Option<std::time::Instant> = None;
     loop {
-        match control.try_recv() {
-            Ok(Control::Detach) => {
-                detach_all(&tracees);
-                return;
-            }
-            Ok(Control::Kill) => {
-                let _ = nix::sys::signal::kill(root, Signal::SIGKILL);
-            }
-            _ => {}
+        if let Ok(Control::Detach) = control.try_recv() {
+            detach_all(&tracees, None);
+            return;
+        }
+        if released_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            // Still not gone (a leader that called pthread_exit, a stuck thread): let it be.
+            detach_all(&tracees, None);
+            return;
         }
         let status = match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
             Ok(WaitStatus::StillAlive) => {
@@ -306,19 +300,24 @@ fn trace(
                     let _ =
                         events.send(TargetEvent::Exit { pid: pid.as_raw() as u32, how, last, held: true });
                     if let Ok(Control::Detach) | Err(_) = control.recv() {
-                        detach_all(&tracees);
+                        detach_all(&tracees, Some(pid));
                         return;
+                    }
+                    if last {
+                        released_at = Some(std::time::Instant::now());
                     }
                 }
                 let _ = ptrace::cont(pid, None);
             }
             WaitStatus::PtraceEvent(pid, _, ev) if ev == ptrace::Event::PTRACE_EVENT_EXEC as i32 => {
                 // A new program: let its loader map libc, then attach before it runs.
-                let ready = run_until_libc_mapped(pid).is_ok();
-                let how = if ready { NewImage::Exec } else { NewImage::ExecWithoutLibc };
-                if let Some(Control::Detach) = announce(pid, how, &control, &events) {
-                    detach_all(&tracees);
-                    return;
+                if released_at.is_none() {
+                    let ready = run_until_libc_mapped(pid).is_ok();
+                    let how = if ready { NewImage::Exec } else { NewImage::ExecWithoutLibc };
+                    if let Some(Control::Detach) = announce(pid, how, &control, &events) {
+                        detach_all(&tracees, Some(pid));
+                        return;
+                    }
                 }
                 let _ = ptrace::cont(pid, None);
             }
@@ -338,10 +337,10 @@ fn trace(
                 let _ = ptrace::cont(pid, None);
             }
             WaitStatus::Stopped(pid, Signal::SIGSTOP) if unborn.remove(&pid) || tracees.insert(pid) => {
-                if is_process(pid) {
+                if is_process(pid) && released_at.is_none() {
                     live.insert(pid);
                     if let Some(Control::Detach) = announce(pid, NewImage::Fork, &control, &events) {
-                        detach_all(&tracees);
+                        detach_all(&tracees, Some(pid));
                         return;
                     }
                 }
