@@ -103,10 +103,18 @@ fn cgroup_processes_inside_are_reported_exactly_and_outside_not_at_all() {
     }
 }
 
-#[test]
-fn a_process_started_in_an_empty_cgroup_is_seen_from_its_first_allocation() {
-    let cgroup = TestCgroup::new("leakprof-empty");
-    let dir = common::fresh_dir("cgroup-empty-at-start");
+/// Records an empty cgroup while `exec_leaky` (a shell command ending in an
+/// exec of `leaky --stay`, with the program as `$0`) is started in it; once
+/// the program says it leaked, stops the recording. Returns the report, the
+/// program's pid and the profiler's stderr. The leak comes at once, long
+/// before the periodic cgroup scan can find the process.
+fn record_started_in_empty_cgroup(
+    name: &str,
+    exec_leaky: &str,
+    program: &std::path::Path,
+) -> (serde_json::Value, u64, String) {
+    let cgroup = TestCgroup::new(&format!("leakprof-{name}"));
+    let dir = common::fresh_dir(&format!("cgroup-{name}"));
     let (mut profiler, stderr) = common::start_profiler(&[
         "--lens",
         "alloc,handles",
@@ -116,25 +124,34 @@ fn a_process_started_in_an_empty_cgroup_is_seen_from_its_first_allocation() {
         "--cgroup",
         cgroup.0.to_str().unwrap(),
     ]);
-    // Leaks at once, long before the periodic cgroup scan can find it.
-    let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" --stay", cgroup.0.display());
+    let script = format!("echo $$ > {}/cgroup.procs && {exec_leaky}", cgroup.0.display());
     let mut child =
-        Command::new("sh").args(["-c", &script]).arg(leaky()).stdout(Stdio::piped()).spawn().unwrap();
+        Command::new("sh").args(["-c", &script]).arg(program).stdout(Stdio::piped()).spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "leaked");
     std::thread::sleep(Duration::from_millis(300));
     assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
-    assert!(profiler.wait().unwrap().success(), "{}", stderr.join().unwrap());
-    let report = common::report_json(&dir);
-    let heap = by_pid_and_leaf(&report, "heap");
-    let pid = child.id() as u64;
-    for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
-        assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "{f}: {heap:?}");
-    }
+    let stderr = stderr.join().unwrap();
+    assert!(profiler.wait().unwrap().success(), "{stderr}");
     let _ = child.kill();
     let _ = child.wait();
+    (common::report_json(&dir), child.id() as u64, stderr)
+}
+
+/// Every leak of `leaky.c`, exact, in process `pid`.
+fn assert_leaky_exact(report: &serde_json::Value, pid: u64) {
+    let heap = by_pid_and_leaf(report, "heap");
+    for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
+        assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "pid {pid} {f}: {heap:?}");
+    }
+}
+
+#[test]
+fn a_process_started_in_an_empty_cgroup_is_seen_from_its_first_allocation() {
+    let (report, pid, _) = record_started_in_empty_cgroup("empty", "exec \"$0\" --stay", &leaky());
+    assert_leaky_exact(&report, pid);
 }
 
 /// A root directory holding copies of `program` and of every library it
@@ -162,42 +179,15 @@ fn root_with_own_libc(name: &str, program: &std::path::Path) -> PathBuf {
 /// the process at exec until that copy is probed, so nothing is missed.
 #[test]
 fn a_process_with_its_own_libc_in_a_chroot_is_seen_from_its_first_allocation() {
-    let cgroup = TestCgroup::new("leakprof-own-libc");
     let root = root_with_own_libc("own-libc-root", &leaky());
-    let dir = common::fresh_dir("cgroup-own-libc");
-    let (mut profiler, stderr) = common::start_profiler(&[
-        "--lens",
-        "alloc,handles",
-        "-q",
-        "-o",
-        dir.to_str().unwrap(),
-        "--cgroup",
-        cgroup.0.to_str().unwrap(),
-    ]);
-    let script = format!("echo $$ > {}/cgroup.procs && exec chroot \"$0\" /leaky --stay", cgroup.0.display());
-    let mut child =
-        Command::new("sh").args(["-c", &script]).arg(&root).stdout(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "leaked");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
-    let stderr_text = stderr.join().unwrap();
-    assert!(profiler.wait().unwrap().success(), "{stderr_text}");
-    assert!(!stderr_text.contains("could not be held"), "{stderr_text}");
-    let report = common::report_json(&dir);
+    let (report, pid, stderr) =
+        record_started_in_empty_cgroup("own-libc", "exec chroot \"$0\" /leaky --stay", &root);
+    assert!(!stderr.contains("could not be held"), "{stderr}");
     let attached = report["accuracy"]["probes_attached"].as_array().unwrap();
     let mallocs =
         attached.iter().filter(|p| p.as_str().unwrap().starts_with("uprobe+uretprobe:malloc ")).count();
     assert_eq!(mallocs, 2, "this machine's libc (primed) and the root's own copy: {attached:?}");
-    let heap = by_pid_and_leaf(&report, "heap");
-    let pid = child.id() as u64;
-    for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
-        assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "{f}: {heap:?}");
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_leaky_exact(&report, pid);
 }
 
 /// Debian's podman with runc, as this machine's hybrid cgroup layout needs
@@ -268,9 +258,7 @@ fn a_podman_container_and_a_process_exec_d_into_it_are_exact() {
         heap.keys().filter(|(_, f)| f == "leak_malloc").map(|(pid, _)| *pid).collect();
     assert_eq!(pids.len(), 2, "the container's process and the exec'd one: {heap:?}");
     for pid in pids {
-        for (f, bytes, _) in common::LEAKY_HEAP_LEAKS {
-            assert_eq!(heap.get(&(pid, f.to_string())), Some(&bytes), "pid {pid} {f}: {heap:?}");
-        }
+        assert_leaky_exact(&report, pid);
     }
 }
 
