@@ -75,3 +75,35 @@ fn steady_leak_cache_and_churn_get_the_right_verdicts_and_rate() {
     assert_eq!(status["level"], "normal", "6 MiB/min is below the slow-leak threshold: {status}");
     assert!(status["growth_mib_per_min"].as_f64().unwrap() > 0.0);
 }
+
+/// A run too short for a trend (the leaky fixture ends within a second, two
+/// samples): no level is claimed, and stacks are ranked by size, largest
+/// first, in every kind.
+#[test]
+fn a_short_run_judges_no_level_and_ranks_by_size() {
+    let dir = common::fresh_dir("short-run");
+    common::record_launch(&dir, &common::fixture("leaky"), &[]);
+    let report = common::report_json(&dir);
+    let status = &report["status"];
+    assert_eq!(status["level"], "unknown", "{status}");
+    assert!(status["samples"].as_u64().unwrap() < 4, "{status}");
+    assert!(!status.as_object().unwrap().contains_key("time_to_limit_s"), "{status}");
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("Status: unknown, "), "{text}");
+    let stacks = report["stacks"].as_array().unwrap();
+    for kind in ["heap", "mmap", "brk", "sockets"] {
+        let values: Vec<u64> =
+            stacks
+                .iter()
+                .filter(|e| e["kind"] == kind)
+                .map(|e| {
+                    if kind == "sockets" {
+                        e["count"].as_u64().unwrap()
+                    } else {
+                        e["bytes"].as_u64().unwrap()
+                    }
+                })
+                .collect();
+        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{kind} not largest first: {values:?}");
+    }
+}

@@ -7,6 +7,7 @@ use anyhow::Result;
 use profiler_common::{counters, syscalls, ALLOC_APIS};
 
 use super::{monotonic_ns, RecordOptions, SortBy, Target};
+use crate::trend::Verdict;
 use crate::{
     collector::Collector,
     files::output::OutputDir,
@@ -252,19 +253,27 @@ pub(super) fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Ranks entries within each kind (kinds keep their order).
+/// Ranks entries within each kind (kinds keep their order). By growth, only
+/// stacks with enough samples for a trend are ranked by it; the others
+/// follow, by size.
 fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
     let kind_rank = |e: &StackEntry| Kind::ALL.iter().position(|k| k.name() == e.kind);
+    let known = |e: &StackEntry| e.trend.is_some_and(|t| t.verdict != Verdict::Unknown);
     entries.sort_by(|a, b| {
         let key = |e: &StackEntry| -> (f64, u64) {
             match by {
-                SortBy::Growth => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
-                SortBy::Size => (flame::value(e) as f64, e.count),
+                SortBy::Growth if known(e) => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
+                SortBy::Growth | SortBy::Size => (flame::value(e) as f64, e.count),
                 SortBy::Count => (e.count as f64, flame::value(e)),
             }
         };
         let (ka, kb) = (key(a), key(b));
-        kind_rank(a).cmp(&kind_rank(b)).then(kb.0.total_cmp(&ka.0)).then(kb.1.cmp(&ka.1))
+        let unranked = |e: &StackEntry| by == SortBy::Growth && !known(e);
+        kind_rank(a)
+            .cmp(&kind_rank(b))
+            .then(unranked(a).cmp(&unranked(b)))
+            .then(kb.0.total_cmp(&ka.0))
+            .then(kb.1.cmp(&ka.1))
     });
 }
 
@@ -310,9 +319,14 @@ fn status(
         },
     };
     let mib = per_min / (1024.0 * 1024.0);
+    // Too few samples: no level and no time to the limit (the slope of two
+    // samples taken while a program starts is no leak rate).
+    let judged = points.len() >= crate::trend::MIN_SAMPLES;
+    let per_min = if judged { per_min } else { 0.0 };
     Some(Status {
         growth_mib_per_min: mib,
-        level: opts.thresholds.level(mib).to_string(),
+        level: if judged { opts.thresholds.level(mib) } else { crate::trend::LEVEL_UNKNOWN }.to_string(),
+        samples: points.len(),
         measured_on: measured_on.to_string(),
         current_bytes: current,
         limit_bytes: limit,

@@ -112,7 +112,7 @@ pub struct RecordOptions {
 /// How stacks are ranked within each kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SortBy {
-    /// Fastest growing first (outstanding size when no trend is known).
+    /// Fastest growing first; stacks with too few samples for a trend follow, by size.
     #[default]
     Growth,
     /// Most outstanding bytes (or handles) first.

@@ -187,8 +187,12 @@ pub struct SeriesReport {
 pub struct Status {
     /// Robust growth rate of resident memory (or of the outstanding total when RSS is unknown).
     pub growth_mib_per_min: f64,
-    /// `normal`, `slow leak`, `active leak` or `critical`.
+    /// `normal`, `slow leak`, `active leak` or `critical`; `unknown` with
+    /// fewer samples than a trend needs.
     pub level: String,
+    /// Samples the growth was measured on.
+    #[serde(default)]
+    pub samples: usize,
     /// What the growth was measured on: `rss`, `cgroup usage` or `outstanding`.
     pub measured_on: String,
     pub current_bytes: u64,

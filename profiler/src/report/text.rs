@@ -59,14 +59,25 @@ pub fn render(report: &Report, top: usize) -> String {
             (Some(l), Some(src), None) => format!("; limit {} ({src})", human_bytes(l)),
             _ => String::new(),
         };
-        let _ = writeln!(
-            s,
-            "Status: {} ({:+.2} MiB/min of {}, now {}){limit}",
-            st.level,
-            st.growth_mib_per_min,
-            st.measured_on,
-            human_bytes(st.current_bytes)
-        );
+        if st.level == crate::trend::LEVEL_UNKNOWN {
+            let _ = writeln!(
+                s,
+                "Status: unknown, {} samples of {} (a trend needs {}: record longer or lower --interval), now {}{limit}",
+                st.samples,
+                st.measured_on,
+                crate::trend::MIN_SAMPLES,
+                human_bytes(st.current_bytes)
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "Status: {} ({:+.2} MiB/min of {}, now {}){limit}",
+                st.level,
+                st.growth_mib_per_min,
+                st.measured_on,
+                human_bytes(st.current_bytes)
+            );
+        }
     }
     if let Some(cg) = &report.cgroup {
         let memory = match &cg.memory {

@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 /// Slopes are estimated on at most this many evenly spaced samples.
 const MAX_POINTS: usize = 64;
 
+/// Fewer samples than this tell no trend: a verdict, an overall level and a
+/// ranking by growth all wait for them (with two samples, anything that
+/// appeared after the first looks like fast growth).
+pub const MIN_SAMPLES: usize = 4;
+
+/// The overall level while there are fewer than [`MIN_SAMPLES`] samples.
+pub const LEVEL_UNKNOWN: &str = "unknown";
+
 /// Theil-Sen estimator: the median of the slopes between all pairs of
 /// points. Robust to outliers and to a burst at one end. `None` with fewer
 /// than two distinct times.
@@ -73,7 +81,7 @@ pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     // A net increase of less than 5% of the value (or below `min_growth`) is noise.
     let grew = last.1 - first.1 > (0.05 * final_value).max(min_growth);
     let still_growing = recent * (span / 2.0) / 60.0 > 0.05 * final_value && recent > 0.25 * overall;
-    let verdict = if series.len() < 4 {
+    let verdict = if series.len() < MIN_SAMPLES {
         Verdict::Unknown
     } else if old_share < 0.5 && !still_growing {
         Verdict::Transient
