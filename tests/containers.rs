@@ -260,6 +260,8 @@ fn a_podman_container_and_a_process_exec_d_into_it_are_exact() {
     for pid in pids {
         assert_leaky_exact(&report, pid);
     }
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.starts_with(&format!("Leak report for container {id}, cgroup mode")), "{text}");
 }
 
 fn record_error(args: &[&str]) -> String {

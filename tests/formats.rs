@@ -80,6 +80,19 @@ fn report_re_renders_a_saved_report() {
     assert_eq!(render("pprof")[..2], [0x1f, 0x8b], "gzip");
     let missing = Command::new(PROFILER).args(["report", "/nonexistent.json"]).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
+    // A kind the report does not hold: the error lists those it does.
+    let absent = Command::new(PROFILER)
+        .args(["report", "--format", "svg", "--kind", "resident"])
+        .arg(dir.join("report.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&absent.stderr);
+    assert_eq!(absent.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing of kind \"resident\" is outstanding"), "{stderr}");
+    assert!(
+        stderr.contains("kinds present: ") && stderr.contains("heap") && stderr.contains("sockets"),
+        "{stderr}"
+    );
 }
 
 #[test]

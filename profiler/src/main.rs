@@ -374,7 +374,18 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         Format::Folded | Format::Svg => {
             let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
             if lines.is_empty() {
-                anyhow::bail!("nothing of kind {:?} is outstanding in {}", args.kind, args.file.display());
+                let present: Vec<&str> = report
+                    .totals
+                    .keys()
+                    .filter(|k| report.entries(k).next().is_some())
+                    .map(|k| k.as_str())
+                    .collect();
+                anyhow::bail!(
+                    "nothing of kind {:?} is outstanding in {}; kinds present: {} (choose one with --kind)",
+                    args.kind,
+                    args.file.display(),
+                    if present.is_empty() { "none".to_string() } else { present.join(", ") }
+                );
             }
             match args.format {
                 Format::Svg => profiler::report::flame::svg(&report, &args.kind, &lines)?,

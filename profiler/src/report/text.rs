@@ -10,7 +10,12 @@ const FRAMES_SHOWN: usize = 16;
 pub fn render(report: &Report, top: usize) -> String {
     let mut s = String::new();
     let t = &report.target;
-    let _ = writeln!(s, "Leak report for pid {} ({}), {} mode", t.pid, t.command, t.mode);
+    if t.mode == "cgroup" {
+        // t.command names the cgroup or container; there is no one pid.
+        let _ = writeln!(s, "Leak report for {}, cgroup mode", t.command);
+    } else {
+        let _ = writeln!(s, "Leak report for pid {} ({}), {} mode", t.pid, t.command, t.mode);
+    }
     let _ = writeln!(s, "Recorded {:.1}s; ended: {}", report.duration_s, report.end_reason);
     if let Some(w) = &report.warmup {
         let _ = writeln!(s, "Warm-up: {w}");
