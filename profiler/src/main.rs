@@ -412,7 +412,8 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
         kinds.sort();
         kinds.dedup();
         for kind in kinds {
-            out.write(&format!("diff-{kind}.svg"), &diff::svg(&before, &after, kind)?)?;
+            let names = (args.before.to_string_lossy(), args.after.to_string_lossy());
+            out.write(&format!("diff-{kind}.svg"), &diff::svg(&before, &after, kind, (&names.0, &names.1))?)?;
         }
         eprintln!("wrote {}", dir.display());
     }

@@ -22,15 +22,22 @@ pub struct StackDelta {
     pub before: u64,
     pub after: u64,
     pub delta: i64,
+    /// Outstanding blocks, mappings or handles.
+    pub before_count: u64,
+    pub after_count: u64,
 }
+
+/// Frames of a stack shown in the text table, leaf first.
+const FRAMES_SHOWN: usize = 8;
 
 /// Per-stack deltas, largest growth first; unchanged stacks omitted.
 pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
     let index = |r: &Report| {
-        let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut m: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
         for e in &r.stacks {
             let sum = m.entry((e.kind.clone(), flame::folded_path(e))).or_default();
-            *sum = sum.saturating_add(flame::value(e));
+            sum.0 = sum.0.saturating_add(flame::value(e));
+            sum.1 = sum.1.saturating_add(e.count);
         }
         m
     };
@@ -41,13 +48,16 @@ pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
     let mut deltas: Vec<StackDelta> = keys
         .into_iter()
         .map(|k| {
-            let (x, y) = (a.get(k).copied().unwrap_or(0), b.get(k).copied().unwrap_or(0));
+            let ((x, xn), (y, yn)) =
+                (a.get(k).copied().unwrap_or_default(), b.get(k).copied().unwrap_or_default());
             StackDelta {
                 kind: k.0.clone(),
                 stack: k.1.clone(),
                 before: x,
                 after: y,
                 delta: (i128::from(y) - i128::from(x)).clamp(i64::MIN.into(), i64::MAX.into()) as i64,
+                before_count: xn,
+                after_count: yn,
             }
         })
         .filter(|d| d.delta != 0)
@@ -68,28 +78,59 @@ pub fn text(deltas: &[StackDelta], top: usize) -> String {
     }
     for kind in kinds {
         let rows: Vec<&StackDelta> = deltas.iter().filter(|d| d.kind == kind).collect();
-        let total: i64 = rows.iter().map(|d| d.delta).sum();
-        let _ = writeln!(s, "{kind}: {total:+} overall, {} stacks changed", rows.len());
+        let handles = Report::is_handle_kind(kind);
+        let amount = |v: u64| if handles { format!("{v}") } else { flame::human_bytes(v) };
+        let signed = |v: i64| format!("{}{}", if v < 0 { "-" } else { "+" }, amount(v.unsigned_abs()));
+        let total = rows.iter().fold(0i64, |t, d| t.saturating_add(d.delta));
+        let unit = if handles { " handles" } else { "" };
+        let _ = writeln!(s, "{kind}: {}{unit} overall, {} stacks changed", signed(total), rows.len());
         for d in rows.iter().take(top) {
-            let leaf = d.stack.rsplit(';').next().unwrap_or("");
-            let _ = writeln!(s, "  {:>+12}  {:>10} -> {:<10}  {leaf}", d.delta, d.before, d.after);
+            let calls = i128::from(d.after_count) - i128::from(d.before_count);
+            let verb = if d.delta >= 0 { "grew" } else { "shrank" };
+            let over = if handles { String::new() } else { format!(" over {calls:+} blocks") };
+            let _ = writeln!(
+                s,
+                "  {verb} {}{unit}{over}: {} -> {}",
+                signed(d.delta),
+                amount(d.before),
+                amount(d.after)
+            );
+            let frames: Vec<&str> = d.stack.rsplit(';').collect();
+            for f in frames.iter().take(FRAMES_SHOWN) {
+                let _ = writeln!(s, "      {f}");
+            }
+            if frames.len() > FRAMES_SHOWN {
+                let _ = writeln!(
+                    s,
+                    "      ... {} more frames (diff.json has the whole stack)",
+                    frames.len() - FRAMES_SHOWN
+                );
+            }
         }
     }
     s
 }
 
 /// A differential flamegraph (inferno) of one kind: frames are sized by the
-/// second report and colored by how much they grew (red) or shrank (blue).
-pub fn svg(before: &Report, after: &Report, kind: &str) -> Result<Vec<u8>> {
+/// second report and colored by how much they grew (red) or shrank (blue);
+/// titled with both inputs (`names`) and their totals.
+pub fn svg(before: &Report, after: &Report, kind: &str, names: (&str, &str)) -> Result<Vec<u8>> {
     let a = flame::folded(before, kind, GroupBy::None).join("\n");
     let b = flame::folded(after, kind, GroupBy::None).join("\n");
     let mut differential = Vec::new();
     inferno::differential::from_readers(Default::default(), a.as_bytes(), b.as_bytes(), &mut differential)
         .context("computing the differential stacks")?;
     let mut options = inferno::flamegraph::Options::default();
-    options.title = format!("{kind}: what changed between two reports");
-    options.subtitle = Some("size: second report; red: grew, blue: shrank".into());
-    options.count_name = if Report::is_handle_kind(kind) { "handles".into() } else { "bytes".into() };
+    let handles = Report::is_handle_kind(kind);
+    let total = |r: &Report| r.entries(kind).fold(0u64, |t, e| t.saturating_add(flame::value(e)));
+    let amount = |v: u64| if handles { format!("{v} handles") } else { flame::human_bytes(v) };
+    options.title = format!("{kind}: {} -> {}", names.0, names.1);
+    options.subtitle = Some(format!(
+        "{} -> {}; size: second report; red: grew, blue: shrank",
+        amount(total(before)),
+        amount(total(after))
+    ));
+    options.count_name = if handles { "handles".into() } else { "bytes".into() };
     let text = String::from_utf8_lossy(&differential).into_owned();
     let mut out = Vec::new();
     inferno::flamegraph::from_lines(&mut options, text.lines(), &mut out)
@@ -166,8 +207,32 @@ mod tests {
             rows,
             vec![("main;grows", 300), ("main;new", 50), ("main;conn", 3), ("main;shrinks", -400)]
         );
-        let svg = String::from_utf8(svg(&a, &b, "heap").unwrap()).unwrap();
+        let svg =
+            String::from_utf8(svg(&a, &b, "heap", ("a/report.json", "b/report.json")).unwrap()).unwrap();
         assert!(svg.contains("grows"));
+        assert!(
+            svg.contains("heap: a/report.json -&gt; b/report.json")
+                || svg.contains("heap: a/report.json -> b/report.json"),
+            "title"
+        );
+        assert!(
+            svg.contains("607 B -&gt; 557 B") || svg.contains("607 B -> 557 B"),
+            "totals in the subtitle"
+        );
+    }
+
+    #[test]
+    fn the_table_speaks_units_counts_and_whole_stacks() {
+        let a = report(&[("heap", "grows", 100), ("sockets", "conn", 2)]);
+        let b = report(&[("heap", "grows", 2048), ("heap", "grows", 2048), ("sockets", "conn", 5)]);
+        let t = text(&diff(&a, &b), 10);
+        assert!(t.contains("heap: +3.9 KiB overall, 1 stacks changed"), "{t}");
+        assert!(
+            t.contains("  grew +3.9 KiB over +1 blocks: 100 B -> 4.0 KiB\n      grows\n      main\n"),
+            "{t}"
+        );
+        assert!(t.contains("sockets: +3 handles overall"), "{t}");
+        assert!(t.contains("  grew +3 handles: 2 -> 5\n"), "{t}");
     }
 
     #[test]
