@@ -495,14 +495,18 @@ impl Collector {
                 }
             }
             EventKind::Free => {
-                // glibc's thread exit hands its per-thread cache back with
-                // free() calls of its own, of blocks the program freed long ago.
-                let own = h.api == AllocApi::Free as u16 && h.arg != 0;
-                if own && !self.ledger.holds_block(h.tgid, h.addr) && self.space(h.tgid).in_libc(h.arg) {
-                    self.ledger.counters.c_library_frees += 1;
-                    return;
+                if !self.ledger.release_block(h.tgid, h.addr) {
+                    // Only an unmatched free pays for the lookup: glibc's thread
+                    // exit hands its per-thread cache back with free() calls of
+                    // its own, of blocks the program freed long ago.
+                    let caller = (h.api == AllocApi::Free as u16).then_some(h.arg).filter(|&a| a != 0);
+                    if caller.is_some_and(|c| self.space(h.tgid).in_libc(c)) {
+                        self.ledger.counters.c_library_frees += 1;
+                    } else {
+                        self.ledger.counters.unknown_frees += 1;
+                    }
                 }
-                Op::Free { addr: h.addr }
+                return;
             }
             EventKind::Mmap => {
                 let stack = self.intern(&ev, CapturedAt::Syscall);

@@ -571,9 +571,10 @@ impl Ledger {
         }
     }
 
-    /// Whether process `tgid` holds a live heap block at `addr`.
-    pub fn holds_block(&self, tgid: u32, addr: u64) -> bool {
-        self.processes.get(&tgid).is_some_and(|p| p.heap.contains_key(&addr))
+    /// `free` of `addr` by process `tgid`, like [`Op::Free`] except that an
+    /// unknown address is not counted: false, for the caller to classify.
+    pub fn release_block(&mut self, tgid: u32, addr: u64) -> bool {
+        self.free(tgid, addr)
     }
 
     /// The processes the ledger has seen.
