@@ -90,7 +90,7 @@ fn symlinks_planted_at_every_output_name_are_replaced_not_followed() {
         ".write-test",
         "report.json",
         "report.txt",
-        "profile.pb.gz",
+        "heap.pb.gz",
         "heap.svg",
         "heap.folded",
         "sockets.svg",

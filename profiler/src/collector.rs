@@ -106,6 +106,8 @@ pub struct Collector {
     pub mapped_files: std::collections::BTreeSet<u32>,
     /// Command line of every process seen, for the report.
     commands: HashMap<u32, String>,
+    /// Cgroup (v2 path) of every process seen, for labels per container.
+    cgroups: HashMap<u32, String>,
     /// How many times each process exec'd: addresses of different images differ.
     images: HashMap<u32, u64>,
     /// Captured stacks already resolved: key -> (stack, was cut, how it ended).
@@ -131,9 +133,31 @@ pub struct Series {
     pub rss: Vec<Option<u64>>,
     /// First sample after the warm-up: trends are judged from there.
     pub warmup_index: usize,
+    /// Intervals between kept samples: doubles each time the series is thinned.
+    pub stride: usize,
 }
 
+/// Samples kept: past this, every other one is dropped (a recording of days
+/// keeps bounded memory, at a coarser interval).
+pub const MAX_SAMPLES: usize = 2048;
+
 impl Series {
+    /// Keeps every other sample (the first and the even ones).
+    fn thin(&mut self) {
+        let keep = |i: usize| i % 2 == 0;
+        let halve = |v: &mut Vec<u64>| *v = v.iter().step_by(2).copied().collect();
+        self.times = self.times.iter().step_by(2).copied().collect();
+        self.rss = self.rss.iter().step_by(2).copied().collect();
+        self.totals.values_mut().for_each(halve);
+        for points in self.sites.values_mut() {
+            points.retain(|(i, _)| keep(*i));
+            points.iter_mut().for_each(|(i, _)| *i /= 2);
+        }
+        self.sites.retain(|_, points| !points.is_empty());
+        self.warmup_index = self.warmup_index.div_ceil(2);
+        self.stride = self.stride.max(1) * 2;
+    }
+
     /// The full series of one site, 0 where it was not outstanding.
     pub fn of(&self, site: &Site) -> Vec<u64> {
         let mut values = vec![0; self.times.len()];
@@ -299,6 +323,9 @@ impl Collector {
                 t.count
             });
         }
+        if self.series.times.len() > MAX_SAMPLES {
+            self.series.thin();
+        }
     }
 
     /// Takes a new snapshot of a process's mappings now (e.g. a new image held
@@ -327,6 +354,14 @@ impl Collector {
         if let Some(cmd) = command_of(pid) {
             self.commands.insert(pid, cmd);
         }
+        if let Some(cgroup) = crate::target::cgroup::v2_path_of(pid) {
+            self.cgroups.insert(pid, cgroup);
+        }
+    }
+
+    /// The cgroup v2 path of a process, as last seen.
+    pub fn cgroup(&self, pid: u32) -> Option<&str> {
+        self.cgroups.get(&pid).map(String::as_str)
     }
 
     /// The command of a process, as last seen.
@@ -774,6 +809,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_long_series_is_thinned_to_a_bounded_length() {
+        let mut collector = Collector::default();
+        for i in 0..=MAX_SAMPLES {
+            collector.sample(i as f64, Some(i as u64));
+        }
+        let series = &collector.series;
+        assert_eq!(series.times.len(), MAX_SAMPLES / 2 + 1);
+        assert_eq!(series.stride, 2);
+        assert_eq!(series.times.last(), Some(&(MAX_SAMPLES as f64)), "the latest sample is kept");
+        assert_eq!(series.rss[1], Some(2));
+        assert!(series.totals.values().all(|v| v.len() == series.times.len()));
+    }
 
     #[test]
     fn stdout_offsets_map_to_their_write() {

@@ -22,6 +22,7 @@ pub mod probes;
 pub mod procmaps;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod stacks;
 pub mod symbols;
 pub mod target;

@@ -80,7 +80,7 @@ enum Command {
     ///
     /// Exit codes: 0 report written, 1 the profiler failed (bad input, cannot attach), 2 usage error.
     #[command(
-        after_help = "Examples:\n  profiler record --pid 1234 --duration 60              # production: resident pages + handles\n  profiler record --pid 1234 --lens alloc,handles      # exact heap blocks per malloc call site\n  profiler record -- ./my-program --its-args"
+        after_help = "Examples:\n  profiler record --pid 1234 --duration 60              # production: resident pages + handles\n  profiler record --pid 1234 --lens alloc,handles      # exact heap blocks per malloc call site\n  profiler record -- ./my-program --its-args\n  profiler record --cgroup /sys/fs/cgroup/system.slice --serve 9464   # an agent Prometheus scrapes"
     )]
     Record(RecordArgs),
 
@@ -200,6 +200,13 @@ struct RecordArgs {
     #[arg(long, value_name = "SIZE,...", value_delimiter = ',', value_parser = parse_size)]
     snapshot_at: Vec<u64>,
 
+    /// Serve the live results over HTTP while recording, read-only: /metrics (OpenMetrics, for
+    /// Prometheus), /debug/pprof/<kind> (pprof, for go tool pprof, Parca, Grafana Alloy) and
+    /// /report.json, refreshed every --interval. A bare PORT listens on 127.0.0.1 only; give
+    /// ADDR:PORT to listen elsewhere (the endpoints show stack names and command lines).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = profiler::serve::parse_address)]
+    serve: Option<std::net::SocketAddr>,
+
     /// Write a full numbered snapshot (snapshot-NNN-periodic/) at every --interval: for targets
     /// that free everything at exit (Node frees its Buffers), the leak is in the snapshots.
     #[arg(long)]
@@ -259,7 +266,7 @@ struct ReportArgs {
     #[arg(long, short, value_enum, default_value_t = Format::Text)]
     format: Format,
 
-    /// The kind to render for svg and folded (heap, mmap, sockets, files, ...).
+    /// The kind to render for svg, folded and pprof (heap, resident, mmap, sockets, files, ...).
     #[arg(long, short, default_value = "heap")]
     kind: String,
 
@@ -367,31 +374,33 @@ fn load_report(path: &std::path::Path) -> anyhow::Result<Report> {
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
     let report = load_report(&args.file)?;
+    let one_kind = || -> anyhow::Result<Vec<String>> {
+        let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
+        if lines.is_empty() {
+            let present: Vec<&str> = report
+                .totals
+                .keys()
+                .filter(|k| report.entries(k).next().is_some())
+                .map(|k| k.as_str())
+                .collect();
+            anyhow::bail!(
+                "nothing of kind {:?} is outstanding in {}; kinds present: {} (choose one with --kind)",
+                args.kind,
+                args.file.display(),
+                if present.is_empty() { "none".to_string() } else { present.join(", ") }
+            );
+        }
+        Ok(lines)
+    };
     let bytes = match args.format {
         Format::Text => profiler::report::text::render(&report, args.top).into_bytes(),
         Format::Json => serde_json::to_vec_pretty(&report)?,
-        Format::Pprof => profiler::report::pprof::encode(&report)?,
-        Format::Folded | Format::Svg => {
-            let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
-            if lines.is_empty() {
-                let present: Vec<&str> = report
-                    .totals
-                    .keys()
-                    .filter(|k| report.entries(k).next().is_some())
-                    .map(|k| k.as_str())
-                    .collect();
-                anyhow::bail!(
-                    "nothing of kind {:?} is outstanding in {}; kinds present: {} (choose one with --kind)",
-                    args.kind,
-                    args.file.display(),
-                    if present.is_empty() { "none".to_string() } else { present.join(", ") }
-                );
-            }
-            match args.format {
-                Format::Svg => profiler::report::flame::svg(&report, &args.kind, &lines)?,
-                _ => (lines.join("\n") + "\n").into_bytes(),
-            }
+        Format::Pprof => {
+            one_kind()?;
+            profiler::report::pprof::encode(&report, &args.kind)?
         }
+        Format::Folded => (one_kind()?.join("\n") + "\n").into_bytes(),
+        Format::Svg => profiler::report::flame::svg(&report, &args.kind, &one_kind()?)?,
     };
     match args.output {
         Some(path) => profiler::files::output::write_file(&path, &bytes)?,
@@ -461,6 +470,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         limit: args.limit,
         thresholds: args.thresholds,
         snapshots: args.snapshots,
+        serve: args.serve,
         lenses,
         sample_bytes,
         placement: args.probe_placement,

@@ -29,12 +29,19 @@ pub struct Frame {
     pub inlined: bool,
 }
 
+/// Names frames; one instance serves every report of a session, so each
+/// module's debug info is parsed once (blazesym caches it by path).
 pub struct Symbols {
     symbolizer: Symbolizer,
-    /// Every module symbolized (by `/proc/self/fd/N`): open as long as the
-    /// symbolizer, so no path it cached names another file.
-    opened: RefCell<Vec<ModuleFile>>,
+    /// Every module symbolized, by (device, inode), and symbolized by
+    /// `/proc/self/fd/N`: open as long as the symbolizer, so no path it
+    /// cached names another file, and the same file keeps the same path.
+    opened: RefCell<HashMap<(u64, u64), ModuleFile>>,
 }
+
+/// Modules kept open and parsed; past this the cache starts over (a fleet
+/// agent meets new images for days).
+const MAX_MODULES: usize = 512;
 
 impl Default for Symbols {
     fn default() -> Self {
@@ -101,6 +108,21 @@ fn fallback(loc: &Location) -> Frame {
 }
 
 impl Symbols {
+    /// Starts over when too many modules are cached.
+    pub fn trim(&mut self) {
+        if self.opened.get_mut().len() > MAX_MODULES {
+            *self = Self::default();
+        }
+    }
+
+    /// The path to symbolize an opened module by: the first opened copy of the same file.
+    fn path_of(&self, module: ModuleFile) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = module.file.metadata() else { return String::new() };
+        let mut opened = self.opened.borrow_mut();
+        opened.entry((meta.dev(), meta.ino())).or_insert(module).proc_path()
+    }
+
     /// Names every location of process `pid`, whose files are opened as
     /// `maps` (a snapshot of its mappings) maps them (see [`open_mapped`]).
     pub fn resolve(
@@ -127,17 +149,12 @@ impl Symbols {
             offsets.dedup();
             // Frames are return addresses: look up the call instruction before them.
             let lookups: Vec<u64> = offsets.iter().map(|o| o.saturating_sub(1)).collect();
-            let results = match open_path_mapped(pid, maps, &path) {
-                Ok(module) => {
-                    let results = self
-                        .symbolizer
-                        .symbolize(&Source::Elf(Elf::new(module.proc_path())), Input::FileOffset(&lookups))
-                        .unwrap_or_default();
-                    // Kept open while the symbolizer may cache by that path.
-                    self.opened.borrow_mut().push(module);
-                    results
-                }
-                Err(_) => Vec::new(),
+            let results = match open_path_mapped(pid, maps, &path).map(|module| self.path_of(module)) {
+                Ok(path) if !path.is_empty() => self
+                    .symbolizer
+                    .symbolize(&Source::Elf(Elf::new(path)), Input::FileOffset(&lookups))
+                    .unwrap_or_default(),
+                _ => Vec::new(),
             };
             for (i, offset) in offsets.iter().enumerate() {
                 let loc = Location::File { path: path.clone(), offset: *offset };

@@ -349,7 +349,8 @@ fn gate(args: Vec<OsString>) -> Result<()> {
 }
 
 /// Tools some tests use, installed when we can (those tests report a
-/// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`.
+/// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`,
+/// prometheus and curl for the fleet endpoints.
 fn install_test_tools() {
     install_missing(
         &[
@@ -362,6 +363,8 @@ fn install_test_tools() {
             ("g++", "g++"),
             ("podman", "podman"),
             ("runc", "runc"),
+            ("prometheus", "prometheus"),
+            ("curl", "curl"),
         ],
         "the tests",
     );

@@ -70,6 +70,7 @@ pub(super) struct ReportContext<'a> {
     pub(super) opts: &'a RecordOptions,
     pub(super) target: &'a Target,
     pub(super) mounts: &'a CgroupMounts,
+    pub(super) symbols: &'a Symbols,
 }
 
 impl ReportContext<'_> {
@@ -92,6 +93,7 @@ impl ReportContext<'_> {
             elapsed,
             end_reason,
             self.opts,
+            self.symbols,
         );
         if let Target::Cgroup(cgroup) = self.target {
             if let Some(target) = &cgroup.target {
@@ -102,7 +104,7 @@ impl ReportContext<'_> {
             }
         }
         report.status = status(&report, collector, self.opts, self.target, self.mounts, self.info.pid);
-        report.processes = summarize_processes(&report);
+        report.processes = summarize_processes(&report, collector);
         report.warmup = warmup;
         Ok(report)
     }
@@ -119,8 +121,9 @@ fn build_report(
     elapsed: Duration,
     end_reason: String,
     opts: &RecordOptions,
+    symbols: &Symbols,
 ) -> Report {
-    let mut stacks = collector.entries(&Symbols::default(), monotonic_ns(), opts.min_age.as_nanos() as u64);
+    let mut stacks = collector.entries(symbols, monotonic_ns(), opts.min_age.as_nanos() as u64);
     sort_entries(&mut stacks, opts.sort);
     for e in &mut stacks {
         e.class = crate::report::split::classify(e).map(str::to_string);
@@ -133,7 +136,7 @@ fn build_report(
         .count() as u64;
     let series = &collector.series;
     let series = SeriesReport {
-        interval_s: opts.interval.as_secs_f64(),
+        interval_s: opts.interval.as_secs_f64() * series.stride.max(1) as f64,
         times: series.times.clone(),
         totals: series.totals.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
         rss: series.rss.clone(),
@@ -239,20 +242,6 @@ fn build_report(
     }
 }
 
-/// Resident set size of a process, from /proc.
-pub(super) fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
 /// Ranks entries within each kind (kinds keep their order). By growth, only
 /// stacks with enough samples for a trend are ranked by it; the others
 /// follow, by size.
@@ -336,12 +325,13 @@ fn status(
 }
 
 /// Outstanding totals per process, from the per-stack entries.
-fn summarize_processes(report: &Report) -> Vec<ProcessSummary> {
+fn summarize_processes(report: &Report, collector: &Collector) -> Vec<ProcessSummary> {
     let mut by_pid: std::collections::BTreeMap<u32, ProcessSummary> = Default::default();
     for e in &report.stacks {
         let p = by_pid.entry(e.pid).or_insert_with(|| ProcessSummary {
             pid: e.pid,
             command: e.command.clone(),
+            cgroup: collector.cgroup(e.pid).map(str::to_string),
             totals: Default::default(),
         });
         let t = p.totals.entry(e.kind.clone()).or_default();
@@ -361,7 +351,7 @@ pub(super) fn write_snapshot(
 }
 
 /// Writes report.json, report.txt and, per kind with anything outstanding,
-/// `<kind>.folded` and `<kind>.svg`; removes the flamegraphs an earlier run
+/// `<kind>.folded`, `<kind>.svg` and `<kind>.pb.gz`; removes those an earlier run
 /// left in the directory for kinds this report does not have.
 pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame::GroupBy) -> Result<()> {
     let mut written = Vec::new();
@@ -370,7 +360,6 @@ pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame:
         dir.write(name, data)
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
-    write("profile.pb.gz", &crate::report::pprof::encode(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
     for kind in report.totals.keys() {
         let lines = flame::folded(report, kind, group);
@@ -379,8 +368,9 @@ pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame:
         }
         write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
         write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
+        write(&format!("{kind}.pb.gz"), &crate::report::pprof::encode(report, kind)?)?;
     }
-    let stale = Kind::ALL.iter().flat_map(|k| [format!("{}.folded", k.name()), format!("{}.svg", k.name())]);
+    let stale = Kind::ALL.iter().flat_map(|k| ["folded", "svg", "pb.gz"].map(|ext| format!("{}.{ext}", k.name())));
     for name in stale.filter(|n| !written.contains(n)) {
         dir.remove(&name);
     }

@@ -6,7 +6,7 @@
 mod assemble;
 mod probed;
 
-use assemble::{rss_of, status_line, write_outputs, write_snapshot, ReportContext};
+use assemble::{status_line, write_outputs, write_snapshot, ReportContext};
 use probed::{CgroupState, ProbedProcesses};
 
 use std::{
@@ -102,6 +102,8 @@ pub struct RecordOptions {
     /// Also write a full numbered snapshot at every `interval` (long-running
     /// targets that free everything at exit, like Node with its Buffers).
     pub snapshots: bool,
+    /// Serve /metrics, /debug/pprof/<kind> and /report.json here while recording.
+    pub serve: Option<std::net::SocketAddr>,
     pub lenses: Lenses,
     /// Alloc lens: mean bytes between sampled allocations (0: every call).
     pub sample_bytes: u64,
@@ -141,6 +143,7 @@ impl RecordOptions {
             thresholds: Default::default(),
             snapshot_at: Vec::new(),
             snapshots: false,
+            serve: None,
             lenses: Lenses::default(),
             sample_bytes: 0,
             placement: PlacementMode::default(),
@@ -233,13 +236,14 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
         }
         TargetSpec::Command(_) => {}
     }
+    let listener = opts.serve.map(crate::serve::bind).transpose()?;
     let mut output = match &opts.output {
         Some(dir) => OutputDir::create(dir, false)?,
         None => OutputDir::create(&default_output(&opts.target), true)?,
     };
     let new_dir = output.take_new();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let recorded = runtime.block_on(run(opts, output));
+    let recorded = runtime.block_on(run(opts, output, listener));
     if recorded.is_err() {
         // A run that failed before writing anything (e.g. the target exited
         // while the probes were being attached) leaves no empty directory.
@@ -250,7 +254,7 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
     recorded
 }
 
-async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
+async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::TcpListener>) -> Result<Recorded> {
     // Installed first: a signal from the moment we say we are attached ends the session cleanly.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -384,6 +388,19 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         }
     };
     let interactive = std::io::stderr().is_terminal();
+    let mounts = CgroupMounts::read().unwrap_or_default();
+    let mut symbols = crate::symbols::Symbols::default();
+    let publisher = match listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let publisher = crate::serve::start(listener)?;
+            let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
+            publisher.publish(context.report(&collector, started.elapsed(), "recording".into(), None)?);
+            eprintln!("serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json");
+            Some(publisher)
+        }
+        None => None,
+    };
     eprintln!(
         "profiling pid {} ({}); {}",
         info.pid,
@@ -399,11 +416,10 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_events = (Instant::now(), 0u64);
     let mut sample = tokio::time::interval(opts.interval);
-    let mounts = CgroupMounts::read().unwrap_or_default();
     let resident = |target: &Target| -> Option<u64> {
         match target {
             Target::Cgroup(cg) => cg.target.as_ref()?.memory(&cg.mounts).map(|m| m.usage),
-            _ => rss_of(info.pid),
+            _ => crate::target::rss_of(info.pid),
         }
     };
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
@@ -540,6 +556,15 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     let size = flame::human_bytes(threshold).replace(' ', "");
                     due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
                 }
+                if let Some(publisher) = &publisher {
+                    collector.name_jit_frames();
+                    symbols.trim();
+                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
+                    match context.report(&collector, started.elapsed(), "recording".into(), None) {
+                        Ok(report) => publisher.publish(report),
+                        Err(e) => eprintln!("warning: no report to serve at {:.0}s: {e:#}", started.elapsed().as_secs_f64()),
+                    }
+                }
                 if opts.snapshots {
                     due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
                 }
@@ -547,7 +572,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
                     snapshots_written += 1;
                     let dir = format!("snapshot-{snapshots_written:03}-{label}");
                     collector.name_jit_frames();
-                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts };
+                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
                     match context.report(&collector, started.elapsed(), format!("snapshot: {reason}"), None).and_then(|r| write_snapshot(&r, &output, &dir, &opts)) {
                         Ok(()) if !opts.snapshots => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, output.path().join(&dir).display()),
                         Ok(()) => {}
@@ -608,6 +633,7 @@ async fn run(opts: RecordOptions, output: OutputDir) -> Result<Recorded> {
         opts: &opts,
         target: &target,
         mounts: &mounts,
+        symbols: &symbols,
     };
     let mut report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
     report.target_exit = target_exit;

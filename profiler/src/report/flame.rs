@@ -106,51 +106,7 @@ pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::model::{Accuracy, TargetInfo, Total};
-    use crate::symbols::Frame;
-
-    fn report() -> Report {
-        let entry = |kind: &str, bytes, count, frames: &[&str]| StackEntry {
-            kind: kind.into(),
-            pid: 1,
-            command: "demo".into(),
-            bytes,
-            count,
-            mean_age_s: 0.0,
-            api: "malloc".into(),
-            frames: frames.iter().map(|f| Frame::named(f)).collect(),
-            trend: None,
-            old_share: 0.0,
-            series: Vec::new(),
-            class: None,
-            sites: 1,
-            site_offsets: Vec::new(),
-        };
-        Report {
-            schema_version: 1,
-            profiler_version: "0".into(),
-            target: TargetInfo { pid: 1, command: "demo".into(), mode: "launch".into(), libc: String::new() },
-            started_at: 0,
-            duration_s: 1.0,
-            end_reason: "test".into(),
-            target_exit: None,
-            warmup: None,
-            totals: [("heap".to_string(), Total { bytes: 300, count: 3 })].into(),
-            handles: Default::default(),
-            processes: Vec::new(),
-            cgroup: None,
-            series: None,
-            status: None,
-            memory_split: Default::default(),
-            stacks: vec![
-                entry("heap", 100, 1, &["leak_a", "main", "_start"]),
-                entry("heap", 150, 1, &["leak_a", "main", "_start"]),
-                entry("heap", 50, 1, &[]),
-                entry("sockets", 0, 2, &["leak_sock;x", "main"]),
-            ],
-            accuracy: Accuracy::default(),
-        }
-    }
+    use crate::report::sample::report;
 
     #[test]
     fn folded_is_root_first_merged_and_typed_by_kind() {

@@ -6,6 +6,8 @@ pub mod diff;
 pub mod flame;
 pub mod model;
 pub mod pprof;
+#[cfg(test)]
+pub(crate) mod sample;
 pub mod split;
 pub mod text;
 

@@ -124,6 +124,9 @@ pub struct CgroupInfo {
 pub struct ProcessSummary {
     pub pid: u32,
     pub command: String,
+    /// Its cgroup v2 path (e.g. a container's scope), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// Per kind, like the report's totals.
     pub totals: BTreeMap<String, Total>,
 }

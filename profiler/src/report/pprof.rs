@@ -1,8 +1,16 @@
-//! pprof output (`profile.pb.gz`): the profile.proto format that `go tool
-//! pprof`, Pyroscope and Parca read. Sample types: `inuse_space/bytes` and
-//! `inuse_objects/count` for memory kinds, `open_handles/count` for fds;
-//! every sample carries `kind` and `pid` labels. The messages are declared
-//! with prost's derive; prost does the encoding.
+//! pprof output: one profile.proto per kind (`<kind>.pb.gz`, and the
+//! `/debug/pprof/<kind>` endpoints), as Go writes heap profiles so that
+//! `go tool pprof`, Pyroscope and Parca open them right:
+//!
+//! - memory kinds: `inuse_objects/count` and `inuse_space/bytes`, opening on
+//!   `inuse_space`; handle kinds: `<kind>/count` (e.g. `sockets/count`);
+//! - one Location per code address, its inlined functions as `Line`s
+//!   (innermost first, the caller last), so `-noinlines` and `-lines` work;
+//! - one Mapping per module (file name only: the report keeps no address
+//!   ranges or build ids, so `-disasm` cannot find the code);
+//! - labels `pid`, `command` and, in cgroup mode, `cgroup`.
+//!
+//! The messages are declared with prost's derive; prost does the encoding.
 
 use std::{collections::HashMap, io::Write};
 
@@ -11,6 +19,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::Report;
+use crate::symbols::Frame;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {
@@ -72,6 +81,10 @@ pub struct Label {
 pub struct Mapping {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
     #[prost(int64, tag = "5")]
     pub filename: i64,
     #[prost(bool, tag = "7")]
@@ -84,6 +97,8 @@ pub struct Location {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
     #[prost(message, repeated, tag = "4")]
     pub line: Vec<Line>,
 }
@@ -132,85 +147,138 @@ impl Strings {
     }
 }
 
-/// Builds the pprof profile of a report.
-pub fn profile(report: &Report) -> Profile {
-    let mut strings = Strings::new();
-    let value_type =
-        |strings: &mut Strings, t: &str, u: &str| ValueType { r#type: strings.id(t), unit: strings.id(u) };
-    let sample_type = vec![
-        value_type(&mut strings, "inuse_space", "bytes"),
-        value_type(&mut strings, "inuse_objects", "count"),
-        value_type(&mut strings, "open_handles", "count"),
-    ];
-    let mut functions: Vec<Function> = Vec::new();
-    let mut function_ids: HashMap<(String, String), u64> = HashMap::new();
-    let mut locations: Vec<Location> = Vec::new();
-    let mut location_ids: HashMap<(String, String, Option<u32>, String), u64> = HashMap::new();
-    let mut samples = Vec::new();
-    let (kind_key, pid_key) = (strings.id("kind"), strings.id("pid"));
-    for e in &report.stacks {
-        let mut location_id = Vec::new();
-        for f in &e.frames {
-            let file = f.file.clone().unwrap_or_default();
-            let key = (f.function.clone(), file.clone(), f.line, f.offset.clone());
-            let id = match location_ids.get(&key) {
-                Some(id) => *id,
-                None => {
-                    let fkey = (f.function.clone(), file.clone());
-                    let function_id = match function_ids.get(&fkey) {
-                        Some(id) => *id,
-                        None => {
-                            let id = functions.len() as u64 + 1;
-                            let name = strings.id(&f.function);
-                            functions.push(Function {
-                                id,
-                                name,
-                                system_name: name,
-                                filename: strings.id(&file),
-                            });
-                            function_ids.insert(fkey, id);
-                            id
-                        }
-                    };
-                    let id = locations.len() as u64 + 1;
-                    let line = Line { function_id, line: f.line.unwrap_or(0) as i64 };
-                    locations.push(Location { id, mapping_id: 1, line: vec![line] });
-                    location_ids.insert(key, id);
-                    id
-                }
-            };
-            location_id.push(id);
+/// Interns functions, locations and mappings as the profile is built.
+struct Builder {
+    strings: Strings,
+    functions: Vec<Function>,
+    function_ids: HashMap<(String, String), u64>,
+    locations: Vec<Location>,
+    location_ids: HashMap<Vec<(String, String, String, Option<u32>)>, u64>,
+    mappings: Vec<Mapping>,
+    mapping_ids: HashMap<String, u64>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            strings: Strings::new(),
+            functions: Vec::new(),
+            function_ids: HashMap::new(),
+            locations: Vec::new(),
+            location_ids: HashMap::new(),
+            mappings: Vec::new(),
+            mapping_ids: HashMap::new(),
         }
-        let value = if Report::is_handle_kind(&e.kind) {
-            vec![0, 0, e.count as i64]
-        } else {
-            vec![e.bytes as i64, e.count as i64, 0]
+    }
+
+    fn value_type(&mut self, r#type: &str, unit: &str) -> ValueType {
+        ValueType { r#type: self.strings.id(r#type), unit: self.strings.id(unit) }
+    }
+
+    fn function(&mut self, frame: &Frame) -> u64 {
+        let file = frame.file.clone().unwrap_or_default();
+        let key = (frame.function.clone(), file);
+        if let Some(id) = self.function_ids.get(&key) {
+            return *id;
+        }
+        let id = self.functions.len() as u64 + 1;
+        let name = self.strings.id(&frame.function);
+        let filename = self.strings.id(&key.1);
+        self.functions.push(Function { id, name, system_name: name, filename });
+        self.function_ids.insert(key, id);
+        id
+    }
+
+    fn mapping(&mut self, module: &str) -> u64 {
+        if let Some(id) = self.mapping_ids.get(module) {
+            return *id;
+        }
+        let id = self.mappings.len() as u64 + 1;
+        let filename = self.strings.id(module);
+        self.mappings.push(Mapping { id, filename, has_functions: true, ..Default::default() });
+        self.mapping_ids.insert(module.to_string(), id);
+        id
+    }
+
+    /// The location of one code address: its frames, the inlined ones first
+    /// and the function they were inlined into last.
+    fn location(&mut self, frames: &[Frame]) -> u64 {
+        let key: Vec<_> =
+            frames.iter().map(|f| (f.module.clone(), f.offset.clone(), f.function.clone(), f.line)).collect();
+        if let Some(id) = self.location_ids.get(&key) {
+            return *id;
+        }
+        let outer = frames.last().expect("a location has a frame");
+        let mapping_id = self.mapping(&outer.module);
+        let address = u64::from_str_radix(outer.offset.trim_start_matches("0x"), 16).unwrap_or(0);
+        let line = frames
+            .iter()
+            .map(|f| Line { function_id: self.function(f), line: f.line.unwrap_or(0) as i64 })
+            .collect();
+        let id = self.locations.len() as u64 + 1;
+        self.locations.push(Location { id, mapping_id, address, line });
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    /// A stack's locations, innermost first: each ends at a frame that was
+    /// not inlined (the frames of one address are listed innermost first).
+    fn stack(&mut self, frames: &[Frame]) -> Vec<u64> {
+        frames
+            .split_inclusive(|f| !f.inlined)
+            .map(|group| self.location(group))
+            .collect()
+    }
+}
+
+/// The pprof profile of one kind of a report.
+pub fn profile(report: &Report, kind: &str) -> Profile {
+    let mut b = Builder::new();
+    let sample_type = if Report::is_handle_kind(kind) {
+        vec![b.value_type(kind, "count")]
+    } else {
+        vec![b.value_type("inuse_objects", "count"), b.value_type("inuse_space", "bytes")]
+    };
+    let default_sample_type = sample_type.last().map_or(0, |t| t.r#type);
+    let cgroups: HashMap<u32, &str> =
+        report.processes.iter().filter_map(|p| Some((p.pid, p.cgroup.as_deref()?))).collect();
+    let (pid_key, command_key, cgroup_key) = (b.strings.id("pid"), b.strings.id("command"), b.strings.id("cgroup"));
+    let mut samples = Vec::new();
+    for e in report.entries(kind) {
+        let location_id = b.stack(&e.frames);
+        let value = match sample_type.len() {
+            1 => vec![e.count as i64],
+            _ => vec![e.count as i64, e.bytes as i64],
         };
-        let label = vec![
-            Label { key: kind_key, str: strings.id(&e.kind), num: 0 },
-            Label { key: pid_key, str: 0, num: e.pid as i64 },
+        let mut label = vec![
+            Label { key: pid_key, num: e.pid as i64, ..Default::default() },
+            Label { key: command_key, str: b.strings.id(&e.command), ..Default::default() },
         ];
+        if let Some(cgroup) = cgroups.get(&e.pid) {
+            label.push(Label { key: cgroup_key, str: b.strings.id(cgroup), ..Default::default() });
+        }
         samples.push(Sample { location_id, value, label });
     }
-    let command = strings.id(&report.target.command);
+    let comment = b.strings.id(&format!("{kind} outstanding at {:.0}s ({})", report.duration_s, report.end_reason));
     Profile {
         sample_type,
         sample: samples,
-        mapping: vec![Mapping { id: 1, filename: command, has_functions: true }],
-        location: locations,
-        function: functions,
+        mapping: b.mappings,
+        location: b.locations,
+        function: b.functions,
         time_nanos: report.started_at as i64 * 1_000_000_000,
         duration_nanos: (report.duration_s * 1e9) as i64,
-        comment: vec![strings.id(&format!("outstanding when recording ended ({})", report.end_reason))],
-        string_table: strings.table,
+        comment: vec![comment],
+        default_sample_type,
+        string_table: b.strings.table,
         ..Default::default()
     }
 }
 
-/// The gzipped, encoded profile (`profile.pb.gz`).
-pub fn encode(report: &Report) -> Result<Vec<u8>> {
+/// The gzipped, encoded profile of one kind (`<kind>.pb.gz`).
+pub fn encode(report: &Report, kind: &str) -> Result<Vec<u8>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&profile(report).encode_to_vec())?;
+    gz.write_all(&profile(report, kind).encode_to_vec())?;
     Ok(gz.finish()?)
 }
 
@@ -224,5 +292,38 @@ mod tests {
         assert_eq!(s.id("a"), 1);
         assert_eq!(s.id("a"), 1);
         assert_eq!(s.table[0], "");
+    }
+
+    #[test]
+    fn memory_kinds_open_on_inuse_space_and_inlines_share_a_location() {
+        let mut report = crate::report::sample::report();
+        let at = |function: &str, offset: &str, inlined| Frame {
+            function: function.into(),
+            module: "demo".into(),
+            offset: offset.into(),
+            file: Some("demo.c".into()),
+            line: Some(7),
+            inlined,
+        };
+        report.stacks[0].frames = vec![at("inner", "0x10", true), at("outer", "0x10", false), at("main", "0x20", false)];
+        let p = profile(&report, "heap");
+        let name = |i: i64| p.string_table[i as usize].as_str();
+        let types: Vec<&str> = p.sample_type.iter().map(|t| name(t.r#type)).collect();
+        assert_eq!(types, ["inuse_objects", "inuse_space"]);
+        assert_eq!(name(p.default_sample_type), "inuse_space");
+        assert_eq!(p.sample.iter().map(|s| s.value[1]).sum::<i64>(), 300, "the heap total, nothing else");
+        let first = &p.sample[0];
+        assert_eq!(first.location_id.len(), 2, "inner+outer at one address, then main");
+        let location = &p.location[first.location_id[0] as usize - 1];
+        assert_eq!(location.address, 0x10);
+        let lines: Vec<&str> =
+            location.line.iter().map(|l| name(p.function[l.function_id as usize - 1].name)).collect();
+        assert_eq!(lines, ["inner", "outer"], "innermost first, the caller last");
+        assert_eq!(name(p.mapping[location.mapping_id as usize - 1].filename), "demo");
+
+        let sockets = profile(&report, "sockets");
+        let types: Vec<&str> = sockets.sample_type.iter().map(|t| sockets.string_table[t.r#type as usize].as_str()).collect();
+        assert_eq!(types, ["sockets"]);
+        assert_eq!(sockets.sample.iter().map(|s| s.value[0]).sum::<i64>(), 2);
     }
 }

@@ -234,6 +234,12 @@ pub fn memory_of_process(pid: u32, mounts: &CgroupMounts) -> Option<CgroupMemory
     })
 }
 
+/// A process's cgroup in the unified (v2) hierarchy, e.g. `/system.slice/x.service`.
+pub fn v2_path_of(pid: u32) -> Option<String> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    own.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
 /// The memory controller's view of a cgroup.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CgroupMemory {

@@ -111,3 +111,17 @@ pub fn pidfd(pid: u32) -> Result<OwnedFd> {
     }
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// Resident set size of a process, from /proc.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
