@@ -20,6 +20,10 @@
 //!   can for `--soak-secs` (default 10 min), launched and attached by pid,
 //!   alloc lens: every leak exact or every loss counted in the headline, and
 //!   the profiler's RSS sampled throughout.
+//! - Serve (`--serve-secs`, default 30 min): the agent (`--serve`, default
+//!   lenses) attached to the Node HTTP server under wrk, `/metrics` scraped
+//!   every 5 s: the profiler's RSS at 5 minutes and at the end, scrape
+//!   latency, and requests/s against unprobed runs before and after.
 
 use std::{
     ffi::OsString,
@@ -104,12 +108,13 @@ pub enum Section {
     Pipeline,
     Exit,
     Soak,
+    Serve,
 }
 
-pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64) -> Result<()> {
+pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64, serve_secs: u64) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    crate::install_missing(&[("bpftrace", "bpftrace"), ("wrk", "wrk")], "the benchmark");
+    crate::install_missing(&[("bpftrace", "bpftrace"), ("wrk", "wrk"), ("curl", "curl")], "the benchmark");
     let mut b = Bench { profiler, dir, md: String::new() };
     b.md.push_str("# Profiler overhead\n\nEach figure is the median of ");
     b.md.push_str(&format!("{RUNS} runs, measured against the unprobed run of the same invocation.\n\n"));
@@ -132,6 +137,9 @@ pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64) -
     }
     if wanted(Section::Soak) && soak_secs > 0 {
         out.insert("soak".into(), b.soak(root, soak_secs)?);
+    }
+    if wanted(Section::Serve) && serve_secs > 0 {
+        out.insert("serve".into(), b.serve(root, serve_secs)?);
     }
     std::fs::write(b.dir.join("bench.json"), serde_json::to_vec_pretty(&out)?)?;
     std::fs::write(b.dir.join("bench.md"), &b.md)?;
@@ -532,6 +540,116 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         Ok(
             json!({ "unprobed_rps": base_rps, "unprobed_p99_ms": base_p99, "rows": rows, "production_rps_loss": production_loss }),
         )
+    }
+
+    fn serve(&mut self, root: &Path, secs: u64) -> Result<Value> {
+        eprintln!("bench: the agent (--serve) on the node HTTP server for {secs} s");
+        self.md.push_str(&format!("## Agent: `--serve` on the Node.js HTTP server under wrk for {secs} s\n\n"));
+        for tool in ["node", "wrk", "curl"] {
+            if crate::find_in_path(tool).is_none() {
+                self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
+                return Ok(json!({ "skipped": format!("{tool} missing") }));
+            }
+        }
+        let mut server = Command::new("node")
+            .arg(root.join("tests/fixtures/node/bench-server.js"))
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let result = self.serve_rounds(&mut server, secs);
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    }
+
+    fn serve_rounds(&mut self, server: &mut Child, secs: u64) -> Result<Value> {
+        const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+        const CHUNK_SECS: u32 = 60;
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let port = line.trim().strip_prefix("port ").context("server did not print its port")?.to_string();
+        let url = format!("http://127.0.0.1:{port}/");
+        wrk(&url, WARMUP_SECS)?;
+        let before = wrk(&url, WRK_SECS)?.0;
+        let mut profiler = Command::new(&self.profiler)
+            .args(["record", "-q", "--pid", &server.id().to_string(), "--serve", "127.0.0.1:0", "--interval", "5", "-o"])
+            .arg(self.dir.join("serve"))
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stderr = BufReader::new(profiler.stderr.take().context("profiler stderr")?);
+        let mut addr = None;
+        loop {
+            let mut said = String::new();
+            if stderr.read_line(&mut said)? == 0 {
+                bail!("the profiler ended before attaching");
+            }
+            if let Some(rest) = said.strip_prefix("serving http://") {
+                addr = rest.split('/').next().map(str::to_string);
+            }
+            if said.starts_with("profiling") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let metrics = format!("http://{}/metrics", addr.context("no 'serving' line")?);
+        let rss_of = |pid: u32| -> f64 {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0)))
+                .unwrap_or(0.0)
+                * 1024.0
+        };
+        // Load in one-minute wrk runs on a thread; scrapes and RSS samples here.
+        let chunks = secs.div_ceil(CHUNK_SECS as u64) as usize;
+        let load_url = url.clone();
+        let load = std::thread::spawn(move || -> Result<Vec<f64>> {
+            (0..chunks).map(|_| wrk(&load_url, CHUNK_SECS).map(|r| r.0)).collect()
+        });
+        let started = std::time::Instant::now();
+        let (mut latencies, mut failed, mut rss_5min) = (Vec::new(), 0u64, None);
+        while !load.is_finished() {
+            let out = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null", "-w", "%{time_total}", "--max-time", "5", &metrics])
+                .output()?;
+            match String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+                Ok(t) if out.status.success() => latencies.push(t * 1000.0),
+                _ => failed += 1,
+            }
+            if rss_5min.is_none() && started.elapsed() >= Duration::from_secs(300) {
+                rss_5min = Some(rss_of(profiler.id()));
+            }
+            std::thread::sleep(SCRAPE_EVERY);
+        }
+        let rss_end = rss_of(profiler.id());
+        let probed = load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+        let _ = Command::new("kill").args(["-INT", &profiler.id().to_string()]).status();
+        let st = profiler.wait()?;
+        if !st.success() {
+            bail!("profiler --serve exited with {st}");
+        }
+        let after = wrk(&url, WRK_SECS)?.0;
+        let unprobed = (before + after) / 2.0;
+        let rps = probed.iter().sum::<f64>() / probed.len().max(1) as f64;
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+        let (p50, p99, max) = (pct(0.5), pct(0.99), latencies.last().copied().unwrap_or(f64::NAN));
+        let mib = |b: f64| b / 1048576.0;
+        self.md.push_str(&format!(
+            "Default lenses (resident + handles), `--interval 5`, `/metrics` scraped every 5 s with curl; wrk -t1 -c16 in {CHUNK_SECS} s runs. \
+             Unprobed: {before:.0} requests/s before, {after:.0} after.\n\n\
+             | requests/s | vs unprobed | scrapes | failed | scrape p50 ms | p99 ms | max ms | profiler RSS at 5 min MiB | at the end MiB |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+             | {rps:.0} | {:.3}x | {} | {failed} | {p50:.1} | {p99:.1} | {max:.1} | {} | {:.1} |\n\n",
+            rps / unprobed,
+            latencies.len(),
+            rss_5min.map_or("(run shorter than 5 min)".to_string(), |r| format!("{:.1}", mib(r))),
+            mib(rss_end),
+        ));
+        Ok(json!({
+            "secs": secs, "unprobed_rps": unprobed, "rps": rps, "rps_ratio": rps / unprobed,
+            "scrapes": latencies.len(), "failed_scrapes": failed,
+            "scrape_p50_ms": p50, "scrape_p99_ms": p99, "scrape_max_ms": max,
+            "profiler_rss_5min_bytes": rss_5min, "profiler_rss_end_bytes": rss_end,
+        }))
     }
 
     fn pipeline(&mut self, root: &Path) -> Result<Value> {

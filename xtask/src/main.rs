@@ -55,6 +55,9 @@ enum Task {
         /// Length of each soak run (launch, then attach), seconds; 0 skips the soak.
         #[arg(long, default_value_t = 600)]
         soak_secs: u64,
+        /// Length of the agent run (--serve on the Node HTTP server), seconds; 0 skips it.
+        #[arg(long, default_value_t = 1800)]
+        serve_secs: u64,
         /// Run only these sections (default: all).
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<bench::Section>,
@@ -84,11 +87,11 @@ fn main() -> ExitCode {
         Task::Gate { args } => gate(args),
         Task::Test { args } => test(args),
         Task::Fuzz { seconds, targets } => fuzz(seconds, targets),
-        Task::Bench { soak_secs, only } => build(true).and_then(|profiler| {
+        Task::Bench { soak_secs, serve_secs, only } => build(true).and_then(|profiler| {
             if !is_root() {
                 bail!("the benchmark loads eBPF programs: run it as root");
             }
-            bench::bench(profiler, &workspace_root(), &only, soak_secs)
+            bench::bench(profiler, &workspace_root(), &only, soak_secs, serve_secs)
         }),
     };
     match result {
