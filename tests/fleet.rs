@@ -69,7 +69,8 @@ impl Drop for Served {
 }
 
 fn curl(url: &str) -> Vec<u8> {
-    let out = Command::new("curl").args(["-sSf", "--max-time", "10", url]).output().expect("curl is installed");
+    let out =
+        Command::new("curl").args(["-sSf", "--max-time", "10", url]).output().expect("curl is installed");
     assert!(out.status.success(), "GET {url}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -192,6 +193,9 @@ fn prometheus_scrapes_rising_bytes_positive_growth_and_fires_the_documented_aler
         "0.5",
         "--limit",
         "20M",
+        "--snapshots",
+        "--keep-snapshots",
+        "3",
         "-o",
         out.to_str().unwrap(),
         "--",
@@ -231,12 +235,12 @@ fn prometheus_scrapes_rising_bytes_positive_growth_and_fires_the_documented_aler
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["data"]["result"].as_array().cloned().map(serde_json::Value::Array)
     };
-    let value = |q: &str| -> Option<f64> {
-        query(q)?.as_array()?.first()?["value"][1].as_str()?.parse().ok()
-    };
+    let value =
+        |q: &str| -> Option<f64> { query(q)?.as_array()?.first()?["value"][1].as_str()?.parse().ok() };
     // Rising: over the last 5 s, as Prometheus stored the scrapes.
     let rise = wait_for("the heap series rising in Prometheus", Duration::from_secs(60), || {
-        value(r#"delta(leakprof_outstanding_bytes{job="leak-profiler",kind="heap"}[5s])"#).filter(|d| *d > 0.0)
+        value(r#"delta(leakprof_outstanding_bytes{job="leak-profiler",kind="heap"}[5s])"#)
+            .filter(|d| *d > 0.0)
     });
     let growth = wait_for("a positive heap growth rate", Duration::from_secs(30), || {
         value(r#"leakprof_growth_bytes_per_second{kind="heap"}"#).filter(|g| *g > 0.0)
@@ -253,6 +257,18 @@ fn prometheus_scrapes_rising_bytes_positive_growth_and_fires_the_documented_aler
             .then_some(alerts)
     });
     assert!(rise > 0.0, "{alerts:?}");
+    // An agent's disk stays bounded: only the 3 latest periodic snapshots are kept.
+    let snapshots: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert!((2..=3).contains(&snapshots.len()), "{snapshots:?}");
+    assert!(
+        !snapshots.iter().any(|n| n.starts_with("snapshot-001-")),
+        "the oldest was removed: {snapshots:?}"
+    );
     // Prometheus read every accuracy counter and the profiler's own cost.
     assert_eq!(value(r#"leakprof_accuracy_events_total{counter="ringbuf_drops"}"#), Some(0.0));
     assert!(value("process_resident_memory_bytes{job=\"leak-profiler\"}").is_some_and(|v| v > 0.0));
@@ -302,7 +318,9 @@ fn one_agent_over_a_parent_cgroup_labels_each_child_and_only_the_leaking_one_gro
         format!("/{}", dir.strip_prefix(v2).unwrap().display())
     };
     let (leaking_label, quiet_label) = (relative(&leaking), relative(&quiet));
-    let heap = |text: &str, cgroup: &str| sample(text, &format!("leakprof_outstanding_bytes{{kind=\"heap\",cgroup=\"{cgroup}\"}}"));
+    let heap = |text: &str, cgroup: &str| {
+        sample(text, &format!("leakprof_outstanding_bytes{{kind=\"heap\",cgroup=\"{cgroup}\"}}"))
+    };
     let first = wait_for("both cgroups in /metrics", Duration::from_secs(20), || {
         let text = served.metrics();
         (heap(&text, &leaking_label)? > 0.0 && heap(&text, &quiet_label).is_some()).then_some(text)
@@ -310,7 +328,11 @@ fn one_agent_over_a_parent_cgroup_labels_each_child_and_only_the_leaking_one_gro
     std::thread::sleep(Duration::from_secs(3));
     let second = served.metrics();
     let grew = |cgroup: &str| heap(&second, cgroup).unwrap() - heap(&first, cgroup).unwrap();
-    assert!(grew(&leaking_label) >= 20.0 * 10240.0, "the leaking cgroup grew {}\n{second}", grew(&leaking_label));
+    assert!(
+        grew(&leaking_label) >= 20.0 * 10240.0,
+        "the leaking cgroup grew {}\n{second}",
+        grew(&leaking_label)
+    );
     assert_eq!(grew(&quiet_label), 0.0, "the quiet cgroup stays flat\n{second}");
     // The leaking function's series carries its cgroup.
     assert!(

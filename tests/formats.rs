@@ -95,6 +95,61 @@ fn report_re_renders_a_saved_report() {
     );
 }
 
+/// `profiler report` views: focus and ignore by frame regex, a minimum
+/// size, one process, another order; totals count only what is shown.
+#[test]
+fn report_views_focus_ignore_min_bytes_pid_and_sort() {
+    let dir = leaky_report();
+    let view = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(PROFILER)
+            .args(["report", "--format", "json"])
+            .args(args)
+            .arg(dir.join("report.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let focused = view(&["--focus", "^leak_(malloc|calloc)$"]);
+    assert_eq!(focused["totals"]["heap"]["bytes"], 5000, "{}", focused["totals"]);
+    assert_eq!(focused["totals"]["sockets"]["count"], 0);
+    assert!(focused["selection"].as_str().unwrap().contains("--focus"));
+    let ignored = view(&["--ignore", "leak_", "--min-bytes", "4K"]);
+    let heap_bytes: Vec<u64> = ignored["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "heap")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(heap_bytes.iter().all(|b| *b >= 4096), "{heap_bytes:?}");
+    assert_eq!(common::through(&ignored, "heap", "leak_pvalloc"), (0, 0));
+    let pid = focused["target"]["pid"].as_u64().unwrap();
+    assert_eq!(view(&["--pid", &(pid + 1).to_string()])["stacks"].as_array().unwrap().len(), 0);
+    let by_size = view(&["--sort", "size"]);
+    let sizes: Vec<u64> = by_size["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "heap")
+        .map(|e| e["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    let text = Command::new(PROFILER)
+        .args(["report", "--focus", "leak_calloc"])
+        .arg(dir.join("report.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Showing: --focus \"leak_calloc\""), "{text}");
+    let bad = Command::new(PROFILER)
+        .args(["report", "--focus", "("])
+        .arg(dir.join("report.json"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a bad regex is a usage error");
+}
+
 #[test]
 fn diff_of_two_runs_gives_exact_deltas_and_a_differential_flamegraph() {
     let exe = common::fixture("gatework");
@@ -154,4 +209,66 @@ fn identical_symbolized_stacks_are_one_row_over_their_calls() {
     assert_eq!(distinct.len(), 40, "each path has its own addresses");
     let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
     assert!(text.contains("2.5 MiB over 40 calls from 40 code paths"), "{text}");
+}
+
+/// index.html as a browser shows it: Debian's chromium, headless, loads the
+/// page from disk with nothing to fetch; the chart, every kind's flamegraph
+/// and the leaking function are in the rendered page; a screenshot is left
+/// beside the report (`index.png`).
+#[test]
+fn index_html_renders_offline_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok())
+    else {
+        eprintln!("SKIPPED index_html_renders_offline_in_headless_chromium: chromium is not installed (cargo xtask test installs it)");
+        return;
+    };
+    let dir = common::fresh_dir("formats-html");
+    let out = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-q", "--interval", "0.25", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(common::fixture("trend"))
+        .arg("3")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    // Nothing to fetch: no URL with a scheme or host, no script.
+    for needle in ["http:", "https:", "src=\"//", "href=\"//", "<script", "@import"] {
+        assert!(!page.contains(needle), "index.html refers to {needle}");
+    }
+    let url = format!("file://{}", dir.join("index.html").display());
+    let browser = |args: &[String]| {
+        let out = Command::new(chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"])
+            .arg(format!("--user-data-dir={}", tmp().join("chromium-profile").display()))
+            .args(args)
+            .arg(&url)
+            .env("HOME", tmp())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let dom = String::from_utf8(browser(&["--dump-dom".into()]).stdout).unwrap();
+    assert!(dom.contains("class=\"chart\"") && dom.contains("data-kind=\"heap\""), "the heap chart");
+    assert!(dom.contains("leak_steady"), "the leaking function is on the page");
+    let svgs: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    assert!(!svgs.is_empty());
+    for svg in &svgs {
+        let kind = svg.trim_end_matches(".svg");
+        assert!(dom.contains(&format!("alt=\"{kind} flamegraph\"")), "the {kind} flamegraph is embedded");
+    }
+    let png = dir.join("index.png");
+    browser(&[format!("--screenshot={}", png.display()), "--window-size=1280,2200".into()]);
+    let shot = std::fs::read(&png).unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(shot.len() > 20_000, "a page, not a blank: {} bytes", shot.len());
 }

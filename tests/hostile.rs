@@ -91,6 +91,7 @@ fn symlinks_planted_at_every_output_name_are_replaced_not_followed() {
         "report.json",
         "report.txt",
         "heap.pb.gz",
+        "index.html",
         "heap.svg",
         "heap.folded",
         "sockets.svg",

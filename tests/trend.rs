@@ -90,20 +90,75 @@ fn a_short_run_judges_no_level_and_ranks_by_size() {
     assert!(!status.as_object().unwrap().contains_key("time_to_limit_s"), "{status}");
     let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
     assert!(text.contains("Status: unknown, "), "{text}");
-    let stacks = report["stacks"].as_array().unwrap();
+    // Within each kind: the program's stacks largest first, then the runtime's, largest first.
+    let typed =
+        profiler::report::Report::from_json(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
     for kind in ["heap", "mmap", "brk", "sockets"] {
-        let values: Vec<u64> =
-            stacks
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .map(|e| {
-                    if kind == "sockets" {
-                        e["count"].as_u64().unwrap()
-                    } else {
-                        e["bytes"].as_u64().unwrap()
-                    }
-                })
-                .collect();
-        assert!(values.windows(2).all(|w| w[0] >= w[1]), "{kind} not largest first: {values:?}");
+        let ranked: Vec<(bool, u64)> = typed
+            .entries(kind)
+            .map(|e| {
+                (profiler::report::origin::is_runtime_stack(&e.frames), profiler::report::flame::value(e))
+            })
+            .collect();
+        assert!(
+            ranked
+                .windows(2)
+                .all(|w| (w[0].0, std::cmp::Reverse(w[0].1)) <= (w[1].0, std::cmp::Reverse(w[1].1))),
+            "{kind} not program first, then largest first: {ranked:?}"
+        );
     }
+}
+
+/// The live view: plain periodic lines when stderr is a pipe (CI logs), and
+/// a table redrawn in place on a terminal (tmux), with the time left.
+#[test]
+fn live_view_prints_lines_when_piped_and_redraws_a_table_in_a_terminal() {
+    let exe = common::fixture("trend");
+    let dir = common::fresh_dir("trend-live-piped");
+    let out = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc", "-q", "--interval", "0.5", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&exe)
+        .arg("3")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[') && l.contains("status:")).collect();
+    assert!(lines.len() >= 4, "a line per interval: {stderr}");
+    assert!(lines.last().unwrap().contains("heap"), "{stderr}");
+    assert!(lines.iter().any(|l| l.contains("top: ") && l.contains("leak_steady")), "{stderr}");
+    assert!(stderr.contains("writing the report"), "{stderr}");
+
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED the terminal half: tmux is not installed (cargo xtask test installs it)");
+        return;
+    }
+    let dir = common::fresh_dir("trend-live-tty");
+    let session = format!("live-{}", std::process::id());
+    let command = format!(
+        "{PROFILER} record --lens alloc -q --interval 0.5 --duration 30 -o {} -- {} 30; sleep 30",
+        dir.display(),
+        exe.display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
+    assert!(tmux(&["new-session", "-d", "-s", &session, "-x", "160", "-y", "40", &command]).status.success());
+    let capture =
+        || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    // The table appears once the probes are attached and a first sample is taken.
+    let started = std::time::Instant::now();
+    let mut first = capture();
+    while !first.contains("leak_steady") && started.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        first = capture();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let second = capture();
+    tmux(&["kill-session", "-t", &session]);
+    for screen in [&first, &second] {
+        assert!(screen.contains("of 30s") && screen.contains("left"), "time left: {screen}");
+        assert!(screen.contains("top stacks") && screen.contains("leak_steady"), "the table: {screen}");
+    }
+    assert_ne!(first, second, "the table is redrawn");
 }

@@ -307,3 +307,32 @@ fn gate_passes_a_clean_cpp_program_and_fails_a_strdup_leak() {
     assert_eq!(leak.status.code(), Some(1), "{out}");
     assert!(out.contains("leak_strdup"), "the failing stack names the caller: {out}");
 }
+
+/// The gate's failing stacks start at the program's own frame: the C++ and
+/// Rust standard-library frames at their allocating end are collapsed, and
+/// Rust's own start-up allocations (before the program's main) are runtime.
+#[test]
+fn gate_shows_the_programs_frame_first_for_cpp_and_rust_leaks() {
+    let cxx = built_fixture("g++", "cxxleak.cpp", &["-O2", "-g", NO_FRAME_POINTERS]);
+    let out = gate(&cxx, &[], "unwind-gate-cxx-leak");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for user in ["grow_vector()", "fill_map()", "make_string()"] {
+        assert!(text.contains(&format!("library frames] <- {user}")), "{user} shown first: {text}");
+    }
+    let rust = built_fixture("rustc", "unrolled.rs", &["-C", "opt-level=3", "-g"]);
+    let out = gate(&rust, &[], "unwind-gate-rust");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("library frames] <- unrolled::leak_unrolled"), "{text}");
+    let decision: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(common::tmp().join("unwind-gate-rust/gate.json")).unwrap())
+            .unwrap();
+    let heap = decision["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with("heap"))
+        .unwrap();
+    assert_eq!(heap["actual"], 40 * 65536, "only the program's leak, not std's start-up: {heap:#}");
+}

@@ -297,13 +297,26 @@ impl Collector {
         self.series.warmup_index = self.series.times.len();
     }
 
-    /// Malformed perf-map lines met, over all processes.
+    /// Perf-map bytes past the read bound, over all processes.
     pub fn perf_map_unread(&self) -> u64 {
         self.spaces.values().map(AddressSpace::perf_map_unread).sum()
     }
 
+    /// Malformed perf-map lines met, over all processes.
     pub fn perf_map_garbage(&self) -> u64 {
         self.spaces.values().map(AddressSpace::perf_map_garbage).sum()
+    }
+
+    /// A process exited holding nothing: its names, and its address space
+    /// unless it ran JIT code (its perf map stays, and with it the counters
+    /// of its perf map), are not needed any more (a cgroup agent sees
+    /// processes come and go for days).
+    fn forget(&mut self, pid: u32) {
+        if self.spaces.get(&pid).is_some_and(|s| !s.names_jit_code()) {
+            self.spaces.remove(&pid);
+        }
+        self.commands.remove(&pid);
+        self.cgroups.remove(&pid);
     }
 
     /// Records what is outstanding now as one sample of the time series.
@@ -648,7 +661,11 @@ impl Collector {
                 return;
             }
         };
+        let exited = matches!(op, Op::Exit);
         self.ledger.apply(h.tgid, h.ts_ns, op);
+        if exited {
+            self.forget(h.tgid);
+        }
     }
 
     /// When the write carrying stdout byte `offset` (0-based) was made.

@@ -103,7 +103,7 @@ enum Command {
     )]
     Gate(GateArgs),
 
-    /// Re-render a saved report.json: text, flamegraph SVG, folded stacks, pprof or JSON.
+    /// Re-render a saved report.json: text, flamegraph SVG, folded stacks, pprof, JSON or the HTML page.
     Report(ReportArgs),
 
     /// Compare two reports (two snapshots or two runs): per-stack deltas and differential flamegraphs.
@@ -212,6 +212,11 @@ struct RecordArgs {
     #[arg(long)]
     snapshots: bool,
 
+    /// With --snapshots: keep only the most recent N periodic snapshots (a long-running agent's
+    /// disk stays bounded); --snapshot-at snapshots are always kept.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    keep_snapshots: usize,
+
     /// Root the flamegraphs at each process (`command [pid]`) instead of merging processes.
     #[arg(long, value_enum, default_value_t = GroupBy::None)]
     group_by: GroupBy,
@@ -256,6 +261,8 @@ enum Format {
     Folded,
     Pprof,
     Json,
+    /// The self-contained page (index.html), every kind's flamegraph embedded.
+    Html,
 }
 
 #[derive(Args)]
@@ -280,6 +287,30 @@ struct ReportArgs {
 
     #[arg(long, value_enum, default_value_t = GroupBy::None)]
     group_by: GroupBy,
+
+    /// Re-rank the stacks within each kind (the report keeps the order it was recorded with).
+    #[arg(long, value_enum)]
+    sort: Option<SortBy>,
+
+    /// Keep only stacks with a frame (function name or source file) matching this regex.
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    focus: Option<regex::Regex>,
+
+    /// Drop stacks with a frame (function name or source file) matching this regex.
+    #[arg(long, value_name = "REGEX", value_parser = parse_regex)]
+    ignore: Option<regex::Regex>,
+
+    /// Drop memory stacks holding less than this (e.g. 64K); handle stacks are kept.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "0")]
+    min_bytes: u64,
+
+    /// Keep only the stacks of this process.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -373,7 +404,15 @@ fn load_report(path: &std::path::Path) -> anyhow::Result<Report> {
 }
 
 fn run_report(args: ReportArgs) -> anyhow::Result<()> {
-    let report = load_report(&args.file)?;
+    let mut report = load_report(&args.file)?;
+    profiler::report::select::Selection {
+        sort: args.sort,
+        focus: args.focus.clone(),
+        ignore: args.ignore.clone(),
+        min_bytes: args.min_bytes,
+        pid: args.pid,
+    }
+    .apply(&mut report);
     let one_kind = || -> anyhow::Result<Vec<String>> {
         let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
         if lines.is_empty() {
@@ -401,6 +440,16 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         }
         Format::Folded => (one_kind()?.join("\n") + "\n").into_bytes(),
         Format::Svg => profiler::report::flame::svg(&report, &args.kind, &one_kind()?)?,
+        Format::Html => {
+            let mut flamegraphs = Vec::new();
+            for kind in report.totals.keys() {
+                let lines = profiler::report::flame::folded(&report, kind, args.group_by);
+                if !lines.is_empty() {
+                    flamegraphs.push((kind.clone(), profiler::report::flame::svg(&report, kind, &lines)?));
+                }
+            }
+            profiler::report::html::render(&report, &flamegraphs, &[], args.top).into_bytes()
+        }
     };
     match args.output {
         Some(path) => profiler::files::output::write_file(&path, &bytes)?,
@@ -436,6 +485,9 @@ fn run_record(args: RecordArgs) -> ExitCode {
     if args.interval < Duration::from_millis(50) {
         return usage_error("--interval must be at least 0.05 s");
     }
+    if args.keep_snapshots == 0 {
+        return usage_error("--keep-snapshots must be at least 1");
+    }
     if !args.ringbuf_mb.is_power_of_two() {
         return usage_error("--ringbuf-mb must be a power of two");
     }
@@ -470,6 +522,7 @@ fn run_record(args: RecordArgs) -> ExitCode {
         limit: args.limit,
         thresholds: args.thresholds,
         snapshots: args.snapshots,
+        keep_snapshots: args.keep_snapshots,
         serve: args.serve,
         lenses,
         sample_bytes,

@@ -252,11 +252,18 @@ impl AddressSpace {
         self.jit_name(addr)
     }
 
-    /// Malformed lines met in the process's perf map.
+    /// Whether JIT frames were named from its perf map (they may still be
+    /// named again, for a forked child holding copies under its stacks).
+    pub fn names_jit_code(&self) -> bool {
+        self.perf_map_read_at.is_some()
+    }
+
+    /// Perf-map bytes past the read bound.
     pub fn perf_map_unread(&self) -> u64 {
         self.perf_map.unread_bytes
     }
 
+    /// Malformed lines met in the process's perf map.
     pub fn perf_map_garbage(&self) -> u64 {
         self.perf_map.garbage_lines
     }

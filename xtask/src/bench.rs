@@ -111,7 +111,13 @@ pub enum Section {
     Serve,
 }
 
-pub fn bench(profiler: PathBuf, root: &Path, only: &[Section], soak_secs: u64, serve_secs: u64) -> Result<()> {
+pub fn bench(
+    profiler: PathBuf,
+    root: &Path,
+    only: &[Section],
+    soak_secs: u64,
+    serve_secs: u64,
+) -> Result<()> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     crate::install_missing(&[("bpftrace", "bpftrace"), ("wrk", "wrk"), ("curl", "curl")], "the benchmark");
@@ -544,7 +550,8 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
 
     fn serve(&mut self, root: &Path, secs: u64) -> Result<Value> {
         eprintln!("bench: the agent (--serve) on the node HTTP server for {secs} s");
-        self.md.push_str(&format!("## Agent: `--serve` on the Node.js HTTP server under wrk for {secs} s\n\n"));
+        self.md
+            .push_str(&format!("## Agent: `--serve` on the Node.js HTTP server under wrk for {secs} s\n\n"));
         for tool in ["node", "wrk", "curl"] {
             if crate::find_in_path(tool).is_none() {
                 self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
@@ -571,7 +578,17 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         wrk(&url, WARMUP_SECS)?;
         let before = wrk(&url, WRK_SECS)?.0;
         let mut profiler = Command::new(&self.profiler)
-            .args(["record", "-q", "--pid", &server.id().to_string(), "--serve", "127.0.0.1:0", "--interval", "5", "-o"])
+            .args([
+                "record",
+                "-q",
+                "--pid",
+                &server.id().to_string(),
+                "--serve",
+                "127.0.0.1:0",
+                "--interval",
+                "5",
+                "-o",
+            ])
             .arg(self.dir.join("serve"))
             .stderr(Stdio::piped())
             .spawn()?;
@@ -594,7 +611,11 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         let rss_of = |pid: u32| -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
-                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0)))
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().unwrap_or(0.0))
+                })
                 .unwrap_or(0.0)
                 * 1024.0
         };
@@ -630,7 +651,9 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         let unprobed = (before + after) / 2.0;
         let rps = probed.iter().sum::<f64>() / probed.len().max(1) as f64;
         latencies.sort_by(|a, b| a.total_cmp(b));
-        let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+        let pct = |q: f64| {
+            latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN)
+        };
         let (p50, p99, max) = (pct(0.5), pct(0.99), latencies.last().copied().unwrap_or(f64::NAN));
         let mib = |b: f64| b / 1048576.0;
         self.md.push_str(&format!(

@@ -353,7 +353,8 @@ fn gate(args: Vec<OsString>) -> Result<()> {
 
 /// Tools some tests use, installed when we can (those tests report a
 /// visible skip otherwise): musl-gcc for the musl fixture, go for `go tool pprof`,
-/// prometheus and curl for the fleet endpoints.
+/// prometheus and curl for the fleet endpoints, chromium for index.html,
+/// tmux for the live view.
 fn install_test_tools() {
     install_missing(
         &[
@@ -368,6 +369,8 @@ fn install_test_tools() {
             ("runc", "runc"),
             ("prometheus", "prometheus"),
             ("curl", "curl"),
+            ("chromium", "chromium"),
+            ("tmux", "tmux"),
         ],
         "the tests",
     );

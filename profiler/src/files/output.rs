@@ -166,6 +166,22 @@ impl OutputDir {
         }
     }
 
+    /// Removes subdirectory `name` and the plain files in it (an old
+    /// snapshot); a symlink in its place is removed, never followed.
+    pub fn remove_subdir(&self, name: &str) {
+        let Ok(c) = c_name(name) else { return };
+        if let Ok(fd) = open_dir_at(self.dir.as_raw_fd(), &c) {
+            let sub = Self { path: self.path.join(name), dir: fd, new: None };
+            for file in sub.file_names() {
+                sub.remove(&file);
+            }
+        }
+        // SAFETY: plain syscalls on a NUL-terminated name relative to our directory.
+        if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
+        }
+    }
+
     /// The plain files in the directory (for clearing an earlier run's outputs).
     pub fn file_names(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd())) else {

@@ -15,6 +15,9 @@
 //! function = "init_tls_once"
 //! reason = "one-time start-up allocation"
 //!
+//! drop_frames = ["my_pool_*"] # shown collapsed at a stack's leaf, like the
+//!                          # C/C++/Rust runtime and standard library frames
+//!
 //! [baseline]
 //! noise_bytes = 0          # absolute noise band above a baseline stack
 //! noise_percent = 0.0      # relative band; the larger of the two applies
@@ -42,6 +45,10 @@ pub struct Config {
     /// Also gate allocations made entirely inside the C runtime and loader.
     #[serde(default)]
     pub include_runtime: bool,
+    /// Functions shown collapsed at the allocating end of a stack (pprof's
+    /// `drop_frames`), besides the runtime and standard libraries.
+    #[serde(default, deserialize_with = "globs")]
+    pub drop_frames: Vec<Pattern>,
 }
 
 /// Budgets per kind: bytes for memory kinds, open handles for handle kinds.
@@ -130,6 +137,13 @@ fn glob<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Pattern, D::Error> {
     Pattern::new(&text).map_err(serde::de::Error::custom)
 }
 
+fn globs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| Pattern::new(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 impl Config {
     pub fn parse(text: &str) -> Result<Self> {
         Ok(toml::from_str(text)?)
@@ -165,6 +179,7 @@ mod tests {
         let c = Config::parse(
             r#"
             include_runtime = true
+            drop_frames = ["pool_*"]
             [budget]
             heap = 100
             mmap = 4096
@@ -189,6 +204,7 @@ mod tests {
         assert_eq!(c.baseline.allowance(1000), 50);
         assert_eq!(c.baseline.allowance(10), 8);
         assert!(c.include_runtime);
+        assert!(c.drop_frames[0].matches_any(["pool_get"].into_iter()));
     }
 
     #[test]

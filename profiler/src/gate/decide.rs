@@ -23,6 +23,10 @@ pub struct Observed {
     pub runtime: bool,
     /// For people: innermost first, `function (file:line)`.
     pub frames: Vec<String>,
+    /// How many of `frames`, from the innermost, are in the runtime or a
+    /// standard library (shown collapsed, so the program's frame shows).
+    #[serde(default)]
+    pub library_frames: usize,
 }
 
 impl Observed {
@@ -93,6 +97,8 @@ pub struct Offender {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed: Option<u64>,
     pub frames: Vec<String>,
+    /// Leading frames in the runtime or a standard library.
+    pub library_frames: usize,
 }
 
 /// One budget, judged.
@@ -129,6 +135,7 @@ fn offender(o: &Observed, allowed: Option<u64>) -> Offender {
         value: o.value,
         allowed,
         frames: o.frames.clone(),
+        library_frames: o.library_frames,
     }
 }
 
@@ -235,7 +242,15 @@ mod tests {
     use super::*;
 
     fn obs(kind: &str, stack: &str, value: u64, runtime: bool) -> Observed {
-        Observed { kind: kind.into(), stack: stack.into(), value, noise: 0, runtime, frames: vec![] }
+        Observed {
+            kind: kind.into(),
+            stack: stack.into(),
+            value,
+            noise: 0,
+            runtime,
+            frames: vec![],
+            library_frames: 0,
+        }
     }
 
     fn failing(d: &Decision) -> Vec<String> {

@@ -18,7 +18,12 @@ use anyhow::{bail, Context, Result};
 use crate::{
     lens::Lenses,
     record::{record, RecordOptions, TargetSpec, Warmup},
-    report::{flame, model::TargetExit, Report},
+    report::{
+        flame,
+        model::TargetExit,
+        origin::{is_library_frame, is_runtime_stack},
+        Report,
+    },
     symbols::Frame,
 };
 use config::Config;
@@ -51,66 +56,20 @@ pub enum Verdict {
     LeakRegression,
 }
 
-/// Modules of the C and C++ runtimes and the dynamic loader.
-fn is_runtime_module(module: &str) -> bool {
-    const PREFIXES: [&str; 10] = [
-        "libc.so",
-        "libc-",
-        "ld-linux",
-        "ld-musl",
-        "libpthread",
-        "libdl",
-        "libgcc_s",
-        "librt",
-        "libm.",
-        "libstdc++",
-    ];
-    PREFIXES.iter().any(|p| module.starts_with(p)) || module == "[vdso]"
-}
-
-/// The program's start-up glue, which every complete stack passes through
-/// (linked into the executable or in libc).
-const ENTRY_GLUE: [&str; 5] =
-    ["_start", "__libc_start_main", "__libc_start_main_impl", "__libc_start_call_main", "__libc_csu_init"];
-
-/// Runtime structures made once (per process or per thread) on the
-/// program's behalf, whoever's call triggered them: allowed by default.
-/// Documented in the README ("What the gate counts as runtime").
-pub const ONE_TIME_RUNTIME: [&str; 8] = [
-    // glibc: the per-thread malloc cache, made by a thread's first malloc.
-    "tcache_init",
-    // glibc: stdio buffers (stdout, stderr, and each FILE's on first use).
-    "_IO_file_doallocate",
-    // glibc / the loader: per-thread TLS blocks and their vectors.
-    "_dl_allocate_tls",
-    "allocate_dtv",
-    // glibc: locale data loaded by setlocale.
-    "_nl_find_locale",
-    "_nl_load_locale_from_archive",
-    // libstdc++: per-thread exception-handling globals and the emergency
-    // exception pool (made by a static constructor before main).
-    "__cxa_get_globals",
-    "(anonymous namespace)::pool::pool",
-];
-
-/// Whether a stack's allocation is the runtime's, not the program's: every
-/// frame is in the C/C++ runtime, the loader or the start-up glue (nothing
-/// of the program's own code asked for it), or it passes through a
-/// documented one-time runtime allocation. A leak made through a libc
-/// helper (`strdup`, `fopen`) from the program's code is the program's.
-fn is_runtime_stack(frames: &[Frame]) -> bool {
-    let name = |f: &Frame| f.function.trim_start_matches("__GI_").to_string();
-    let real: Vec<&Frame> = frames.iter().filter(|f| f.module != "[unwind]").collect();
-    if real.is_empty() {
-        return false;
-    }
-    let only_runtime =
-        real.iter().all(|f| is_runtime_module(&f.module) || ENTRY_GLUE.contains(&name(f).as_str()));
-    only_runtime || real.iter().any(|f| ONE_TIME_RUNTIME.iter().any(|r| name(f) == *r))
+/// Leading frames (from the allocating one) in the runtime or standard
+/// libraries, or matching the configured `drop_frames`.
+fn library_frames(frames: &[Frame], drop_frames: &[config::Pattern]) -> usize {
+    frames
+        .iter()
+        .take_while(|f| {
+            is_library_frame(f)
+                || drop_frames.iter().any(|p| p.matches_any(std::iter::once(f.function.as_str())))
+        })
+        .count()
 }
 
 /// Per-stack values of one run, identical names merged.
-fn observe(report: &Report) -> BTreeMap<(String, String), Observed> {
+fn observe(report: &Report, config: &Config) -> BTreeMap<(String, String), Observed> {
     let mut out: BTreeMap<(String, String), Observed> = BTreeMap::new();
     for e in &report.stacks {
         let stack = flame::folded_path(e);
@@ -121,6 +80,7 @@ fn observe(report: &Report) -> BTreeMap<(String, String), Observed> {
             value: 0,
             noise: 0,
             runtime,
+            library_frames: library_frames(&e.frames, &config.drop_frames),
             frames: e
                 .frames
                 .iter()
@@ -212,7 +172,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
             Some(exit) => bad_exits.push(format!("run {i}: {exit}")),
             None => {}
         }
-        runs.push(observe(&recorded.report));
+        runs.push(observe(&recorded.report, &config));
     }
     let observed = combine(&runs);
     if opts.update_baseline {
@@ -254,6 +214,7 @@ pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::origin::tests::frames;
 
     fn obs(stack: &str, value: u64) -> ((String, String), Observed) {
         let o = Observed {
@@ -263,6 +224,7 @@ mod tests {
             noise: 0,
             runtime: false,
             frames: vec![],
+            library_frames: 0,
         };
         (("heap".into(), stack.into()), o)
     }
@@ -279,47 +241,21 @@ mod tests {
     }
 
     #[test]
-    fn runtime_modules() {
-        assert!(is_runtime_module("libc.so.6"));
-        assert!(is_runtime_module("ld-linux-x86-64.so.2"));
-        assert!(!is_runtime_module("leaky"));
-        assert!(!is_runtime_module("libcrypto.so.3"));
-    }
-
-    fn frames(list: &[(&str, &str)]) -> Vec<Frame> {
-        list.iter()
-            .map(|(function, module)| {
-                let mut f = Frame::named(function);
-                f.module = module.to_string();
-                f
-            })
-            .collect()
-    }
-
-    #[test]
-    fn runtime_is_judged_on_the_complete_stack() {
-        let glue = [("__libc_start_call_main", "libc.so.6"), ("_start", "app")];
-        // strdup called by the program: the program's leak.
-        let strdup = frames(&[("__GI___strdup", "libc.so.6"), ("main", "app"), glue[0], glue[1]]);
-        assert!(!is_runtime_stack(&strdup));
-        // libc's own start-up work, under the executable's _start: runtime.
-        let init = frames(&[("_IO_setb", "libc.so.6"), ("__libc_start_main_impl", "libc.so.6"), glue[1]]);
-        assert!(is_runtime_stack(&init));
-        // A thread's malloc cache, made by the program's first malloc: runtime.
-        let tcache =
-            frames(&[("tcache_init", "libc.so.6"), ("__GI___libc_malloc", "libc.so.6"), ("main", "app")]);
-        assert!(is_runtime_stack(&tcache));
-        // The emergency pool, before main, from the loader: runtime.
-        let pool = frames(&[
-            ("(anonymous namespace)::pool::pool", "libstdc++.so.6"),
-            ("call_init", "ld-linux-x86-64.so.2"),
-            ("_dl_start_user", "ld-linux-x86-64.so.2"),
+    fn standard_library_frames_lead_to_the_programs_frame() {
+        let cxx = frames(&[
+            ("operator new(unsigned long)", "libstdc++.so.6"),
+            ("std::__new_allocator<int>::allocate(unsigned long, void const*)", "app"),
+            ("void std::vector<int, std::allocator<int> >::_M_realloc_insert<int const&>(int const&)", "app"),
+            ("grow_vector()", "app"),
+            ("main", "app"),
         ]);
-        assert!(is_runtime_stack(&pool));
-        // std::string growth in the program's code: the program's.
-        let string =
-            frames(&[("operator new(unsigned long)", "libstdc++.so.6"), ("make", "app"), ("main", "app")]);
-        assert!(!is_runtime_stack(&string));
-        assert!(!is_runtime_stack(&[]));
+        assert_eq!(library_frames(&cxx, &[]), 3);
+        let rust = frames(&[
+            ("<alloc::alloc::Global as core::alloc::Allocator>::allocate", "app"),
+            ("app::leak", "app"),
+        ]);
+        assert_eq!(library_frames(&rust, &[]), 1);
+        let mine = frames(&[("my_pool_alloc", "app"), ("app::leak", "app")]);
+        assert_eq!(library_frames(&mine, &[config::Pattern::new("my_pool_*").unwrap()]), 1);
     }
 }

@@ -26,12 +26,20 @@ fn amount(value: u64, unit: &str) -> String {
     }
 }
 
-fn stack_line(frames: &[String], fallback: &str) -> String {
+/// A stack for people, leaf first: its leading runtime and standard-library
+/// frames collapsed (`[3 library frames] <- grow_vector() <- main`), so the
+/// first frame shown is the program's.
+fn stack_line(frames: &[String], library_frames: usize, fallback: &str) -> String {
     if frames.is_empty() {
         return fallback.to_string();
     }
-    let mut s = frames.iter().take(FRAMES_SHOWN).cloned().collect::<Vec<_>>().join(" <- ");
-    if frames.len() > FRAMES_SHOWN {
+    let skip = if library_frames < frames.len() { library_frames } else { 0 };
+    let mut shown: Vec<String> = frames[skip..].iter().take(FRAMES_SHOWN).cloned().collect();
+    if skip > 0 {
+        shown.insert(0, format!("[{skip} library {}]", if skip == 1 { "frame" } else { "frames" }));
+    }
+    let mut s = shown.join(" <- ");
+    if frames.len() > skip + FRAMES_SHOWN {
         s.push_str(" <- ...");
     }
     s
@@ -68,7 +76,7 @@ pub fn text(d: &Decision, opts: &GateOptions) -> String {
                 "      {} {}{allowed}: {}",
                 o.kind,
                 amount(o.value, unit),
-                stack_line(&o.frames, &o.stack)
+                stack_line(&o.frames, o.library_frames, &o.stack)
             );
         }
         if c.offenders.len() > OFFENDERS_SHOWN {
@@ -79,13 +87,18 @@ pub fn text(d: &Decision, opts: &GateOptions) -> String {
         let bytes: u64 = d.runtime.iter().filter(|o| o.kind != "sockets").map(|o| o.value).sum();
         let _ = writeln!(
             s,
-            "  allowed: {} runtime stacks (C runtime / loader only), {}",
+            "  allowed: {} runtime stacks (C/C++ runtime, standard-library start-up, loader only), {}",
             d.runtime.len(),
             human_bytes(bytes)
         );
     }
     for (o, reason) in &d.allowed {
-        let _ = writeln!(s, "  allowed by rule ({reason}): {} {}", o.kind, stack_line(&o.frames, &o.stack));
+        let _ = writeln!(
+            s,
+            "  allowed by rule ({reason}): {} {}",
+            o.kind,
+            stack_line(&o.frames, o.library_frames, &o.stack)
+        );
     }
     let _ = writeln!(s, "  details: {} (flamegraphs in run-*/)", opts.output.display());
     s
@@ -114,7 +127,7 @@ pub fn markdown(d: &Decision) -> String {
                 "- `{}` {}: `{}`",
                 o.kind,
                 amount(o.value, unit),
-                stack_line(&o.frames, &o.stack)
+                stack_line(&o.frames, o.library_frames, &o.stack)
             );
         }
     }
@@ -132,7 +145,9 @@ pub fn junit(d: &Decision) -> Result<String> {
             let details: Vec<String> = c
                 .offenders
                 .iter()
-                .map(|o| format!("{} {}: {}", o.kind, o.value, stack_line(&o.frames, &o.stack)))
+                .map(|o| {
+                    format!("{} {}: {}", o.kind, o.value, stack_line(&o.frames, o.library_frames, &o.stack))
+                })
                 .collect();
             st.set_description(details.join("\n"));
             st

@@ -1,13 +1,12 @@
 //! Building the report of a session from the collector (entries, trends,
 //! status, per-process totals, cgroup numbers), and writing it out.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use profiler_common::{counters, syscalls, ALLOC_APIS};
 
-use super::{monotonic_ns, RecordOptions, SortBy, Target};
-use crate::trend::Verdict;
+use super::{monotonic_ns, RecordOptions, Target};
 use crate::{
     collector::Collector,
     files::output::OutputDir,
@@ -16,50 +15,14 @@ use crate::{
     report::{
         flame,
         model::{
-            Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, StackEntry, Status,
-            TargetInfo, Total, UnwindTables, SCHEMA_VERSION,
+            Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, Status, TargetInfo, Total,
+            UnwindTables, SCHEMA_VERSION,
         },
         text, Report,
     },
     symbols::Symbols,
     target::{cgroup::CgroupMounts, ProcessInfo},
 };
-
-/// The live status line (on a terminal only): elapsed, outstanding by kind,
-/// growth rate, events per second, lost events.
-pub(super) fn status_line(
-    collector: &Collector,
-    probes: &Probes,
-    elapsed: Duration,
-    last: &mut (Instant, u64),
-) -> String {
-    let rate = (collector.events_received - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-3);
-    *last = (Instant::now(), collector.events_received);
-    let heap = collector.ledger.total(Kind::Heap);
-    let mapped = collector.ledger.total(Kind::Mmap).bytes + collector.ledger.total(Kind::Brk).bytes;
-    let handles: u64 =
-        Kind::ALL.iter().filter(|k| !k.is_memory()).map(|k| collector.ledger.total(*k).count).sum();
-    let series = &collector.series;
-    let heap_points: Vec<(f64, f64)> = series
-        .times
-        .iter()
-        .zip(series.totals.get(&Kind::Heap).into_iter().flatten())
-        .map(|(t, v)| (*t, *v as f64))
-        .collect();
-    let growth = crate::trend::robust_slope(&heap_points).map_or(String::new(), |s| {
-        format!(" ({}{}/min)", if s < 0.0 { "-" } else { "+" }, flame::human_bytes((s.abs() * 60.0) as u64))
-    });
-    let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
-    format!(
-        "{:>5.0}s  heap {}{growth} in {} blocks  mapped {}  handles {}  {:.0} events/s  lost {lost}",
-        elapsed.as_secs_f64(),
-        flame::human_bytes(heap.bytes),
-        heap.count,
-        flame::human_bytes(mapped),
-        handles,
-        rate
-    )
-}
 
 /// What every report of a session shares.
 pub(super) struct ReportContext<'a> {
@@ -124,7 +87,7 @@ fn build_report(
     symbols: &Symbols,
 ) -> Report {
     let mut stacks = collector.entries(symbols, monotonic_ns(), opts.min_age.as_nanos() as u64);
-    sort_entries(&mut stacks, opts.sort);
+    crate::report::select::sort_entries(&mut stacks, opts.sort);
     for e in &mut stacks {
         e.class = crate::report::split::classify(e).map(str::to_string);
     }
@@ -170,6 +133,7 @@ fn build_report(
         end_reason,
         target_exit: None,
         warmup: None,
+        selection: None,
         totals,
         processes: Vec::new(),
         cgroup: None,
@@ -240,30 +204,6 @@ fn build_report(
             },
         },
     }
-}
-
-/// Ranks entries within each kind (kinds keep their order). By growth, only
-/// stacks with enough samples for a trend are ranked by it; the others
-/// follow, by size.
-fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
-    let kind_rank = |e: &StackEntry| Kind::ALL.iter().position(|k| k.name() == e.kind);
-    let known = |e: &StackEntry| e.trend.is_some_and(|t| t.verdict != Verdict::Unknown);
-    entries.sort_by(|a, b| {
-        let key = |e: &StackEntry| -> (f64, u64) {
-            match by {
-                SortBy::Growth if known(e) => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
-                SortBy::Growth | SortBy::Size => (flame::value(e) as f64, e.count),
-                SortBy::Count => (e.count as f64, flame::value(e)),
-            }
-        };
-        let (ka, kb) = (key(a), key(b));
-        let unranked = |e: &StackEntry| by == SortBy::Growth && !known(e);
-        kind_rank(a)
-            .cmp(&kind_rank(b))
-            .then(unranked(a).cmp(&unranked(b)))
-            .then(kb.0.total_cmp(&ka.0))
-            .then(kb.1.cmp(&ka.1))
-    });
 }
 
 /// Overall growth (of RSS or the cgroup's usage when known, else of the
@@ -350,27 +290,33 @@ pub(super) fn write_snapshot(
     write_outputs(report, &parent.subdir(name)?, opts.top, opts.group_by)
 }
 
-/// Writes report.json, report.txt and, per kind with anything outstanding,
+/// Writes report.json, report.txt, index.html and, per kind with anything outstanding,
 /// `<kind>.folded`, `<kind>.svg` and `<kind>.pb.gz`; removes those an earlier run
 /// left in the directory for kinds this report does not have.
 pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame::GroupBy) -> Result<()> {
     let mut written = Vec::new();
-    let mut write = |name: &str, data: &[u8]| {
+    let mut write = |name: &str, data: &[u8]| -> Result<()> {
         written.push(name.to_string());
         dir.write(name, data)
     };
     write("report.json", &serde_json::to_vec_pretty(report)?)?;
     write("report.txt", text::render(report, top).as_bytes())?;
+    let mut flamegraphs = Vec::new();
     for kind in report.totals.keys() {
         let lines = flame::folded(report, kind, group);
         if lines.is_empty() {
             continue;
         }
         write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
-        write(&format!("{kind}.svg"), &flame::svg(report, kind, &lines)?)?;
+        let svg = flame::svg(report, kind, &lines)?;
+        write(&format!("{kind}.svg"), &svg)?;
         write(&format!("{kind}.pb.gz"), &crate::report::pprof::encode(report, kind)?)?;
+        flamegraphs.push((kind.clone(), svg));
     }
-    let stale = Kind::ALL.iter().flat_map(|k| ["folded", "svg", "pb.gz"].map(|ext| format!("{}.{ext}", k.name())));
+    let linked = written.clone();
+    dir.write("index.html", crate::report::html::render(report, &flamegraphs, &linked, top).as_bytes())?;
+    let stale =
+        Kind::ALL.iter().flat_map(|k| ["folded", "svg", "pb.gz"].map(|ext| format!("{}.{ext}", k.name())));
     for name in stale.filter(|n| !written.contains(n)) {
         dir.remove(&name);
     }

@@ -4,9 +4,10 @@
 //! while the target's address space still exists.
 
 mod assemble;
+mod live;
 mod probed;
 
-use assemble::{status_line, write_outputs, write_snapshot, ReportContext};
+use assemble::{write_outputs, write_snapshot, ReportContext};
 use probed::{CgroupState, ProbedProcesses};
 
 use std::{
@@ -39,6 +40,8 @@ use crate::{
     },
     unwind::StackWalk,
 };
+
+pub use crate::report::select::SortBy;
 
 /// What to profile.
 #[derive(Clone, Debug)]
@@ -102,6 +105,8 @@ pub struct RecordOptions {
     /// Also write a full numbered snapshot at every `interval` (long-running
     /// targets that free everything at exit, like Node with its Buffers).
     pub snapshots: bool,
+    /// Periodic snapshots kept: past this many the oldest is removed.
+    pub keep_snapshots: usize,
     /// Serve /metrics, /debug/pprof/<kind> and /report.json here while recording.
     pub serve: Option<std::net::SocketAddr>,
     pub lenses: Lenses,
@@ -109,18 +114,6 @@ pub struct RecordOptions {
     pub sample_bytes: u64,
     pub placement: PlacementMode,
     pub stack_walk: StackWalk,
-}
-
-/// How stacks are ranked within each kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortBy {
-    /// Fastest growing first; stacks with too few samples for a trend follow, by size.
-    #[default]
-    Growth,
-    /// Most outstanding bytes (or handles) first.
-    Size,
-    /// Most outstanding blocks first.
-    Count,
 }
 
 impl RecordOptions {
@@ -143,6 +136,7 @@ impl RecordOptions {
             thresholds: Default::default(),
             snapshot_at: Vec::new(),
             snapshots: false,
+            keep_snapshots: 100,
             serve: None,
             lenses: Lenses::default(),
             sample_bytes: 0,
@@ -254,7 +248,11 @@ pub fn record(opts: RecordOptions) -> Result<Recorded> {
     recorded
 }
 
-async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::TcpListener>) -> Result<Recorded> {
+async fn run(
+    opts: RecordOptions,
+    output: OutputDir,
+    listener: Option<std::net::TcpListener>,
+) -> Result<Recorded> {
     // Installed first: a signal from the moment we say we are attached ends the session cleanly.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -394,9 +392,20 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
         Some(listener) => {
             let addr = listener.local_addr()?;
             let publisher = crate::serve::start(listener)?;
-            let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
+            let context = ReportContext {
+                probes: &probes,
+                info: &info,
+                mode,
+                started_at,
+                opts: &opts,
+                target: &target,
+                mounts: &mounts,
+                symbols: &symbols,
+            };
             publisher.publish(context.report(&collector, started.elapsed(), "recording".into(), None)?);
-            eprintln!("serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json");
+            eprintln!(
+                "serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json"
+            );
             Some(publisher)
         }
         None => None,
@@ -414,7 +423,7 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
     let mut target_exit = None;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_events = (Instant::now(), 0u64);
+    let mut live = live::Live::new(interactive, opts.duration);
     let mut sample = tokio::time::interval(opts.interval);
     let resident = |target: &Target| -> Option<u64> {
         match target {
@@ -435,6 +444,8 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
         }
     }
     let mut snapshots_written = 0usize;
+    // Periodic snapshots kept, oldest first.
+    let mut periodic = std::collections::VecDeque::new();
     let mut crossed = 0usize;
     let mut end_reason = loop {
         tokio::select! {
@@ -542,10 +553,9 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
             }
             _ = sample.tick() => {
                 drain(ring.get_mut(), &mut collector, None);
-                let now = resident(&target);
-                collector.sample(started.elapsed().as_secs_f64(), now);
-                // --snapshot-at: a full numbered snapshot when memory crosses each threshold.
-                let level = now.unwrap_or_else(|| collector.ledger.total(Kind::Heap).bytes);
+                let resident_now = resident(&target);
+                collector.sample(started.elapsed().as_secs_f64(), resident_now);
+                let level = resident_now.unwrap_or_else(|| collector.ledger.total(Kind::Heap).bytes);
                 // --snapshot-at: when memory crosses each threshold; --snapshots: every sample.
                 let mut due: Vec<(String, String)> = Vec::new();
                 while let Some(&threshold) = opts.snapshot_at.get(crossed) {
@@ -556,14 +566,14 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
                     let size = flame::human_bytes(threshold).replace(' ', "");
                     due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
                 }
-                if let Some(publisher) = &publisher {
-                    collector.name_jit_frames();
-                    symbols.trim();
-                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
-                    match context.report(&collector, started.elapsed(), "recording".into(), None) {
-                        Ok(report) => publisher.publish(report),
-                        Err(e) => eprintln!("warning: no report to serve at {:.0}s: {e:#}", started.elapsed().as_secs_f64()),
-                    }
+                // The live view, the snapshots and the endpoints show the report of now.
+                collector.name_jit_frames();
+                symbols.trim();
+                let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
+                let now = context.report(&collector, started.elapsed(), "recording".into(), None);
+                match &now {
+                    Ok(report) => live.update(report, started.elapsed()),
+                    Err(e) => live.note(&format!("warning: no report at {:.0}s: {e:#}", started.elapsed().as_secs_f64())),
                 }
                 if opts.snapshots {
                     due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
@@ -571,25 +581,33 @@ async fn run(opts: RecordOptions, output: OutputDir, listener: Option<std::net::
                 for (label, reason) in due {
                     snapshots_written += 1;
                     let dir = format!("snapshot-{snapshots_written:03}-{label}");
-                    collector.name_jit_frames();
-                    let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
-                    match context.report(&collector, started.elapsed(), format!("snapshot: {reason}"), None).and_then(|r| write_snapshot(&r, &output, &dir, &opts)) {
-                        Ok(()) if !opts.snapshots => eprintln!("{}wrote snapshot {}", if interactive { "\n" } else { "" }, output.path().join(&dir).display()),
+                    let written = match &now {
+                        Ok(report) => {
+                            let snapshot = Report { end_reason: format!("snapshot: {reason}"), ..report.clone() };
+                            write_snapshot(&snapshot, &output, &dir, &opts)
+                        }
+                        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                    };
+                    match written {
+                        Ok(()) if !opts.snapshots => live.note(&format!("wrote snapshot {}", output.path().join(&dir).display())),
+                        Ok(()) if label == "periodic" => {
+                            periodic.push_back(dir);
+                            if periodic.len() > opts.keep_snapshots {
+                                output.remove_subdir(&periodic.pop_front().unwrap_or_default());
+                            }
+                        }
                         Ok(()) => {}
-                        Err(e) => eprintln!("warning: snapshot {} failed: {e:#}", output.path().join(&dir).display()),
+                        Err(e) => live.note(&format!("warning: snapshot {} failed: {e:#}", output.path().join(&dir).display())),
                     }
                 }
-            }
-            _ = tick.tick() => {
-                if interactive {
-                    eprint!("\r{}\x1b[K", status_line(&collector, &probes, started.elapsed(), &mut last_events));
+                if let (Some(publisher), Ok(report)) = (&publisher, now) {
+                    publisher.publish(report);
                 }
             }
+            _ = tick.tick() => live.tick(&collector, &probes, started.elapsed()),
         }
     };
-    if interactive {
-        eprintln!();
-    }
+    live.finish(&format!("recording ended ({end_reason}): writing the report"));
     // Everything the target did before the end is already in the ring
     // buffer; with the filter emptied nothing more is added, so this ends
     // even while the target goes on allocating.

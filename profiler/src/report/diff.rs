@@ -156,6 +156,7 @@ mod tests {
             end_reason: "t".into(),
             target_exit: None,
             warmup: None,
+            selection: None,
             totals: Default::default(),
             series: None,
             status: None,

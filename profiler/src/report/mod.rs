@@ -4,10 +4,13 @@
 
 pub mod diff;
 pub mod flame;
+pub mod html;
 pub mod model;
+pub mod origin;
 pub mod pprof;
 #[cfg(test)]
 pub(crate) mod sample;
+pub mod select;
 pub mod split;
 pub mod text;
 

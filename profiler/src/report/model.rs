@@ -57,6 +57,10 @@ pub struct Report {
     /// What was excluded as warm-up, if a warm-up was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<String>,
+    /// A view taken by `profiler report` (`--focus`, `--pid`, ...): the
+    /// stacks and totals are only those it kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
     pub totals: BTreeMap<String, Total>,
     /// V8 heap / external (ArrayBuffer) / other native memory, from the stacks.

@@ -224,10 +224,7 @@ impl Builder {
     /// A stack's locations, innermost first: each ends at a frame that was
     /// not inlined (the frames of one address are listed innermost first).
     fn stack(&mut self, frames: &[Frame]) -> Vec<u64> {
-        frames
-            .split_inclusive(|f| !f.inlined)
-            .map(|group| self.location(group))
-            .collect()
+        frames.split_inclusive(|f| !f.inlined).map(|group| self.location(group)).collect()
     }
 }
 
@@ -242,7 +239,8 @@ pub fn profile(report: &Report, kind: &str) -> Profile {
     let default_sample_type = sample_type.last().map_or(0, |t| t.r#type);
     let cgroups: HashMap<u32, &str> =
         report.processes.iter().filter_map(|p| Some((p.pid, p.cgroup.as_deref()?))).collect();
-    let (pid_key, command_key, cgroup_key) = (b.strings.id("pid"), b.strings.id("command"), b.strings.id("cgroup"));
+    let (pid_key, command_key, cgroup_key) =
+        (b.strings.id("pid"), b.strings.id("command"), b.strings.id("cgroup"));
     let mut samples = Vec::new();
     for e in report.entries(kind) {
         let location_id = b.stack(&e.frames);
@@ -259,7 +257,8 @@ pub fn profile(report: &Report, kind: &str) -> Profile {
         }
         samples.push(Sample { location_id, value, label });
     }
-    let comment = b.strings.id(&format!("{kind} outstanding at {:.0}s ({})", report.duration_s, report.end_reason));
+    let comment =
+        b.strings.id(&format!("{kind} outstanding at {:.0}s ({})", report.duration_s, report.end_reason));
     Profile {
         sample_type,
         sample: samples,
@@ -305,7 +304,8 @@ mod tests {
             line: Some(7),
             inlined,
         };
-        report.stacks[0].frames = vec![at("inner", "0x10", true), at("outer", "0x10", false), at("main", "0x20", false)];
+        report.stacks[0].frames =
+            vec![at("inner", "0x10", true), at("outer", "0x10", false), at("main", "0x20", false)];
         let p = profile(&report, "heap");
         let name = |i: i64| p.string_table[i as usize].as_str();
         let types: Vec<&str> = p.sample_type.iter().map(|t| name(t.r#type)).collect();
@@ -322,7 +322,8 @@ mod tests {
         assert_eq!(name(p.mapping[location.mapping_id as usize - 1].filename), "demo");
 
         let sockets = profile(&report, "sockets");
-        let types: Vec<&str> = sockets.sample_type.iter().map(|t| sockets.string_table[t.r#type as usize].as_str()).collect();
+        let types: Vec<&str> =
+            sockets.sample_type.iter().map(|t| sockets.string_table[t.r#type as usize].as_str()).collect();
         assert_eq!(types, ["sockets"]);
         assert_eq!(sockets.sample.iter().map(|s| s.value[0]).sum::<i64>(), 2);
     }

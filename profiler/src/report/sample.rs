@@ -34,6 +34,7 @@ pub fn report() -> Report {
         end_reason: "test".into(),
         target_exit: None,
         warmup: None,
+        selection: None,
         totals: [
             ("heap".to_string(), Total { bytes: 300, count: 3 }),
             ("sockets".to_string(), Total { bytes: 0, count: 2 }),
@@ -54,4 +55,3 @@ pub fn report() -> Report {
         accuracy: Accuracy::default(),
     }
 }
-

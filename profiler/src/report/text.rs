@@ -20,6 +20,9 @@ pub fn render(report: &Report, top: usize) -> String {
     if let Some(w) = &report.warmup {
         let _ = writeln!(s, "Warm-up: {w}");
     }
+    if let Some(selection) = &report.selection {
+        let _ = writeln!(s, "Showing: {selection}");
+    }
     if let Some(losses) = losses(report) {
         let _ = writeln!(s, "INCOMPLETE: {losses} (see Accuracy)");
     }
@@ -28,7 +31,9 @@ pub fn render(report: &Report, top: usize) -> String {
     if report.totals.values().all(|t| t.count == 0) {
         let _ = writeln!(s, "  nothing");
     }
-    for (kind, total) in &report.totals {
+    let kinds = super::select::kind_order(report);
+    for kind in &kinds {
+        let total = report.totals.get(*kind).copied().unwrap_or_default();
         if total.count == 0 {
             continue;
         }
@@ -50,7 +55,7 @@ pub fn render(report: &Report, top: usize) -> String {
             split.external_to_heap.map_or(String::new(), |r| format!(", External/Heap {:.0}%", r * 100.0));
         let _ = writeln!(
             s,
-            "Memory split: V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio}",
+            "Memory split (each byte once): V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio}",
             human_bytes(split.v8_heap_bytes),
             human_bytes(split.external_bytes),
             human_bytes(split.native_bytes)
@@ -123,13 +128,21 @@ pub fn render(report: &Report, top: usize) -> String {
             let _ = writeln!(s, "  {kind:<10} {}", parts.join(", "));
         }
     }
-    for kind in report.totals.keys() {
-        let entries: Vec<_> = report.entries(kind).take(top).collect();
-        if entries.is_empty() {
+    for kind in kinds.iter().copied() {
+        let (runtime, program): (Vec<_>, Vec<_>) =
+            report.entries(kind).partition(|e| super::origin::is_runtime_stack(&e.frames));
+        if program.is_empty() && runtime.is_empty() {
             continue;
         }
+        let entries: Vec<_> = program.into_iter().take(top).collect();
         let _ = writeln!(s);
         let _ = writeln!(s, "Top {kind} stacks:");
+        if kind == "resident" {
+            let _ = writeln!(
+                s,
+                "  (pages by the code that first touched them: memory an allocator frees and hands out again stays with its first toucher; `--lens alloc --sample-bytes 512K` names who holds each block now)"
+            );
+        }
         for (i, e) in entries.iter().enumerate() {
             let mut what = if Report::is_handle_kind(kind) {
                 format!("{} open", e.count)
@@ -162,6 +175,12 @@ pub fn render(report: &Report, top: usize) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s{trend}", i + 1, e.api, e.mean_age_s);
+            if kind == "resident" && super::split::through_allocator(e) {
+                let _ = writeln!(
+                    s,
+                    "      first touched inside the allocator: these pages may since hold other code's blocks; the verdict is about the pages, not this stack (check with --lens alloc)"
+                );
+            }
             if e.frames.is_empty() {
                 let _ = writeln!(s, "      [stack unavailable]");
             }
@@ -176,6 +195,17 @@ pub fn render(report: &Report, top: usize) -> String {
             if e.frames.len() > FRAMES_SHOWN {
                 let _ = writeln!(s, "      ... {} more frames", e.frames.len() - FRAMES_SHOWN);
             }
+        }
+        if !runtime.is_empty() {
+            let value: u64 = runtime.iter().map(|e| super::flame::value(e)).sum();
+            let held =
+                if Report::is_handle_kind(kind) { format!("{value} open") } else { human_bytes(value) };
+            let _ = writeln!(
+                s,
+                "  + {held} in {} runtime {} (C/C++ runtime, standard-library start-up, dynamic loader: not the program's code; all in report.json)",
+                runtime.len(),
+                plural(runtime.len() as u64, "stack", "stacks")
+            );
         }
     }
     let a = &report.accuracy;

@@ -78,8 +78,16 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     }
     set(&info, labels, 1.0);
 
-    let bytes = gauge(&mut registry, "leakprof_outstanding_bytes", "Outstanding bytes per memory kind (per cgroup in cgroup mode).");
-    let blocks = gauge(&mut registry, "leakprof_outstanding_blocks", "Outstanding blocks or mappings per memory kind.");
+    let bytes = gauge(
+        &mut registry,
+        "leakprof_outstanding_bytes",
+        "Outstanding bytes per memory kind (per cgroup in cgroup mode).",
+    );
+    let blocks = gauge(
+        &mut registry,
+        "leakprof_outstanding_blocks",
+        "Outstanding blocks or mappings per memory kind.",
+    );
     let handles = gauge(&mut registry, "leakprof_outstanding_handles", "Open handles (fds) per handle kind.");
     let with_cgroup = |kind: &str, cgroup: Option<&str>| -> Labels {
         let mut l = vec![("kind", kind.to_string())];
@@ -110,8 +118,16 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         }
     }
 
-    let growth_bytes = gauge(&mut registry, "leakprof_growth_bytes_per_second", "Growth rate of the outstanding bytes per memory kind (robust slope over the last samples).");
-    let growth_handles = gauge(&mut registry, "leakprof_growth_handles_per_second", "Growth rate of the open handles per handle kind.");
+    let growth_bytes = gauge(
+        &mut registry,
+        "leakprof_growth_bytes_per_second",
+        "Growth rate of the outstanding bytes per memory kind (robust slope over the last samples).",
+    );
+    let growth_handles = gauge(
+        &mut registry,
+        "leakprof_growth_handles_per_second",
+        "Growth rate of the open handles per handle kind.",
+    );
     if let Some(series) = &report.series {
         for (kind, values) in &series.totals {
             let points: Vec<(f64, f64)> =
@@ -127,16 +143,31 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     }
 
     let level = gauge(&mut registry, "leakprof_leak_level", "Overall growth level: 0 normal, 1 slow leak, 2 active leak, 3 critical (absent until enough samples).");
-    let memory = gauge(&mut registry, "leakprof_memory_bytes", "The memory the level is judged on (RSS, cgroup usage or outstanding).");
-    let memory_growth = gauge(&mut registry, "leakprof_memory_growth_bytes_per_second", "Growth rate of that memory.");
-    let limit = gauge(&mut registry, "leakprof_memory_limit_bytes", "The memory limit (--limit or the cgroup's), when there is one.");
-    let to_limit = gauge(&mut registry, "leakprof_seconds_to_limit", "Seconds until the limit at the measured rate (absent when not growing).");
+    let memory = gauge(
+        &mut registry,
+        "leakprof_memory_bytes",
+        "The memory the level is judged on (RSS, cgroup usage or outstanding).",
+    );
+    let memory_growth =
+        gauge(&mut registry, "leakprof_memory_growth_bytes_per_second", "Growth rate of that memory.");
+    let limit = gauge(
+        &mut registry,
+        "leakprof_memory_limit_bytes",
+        "The memory limit (--limit or the cgroup's), when there is one.",
+    );
+    let to_limit = gauge(
+        &mut registry,
+        "leakprof_seconds_to_limit",
+        "Seconds until the limit at the measured rate (absent when not growing).",
+    );
     if let Some(status) = &report.status {
         let on = vec![("measured_on", status.measured_on.clone())];
         set(&memory, on.clone(), status.current_bytes as f64);
         let rate = status.growth_mib_per_min * 1024.0 * 1024.0 / 60.0;
         set(&memory_growth, on, rate);
-        if let Some(n) = ["normal", "slow leak", "active leak", "critical"].iter().position(|l| *l == status.level) {
+        if let Some(n) =
+            ["normal", "slow leak", "active leak", "critical"].iter().position(|l| *l == status.level)
+        {
             set(&level, vec![], n as f64);
         }
         if let Some(l) = status.limit_bytes {
@@ -147,8 +178,16 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         }
     }
 
-    let stack_bytes = gauge(&mut registry, "leakprof_stack_outstanding_bytes", "Outstanding bytes of the top stacks per memory kind.");
-    let stack_handles = gauge(&mut registry, "leakprof_stack_outstanding_handles", "Open handles of the top stacks per handle kind.");
+    let stack_bytes = gauge(
+        &mut registry,
+        "leakprof_stack_outstanding_bytes",
+        "Outstanding bytes of the top stacks per memory kind.",
+    );
+    let stack_handles = gauge(
+        &mut registry,
+        "leakprof_stack_outstanding_handles",
+        "Open handles of the top stacks per handle kind.",
+    );
     for kind in report.totals.keys() {
         let handle = Report::is_handle_kind(kind);
         let mut entries: Vec<_> = report.entries(kind).collect();
@@ -178,7 +217,11 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     for (name, value) in accuracy_counters(report) {
         accuracy.get_or_create(&vec![("counter", name)]).inc_by(value as f64);
     }
-    let unprobed = gauge(&mut registry, "leakprof_unprobed_allocator_entries", "Allocator entry points that could not be probed.");
+    let unprobed = gauge(
+        &mut registry,
+        "leakprof_unprobed_allocator_entries",
+        "Allocator entry points that could not be probed.",
+    );
     set(&unprobed, vec![], report.accuracy.probes_skipped.len() as f64);
 
     let cpu = Counter::<f64, AtomicU64>::default();
@@ -249,7 +292,9 @@ mod tests {
         }
         // The two heap entries with the same frames are one series of 250 bytes.
         let id = stack_id(&report.stacks[0].frames);
-        let line = format!("leakprof_stack_outstanding_bytes{{kind=\"heap\",stack=\"{id}\",function=\"leak_a\"}} 250.0");
+        let line = format!(
+            "leakprof_stack_outstanding_bytes{{kind=\"heap\",stack=\"{id}\",function=\"leak_a\"}} 250.0"
+        );
         assert!(text.contains(&line), "{line} missing in:\n{text}");
         assert!(!text.contains("leakprof_leak_level"), "no level without a status");
     }
@@ -257,7 +302,8 @@ mod tests {
     #[test]
     fn cgroup_mode_labels_totals_per_cgroup() {
         let mut report = crate::report::sample::report();
-        report.cgroup = Some(crate::report::model::CgroupInfo { path: "/sys/fs/cgroup/parent".into(), memory: None });
+        report.cgroup =
+            Some(crate::report::model::CgroupInfo { path: "/sys/fs/cgroup/parent".into(), memory: None });
         report.processes = vec![crate::report::model::ProcessSummary {
             pid: 1,
             command: "demo".into(),
@@ -265,7 +311,13 @@ mod tests {
             totals: [("heap".to_string(), crate::report::model::Total { bytes: 300, count: 3 })].into(),
         }];
         let text = render(&report, OwnCost::default());
-        assert!(text.contains("leakprof_outstanding_bytes{kind=\"heap\",cgroup=\"/parent/a\"} 300.0"), "{text}");
-        assert!(text.contains("leakprof_outstanding_handles{kind=\"sockets\",cgroup=\"/parent/a\"} 0.0"), "{text}");
+        assert!(
+            text.contains("leakprof_outstanding_bytes{kind=\"heap\",cgroup=\"/parent/a\"} 300.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leakprof_outstanding_handles{kind=\"sockets\",cgroup=\"/parent/a\"} 0.0"),
+            "{text}"
+        );
     }
 }

@@ -33,7 +33,8 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    s.parse::<SocketAddr>().map_err(|_| format!("{s:?} is neither a port nor an address:port (e.g. 127.0.0.1:9464)"))
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is neither a port nor an address:port (e.g. 127.0.0.1:9464)"))
 }
 
 /// Binds the listening socket. Done before anything is attached, so a bad
@@ -76,7 +77,10 @@ type Latest = State<watch::Receiver<Option<Arc<Report>>>>;
 
 fn latest(state: &Latest) -> Result<Arc<Report>, Response> {
     state.0.borrow().clone().ok_or_else(|| {
-        (StatusCode::SERVICE_UNAVAILABLE, "no report yet: the first one is published once the probes are attached\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no report yet: the first one is published once the probes are attached\n",
+        )
             .into_response()
     })
 }
@@ -96,7 +100,8 @@ async fn metrics(state: Latest) -> Response {
         Err(e) => return e,
     };
     let body = metrics::render(&report, metrics::OwnCost::now());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }
 
 async fn report_json(state: Latest) -> Response {
@@ -114,7 +119,9 @@ async fn pprof_index() -> Html<String> {
         .iter()
         .map(|k| format!("<li><a href=\"/debug/pprof/{0}\">{0}</a></li>", k.name()))
         .collect();
-    Html(format!("<!doctype html><title>/debug/pprof/</title><p>Outstanding profiles per kind:</p><ul>{links}</ul>"))
+    Html(format!(
+        "<!doctype html><title>/debug/pprof/</title><p>Outstanding profiles per kind:</p><ul>{links}</ul>"
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -125,7 +132,8 @@ struct PprofQuery {
 async fn pprof(state: Latest, Path(kind): Path<String>, Query(query): Query<PprofQuery>) -> Response {
     if Kind::from_name(&kind).is_none() {
         let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        return (StatusCode::NOT_FOUND, format!("no kind {kind:?}; kinds: {}\n", kinds.join(", "))).into_response();
+        return (StatusCode::NOT_FOUND, format!("no kind {kind:?}; kinds: {}\n", kinds.join(", ")))
+            .into_response();
     }
     if query.seconds.is_some() {
         return (

@@ -1,0 +1,184 @@
+//! The live view while recording. On a terminal: a small table redrawn in
+//! place (indicatif): elapsed and time left, events and losses every second;
+//! the level, the time to the limit, every kind's total and the fastest
+//! growing stacks at every `--interval`. Elsewhere (CI logs, pipes): one
+//! plain line per `--interval`. At the end: what is being done (writing the
+//! report, detaching).
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use profiler_common::counters;
+
+use crate::{
+    collector::Collector,
+    probes::Probes,
+    report::{flame::human_bytes, origin::is_library_frame, Report},
+};
+
+/// Stacks listed in the live table.
+const STACKS_SHOWN: usize = 5;
+
+pub(super) struct Live {
+    /// Present on a terminal.
+    bar: Option<ProgressBar>,
+    duration: Option<Duration>,
+    /// The table of the latest report (terminal), below the header.
+    table: String,
+    header: String,
+    last_events: (Instant, u64),
+}
+
+impl Live {
+    pub(super) fn new(interactive: bool, duration: Option<Duration>) -> Self {
+        let bar = interactive.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+            bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+            bar
+        });
+        Self { bar, duration, table: String::new(), header: String::new(), last_events: (Instant::now(), 0) }
+    }
+
+    fn elapsed(&self, elapsed: Duration) -> String {
+        match self.duration {
+            Some(d) => format!(
+                "{:.1}s of {:.0}s ({:.0}s left)",
+                elapsed.as_secs_f64(),
+                d.as_secs_f64(),
+                d.saturating_sub(elapsed).as_secs_f64()
+            ),
+            None => format!("{:.1}s", elapsed.as_secs_f64()),
+        }
+    }
+
+    /// Every second: the header (terminal only).
+    pub(super) fn tick(&mut self, collector: &Collector, probes: &Probes, elapsed: Duration) {
+        let Some(bar) = &self.bar else { return };
+        let (since, before) = self.last_events;
+        let rate = (collector.events_received - before) as f64 / since.elapsed().as_secs_f64().max(1e-3);
+        self.last_events = (Instant::now(), collector.events_received);
+        let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+        self.header = format!(
+            "recording {} | {rate:.0} events/s | lost {lost} | Ctrl-C ends it",
+            self.elapsed(elapsed)
+        );
+        bar.set_message(format!("{}\n{}", self.header, self.table));
+    }
+
+    /// Every `--interval`: the view of the latest report.
+    pub(super) fn update(&mut self, report: &Report, elapsed: Duration) {
+        let status = status(report);
+        let totals = totals(report);
+        let stacks = growing(report);
+        match &self.bar {
+            Some(bar) => {
+                let mut table = format!("{status}\n{totals}\n");
+                if !stacks.is_empty() {
+                    table.push_str("top stacks (kind, outstanding, growth, allocating frame):\n");
+                    for line in &stacks {
+                        table.push_str(&format!("  {line}\n"));
+                    }
+                }
+                self.table = table;
+                bar.set_message(format!("{}\n{}", self.header, self.table));
+            }
+            None => {
+                let top = stacks.first().map_or(String::new(), |s| format!(" | top: {}", s.trim()));
+                eprintln!("[{}] {status} | {totals}{top}", self.elapsed(elapsed));
+            }
+        }
+    }
+
+    /// A message above the view.
+    pub(super) fn note(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+
+    /// Ends the view and says what is being done now.
+    pub(super) fn finish(&mut self, doing: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        eprintln!("{doing}");
+    }
+}
+
+fn status(report: &Report) -> String {
+    let Some(st) = &report.status else { return "status: no samples yet".into() };
+    if st.level == crate::trend::LEVEL_UNKNOWN {
+        return format!("status: {} samples, a trend needs {}", st.samples, crate::trend::MIN_SAMPLES);
+    }
+    let limit = match (st.limit_bytes, st.time_to_limit_s) {
+        (Some(l), Some(t)) => format!(", limit {} in ~{:.0}s", human_bytes(l), t),
+        (Some(l), None) => format!(", limit {}", human_bytes(l)),
+        _ => String::new(),
+    };
+    format!(
+        "status: {} ({:+.2} MiB/min of {}, now {}{limit})",
+        st.level,
+        st.growth_mib_per_min,
+        st.measured_on,
+        human_bytes(st.current_bytes)
+    )
+}
+
+fn totals(report: &Report) -> String {
+    let parts: Vec<String> = report
+        .totals
+        .iter()
+        .filter(|(_, t)| t.count > 0)
+        .map(|(k, t)| {
+            if Report::is_handle_kind(k) {
+                format!("{k} {} open", t.count)
+            } else {
+                format!("{k} {}", human_bytes(t.bytes))
+            }
+        })
+        .collect();
+    if parts.is_empty() {
+        "nothing outstanding".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The fastest growing stacks of every kind (by size while no trend is known).
+fn growing(report: &Report) -> Vec<String> {
+    let growth =
+        |e: &crate::report::model::StackEntry| e.trend.map_or(f64::NEG_INFINITY, |t| t.growth_per_min);
+    let mut entries: Vec<_> = report.stacks.iter().filter(|e| e.count > 0).collect();
+    entries.sort_by(|a, b| {
+        growth(b)
+            .total_cmp(&growth(a))
+            .then(crate::report::flame::value(b).cmp(&crate::report::flame::value(a)))
+    });
+    entries
+        .into_iter()
+        .take(STACKS_SHOWN)
+        .map(|e| {
+            let handles = Report::is_handle_kind(&e.kind);
+            let value = if handles { format!("{} open", e.count) } else { human_bytes(e.bytes) };
+            let rate = match e.trend {
+                Some(t) if handles => format!("{:+.1}/min", t.growth_per_min),
+                Some(t) => format!(
+                    "{}{}/min",
+                    if t.growth_per_min < 0.0 { "-" } else { "+" },
+                    human_bytes(t.growth_per_min.abs() as u64)
+                ),
+                None => "no trend yet".into(),
+            };
+            // The first frame of the program's own code, past allocator and standard-library frames.
+            let first = e.frames.iter().find(|f| !is_library_frame(f)).or(e.frames.first());
+            let frame = first.map_or("[stack unavailable]".to_string(), |f| match (&f.file, f.line) {
+                (Some(file), Some(line)) => {
+                    format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
+                }
+                _ => f.function.clone(),
+            });
+            format!("{:<9} {value:>10}  {rate:>14}  {frame}", e.kind)
+        })
+        .collect()
+}
