@@ -172,6 +172,9 @@ fn go_tool_pprof_pulls_the_outstanding_heap_and_sockets_while_recording() {
     assert_eq!(status("/debug/pprof/nonsense"), "404");
     assert_eq!(status("/debug/pprof/heap?seconds=30"), "400");
     assert_eq!(status("/metrics"), "200");
+    // The live page: the report's index.html, flamegraphs embedded.
+    let page = String::from_utf8(served.get("/index.html")).unwrap();
+    assert!(page.contains("leak_malloc") && page.contains("alt=\"heap flamegraph\""), "{page}");
 }
 
 #[test]

@@ -45,7 +45,7 @@ fn go_tool_pprof_lists_the_leaking_functions_with_exact_bytes() {
         text.lines()
             .filter_map(|l| {
                 let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.len() == 6).then(|| (cols[5].to_string(), cols[0].trim_end_matches('B').to_string()))
+                (cols.len() >= 6).then(|| (cols[5..].join(" "), cols[0].trim_end_matches('B').to_string()))
             })
             .collect::<BTreeMap<String, String>>()
     };
@@ -56,6 +56,12 @@ fn go_tool_pprof_lists_the_leaking_functions_with_exact_bytes() {
     {
         assert_eq!(heap.get(f).map(String::as_str), Some(bytes), "{f}: {heap:?}");
     }
+    // Inlined functions are Lines of one Location: -noinlines folds them into their caller,
+    // -lines shows each source line.
+    let outer = top("heap.pb.gz", &["-unit=B", "-noinlines"]);
+    assert_eq!(outer.get("leak_malloc").map(String::as_str), Some("3000"), "{outer:?}");
+    let lines = top("heap.pb.gz", &["-unit=B", "-lines"]);
+    assert!(lines.keys().any(|f| f.starts_with("leak_malloc ") && f.contains("leaky.c:")), "{lines:?}");
     let handles = top("sockets.pb.gz", &[]);
     assert_eq!(handles.get("leak_sockets").map(String::as_str), Some("3"), "{handles:?}");
     assert_eq!(handles.get("leak_socketpair").map(String::as_str), Some("2"), "{handles:?}");
@@ -186,6 +192,8 @@ fn diff_of_two_runs_gives_exact_deltas_and_a_differential_flamegraph() {
     assert!(first["stack"].as_str().unwrap().ends_with("leaky_request"), "ranked by growth: {first}");
     let svg = std::fs::read_to_string(out_dir.join("diff-heap.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("leaky_request"));
+    let page = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    assert!(page.contains("leaky_request") && page.contains("alt=\"heap differential flamegraph\""));
     assert!(String::from_utf8_lossy(&out.stdout).contains("leaky_request"));
 }
 

@@ -320,7 +320,7 @@ struct DiffArgs {
     /// The later report.json.
     after: PathBuf,
 
-    /// Also write diff.json and, per changed kind, diff-<kind>.svg (differential flamegraph) here.
+    /// Also write diff.json, per changed kind diff-<kind>.svg (differential flamegraph), and index.html here.
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
 
@@ -469,10 +469,19 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
         let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
         kinds.sort();
         kinds.dedup();
+        let names = (args.before.to_string_lossy(), args.after.to_string_lossy());
+        let mut flamegraphs = Vec::new();
         for kind in kinds {
-            let names = (args.before.to_string_lossy(), args.after.to_string_lossy());
-            out.write(&format!("diff-{kind}.svg"), &diff::svg(&before, &after, kind, (&names.0, &names.1))?)?;
+            let svg = diff::svg(&before, &after, kind, (&names.0, &names.1))?;
+            out.write(&format!("diff-{kind}.svg"), &svg)?;
+            flamegraphs.push((kind.to_string(), svg));
         }
+        let page = profiler::report::html::diff_page(
+            (&names.0, &names.1),
+            &diff::text(&deltas, args.top),
+            &flamegraphs,
+        );
+        out.write("index.html", page.as_bytes())?;
         eprintln!("wrote {}", dir.display());
     }
     Ok(())

@@ -7,6 +7,7 @@ use anyhow::Result;
 use profiler_common::{counters, syscalls, ALLOC_APIS};
 
 use super::{monotonic_ns, RecordOptions, Target};
+use crate::target::cgroup::CgroupMemory;
 use crate::{
     collector::Collector,
     files::output::OutputDir,
@@ -37,6 +38,15 @@ pub(super) struct ReportContext<'a> {
 }
 
 impl ReportContext<'_> {
+    /// Overall growth against the thresholds and the time to the limit, now.
+    pub(super) fn status(&self, collector: &Collector) -> Option<Status> {
+        let cgroup_memory = match self.target {
+            Target::Cgroup(cgroup) => cgroup.target.as_ref().and_then(|t| t.memory(&cgroup.mounts)),
+            _ => None,
+        };
+        status(cgroup_memory, collector, self.opts, self.target, self.mounts, self.info.pid)
+    }
+
     /// The complete report of what is outstanding now.
     pub(super) fn report(
         &self,
@@ -66,7 +76,7 @@ impl ReportContext<'_> {
                 });
             }
         }
-        report.status = status(&report, collector, self.opts, self.target, self.mounts, self.info.pid);
+        report.status = self.status(collector);
         report.processes = summarize_processes(&report, collector);
         report.warmup = warmup;
         Ok(report)
@@ -209,7 +219,7 @@ fn build_report(
 /// Overall growth (of RSS or the cgroup's usage when known, else of the
 /// outstanding memory) against the thresholds, and the time to the limit.
 fn status(
-    report: &Report,
+    cgroup_memory: Option<CgroupMemory>,
     collector: &Collector,
     opts: &RecordOptions,
     target: &Target,
@@ -239,7 +249,7 @@ fn status(
     };
     let current = points.last()?.1 as u64;
     let per_min = crate::trend::robust_slope(&points).unwrap_or(0.0) * 60.0;
-    let (limit, source) = match (opts.limit, report.cgroup.as_ref().and_then(|c| c.memory.clone())) {
+    let (limit, source) = match (opts.limit, cgroup_memory) {
         (Some(l), _) => (Some(l), Some("--limit".to_string())),
         (None, Some(m)) => (m.limit, m.limit.map(|_| m.controller)),
         (None, None) => match crate::target::cgroup::memory_of_process(pid, mounts) {

@@ -1,9 +1,11 @@
 //! The live view while recording. On a terminal: a small table redrawn in
 //! place (indicatif): elapsed and time left, events and losses every second;
 //! the level, the time to the limit, every kind's total and the fastest
-//! growing stacks at every `--interval`. Elsewhere (CI logs, pipes): one
-//! plain line per `--interval`. At the end: what is being done (writing the
-//! report, detaching).
+//! growing stacks at every `--interval` (from a report built for it).
+//! Elsewhere (CI logs, pipes): one plain line per `--interval`, from the
+//! ledger's totals and the time series alone (no report is built for it:
+//! that would hold the event loop while events pile up). At the end: what is
+//! being done.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +14,9 @@ use profiler_common::counters;
 
 use crate::{
     collector::Collector,
+    ledger::Kind,
     probes::Probes,
-    report::{flame::human_bytes, origin::is_library_frame, Report},
+    report::{flame::human_bytes, model::Status, origin::naming_frame, Report},
 };
 
 /// Stacks listed in the live table.
@@ -65,28 +68,73 @@ impl Live {
         bar.set_message(format!("{}\n{}", self.header, self.table));
     }
 
-    /// Every `--interval`: the view of the latest report.
-    pub(super) fn update(&mut self, report: &Report, elapsed: Duration) {
-        let status = status(report);
-        let totals = totals(report);
+    /// Whether [`update`](Self::update) wants a report (the terminal table).
+    pub(super) fn wants_report(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// Every `--interval`: on a terminal, the table of the latest report.
+    pub(super) fn update(&mut self, report: &Report) {
+        let Some(bar) = &self.bar else { return };
+        let mut table = format!("{}\n{}\n", status(report.status.as_ref()), totals(report));
         let stacks = growing(report);
-        match &self.bar {
-            Some(bar) => {
-                let mut table = format!("{status}\n{totals}\n");
-                if !stacks.is_empty() {
-                    table.push_str("top stacks (kind, outstanding, growth, allocating frame):\n");
-                    for line in &stacks {
-                        table.push_str(&format!("  {line}\n"));
-                    }
-                }
-                self.table = table;
-                bar.set_message(format!("{}\n{}", self.header, self.table));
-            }
-            None => {
-                let top = stacks.first().map_or(String::new(), |s| format!(" | top: {}", s.trim()));
-                eprintln!("[{}] {status} | {totals}{top}", self.elapsed(elapsed));
+        if !stacks.is_empty() {
+            table.push_str("top stacks (kind, outstanding, growth, program frame):\n");
+            for line in &stacks {
+                table.push_str(&format!("  {line}\n"));
             }
         }
+        self.table = table;
+        bar.set_message(format!("{}\n{}", self.header, self.table));
+    }
+
+    /// Every `--interval` when not on a terminal: one plain line, each
+    /// kind's total and growth (robust slope over the recent samples), events and losses.
+    pub(super) fn line(
+        &self,
+        collector: &Collector,
+        probes: &Probes,
+        now: Option<&Status>,
+        elapsed: Duration,
+    ) {
+        if self.bar.is_some() {
+            return;
+        }
+        let series = &collector.series;
+        let recent = series.times.len().saturating_sub(crate::serve::metrics::GROWTH_WINDOW);
+        let kinds: Vec<String> = Kind::ALL
+            .iter()
+            .filter_map(|k| {
+                let total = collector.ledger.total(*k);
+                let values = series.totals.get(k)?;
+                if total.count == 0 {
+                    return None;
+                }
+                let points: Vec<(f64, f64)> =
+                    series.times.iter().zip(values).skip(recent).map(|(t, v)| (*t, *v as f64)).collect();
+                let rate = (points.len() >= crate::trend::MIN_SAMPLES)
+                    .then(|| crate::trend::robust_slope(&points))
+                    .flatten()
+                    .map(|r| r * 60.0);
+                Some(if k.is_memory() {
+                    let rate = rate.map_or(String::new(), |r| {
+                        format!(" ({}{}/min)", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs() as u64))
+                    });
+                    format!("{} {}{rate}", k.name(), human_bytes(total.bytes))
+                } else {
+                    let rate = rate.map_or(String::new(), |r| format!(" ({r:+.1}/min)"));
+                    format!("{} {} open{rate}", k.name(), total.count)
+                })
+            })
+            .collect();
+        let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+        eprintln!(
+            "[{}] {} | {} | {} events, lost {lost}",
+            self.elapsed(elapsed),
+            status(now),
+            if kinds.is_empty() { "nothing outstanding".to_string() } else { kinds.join(", ") },
+            collector.events_received
+        );
     }
 
     /// A message above the view.
@@ -106,8 +154,8 @@ impl Live {
     }
 }
 
-fn status(report: &Report) -> String {
-    let Some(st) = &report.status else { return "status: no samples yet".into() };
+fn status(status: Option<&Status>) -> String {
+    let Some(st) = status else { return "status: no samples yet".into() };
     if st.level == crate::trend::LEVEL_UNKNOWN {
         return format!("status: {} samples, a trend needs {}", st.samples, crate::trend::MIN_SAMPLES);
     }
@@ -170,13 +218,13 @@ fn growing(report: &Report) -> Vec<String> {
                 ),
                 None => "no trend yet".into(),
             };
-            // The first frame of the program's own code, past allocator and standard-library frames.
-            let first = e.frames.iter().find(|f| !is_library_frame(f)).or(e.frames.first());
-            let frame = first.map_or("[stack unavailable]".to_string(), |f| match (&f.file, f.line) {
-                (Some(file), Some(line)) => {
-                    format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
+            let frame = naming_frame(&e.frames).map_or("[stack unavailable]".to_string(), |f| {
+                match (&f.file, f.line) {
+                    (Some(file), Some(line)) => {
+                        format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
+                    }
+                    _ => f.function.clone(),
                 }
-                _ => f.function.clone(),
             });
             format!("{:<9} {value:>10}  {rate:>14}  {frame}", e.kind)
         })

@@ -566,27 +566,34 @@ async fn run(
                     let size = flame::human_bytes(threshold).replace(' ', "");
                     due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
                 }
-                // The live view, the snapshots and the endpoints show the report of now.
-                collector.name_jit_frames();
                 symbols.trim();
                 let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
-                let now = context.report(&collector, started.elapsed(), "recording".into(), None);
-                match &now {
-                    Ok(report) => live.update(report, started.elapsed()),
-                    Err(e) => live.note(&format!("warning: no report at {:.0}s: {e:#}", started.elapsed().as_secs_f64())),
-                }
+                live.line(&collector, &probes, context.status(&collector).as_ref(), started.elapsed());
                 if opts.snapshots {
                     due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
                 }
+                // The terminal's table, the snapshots and the endpoints show the report of now.
+                let now = if live.wants_report() || publisher.is_some() || !due.is_empty() {
+                    collector.name_jit_frames();
+                    let now = context.report(&collector, started.elapsed(), "recording".into(), None);
+                    match &now {
+                        Ok(report) => live.update(report),
+                        Err(e) => live.note(&format!("warning: no report at {:.0}s: {e:#}", started.elapsed().as_secs_f64())),
+                    }
+                    Some(now)
+                } else {
+                    None
+                };
                 for (label, reason) in due {
                     snapshots_written += 1;
                     let dir = format!("snapshot-{snapshots_written:03}-{label}");
                     let written = match &now {
-                        Ok(report) => {
+                        Some(Ok(report)) => {
                             let snapshot = Report { end_reason: format!("snapshot: {reason}"), ..report.clone() };
                             write_snapshot(&snapshot, &output, &dir, &opts)
                         }
-                        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+                        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+                        None => Err(anyhow::anyhow!("no report was built")),
                     };
                     match written {
                         Ok(()) if !opts.snapshots => live.note(&format!("wrote snapshot {}", output.path().join(&dir).display())),
@@ -600,7 +607,7 @@ async fn run(
                         Err(e) => live.note(&format!("warning: snapshot {} failed: {e:#}", output.path().join(&dir).display())),
                     }
                 }
-                if let (Some(publisher), Ok(report)) = (&publisher, now) {
+                if let (Some(publisher), Some(Ok(report))) = (&publisher, now) {
                     publisher.publish(report);
                 }
             }

@@ -155,11 +155,13 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
 
     if let Some(series) = report.series.as_ref().filter(|s| s.times.len() >= 2) {
         s.push_str("<h2>Over time</h2>");
-        for (kind, totals) in series.totals.iter().filter(|(_, v)| v.iter().any(|x| *x > 0)) {
+        for kind in super::select::kind_order(report) {
+            let Some(totals) = series.totals.get(kind).filter(|v| v.iter().any(|x| *x > 0)) else { continue };
             let mut lines = vec![(format!("{kind} total"), totals.clone())];
             for e in report.entries(kind).filter(|e| e.series.len() == series.times.len()).take(CHART_STACKS)
             {
-                let leaf = e.frames.first().map_or("[stack unavailable]", |f| f.function.as_str());
+                let leaf = super::origin::naming_frame(&e.frames)
+                    .map_or("[stack unavailable]", |f| f.function.as_str());
                 let verdict = e
                     .trend
                     .and_then(|t| {
@@ -263,6 +265,29 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
         let _ = write!(s, "<li><a href=\"{0}\">{0}</a></li>", esc(f));
     }
     s.push_str("</ul></body></html>\n");
+    s
+}
+
+/// The page of `profiler diff -o DIR`: the per-stack deltas and each kind's
+/// differential flamegraph (red grew, blue shrank), embedded.
+pub fn diff_page(names: (&str, &str), deltas_text: &str, flamegraphs: &[(String, Vec<u8>)]) -> String {
+    let title = format!("Diff: {} -> {}", names.0, names.1);
+    let mut s = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:24px;max-width:1200px}} img.flamegraph{{width:100%;border:1px solid #ddd}}\
+         pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body><h1>{0}</h1><h2>Changed stacks</h2><pre class=\"text-report\">{1}</pre>",
+        esc(&title),
+        esc(deltas_text)
+    );
+    for (kind, svg) in flamegraphs {
+        let data = base64::engine::general_purpose::STANDARD.encode(svg);
+        let _ = write!(
+            s,
+            "<h2>{0}</h2><p><a href=\"diff-{0}.svg\">diff-{0}.svg</a> (interactive; red grew, blue shrank)</p><img class=\"flamegraph\" alt=\"{0} differential flamegraph\" src=\"data:image/svg+xml;base64,{data}\">",
+            esc(kind)
+        );
+    }
+    s.push_str("<p><a href=\"diff.json\">diff.json</a></p></body></html>\n");
     s
 }
 

@@ -99,6 +99,12 @@ pub fn is_library_frame(f: &Frame) -> bool {
     is_runtime_module(&f.module) || is_standard_library_function(&f.function)
 }
 
+/// The frame to name a stack by: its first frame in the program's own code
+/// (past allocator and standard-library frames), else its first.
+pub fn naming_frame(frames: &[Frame]) -> Option<&Frame> {
+    frames.iter().find(|f| !is_library_frame(f)).or(frames.first())
+}
+
 /// Whether a stack's allocation is the runtime's, not the program's: every
 /// frame is in the C/C++ runtime, a standard library, the loader or the
 /// start-up glue (nothing of the program's own code asked for it; Rust's

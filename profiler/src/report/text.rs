@@ -55,7 +55,7 @@ pub fn render(report: &Report, top: usize) -> String {
             split.external_to_heap.map_or(String::new(), |r| format!(", External/Heap {:.0}%", r * 100.0));
         let _ = writeln!(
             s,
-            "Memory split (each byte once): V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio}",
+            "Memory split: V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio} (each byte counted once)",
             human_bytes(split.v8_heap_bytes),
             human_bytes(split.external_bytes),
             human_bytes(split.native_bytes)

@@ -4,7 +4,8 @@
 //! - `/debug/pprof/<kind>` (`heap`, `resident`, `sockets`, ...): the
 //!   outstanding profile of one kind in pprof, as a Go program serves its
 //!   heap profile, for `go tool pprof`, Parca and Grafana Alloy;
-//! - `/report.json` and an index page.
+//! - `/report.json`, and `/` (`/index.html`): the report's page (see
+//!   [`html`](crate::report::html)), flamegraphs included.
 //!
 //! The recording publishes a fresh report every `--interval` ([`Publisher`]);
 //! each request reads the latest. No endpoint writes or changes anything.
@@ -60,6 +61,7 @@ pub fn start(listener: std::net::TcpListener) -> Result<Publisher> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = Router::new()
         .route("/", get(index))
+        .route("/index.html", get(index))
         .route("/metrics", get(metrics))
         .route("/report.json", get(report_json))
         .route("/debug/pprof/", get(pprof_index))
@@ -85,13 +87,26 @@ fn latest(state: &Latest) -> Result<Arc<Report>, Response> {
     })
 }
 
-async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><title>profiler</title><h1>profiler</h1><ul>",
-        "<li><a href=\"/metrics\">/metrics</a> (OpenMetrics)</li>",
-        "<li><a href=\"/debug/pprof/\">/debug/pprof/</a> (outstanding profiles per kind)</li>",
-        "<li><a href=\"/report.json\">/report.json</a></li></ul>"
-    ))
+async fn index(state: Latest) -> Response {
+    let report = match latest(&state) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let mut flamegraphs = Vec::new();
+    for kind in report.totals.keys() {
+        let lines = crate::report::flame::folded(&report, kind, crate::report::flame::GroupBy::None);
+        if lines.is_empty() {
+            continue;
+        }
+        match crate::report::flame::svg(&report, kind, &lines) {
+            Ok(svg) => flamegraphs.push((kind.clone(), svg)),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+        }
+    }
+    // The served files, linked from the page like the files beside a written report.
+    let mut links = vec!["metrics".to_string(), "report.json".to_string()];
+    links.extend(flamegraphs.iter().map(|(kind, _)| format!("debug/pprof/{kind}")));
+    Html(crate::report::html::render(&report, &flamegraphs, &links, 10)).into_response()
 }
 
 async fn metrics(state: Latest) -> Response {
