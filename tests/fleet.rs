@@ -35,9 +35,14 @@ impl Served {
         let (mut addr, mut line) = (None, String::new());
         loop {
             line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "the profiler ended before attaching");
+            stderr.read_line(&mut line).unwrap();
             if let Some(rest) = line.strip_prefix("serving http://") {
                 addr = rest.split('/').next().map(str::to_string);
+            }
+            if line.is_empty() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the profiler ended before attaching");
             }
             if let Some(rest) = line.strip_prefix("profiling pid ") {
                 let pid = rest.split_whitespace().next().unwrap().parse().unwrap();

@@ -144,7 +144,7 @@ pub const MAX_SAMPLES: usize = 2048;
 impl Series {
     /// Keeps every other sample (the first and the even ones).
     fn thin(&mut self) {
-        let keep = |i: usize| i % 2 == 0;
+        let keep = |i: usize| i.is_multiple_of(2);
         let halve = |v: &mut Vec<u64>| *v = v.iter().step_by(2).copied().collect();
         self.times = self.times.iter().step_by(2).copied().collect();
         self.rss = self.rss.iter().step_by(2).copied().collect();

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             noise: s.noise,
             runtime: false,
             frames: s.stack.rsplit(';').map(str::to_string).collect(),
+            library_frames: 0,
         })
         .collect();
     let _ = decide(&observed, &Config::default(), Some(&baseline));

@@ -14,6 +14,7 @@ fn stack(kind: &str, stack: &str, value: u64) -> Observed {
         noise: 0,
         runtime: false,
         frames: stack.rsplit(';').map(str::to_string).collect(),
+        library_frames: 1,
     }
 }
 

@@ -89,7 +89,7 @@ fn is_library_trait_impl(name: &str) -> bool {
     ];
     let Some((ty, _)) = name.strip_prefix('<').and_then(|rest| rest.split_once(" as ")) else { return false };
     let ty = ty.trim_start_matches('&').trim_start_matches("mut ").trim_start_matches('[');
-    let base = ty.split(|c| c == ';' || c == ']' || c == '<').next().unwrap_or(ty).trim();
+    let base = ty.split([';', ']', '<']).next().unwrap_or(ty).trim();
     PRIMITIVES.contains(&base) || STANDARD_LIBRARY_PREFIXES.iter().any(|p| ty.starts_with(p))
 }
 

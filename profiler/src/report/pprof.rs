@@ -147,13 +147,16 @@ impl Strings {
     }
 }
 
+/// One frame of a location: module, offset, function, line.
+type LineKey = (String, String, String, Option<u32>);
+
 /// Interns functions, locations and mappings as the profile is built.
 struct Builder {
     strings: Strings,
     functions: Vec<Function>,
     function_ids: HashMap<(String, String), u64>,
     locations: Vec<Location>,
-    location_ids: HashMap<Vec<(String, String, String, Option<u32>)>, u64>,
+    location_ids: HashMap<Vec<LineKey>, u64>,
     mappings: Vec<Mapping>,
     mapping_ids: HashMap<String, u64>,
 }
