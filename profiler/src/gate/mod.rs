@@ -81,16 +81,7 @@ fn observe(report: &Report, config: &Config) -> BTreeMap<(String, String), Obser
             noise: 0,
             runtime,
             library_frames: library_frames(&e.frames, &config.drop_frames),
-            frames: e
-                .frames
-                .iter()
-                .map(|f| match (&f.file, f.line) {
-                    (Some(file), Some(line)) => {
-                        format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
-                    }
-                    _ => f.function.clone(),
-                })
-                .collect(),
+            frames: e.frames.iter().map(flame::frame_label).collect(),
         });
         o.value += flame::value(e);
     }

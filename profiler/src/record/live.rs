@@ -16,7 +16,12 @@ use crate::{
     collector::Collector,
     ledger::Kind,
     probes::Probes,
-    report::{flame::human_bytes, model::Status, origin::naming_frame, Report},
+    report::{
+        flame::{frame_label, human_bytes, rate_per_min},
+        model::Status,
+        origin::naming_frame,
+        Report,
+    },
 };
 
 /// Stacks listed in the live table.
@@ -116,13 +121,10 @@ impl Live {
                     .then(|| crate::trend::robust_slope(&points))
                     .flatten()
                     .map(|r| r * 60.0);
+                let rate = rate.map_or(String::new(), |r| format!(" ({})", rate_per_min(k.name(), r)));
                 Some(if k.is_memory() {
-                    let rate = rate.map_or(String::new(), |r| {
-                        format!(" ({}{}/min)", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs() as u64))
-                    });
                     format!("{} {}{rate}", k.name(), human_bytes(total.bytes))
                 } else {
-                    let rate = rate.map_or(String::new(), |r| format!(" ({r:+.1}/min)"));
                     format!("{} {} open{rate}", k.name(), total.count)
                 })
             })
@@ -209,23 +211,8 @@ fn growing(report: &Report) -> Vec<String> {
         .map(|e| {
             let handles = Report::is_handle_kind(&e.kind);
             let value = if handles { format!("{} open", e.count) } else { human_bytes(e.bytes) };
-            let rate = match e.trend {
-                Some(t) if handles => format!("{:+.1}/min", t.growth_per_min),
-                Some(t) => format!(
-                    "{}{}/min",
-                    if t.growth_per_min < 0.0 { "-" } else { "+" },
-                    human_bytes(t.growth_per_min.abs() as u64)
-                ),
-                None => "no trend yet".into(),
-            };
-            let frame = naming_frame(&e.frames).map_or("[stack unavailable]".to_string(), |f| {
-                match (&f.file, f.line) {
-                    (Some(file), Some(line)) => {
-                        format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
-                    }
-                    _ => f.function.clone(),
-                }
-            });
+            let rate = e.trend.map_or("no trend yet".into(), |t| rate_per_min(&e.kind, t.growth_per_min));
+            let frame = naming_frame(&e.frames).map_or("[stack unavailable]".to_string(), frame_label);
             format!("{:<9} {value:>10}  {rate:>14}  {frame}", e.kind)
         })
         .collect()

@@ -74,6 +74,25 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A growth rate for people: `+1.2 MiB/min` for memory kinds, `+1.5/min` for handle kinds.
+pub fn rate_per_min(kind: &str, per_min: f64) -> String {
+    if Report::is_handle_kind(kind) {
+        format!("{per_min:+.1}/min")
+    } else {
+        format!("{}{}/min", if per_min < 0.0 { "-" } else { "+" }, human_bytes(per_min.abs() as u64))
+    }
+}
+
+/// A frame for people: `function (file.c:12)`, or the function alone.
+pub fn frame_label(f: &crate::symbols::Frame) -> String {
+    match (&f.file, f.line) {
+        (Some(file), Some(line)) => {
+            format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
+        }
+        _ => f.function.clone(),
+    }
+}
+
 /// Renders the flamegraph SVG of one kind from its folded lines.
 pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
     let total = report.totals.get(kind).copied().unwrap_or_default();

@@ -162,12 +162,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
             {
                 let leaf = super::origin::naming_frame(&e.frames)
                     .map_or("[stack unavailable]", |f| f.function.as_str());
-                let verdict = e
-                    .trend
-                    .and_then(|t| {
-                        serde_json::to_value(t.verdict).ok().and_then(|v| v.as_str().map(str::to_string))
-                    })
-                    .unwrap_or_else(|| "no trend".into());
+                let verdict = e.trend.map_or("no trend", |t| t.verdict.name());
                 lines.push((format!("{leaf} ({verdict})"), e.series.clone()));
             }
             let _ = write!(s, "<h3>{}</h3>{}", esc(kind), chart(kind, &series.times, &lines));
@@ -189,30 +184,10 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
         for (i, e) in entries.iter().enumerate() {
             let value = super::flame::value(e);
             let trend = e.trend.map_or(String::new(), |t| {
-                format!(
-                    "{} {:+.0}/min",
-                    serde_json::to_value(t.verdict)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    t.growth_per_min
-                )
+                format!("{} {}", t.verdict.name(), super::flame::rate_per_min(kind, t.growth_per_min))
             });
-            let frames: Vec<String> = e
-                .frames
-                .iter()
-                .take(8)
-                .map(|f| match (&f.file, f.line) {
-                    (Some(file), Some(line)) => {
-                        format!(
-                            "{} ({}:{line})",
-                            esc(&f.function),
-                            esc(file.rsplit('/').next().unwrap_or(file))
-                        )
-                    }
-                    _ => esc(&f.function),
-                })
-                .collect();
+            let frames: Vec<String> =
+                e.frames.iter().take(8).map(|f| esc(&super::flame::frame_label(f))).collect();
             let _ = write!(
                 s,
                 "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"frames\">{}</td></tr>",

@@ -157,18 +157,10 @@ pub fn render(report: &Report, top: usize) -> String {
             }
             let trend = match e.trend {
                 Some(t) if t.verdict != crate::trend::Verdict::Unknown => {
-                    let rate = if Report::is_handle_kind(kind) {
-                        format!("{:+.1}/min", t.growth_per_min)
-                    } else {
-                        format!(
-                            "{}{}/min",
-                            if t.growth_per_min < 0.0 { "-" } else { "+" },
-                            human_bytes(t.growth_per_min.abs() as u64)
-                        )
-                    };
                     format!(
-                        ", {} {rate}, {:.0}% old",
-                        serde_json::to_value(t.verdict).unwrap_or_default().as_str().unwrap_or(""),
+                        ", {} {}, {:.0}% old",
+                        t.verdict.name(),
+                        super::flame::rate_per_min(kind, t.growth_per_min),
                         e.old_share * 100.0
                     )
                 }

@@ -55,6 +55,19 @@ pub enum Verdict {
     Unknown,
 }
 
+impl Verdict {
+    /// As written in report.json (`growing`, `plateaued`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Growing => "growing",
+            Self::Plateaued => "plateaued",
+            Self::Transient => "transient",
+            Self::Stable => "stable",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// A stack's trend, from its series and the age of its bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trend {
@@ -135,6 +148,14 @@ pub fn time_to_limit(current: u64, limit: u64, bytes_per_min: f64) -> Option<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdict_names_are_the_json_ones() {
+        for v in [Verdict::Growing, Verdict::Plateaued, Verdict::Transient, Verdict::Stable, Verdict::Unknown]
+        {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+        }
+    }
 
     fn series(f: impl Fn(f64) -> f64, n: usize) -> Vec<(f64, f64)> {
         (0..n).map(|i| (i as f64 * 10.0, f(i as f64 * 10.0))).collect()
