@@ -121,25 +121,22 @@ fn report_views_focus_ignore_min_bytes_pid_and_sort() {
     assert_eq!(focused["totals"]["sockets"]["count"], 0);
     assert!(focused["selection"].as_str().unwrap().contains("--focus"));
     let ignored = view(&["--ignore", "leak_", "--min-bytes", "4K"]);
-    let heap_bytes: Vec<u64> = ignored["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "heap")
-        .map(|e| e["bytes"].as_u64().unwrap())
-        .collect();
-    assert!(heap_bytes.iter().all(|b| *b >= 4096), "{heap_bytes:?}");
+    let heap_bytes = |report: &serde_json::Value| -> Vec<u64> {
+        report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "heap")
+            .map(|e| e["bytes"].as_u64().unwrap())
+            .collect()
+    };
+    let heap_bytes_ignored = heap_bytes(&ignored);
+    assert!(heap_bytes_ignored.iter().all(|b| *b >= 4096), "{heap_bytes_ignored:?}");
     assert_eq!(common::through(&ignored, "heap", "leak_pvalloc"), (0, 0));
     let pid = focused["target"]["pid"].as_u64().unwrap();
     assert_eq!(view(&["--pid", &(pid + 1).to_string()])["stacks"].as_array().unwrap().len(), 0);
     let by_size = view(&["--sort", "size"]);
-    let sizes: Vec<u64> = by_size["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "heap")
-        .map(|e| e["bytes"].as_u64().unwrap())
-        .collect();
+    let sizes = heap_bytes(&by_size);
     assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
     let text = Command::new(PROFILER)
         .args(["report", "--focus", "leak_calloc"])

@@ -442,7 +442,17 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
     fn http(&mut self, root: &Path) -> Result<Value> {
         eprintln!("bench: node HTTP server under wrk");
         self.md.push_str("## Node.js HTTP server under wrk (loopback)\n\n");
-        for tool in ["node", "wrk"] {
+        self.with_node_server(root, &["node", "wrk"], |b, server| b.http_rounds(server))
+    }
+
+    /// Runs `rounds` against the Node bench server, or records why it is skipped.
+    fn with_node_server(
+        &mut self,
+        root: &Path,
+        tools: &[&str],
+        rounds: impl FnOnce(&mut Self, &mut Child) -> Result<Value>,
+    ) -> Result<Value> {
+        for tool in tools {
             if crate::find_in_path(tool).is_none() {
                 self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
                 return Ok(json!({ "skipped": format!("{tool} missing") }));
@@ -452,7 +462,7 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
             .arg(root.join("tests/fixtures/node/bench-server.js"))
             .stdout(Stdio::piped())
             .spawn()?;
-        let result = self.http_rounds(&mut server);
+        let result = rounds(self, &mut server);
         let _ = server.kill();
         let _ = server.wait();
         result
@@ -552,20 +562,7 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         eprintln!("bench: the agent (--serve) on the node HTTP server for {secs} s");
         self.md
             .push_str(&format!("## Agent: `--serve` on the Node.js HTTP server under wrk for {secs} s\n\n"));
-        for tool in ["node", "wrk", "curl"] {
-            if crate::find_in_path(tool).is_none() {
-                self.md.push_str(&format!("Skipped: {tool} is not installed.\n\n"));
-                return Ok(json!({ "skipped": format!("{tool} missing") }));
-            }
-        }
-        let mut server = Command::new("node")
-            .arg(root.join("tests/fixtures/node/bench-server.js"))
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let result = self.serve_rounds(&mut server, secs);
-        let _ = server.kill();
-        let _ = server.wait();
-        result
+        self.with_node_server(root, &["node", "wrk", "curl"], |b, server| b.serve_rounds(server, secs))
     }
 
     fn serve_rounds(&mut self, server: &mut Child, secs: u64) -> Result<Value> {

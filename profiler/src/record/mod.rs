@@ -388,11 +388,11 @@ async fn run(
     let interactive = std::io::stderr().is_terminal();
     let mounts = CgroupMounts::read().unwrap_or_default();
     let mut symbols = crate::symbols::Symbols::default();
-    let publisher = match listener {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let publisher = crate::serve::start(listener)?;
-            let context = ReportContext {
+    // What every report of the session shares, taken where a report is built
+    // (`target` is borrowed mutably by the event loop in between).
+    macro_rules! report_context {
+        () => {
+            ReportContext {
                 probes: &probes,
                 info: &info,
                 mode,
@@ -401,7 +401,14 @@ async fn run(
                 target: &target,
                 mounts: &mounts,
                 symbols: &symbols,
-            };
+            }
+        };
+    }
+    let publisher = match listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let publisher = crate::serve::start(listener)?;
+            let context = report_context!();
             publisher.publish(context.report(&collector, started.elapsed(), "recording".into(), None)?);
             eprintln!(
                 "serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json"
@@ -567,7 +574,7 @@ async fn run(
                     due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
                 }
                 symbols.trim();
-                let context = ReportContext { probes: &probes, info: &info, mode, started_at, opts: &opts, target: &target, mounts: &mounts, symbols: &symbols };
+                let context = report_context!();
                 live.line(&collector, &probes, context.status(&collector).as_ref(), started.elapsed());
                 if opts.snapshots {
                     due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
@@ -650,16 +657,7 @@ async fn run(
         (None, false) => None,
     };
     collector.name_jit_frames();
-    let context = ReportContext {
-        probes: &probes,
-        info: &info,
-        mode,
-        started_at,
-        opts: &opts,
-        target: &target,
-        mounts: &mounts,
-        symbols: &symbols,
-    };
+    let context = report_context!();
     let mut report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
     report.target_exit = target_exit;
     let written = write_outputs(&report, &output, opts.top, opts.group_by);
