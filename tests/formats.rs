@@ -62,6 +62,17 @@ fn go_tool_pprof_lists_the_leaking_functions_with_exact_bytes() {
     assert_eq!(outer.get("leak_malloc").map(String::as_str), Some("3000"), "{outer:?}");
     let lines = top("heap.pb.gz", &["-unit=B", "-lines"]);
     assert!(lines.keys().any(|f| f.starts_with("leak_malloc ") && f.contains("leaky.c:")), "{lines:?}");
+    // Mappings carry each module's path, build id and code segment.
+    let raw = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(leaky_report().join("heap.pb.gz"))
+        .env("HOME", tmp())
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    let exe = common::fixture("leaky");
+    let mapping = raw.lines().skip_while(|l| *l != "Mappings").find(|l| l.contains(exe.to_str().unwrap()));
+    assert!(mapping.is_some_and(|m| m.contains("[FN][FL][LN][IN]")), "{raw}");
     let handles = top("sockets.pb.gz", &[]);
     assert_eq!(handles.get("leak_sockets").map(String::as_str), Some("3"), "{handles:?}");
     assert_eq!(handles.get("leak_socketpair").map(String::as_str), Some("2"), "{handles:?}");

@@ -372,6 +372,11 @@ impl Collector {
         }
     }
 
+    /// The mappings of a process, as last read.
+    pub fn maps_of(&self, pid: u32) -> Option<&ProcessMaps> {
+        self.spaces.get(&pid).map(AddressSpace::maps)
+    }
+
     /// The cgroup v2 path of a process, as last seen.
     pub fn cgroup(&self, pid: u32) -> Option<&str> {
         self.cgroups.get(&pid).map(String::as_str)

@@ -107,6 +107,28 @@ fn fallback(loc: &Location) -> Frame {
     frame(&format!("{module}+{offset:#x}"), &module, offset, None, false)
 }
 
+/// The build id and executable segment of module `path` as process `pid`
+/// mapped it (headers and notes only are read).
+pub fn module_info(pid: u32, maps: &ProcessMaps, path: &str) -> Option<crate::report::model::ModuleInfo> {
+    use object::{Object, ObjectSegment, SegmentFlags};
+    let module = open_path_mapped(pid, maps, path).ok()?;
+    let cache = object::ReadCache::new(&module.file);
+    let elf = object::File::parse(&cache).ok()?;
+    let build_id = elf.build_id().ok().flatten().map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
+    const PF_X: u32 = 1;
+    let text = elf.segments().find_map(|seg| {
+        let executable = matches!(seg.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0);
+        let (offset, size) = seg.file_range();
+        executable.then_some(crate::report::model::TextSegment { offset, vaddr: seg.address(), size })
+    });
+    Some(crate::report::model::ModuleInfo {
+        name: basename(path).to_string(),
+        path: path.to_string(),
+        build_id,
+        text,
+    })
+}
+
 impl Symbols {
     /// Starts over when too many modules are cached.
     pub fn trim(&mut self) {

@@ -16,8 +16,8 @@ use crate::{
     report::{
         flame,
         model::{
-            Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, Status, TargetInfo, Total,
-            UnwindTables, SCHEMA_VERSION,
+            Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, StackEntry, Status,
+            TargetInfo, Total, UnwindTables, SCHEMA_VERSION,
         },
         text, Report,
     },
@@ -102,6 +102,7 @@ fn build_report(
         e.class = crate::report::split::classify(e).map(str::to_string);
     }
     let memory_split = crate::report::split::split(&stacks);
+    let modules = modules_of(&stacks, collector);
     let unnamed_jit_frames = stacks
         .iter()
         .flat_map(|e| &e.frames)
@@ -159,6 +160,7 @@ fn build_report(
             handles
         },
         stacks,
+        modules,
         accuracy: Accuracy {
             lenses: opts.lenses.to_string(),
             sample_bytes: opts.sample_bytes,
@@ -214,6 +216,26 @@ fn build_report(
             },
         },
     }
+}
+
+/// The files the stacks' frames are in, each named once (by the first
+/// process found mapping a file of that name).
+fn modules_of(stacks: &[StackEntry], collector: &Collector) -> Vec<crate::report::model::ModuleInfo> {
+    let mut wanted: std::collections::BTreeMap<&str, u32> = Default::default();
+    for e in stacks {
+        for f in e.frames.iter().filter(|f| !f.module.starts_with('[')) {
+            wanted.entry(f.module.as_str()).or_insert(e.pid);
+        }
+    }
+    wanted
+        .into_iter()
+        .filter_map(|(name, pid)| {
+            let maps = collector.maps_of(pid)?;
+            let path =
+                maps.mappings.iter().filter_map(|m| m.file()).find(|p| p.rsplit('/').next() == Some(name))?;
+            crate::symbols::module_info(pid, maps, path)
+        })
+        .collect()
 }
 
 /// Overall growth (of RSS or the cgroup's usage when known, else of the

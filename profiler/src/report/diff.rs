@@ -164,6 +164,7 @@ mod tests {
             cgroup: None,
             processes: vec![],
             handles: Default::default(),
+            modules: Vec::new(),
             stacks: entries
                 .iter()
                 .map(|(kind, leaf, v)| StackEntry {

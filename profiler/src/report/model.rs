@@ -83,6 +83,10 @@ pub struct Report {
     pub handles: BTreeMap<String, BTreeMap<String, HandleCount>>,
     /// Outstanding per allocation site, largest first within each kind.
     pub stacks: Vec<StackEntry>,
+    /// The files the stacks' frames are in (by the `module` of their frames),
+    /// for tools that read their code (pprof `-disasm`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleInfo>,
     pub accuracy: Accuracy,
 }
 
@@ -98,6 +102,29 @@ impl Report {
         }
         Ok(report)
     }
+}
+
+/// An executable or library frames are in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    /// As frames name it (`module`): the file name.
+    pub name: String,
+    /// The path the target mapped it from.
+    pub path: String,
+    /// The GNU build id, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The executable segment, which frames' file offsets fall in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSegment>,
+}
+
+/// An ELF executable segment: where its bytes are in the file and where it is linked to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TextSegment {
+    pub offset: u64,
+    pub vaddr: u64,
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

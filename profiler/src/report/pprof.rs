@@ -6,8 +6,10 @@
 //!   `inuse_space`; handle kinds: `<kind>/count` (e.g. `sockets/count`);
 //! - one Location per code address, its inlined functions as `Line`s
 //!   (innermost first, the caller last), so `-noinlines` and `-lines` work;
-//! - one Mapping per module (file name only: the report keeps no address
-//!   ranges or build ids, so `-disasm` cannot find the code);
+//! - one Mapping per module with its path, build id and executable segment
+//!   (each module at its own base, locations at their linked address plus
+//!   that base), so tools can find the file the code is in (`go tool pprof
+//!   -disasm` does not list it yet: it finds no symbol, cause unknown);
 //! - labels `pid`, `command` and, in cgroup mode, `cgroup`.
 //!
 //! The messages are declared with prost's derive; prost does the encoding.
@@ -18,7 +20,7 @@ use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
-use super::Report;
+use super::{model::ModuleInfo, Report};
 use crate::symbols::Frame;
 
 #[derive(Clone, PartialEq, Message)]
@@ -85,10 +87,20 @@ pub struct Mapping {
     pub memory_start: u64,
     #[prost(uint64, tag = "3")]
     pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
     #[prost(int64, tag = "5")]
     pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
     #[prost(bool, tag = "7")]
     pub has_functions: bool,
+    #[prost(bool, tag = "8")]
+    pub has_filenames: bool,
+    #[prost(bool, tag = "9")]
+    pub has_line_numbers: bool,
+    #[prost(bool, tag = "10")]
+    pub has_inline_frames: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -150,20 +162,26 @@ impl Strings {
 /// One frame of a location: module, offset, function, line.
 type LineKey = (String, String, String, Option<u32>);
 
+/// Where each module's mapping starts: modules are laid out this far apart.
+const MODULE_SPACING: u64 = 1 << 40;
+
 /// Interns functions, locations and mappings as the profile is built.
-struct Builder {
+struct Builder<'a> {
+    modules: HashMap<&'a str, &'a ModuleInfo>,
     strings: Strings,
     functions: Vec<Function>,
     function_ids: HashMap<(String, String), u64>,
     locations: Vec<Location>,
     location_ids: HashMap<Vec<LineKey>, u64>,
     mappings: Vec<Mapping>,
-    mapping_ids: HashMap<String, u64>,
+    /// Per module: its mapping and the base its linked addresses are moved by.
+    mapping_ids: HashMap<String, (u64, u64)>,
 }
 
-impl Builder {
-    fn new() -> Self {
+impl<'a> Builder<'a> {
+    fn new(modules: &'a [ModuleInfo]) -> Self {
         Self {
+            modules: modules.iter().map(|m| (m.name.as_str(), m)).collect(),
             strings: Strings::new(),
             functions: Vec::new(),
             function_ids: HashMap::new(),
@@ -192,15 +210,45 @@ impl Builder {
         id
     }
 
-    fn mapping(&mut self, module: &str) -> u64 {
-        if let Some(id) = self.mapping_ids.get(module) {
-            return *id;
+    /// The mapping of a module and the base of its addresses.
+    fn mapping(&mut self, module: &str) -> (u64, u64) {
+        if let Some(ids) = self.mapping_ids.get(module) {
+            return *ids;
         }
         let id = self.mappings.len() as u64 + 1;
-        let filename = self.strings.id(module);
-        self.mappings.push(Mapping { id, filename, has_functions: true, ..Default::default() });
-        self.mapping_ids.insert(module.to_string(), id);
-        id
+        let base = id * MODULE_SPACING;
+        let mut mapping = Mapping {
+            id,
+            has_functions: true,
+            has_filenames: true,
+            has_line_numbers: true,
+            has_inline_frames: true,
+            ..Default::default()
+        };
+        match self.modules.get(module).copied() {
+            Some(info) => {
+                mapping.filename = self.strings.id(&info.path);
+                mapping.build_id = info.build_id.as_deref().map_or(0, |b| self.strings.id(b));
+                if let Some(text) = info.text {
+                    mapping.memory_start = base + text.vaddr;
+                    mapping.memory_limit = base + text.vaddr + text.size;
+                    mapping.file_offset = text.offset;
+                }
+            }
+            None => mapping.filename = self.strings.id(module),
+        }
+        self.mappings.push(mapping);
+        self.mapping_ids.insert(module.to_string(), (id, base));
+        (id, base)
+    }
+
+    /// A frame's address in the profile: its module's base plus its linked
+    /// address (from its file offset), or the offset itself for anonymous code.
+    fn address(&self, module: &str, base: u64, offset: u64) -> u64 {
+        match self.modules.get(module).and_then(|m| m.text) {
+            Some(text) => base + (offset.wrapping_sub(text.offset)).wrapping_add(text.vaddr),
+            None => offset,
+        }
     }
 
     /// The location of one code address: its frames, the inlined ones first
@@ -212,8 +260,11 @@ impl Builder {
             return *id;
         }
         let outer = frames.last().expect("a location has a frame");
-        let mapping_id = self.mapping(&outer.module);
-        let address = u64::from_str_radix(outer.offset.trim_start_matches("0x"), 16).unwrap_or(0);
+        let (mapping_id, base) = self.mapping(&outer.module);
+        let offset = u64::from_str_radix(outer.offset.trim_start_matches("0x"), 16).unwrap_or(0);
+        // Frames are return addresses: the location is the call instruction
+        // before one (as symbolization looks it up), where -disasm shows the value.
+        let address = self.address(&outer.module, base, offset.saturating_sub(1));
         let line = frames
             .iter()
             .map(|f| Line { function_id: self.function(f), line: f.line.unwrap_or(0) as i64 })
@@ -233,7 +284,7 @@ impl Builder {
 
 /// The pprof profile of one kind of a report.
 pub fn profile(report: &Report, kind: &str) -> Profile {
-    let mut b = Builder::new();
+    let mut b = Builder::new(&report.modules);
     let sample_type = if Report::is_handle_kind(kind) {
         vec![b.value_type(kind, "count")]
     } else {
@@ -318,7 +369,7 @@ mod tests {
         let first = &p.sample[0];
         assert_eq!(first.location_id.len(), 2, "inner+outer at one address, then main");
         let location = &p.location[first.location_id[0] as usize - 1];
-        assert_eq!(location.address, 0x10);
+        assert_eq!(location.address, 0xf, "no module info: the call before the return address");
         let lines: Vec<&str> =
             location.line.iter().map(|l| name(p.function[l.function_id as usize - 1].name)).collect();
         assert_eq!(lines, ["inner", "outer"], "innermost first, the caller last");

@@ -46,6 +46,7 @@ pub fn report() -> Report {
         series: None,
         status: None,
         memory_split: Default::default(),
+        modules: Vec::new(),
         stacks: vec![
             entry("heap", 100, 1, &["leak_a", "main", "_start"]),
             entry("heap", 150, 1, &["leak_a", "main", "_start"]),
