@@ -7,6 +7,11 @@
 //! length and total size, malformed lines skipped and counted. It is read
 //! incrementally as it grows and its entries are kept, so frames still
 //! resolve after the target exits.
+//!
+//! A JIT reuses code space: a later entry over the same addresses replaces
+//! what an earlier one said about them. An address is named by the latest
+//! entry written that covers it, never by an older one that something newer
+//! has overwritten there, nor by one that does not reach it.
 
 use std::{
     fs::File,
@@ -25,10 +30,23 @@ const CHUNK: usize = 1 << 20;
 #[derive(Clone, Copy)]
 struct Entry {
     start: u64,
-    end: u64,
+    size: u32,
     name_at: u32,
     name_len: u32,
+    /// Its place in the order the map was written.
+    written: u32,
 }
+
+impl Entry {
+    fn covers(&self, addr: u64) -> bool {
+        addr >= self.start && addr - self.start < u64::from(self.size)
+    }
+}
+
+/// Entries examined below an address for the latest one covering it: an
+/// entry that starts further down and still covers it (a huge range, then
+/// overwritten in pieces) is not looked for, which bounds a hostile map's cost.
+const MAX_SCAN: usize = 64;
 
 /// One process's JIT map, as read so far. Memory is bounded by
 /// [`MAX_TOTAL`]: about 1.3 bytes per byte of map read (entries of 24 bytes
@@ -114,32 +132,37 @@ impl PerfMap {
             return;
         }
         match parse_line(line) {
-            Some((start, end, name)) => {
+            Some((start, size, name)) => {
                 let name_at = self.names.len() as u32;
                 self.names.push_str(name);
-                self.entries.push(Entry { start, end, name_at, name_len: name.len() as u32 });
+                let written = self.entries.len() as u32;
+                self.entries.push(Entry { start, size, name_at, name_len: name.len() as u32, written });
                 self.sorted = false;
             }
             None => self.garbage_lines += 1,
         }
     }
 
-    /// The JIT function containing `addr`, if the map names it.
+    /// The JIT function at `addr`: the latest entry written that covers it.
     pub fn lookup(&mut self, addr: u64) -> Option<Arc<str>> {
         if !self.sorted {
-            // Stable: of entries at one start, the latest stays last.
             self.entries.sort_by_key(|e| e.start);
             self.sorted = true;
         }
-        let i = self.entries.partition_point(|e| e.start <= addr);
-        // Code can be moved and re-registered: the latest entry at an address wins.
-        let e = self.entries.get(i.checked_sub(1)?)?;
-        let name = &self.names[e.name_at as usize..(e.name_at + e.name_len) as usize];
-        (addr >= e.start && addr < e.end).then(|| Arc::from(name))
+        let below = self.entries.partition_point(|e| e.start <= addr);
+        let e = self.entries[..below]
+            .iter()
+            .rev()
+            .take(MAX_SCAN)
+            .filter(|e| e.covers(addr))
+            .max_by_key(|e| e.written)?;
+        Some(Arc::from(&self.names[e.name_at as usize..(e.name_at + e.name_len) as usize]))
     }
 }
 
-fn parse_line(line: &[u8]) -> Option<(u64, u64, &str)> {
+/// `START SIZE NAME`: the start, the size (at most 4 GiB, as no function
+/// is larger) and the name.
+fn parse_line(line: &[u8]) -> Option<(u64, u32, &str)> {
     if line.len() > MAX_LINE {
         return None;
     }
@@ -152,7 +175,8 @@ fn parse_line(line: &[u8]) -> Option<(u64, u64, &str)> {
     if name.is_empty() || size == 0 || name.chars().any(|c| c.is_control()) {
         return None;
     }
-    Some((start, start.checked_add(size)?, name))
+    start.checked_add(size)?;
+    Some((start, u32::try_from(size).ok()?, name))
 }
 
 /// The pid of `pid` as its own PID namespace sees it (the number in the
@@ -192,6 +216,34 @@ mod tests {
         assert_eq!(map.lookup(0x7f0000003004).as_deref(), Some("X"));
         assert_eq!(map.lookup(0x7f0000001040), None);
         assert_eq!(map.garbage_lines, 3, "the bad line, the zero-size entry, the overlong line");
+    }
+
+    /// Code space reused: the latest entry over an address names it, an
+    /// older one keeps only what nothing newer covers, and a range no entry
+    /// covers any more is unnamed.
+    #[test]
+    fn the_latest_entry_over_an_address_names_it() {
+        let mut map = PerfMap::default();
+        map.ingest(b"1000 100 old\n");
+        map.ingest(b"1080 10 newer\n"); // inside old
+        map.ingest(b"0f00 180 moved\n"); // over old's first half
+        map.ingest(b"2000 10 a\n2000 20 b\n"); // same start, later and longer
+        let mut at = |addr| map.lookup(addr);
+        assert_eq!(
+            at(0x1010).as_deref(),
+            Some("moved"),
+            "the greatest start <= addr is old, but moved is newer"
+        );
+        assert_eq!(at(0x1085).as_deref(), Some("newer"), "moved ends at 0x1080");
+        assert_eq!(at(0x10a0).as_deref(), Some("old"), "old's tail, past everything newer");
+        assert_eq!(at(0x1100), None);
+        assert_eq!(at(0x0f00).as_deref(), Some("moved"));
+        assert_eq!(at(0x2018).as_deref(), Some("b"));
+        assert_eq!(at(0x2008).as_deref(), Some("b"));
+        let mut shrunk = PerfMap::default();
+        shrunk.ingest(b"3000 100 big\n3000 10 small\n4000 10 far\n");
+        assert_eq!(shrunk.lookup(0x3050).as_deref(), Some("big"), "small replaced only its own range");
+        assert_eq!(shrunk.lookup(0x3005).as_deref(), Some("small"));
     }
 
     /// Peak resident memory of this process (VmHWM), bytes.
