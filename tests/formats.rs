@@ -56,13 +56,40 @@ fn go_tool_pprof_lists_the_leaking_functions_with_exact_bytes() {
     {
         assert_eq!(heap.get(f).map(String::as_str), Some(bytes), "{f}: {heap:?}");
     }
+    // The profile's total is the report's heap total, nothing added from other kinds.
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-unit=B"])
+        .arg(leaky_report().join("heap.pb.gz"))
+        .env("HOME", tmp())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text
+        .lines()
+        .find_map(|l| l.split(" of ").nth(1)?.strip_suffix(" total")?.strip_suffix('B')?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no total in: {text}"));
+    let report = common::report_json(leaky_report());
+    assert_eq!(Some(total), report["totals"]["heap"]["bytes"].as_u64(), "{text}");
     // Inlined functions are Lines of one Location: -noinlines folds them into their caller,
     // -lines shows each source line.
     let outer = top("heap.pb.gz", &["-unit=B", "-noinlines"]);
     assert_eq!(outer.get("leak_malloc").map(String::as_str), Some("3000"), "{outer:?}");
     let lines = top("heap.pb.gz", &["-unit=B", "-lines"]);
     assert!(lines.keys().any(|f| f.starts_with("leak_malloc ") && f.contains("leaky.c:")), "{lines:?}");
-    // Mappings carry each module's path, build id and code segment.
+    // Mappings carry each module's path, build id and code segment: -disasm reads the code,
+    // and the bytes sit on the call that allocated them.
+    let disasm = Command::new("go")
+        .args(["tool", "pprof", "-disasm=leak_malloc", "-unit=B"])
+        .arg(leaky_report().join("heap.pb.gz"))
+        .env("HOME", tmp())
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&disasm.stdout);
+    assert!(disasm.status.success(), "{}", String::from_utf8_lossy(&disasm.stderr));
+    assert!(
+        listing.lines().any(|l| l.contains("3000B") && l.contains("CALL") && l.contains("leak_malloc")),
+        "{listing}"
+    );
     let raw = Command::new("go")
         .args(["tool", "pprof", "-raw"])
         .arg(leaky_report().join("heap.pb.gz"))

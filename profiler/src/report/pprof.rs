@@ -6,10 +6,9 @@
 //!   `inuse_space`; handle kinds: `<kind>/count` (e.g. `sockets/count`);
 //! - one Location per code address, its inlined functions as `Line`s
 //!   (innermost first, the caller last), so `-noinlines` and `-lines` work;
-//! - one Mapping per module with its path, build id and executable segment
-//!   (each module at its own base, locations at their linked address plus
-//!   that base), so tools can find the file the code is in (`go tool pprof
-//!   -disasm` does not list it yet: it finds no symbol, cause unknown);
+//! - one Mapping per module with its path, build id and executable segment,
+//!   locations at the module's link address of the call instruction, so
+//!   `-disasm` reads the code from the file;
 //! - labels `pid`, `command` and, in cgroup mode, `cgroup`.
 //!
 //! The messages are declared with prost's derive; prost does the encoding.
@@ -162,8 +161,10 @@ impl Strings {
 /// One frame of a location: module, offset, function, line.
 type LineKey = (String, String, String, Option<u32>);
 
-/// Where each module's mapping starts: modules are laid out this far apart.
-const MODULE_SPACING: u64 = 1 << 40;
+/// Where each module is placed: at its link addresses (no load bias), as
+/// `go tool pprof` translates no addresses (its -disasm reads the file at
+/// the location's address); mappings say which module a location is in.
+const MODULE_BASE: u64 = 0;
 
 /// Interns functions, locations and mappings as the profile is built.
 struct Builder<'a> {
@@ -216,7 +217,7 @@ impl<'a> Builder<'a> {
             return *ids;
         }
         let id = self.mappings.len() as u64 + 1;
-        let base = id * MODULE_SPACING;
+        let base = MODULE_BASE;
         let mut mapping = Mapping {
             id,
             has_functions: true,
