@@ -106,7 +106,6 @@ impl Live {
             return;
         }
         let series = &collector.series;
-        let recent = series.times.len().saturating_sub(crate::serve::metrics::GROWTH_WINDOW);
         let kinds: Vec<String> = Kind::ALL
             .iter()
             .filter_map(|k| {
@@ -115,13 +114,8 @@ impl Live {
                 if total.count == 0 {
                     return None;
                 }
-                let points: Vec<(f64, f64)> =
-                    series.times.iter().zip(values).skip(recent).map(|(t, v)| (*t, *v as f64)).collect();
-                let rate = (points.len() >= crate::trend::MIN_SAMPLES)
-                    .then(|| crate::trend::robust_slope(&points))
-                    .flatten()
-                    .map(|r| r * 60.0);
-                let rate = rate.map_or(String::new(), |r| format!(" ({})", rate_per_min(k.name(), r)));
+                let rate = crate::trend::recent_rate(&series.times, values)
+                    .map_or(String::new(), |r| format!(" ({})", rate_per_min(k.name(), r * 60.0)));
                 Some(if k.is_memory() {
                     format!("{} {}{rate}", k.name(), human_bytes(total.bytes))
                 } else {

@@ -15,9 +15,6 @@ use crate::report::{model::ProfilerCost, Report};
 /// Stacks per kind exported as their own series.
 pub const TOP_STACKS: usize = 10;
 
-/// Samples the per-kind growth rate is measured over (the most recent).
-pub const GROWTH_WINDOW: usize = 30;
-
 type Labels = Vec<(&'static str, String)>;
 type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
 
@@ -130,13 +127,7 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     );
     if let Some(series) = &report.series {
         for (kind, values) in &series.totals {
-            let points: Vec<(f64, f64)> =
-                series.times.iter().zip(values).map(|(t, v)| (*t, *v as f64)).collect();
-            let recent = &points[points.len().saturating_sub(GROWTH_WINDOW)..];
-            if recent.len() < crate::trend::MIN_SAMPLES {
-                continue;
-            }
-            let rate = crate::trend::robust_slope(recent).unwrap_or(0.0);
+            let Some(rate) = crate::trend::recent_rate(&series.times, values) else { continue };
             let family = if Report::is_handle_kind(kind) { &growth_handles } else { &growth_bytes };
             set(family, vec![("kind", kind.clone())], rate);
         }

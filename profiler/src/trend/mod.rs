@@ -39,6 +39,18 @@ pub fn robust_slope(points: &[(f64, f64)]) -> Option<f64> {
     Some(if slopes.len() % 2 == 1 { slopes[mid] } else { (slopes[mid - 1] + slopes[mid]) / 2.0 })
 }
 
+/// Samples the current growth rate of a total is measured over (the most recent).
+pub const RECENT_WINDOW: usize = 30;
+
+/// The current growth of a total sampled at `times`: the robust slope (per
+/// second) over its last [`RECENT_WINDOW`] samples; `None` with fewer than
+/// [`MIN_SAMPLES`].
+pub fn recent_rate(times: &[f64], values: &[u64]) -> Option<f64> {
+    let points: Vec<(f64, f64)> = times.iter().zip(values).map(|(t, v)| (*t, *v as f64)).collect();
+    let recent = &points[points.len().saturating_sub(RECENT_WINDOW)..];
+    (recent.len() >= MIN_SAMPLES).then(|| robust_slope(recent)).flatten()
+}
+
 /// What a stack's outstanding bytes are doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -148,6 +160,15 @@ pub fn time_to_limit(current: u64, limit: u64, bytes_per_min: f64) -> Option<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recent_rate_needs_enough_samples_and_follows_the_last_ones() {
+        let times: Vec<f64> = (0..40).map(f64::from).collect();
+        // Flat for 10 samples, then +5 per second.
+        let values: Vec<u64> = (0..40u64).map(|i| if i < 10 { 0 } else { (i - 10) * 5 }).collect();
+        assert_eq!(recent_rate(&times[..3], &values[..3]), None);
+        assert!((recent_rate(&times, &values).unwrap() - 5.0).abs() < 1e-9);
+    }
 
     #[test]
     fn verdict_names_are_the_json_ones() {
