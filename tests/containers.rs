@@ -14,7 +14,7 @@ use std::{
 };
 
 use common::{TestCgroup, PROFILER};
-use profiler::target::cgroup::CgroupMounts;
+use profiler::process::cgroup::CgroupMounts;
 
 fn leaky() -> PathBuf {
     common::fixture("leaky")

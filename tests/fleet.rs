@@ -322,7 +322,7 @@ fn one_agent_over_a_parent_cgroup_labels_each_child_and_only_the_leaking_one_gro
     let mut leaker = start_in(&leaking, fixture("trend"), "60");
     let mut idle = start_in(&quiet, fixture("leaky"), "--wait");
     let relative = |dir: &Path| {
-        let v2 = profiler::target::cgroup::CgroupMounts::read().unwrap().v2.unwrap();
+        let v2 = profiler::process::cgroup::CgroupMounts::read().unwrap().v2.unwrap();
         format!("/{}", dir.strip_prefix(v2).unwrap().display())
     };
     let (leaking_label, quiet_label) = (relative(&leaking), relative(&quiet));

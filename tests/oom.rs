@@ -8,7 +8,7 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::PROFILER;
-use profiler::target::cgroup::CgroupMounts;
+use profiler::process::cgroup::CgroupMounts;
 const LIMIT: u64 = 64 << 20;
 
 /// A memory cgroup with the limit set, and the file a process writes its pid

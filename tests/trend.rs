@@ -93,7 +93,8 @@ fn a_short_run_judges_no_level_and_ranks_by_size() {
     // Within each kind: the program's stacks largest first, then the runtime's, largest first.
     let typed =
         profiler::report::Report::from_json(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
-    for kind in ["heap", "mmap", "brk", "sockets"] {
+    use profiler::kind::Kind;
+    for kind in [Kind::Heap, Kind::Mmap, Kind::Brk, Kind::Sockets] {
         let ranked: Vec<(bool, u64)> = typed
             .entries(kind)
             .map(|e| {

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use profiler_common::{syscalls, AllocApi, EventKind, HandleKind, StackStatus};
 
 use crate::{
-    events::RawEvent,
+    kernel::events::RawEvent,
     ledger::{Kind, Ledger, Op, Site, StackId},
-    procmaps::ProcessMaps,
+    stacks::procmaps::ProcessMaps,
     report::model::StackEntry,
     stacks::{
         repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
         StackTable,
     },
-    symbols::{Frame, Symbols},
+    stacks::symbols::{Frame, Symbols},
 };
 
 const MAP_ANONYMOUS: u64 = 0x20;
@@ -367,7 +367,7 @@ impl Collector {
         if let Some(cmd) = command_of(pid) {
             self.commands.insert(pid, cmd);
         }
-        if let Some(cgroup) = crate::target::cgroup::v2_path_of(pid) {
+        if let Some(cgroup) = crate::process::cgroup::v2_path_of(pid) {
             self.cgroups.insert(pid, cgroup);
         }
     }
@@ -761,7 +761,7 @@ impl Collector {
                     trend,
                     old_share,
                     series: m.series,
-                    kind: m.kind.name().to_string(),
+                    kind: m.kind,
                     pid: m.pid,
                     command: self.command(m.pid),
                     bytes: if m.kind.is_memory() { m.bytes } else { 0 },

@@ -1,30 +1,25 @@
 //! Userspace side of the leak profiler.
 //!
-//! The pipeline, one module per stage:
-//! `lens` (what to look at) -> `probes` (load and attach the eBPF programs) -> `events` (decode ring-buffer
-//! records) -> `ledger` (outstanding bytes and handles per site) -> `stacks` and
-//! `symbols` (intern, repair and name call stacks) -> `report` (model, text,
-//! JSON, folded stacks and flamegraphs). `record` drives a whole session;
-//! `target` finds, launches and watches the profiled process; `files` opens
-//! the target's files and writes outputs safely as root.
+//! The pipeline, one module per stage (see `docs/architecture.md`):
+//! `lens` (what to look at) -> `kernel` (load and attach the eBPF programs,
+//! decode their ring-buffer records) -> `collector` (interpret each event) ->
+//! `ledger` (outstanding bytes and handles per site) -> `stacks` (intern,
+//! repair, unwind and name call stacks) -> `report` (the one builder, the
+//! model and every output format) -> `gate`, `serve`. `record` drives a
+//! whole session; `process` finds, launches and watches the profiled
+//! processes and cgroups; `files` opens the target's files and writes outputs
+//! safely as root; `kind` is the resource kind every stage shares.
 
-pub mod allocators;
 pub mod collector;
-pub mod events;
 pub mod files;
 pub mod gate;
+pub mod kernel;
+pub mod kind;
 pub mod ledger;
 pub mod lens;
-pub mod perfmap;
-pub mod placement;
-pub mod preflight;
-pub mod probes;
-pub mod procmaps;
+pub mod process;
 pub mod record;
 pub mod report;
 pub mod serve;
 pub mod stacks;
-pub mod symbols;
-pub mod target;
 pub mod trend;
-pub mod unwind;

@@ -4,14 +4,20 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
 use profiler::{
     gate::{gate, GateOptions, Verdict},
+    kernel::placement::PlacementMode,
+    kind::Kind,
     lens::{Lens, Lenses},
-    placement::PlacementMode,
     record::{record, RecordOptions, SortBy, TargetSpec, Warmup},
-    report::{flame::GroupBy, Report},
+    report::{
+        flame::GroupBy,
+        outputs::{self, Format},
+        Report,
+    },
+    stacks::unwind::StackWalk,
     trend::Thresholds,
-    unwind::StackWalk,
 };
 
 /// The profiler's own allocator is linked in, not the C library's: in
@@ -254,16 +260,6 @@ struct RecordArgs {
     command: Vec<OsString>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Text,
-    Svg,
-    Folded,
-    Pprof,
-    Json,
-    /// The self-contained page (index.html), every kind's flamegraph embedded.
-    Html,
-}
 
 #[derive(Args)]
 struct ReportArgs {
@@ -274,8 +270,8 @@ struct ReportArgs {
     format: Format,
 
     /// The kind to render for svg, folded and pprof (heap, resident, mmap, sockets, files, ...).
-    #[arg(long, short, default_value = "heap")]
-    kind: String,
+    #[arg(long, short, default_value_t = Kind::Heap)]
+    kind: Kind,
 
     /// Write here instead of standard output.
     #[arg(long, short, value_name = "FILE")]
@@ -397,7 +393,6 @@ fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn load_report(path: &std::path::Path) -> anyhow::Result<Report> {
-    use anyhow::Context;
     let bytes = profiler::files::read_input(path)?;
     Report::from_json(&bytes)
         .with_context(|| format!("{} is not a report.json this profiler reads", path.display()))
@@ -413,44 +408,9 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
         pid: args.pid,
     }
     .apply(&mut report);
-    let one_kind = || -> anyhow::Result<Vec<String>> {
-        let lines = profiler::report::flame::folded(&report, &args.kind, args.group_by);
-        if lines.is_empty() {
-            let present: Vec<&str> = report
-                .totals
-                .keys()
-                .filter(|k| report.entries(k).next().is_some())
-                .map(|k| k.as_str())
-                .collect();
-            anyhow::bail!(
-                "nothing of kind {:?} is outstanding in {}; kinds present: {} (choose one with --kind)",
-                args.kind,
-                args.file.display(),
-                if present.is_empty() { "none".to_string() } else { present.join(", ") }
-            );
-        }
-        Ok(lines)
-    };
-    let bytes = match args.format {
-        Format::Text => profiler::report::text::render(&report, args.top).into_bytes(),
-        Format::Json => serde_json::to_vec_pretty(&report)?,
-        Format::Pprof => {
-            one_kind()?;
-            profiler::report::pprof::encode(&report, &args.kind)?
-        }
-        Format::Folded => (one_kind()?.join("\n") + "\n").into_bytes(),
-        Format::Svg => profiler::report::flame::svg(&report, &args.kind, &one_kind()?)?,
-        Format::Html => {
-            let mut flamegraphs = Vec::new();
-            for kind in report.totals.keys() {
-                let lines = profiler::report::flame::folded(&report, kind, args.group_by);
-                if !lines.is_empty() {
-                    flamegraphs.push((kind.clone(), profiler::report::flame::svg(&report, kind, &lines)?));
-                }
-            }
-            profiler::report::html::render(&report, &flamegraphs, &[], args.top).into_bytes()
-        }
-    };
+    let options = outputs::Options { top: args.top, group_by: args.group_by, ..Default::default() };
+    let bytes = outputs::render(&report, args.format, args.kind, &options)
+        .with_context(|| format!("rendering {}", args.file.display()))?;
     match args.output {
         Some(path) => profiler::files::output::write_file(&path, &bytes)?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
@@ -466,7 +426,7 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.output {
         let out = profiler::files::output::OutputDir::create(&dir, false)?;
         out.write("diff.json", &serde_json::to_vec_pretty(&deltas)?)?;
-        let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
+        let mut kinds: Vec<Kind> = deltas.iter().map(|d| d.kind).collect();
         kinds.sort();
         kinds.dedup();
         let names = (args.before.to_string_lossy(), args.after.to_string_lossy());
@@ -474,7 +434,7 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
         for kind in kinds {
             let svg = diff::svg(&before, &after, kind, (&names.0, &names.1))?;
             out.write(&format!("diff-{kind}.svg"), &svg)?;
-            flamegraphs.push((kind.to_string(), svg));
+            flamegraphs.push((kind, svg));
         }
         let page = profiler::report::html::diff_page(
             (&names.0, &names.1),

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use profiler::target::cgroup::CgroupMounts;
+use profiler::process::cgroup::CgroupMounts;
 
 pub const PROFILER: &str = env!("CARGO_BIN_EXE_profiler");
 

@@ -2,7 +2,7 @@
 //! into rows, the separate debug file's names, the load bias.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use profiler::unwind::table;
+use profiler::stacks::unwind::table;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(t) = table::build(data) {

@@ -8,7 +8,7 @@ use profiler::gate::{
 
 fn stack(kind: &str, stack: &str, value: u64) -> Observed {
     Observed {
-        kind: kind.into(),
+        kind: kind.parse().expect("a kind"),
         stack: stack.into(),
         value,
         noise: 0,

@@ -2,7 +2,7 @@
 //! by root in pieces as it grows: the input is split where its first byte says.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use profiler::perfmap::PerfMap;
+use profiler::stacks::perfmap::PerfMap;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, text)) = data.split_first() else { return };

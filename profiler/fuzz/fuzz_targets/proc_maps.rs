@@ -1,7 +1,7 @@
 //! `/proc/PID/maps` as a target shapes it (its file names are its own).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use profiler::procmaps::ProcessMaps;
+use profiler::stacks::procmaps::ProcessMaps;
 
 fuzz_target!(|data: &[u8]| {
     let maps = ProcessMaps::parse(&String::from_utf8_lossy(data));

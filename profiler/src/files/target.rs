@@ -20,7 +20,7 @@ use std::{
     },
 };
 
-use crate::procmaps::{Mapping, ProcessMaps};
+use crate::stacks::procmaps::{Mapping, ProcessMaps};
 
 /// Largest module read or mapped on a target's behalf (a debug build of a
 /// browser is ~2 GiB; node is ~100 MiB).

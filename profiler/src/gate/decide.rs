@@ -12,7 +12,7 @@ use crate::ledger::Kind;
 /// One stack as the gate sees it (identical names merged).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
-    pub kind: String,
+    pub kind: Kind,
     /// Folded path, root first: the stack's identity across builds.
     pub stack: String,
     /// Bytes (memory kinds) or open handles; the minimum over repeated runs.
@@ -52,7 +52,7 @@ pub struct Baseline {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BaselineStack {
-    pub kind: String,
+    pub kind: Kind,
     pub stack: String,
     pub value: u64,
     /// Spread measured when the baseline was taken (`--runs`).
@@ -78,7 +78,7 @@ impl Baseline {
             .iter()
             .filter(|o| !o.runtime)
             .map(|o| BaselineStack {
-                kind: o.kind.clone(),
+                kind: o.kind,
                 stack: o.stack.clone(),
                 value: o.value + o.noise,
                 noise: o.noise,
@@ -90,7 +90,7 @@ impl Baseline {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Offender {
-    pub kind: String,
+    pub kind: Kind,
     pub stack: String,
     pub value: u64,
     /// What this stack alone was allowed (baseline + band), when that applies.
@@ -124,13 +124,9 @@ pub struct Decision {
     pub allowed: Vec<(Observed, String)>,
 }
 
-fn unit(kind: &str) -> &'static str {
-    Kind::from_name(kind).map_or("bytes", Kind::unit)
-}
-
 fn offender(o: &Observed, allowed: Option<u64>) -> Offender {
     Offender {
-        kind: o.kind.clone(),
+        kind: o.kind,
         stack: o.stack.clone(),
         value: o.value,
         allowed,
@@ -139,8 +135,8 @@ fn offender(o: &Observed, allowed: Option<u64>) -> Offender {
     }
 }
 
-fn kind_matches(rule: &Option<Kind>, kind: &str) -> bool {
-    rule.is_none_or(|k| k.name() == kind)
+fn kind_matches(rule: &Option<Kind>, kind: Kind) -> bool {
+    rule.is_none_or(|k| k == kind)
 }
 
 fn largest_first(mut v: Vec<&Observed>) -> Vec<&Observed> {
@@ -149,13 +145,13 @@ fn largest_first(mut v: Vec<&Observed>) -> Vec<&Observed> {
 }
 
 pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline>) -> Decision {
-    let base: BTreeMap<(&str, &str), (u64, u64)> = baseline
-        .map(|b| b.stacks.iter().map(|s| ((s.kind.as_str(), s.stack.as_str()), (s.value, s.noise))).collect())
+    let base: BTreeMap<(Kind, &str), (u64, u64)> = baseline
+        .map(|b| b.stacks.iter().map(|s| ((s.kind, s.stack.as_str()), (s.value, s.noise))).collect())
         .unwrap_or_default();
     let mut runtime = Vec::new();
     let mut allowed = Vec::new();
     let mut per_rule: Vec<Vec<&Observed>> = vec![Vec::new(); config.stacks.len()];
-    let mut per_kind: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
+    let mut per_kind: BTreeMap<Kind, Vec<&Observed>> = BTreeMap::new();
     let mut grown: Vec<Offender> = Vec::new();
     let mut baseline_checked = 0;
 
@@ -167,7 +163,7 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
         if let Some(rule) = config
             .allow
             .iter()
-            .find(|a| kind_matches(&a.kind, &o.kind) && a.function.matches_any(o.functions()))
+            .find(|a| kind_matches(&a.kind, o.kind) && a.function.matches_any(o.functions()))
         {
             allowed.push((o.clone(), rule.reason.clone()));
             continue;
@@ -175,12 +171,12 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
         if let Some(i) = config
             .stacks
             .iter()
-            .position(|r| kind_matches(&r.kind, &o.kind) && r.function.matches_any(o.functions()))
+            .position(|r| kind_matches(&r.kind, o.kind) && r.function.matches_any(o.functions()))
         {
             per_rule[i].push(o);
             continue;
         }
-        if let Some(&(value, noise)) = base.get(&(o.kind.as_str(), o.stack.as_str())) {
+        if let Some(&(value, noise)) = base.get(&(o.kind, o.stack.as_str())) {
             baseline_checked += 1;
             let limit = value + config.baseline.allowance(value).max(noise);
             if o.value > limit {
@@ -188,14 +184,13 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
             }
             continue;
         }
-        per_kind.entry(o.kind.as_str()).or_default().push(o);
+        per_kind.entry(o.kind).or_default().push(o);
     }
 
     let mut checks = Vec::new();
     for kind in Kind::ALL {
         let Some(limit) = config.budget.get(kind) else { continue };
-        let stacks = largest_first(per_kind.remove(kind.name()).unwrap_or_default());
-        let kind = kind.name();
+        let stacks = largest_first(per_kind.remove(&kind).unwrap_or_default());
         let actual = stacks.iter().map(|o| o.value).sum();
         let scope = if baseline.is_some() { "new stacks" } else { "all stacks" };
         checks.push(Check {
@@ -203,7 +198,7 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
             limit,
             actual,
             passed: actual <= limit,
-            unit: unit(kind).into(),
+            unit: kind.unit().into(),
             offenders: stacks.iter().map(|o| offender(o, None)).collect(),
         });
     }
@@ -218,7 +213,7 @@ pub fn decide(observed: &[Observed], config: &Config, baseline: Option<&Baseline
             unit: rule
                 .kind
                 .map(Kind::unit)
-                .unwrap_or_else(|| unit(stacks.first().map_or("heap", |o| &o.kind)))
+                .unwrap_or_else(|| stacks.first().map_or(Kind::Heap, |o| o.kind).unit())
                 .into(),
             offenders: stacks.iter().map(|o| offender(o, None)).collect(),
         });
@@ -243,7 +238,7 @@ mod tests {
 
     fn obs(kind: &str, stack: &str, value: u64, runtime: bool) -> Observed {
         Observed {
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             stack: stack.into(),
             value,
             noise: 0,

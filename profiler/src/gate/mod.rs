@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    kind::Kind,
     lens::Lenses,
     record::{record, RecordOptions, TargetSpec, Warmup},
     report::{
@@ -24,7 +25,7 @@ use crate::{
         origin::{is_library_frame, is_runtime_stack},
         Report,
     },
-    symbols::Frame,
+    stacks::symbols::Frame,
 };
 use config::Config;
 use decide::{decide, Baseline, Check, Decision, Observed};
@@ -69,13 +70,13 @@ fn library_frames(frames: &[Frame], drop_frames: &[config::Pattern]) -> usize {
 }
 
 /// Per-stack values of one run, identical names merged.
-fn observe(report: &Report, config: &Config) -> BTreeMap<(String, String), Observed> {
-    let mut out: BTreeMap<(String, String), Observed> = BTreeMap::new();
+fn observe(report: &Report, config: &Config) -> BTreeMap<(Kind, String), Observed> {
+    let mut out: BTreeMap<(Kind, String), Observed> = BTreeMap::new();
     for e in &report.stacks {
-        let stack = flame::folded_path(e);
+        let stack = e.identity();
         let runtime = is_runtime_stack(&e.frames);
-        let o = out.entry((e.kind.clone(), stack.clone())).or_insert_with(|| Observed {
-            kind: e.kind.clone(),
+        let o = out.entry((e.kind, stack.clone())).or_insert_with(|| Observed {
+            kind: e.kind,
             stack,
             value: 0,
             noise: 0,
@@ -90,8 +91,8 @@ fn observe(report: &Report, config: &Config) -> BTreeMap<(String, String), Obser
 
 /// Combines runs: the value is the minimum over runs (a stack absent from a
 /// run counts 0 there), the noise is the spread.
-fn combine(runs: &[BTreeMap<(String, String), Observed>]) -> Vec<Observed> {
-    let mut all: BTreeMap<(String, String), Observed> = BTreeMap::new();
+fn combine(runs: &[BTreeMap<(Kind, String), Observed>]) -> Vec<Observed> {
+    let mut all: BTreeMap<(Kind, String), Observed> = BTreeMap::new();
     for run in runs {
         for (k, o) in run {
             all.entry(k.clone()).or_insert_with(|| o.clone());
@@ -207,9 +208,9 @@ mod tests {
     use super::*;
     use crate::report::origin::tests::frames;
 
-    fn obs(stack: &str, value: u64) -> ((String, String), Observed) {
+    fn obs(stack: &str, value: u64) -> ((Kind, String), Observed) {
         let o = Observed {
-            kind: "heap".into(),
+            kind: Kind::Heap,
             stack: stack.into(),
             value,
             noise: 0,
@@ -217,7 +218,7 @@ mod tests {
             frames: vec![],
             library_frames: 0,
         };
-        (("heap".into(), stack.into()), o)
+        ((Kind::Heap, stack.into()), o)
     }
 
     #[test]

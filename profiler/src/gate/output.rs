@@ -68,7 +68,7 @@ pub fn text(d: &Decision, opts: &GateOptions) -> String {
             continue;
         }
         for o in c.offenders.iter().take(OFFENDERS_SHOWN) {
-            let unit = crate::ledger::Kind::from_name(&o.kind).map_or("bytes", crate::ledger::Kind::unit);
+            let unit = o.kind.unit();
             let allowed =
                 o.allowed.map(|a| format!(" (baseline allows {})", amount(a, unit))).unwrap_or_default();
             let _ = writeln!(
@@ -84,7 +84,7 @@ pub fn text(d: &Decision, opts: &GateOptions) -> String {
         }
     }
     if !d.runtime.is_empty() {
-        let bytes: u64 = d.runtime.iter().filter(|o| o.kind != "sockets").map(|o| o.value).sum();
+        let bytes: u64 = d.runtime.iter().filter(|o| o.kind.is_memory()).map(|o| o.value).sum();
         let _ = writeln!(
             s,
             "  allowed: {} runtime stacks (C/C++ runtime, standard-library start-up, loader only), {}",
@@ -121,7 +121,7 @@ pub fn markdown(d: &Decision) -> String {
     for c in d.checks.iter().filter(|c| !c.passed) {
         let _ = writeln!(s, "\n### {}\n", c.name);
         for o in c.offenders.iter().take(OFFENDERS_SHOWN) {
-            let unit = crate::ledger::Kind::from_name(&o.kind).map_or("bytes", crate::ledger::Kind::unit);
+            let unit = o.kind.unit();
             let _ = writeln!(
                 s,
                 "- `{}` {}: `{}`",

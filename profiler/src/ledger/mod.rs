@@ -18,75 +18,7 @@ use serde::{Deserialize, Serialize};
 /// Interned stack identifier (see `stacks::StackTable`).
 pub type StackId = u32;
 
-/// What an outstanding resource is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// Blocks from the malloc family.
-    Heap,
-    /// Anonymous `mmap` ranges.
-    Mmap,
-    /// File-backed `mmap` ranges (libraries, mapped files).
-    FileMmap,
-    /// Growth of the program break.
-    Brk,
-    /// Pages made resident (first-touch page faults), by the touching stack.
-    Resident,
-    /// Open socket fds.
-    Sockets,
-    /// Open files (including memfd).
-    Files,
-    /// Open pipe ends.
-    Pipes,
-    /// eventfd, timerfd, signalfd, epoll, inotify, pidfd and io_uring fds.
-    Events,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 9] = [
-        Kind::Heap,
-        Kind::Resident,
-        Kind::Mmap,
-        Kind::FileMmap,
-        Kind::Brk,
-        Kind::Sockets,
-        Kind::Files,
-        Kind::Pipes,
-        Kind::Events,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Heap => "heap",
-            Kind::Mmap => "mmap",
-            Kind::FileMmap => "file-mmap",
-            Kind::Brk => "brk",
-            Kind::Resident => "resident",
-            Kind::Sockets => "sockets",
-            Kind::Files => "files",
-            Kind::Pipes => "pipes",
-            Kind::Events => "events",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    /// Memory kinds are measured in bytes, handle kinds in open handles.
-    pub fn is_memory(self) -> bool {
-        matches!(self, Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk | Kind::Resident)
-    }
-
-    /// What a budget or value of this kind counts.
-    pub fn unit(self) -> &'static str {
-        if self.is_memory() {
-            "bytes"
-        } else {
-            "handles"
-        }
-    }
-}
+pub use crate::kind::Kind;
 
 /// A (kind, stack) pair: one allocation site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

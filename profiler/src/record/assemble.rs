@@ -7,22 +7,21 @@ use anyhow::Result;
 use profiler_common::{counters, syscalls, ALLOC_APIS};
 
 use super::{monotonic_ns, RecordOptions, Target};
-use crate::target::cgroup::CgroupMemory;
+use crate::process::cgroup::CgroupMemory;
 use crate::{
     collector::Collector,
     files::output::OutputDir,
     ledger::Kind,
-    probes::Probes,
+    kernel::probes::Probes,
     report::{
-        flame,
         model::{
             Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, StackEntry, Status,
             TargetInfo, Total, UnwindTables, SCHEMA_VERSION,
         },
-        text, Report,
+        outputs, Report,
     },
-    symbols::Symbols,
-    target::{cgroup::CgroupMounts, ProcessInfo},
+    stacks::symbols::Symbols,
+    process::{cgroup::CgroupMounts, ProcessInfo},
 };
 
 /// What every report of a session shares.
@@ -112,7 +111,7 @@ fn build_report(
     let series = SeriesReport {
         interval_s: opts.interval.as_secs_f64() * series.stride.max(1) as f64,
         times: series.times.clone(),
-        totals: series.totals.iter().map(|(k, v)| (k.name().to_string(), v.clone())).collect(),
+        totals: series.totals.clone(),
         rss: series.rss.clone(),
     };
     let totals = Kind::ALL
@@ -120,7 +119,7 @@ fn build_report(
         .map(|k| {
             let o = collector.ledger.total(*k);
             let bytes = if k.is_memory() { o.bytes } else { 0 };
-            (k.name().to_string(), Total { bytes, count: o.count })
+            (*k, Total { bytes, count: o.count })
         })
         .collect();
     let mut calls_seen = std::collections::BTreeMap::new();
@@ -152,10 +151,10 @@ fn build_report(
         status: None,
         memory_split,
         handles: {
-            let mut handles: std::collections::BTreeMap<String, std::collections::BTreeMap<String, _>> =
+            let mut handles: std::collections::BTreeMap<Kind, std::collections::BTreeMap<String, _>> =
                 Default::default();
             for ((kind, detail), count) in collector.ledger.handle_counts() {
-                handles.entry(kind.name().to_string()).or_default().insert(detail.to_string(), count);
+                handles.entry(kind).or_default().insert(detail.to_string(), count);
             }
             handles
         },
@@ -233,7 +232,7 @@ fn modules_of(stacks: &[StackEntry], collector: &Collector) -> Vec<crate::report
             let maps = collector.maps_of(pid)?;
             let path =
                 maps.mappings.iter().filter_map(|m| m.file()).find(|p| p.rsplit('/').next() == Some(name))?;
-            crate::symbols::module_info(pid, maps, path)
+            crate::stacks::symbols::module_info(pid, maps, path)
         })
         .collect()
 }
@@ -274,7 +273,7 @@ fn status(
     let (limit, source) = match (opts.limit, cgroup_memory) {
         (Some(l), _) => (Some(l), Some("--limit".to_string())),
         (None, Some(m)) => (m.limit, m.limit.map(|_| m.controller)),
-        (None, None) => match crate::target::cgroup::memory_of_process(pid, mounts) {
+        (None, None) => match crate::process::cgroup::memory_of_process(pid, mounts) {
             Some(m) => (m.limit, m.limit.map(|_| m.controller)),
             None => (None, None),
         },
@@ -306,7 +305,7 @@ fn summarize_processes(report: &Report, collector: &Collector) -> Vec<ProcessSum
             cgroup: collector.cgroup(e.pid).map(str::to_string),
             totals: Default::default(),
         });
-        let t = p.totals.entry(e.kind.clone()).or_default();
+        let t = p.totals.entry(e.kind).or_default();
         t.bytes += e.bytes;
         t.count += e.count;
     }
@@ -319,38 +318,11 @@ pub(super) fn write_snapshot(
     name: &str,
     opts: &RecordOptions,
 ) -> Result<()> {
-    write_outputs(report, &parent.subdir(name)?, opts.top, opts.group_by)
+    write_outputs(report, &parent.subdir(name)?, opts)
 }
 
-/// Writes report.json, report.txt, index.html and, per kind with anything outstanding,
-/// `<kind>.folded`, `<kind>.svg` and `<kind>.pb.gz`; removes those an earlier run
-/// left in the directory for kinds this report does not have.
-pub fn write_outputs(report: &Report, dir: &OutputDir, top: usize, group: flame::GroupBy) -> Result<()> {
-    let mut written = Vec::new();
-    let mut write = |name: &str, data: &[u8]| -> Result<()> {
-        written.push(name.to_string());
-        dir.write(name, data)
-    };
-    write("report.json", &serde_json::to_vec_pretty(report)?)?;
-    write("report.txt", text::render(report, top).as_bytes())?;
-    let mut flamegraphs = Vec::new();
-    for kind in report.totals.keys() {
-        let lines = flame::folded(report, kind, group);
-        if lines.is_empty() {
-            continue;
-        }
-        write(&format!("{kind}.folded"), (lines.join("\n") + "\n").as_bytes())?;
-        let svg = flame::svg(report, kind, &lines)?;
-        write(&format!("{kind}.svg"), &svg)?;
-        write(&format!("{kind}.pb.gz"), &crate::report::pprof::encode(report, kind)?)?;
-        flamegraphs.push((kind.clone(), svg));
-    }
-    let linked = written.clone();
-    dir.write("index.html", crate::report::html::render(report, &flamegraphs, &linked, top).as_bytes())?;
-    let stale =
-        Kind::ALL.iter().flat_map(|k| ["folded", "svg", "pb.gz"].map(|ext| format!("{}.{ext}", k.name())));
-    for name in stale.filter(|n| !written.contains(n)) {
-        dir.remove(&name);
-    }
-    Ok(())
+/// Writes the report's whole set of outputs (see [`outputs::write_all`]).
+pub(super) fn write_outputs(report: &Report, dir: &OutputDir, opts: &RecordOptions) -> Result<()> {
+    let options = outputs::Options { top: opts.top, group_by: opts.group_by, ..Default::default() };
+    outputs::write_all(report, dir, &options).map(drop)
 }

@@ -15,7 +15,7 @@ use profiler_common::counters;
 use crate::{
     collector::Collector,
     ledger::Kind,
-    probes::Probes,
+    kernel::probes::Probes,
     report::{
         flame::{frame_label, human_bytes, rate_per_min},
         model::Status,
@@ -115,7 +115,7 @@ impl Live {
                     return None;
                 }
                 let rate = crate::trend::recent_rate(&series.times, values)
-                    .map_or(String::new(), |r| format!(" ({})", rate_per_min(k.name(), r * 60.0)));
+                    .map_or(String::new(), |r| format!(" ({})", rate_per_min(*k, r * 60.0)));
                 Some(if k.is_memory() {
                     format!("{} {}{rate}", k.name(), human_bytes(total.bytes))
                 } else {
@@ -175,7 +175,7 @@ fn totals(report: &Report) -> String {
         .iter()
         .filter(|(_, t)| t.count > 0)
         .map(|(k, t)| {
-            if Report::is_handle_kind(k) {
+            if k.is_handle() {
                 format!("{k} {} open", t.count)
             } else {
                 format!("{k} {}", human_bytes(t.bytes))
@@ -203,9 +203,9 @@ fn growing(report: &Report) -> Vec<String> {
         .into_iter()
         .take(STACKS_SHOWN)
         .map(|e| {
-            let handles = Report::is_handle_kind(&e.kind);
+            let handles = e.kind.is_handle();
             let value = if handles { format!("{} open", e.count) } else { human_bytes(e.bytes) };
-            let rate = e.trend.map_or("no trend yet".into(), |t| rate_per_min(&e.kind, t.growth_per_min));
+            let rate = e.trend.map_or("no trend yet".into(), |t| rate_per_min(e.kind, t.growth_per_min));
             let frame = naming_frame(&e.frames).map_or("[stack unavailable]".to_string(), frame_label);
             format!("{:<9} {value:>10}  {rate:>14}  {frame}", e.kind)
         })

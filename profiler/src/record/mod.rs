@@ -29,16 +29,16 @@ use crate::{
     files::output::OutputDir,
     ledger::Kind,
     lens::Lenses,
-    placement::PlacementMode,
-    preflight,
-    probes::{ProbeSettings, Probes},
+    kernel::placement::PlacementMode,
+    kernel::preflight,
+    kernel::probes::{ProbeSettings, Probes},
     report::{flame, model::TargetExit, text, Report},
-    target::{
+    process::{
         cgroup::{CgroupMounts, CgroupTarget},
         launch::{self, Control, TargetEvent},
         pidfd, ProcessInfo,
     },
-    unwind::StackWalk,
+    stacks::unwind::StackWalk,
 };
 
 pub use crate::report::select::SortBy;
@@ -387,7 +387,7 @@ async fn run(
     };
     let interactive = std::io::stderr().is_terminal();
     let mounts = CgroupMounts::read().unwrap_or_default();
-    let mut symbols = crate::symbols::Symbols::default();
+    let mut symbols = crate::stacks::symbols::Symbols::default();
     // What every report of the session shares, taken where a report is built
     // (`target` is borrowed mutably by the event loop in between).
     macro_rules! report_context {
@@ -435,7 +435,7 @@ async fn run(
     let resident = |target: &Target| -> Option<u64> {
         match target {
             Target::Cgroup(cg) => cg.target.as_ref()?.memory(&cg.mounts).map(|m| m.usage),
-            _ => crate::target::rss_of(info.pid),
+            _ => crate::process::rss_of(info.pid),
         }
     };
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
@@ -480,7 +480,7 @@ async fn run(
                     Target::Launched(l) => l.events.recv().await,
                     Target::Attached { pidfd } => {
                         let _ = pidfd.readable().await;
-                        let how = crate::target::exit_of_zombie(info.pid);
+                        let how = crate::process::exit_of_zombie(info.pid);
                         Some(TargetEvent::Exit { pid: info.pid, how, last: true, held: false })
                     }
                     // A cgroup does not exit: recording ends on a signal or --duration.
@@ -660,7 +660,7 @@ async fn run(
     let context = report_context!();
     let mut report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
     report.target_exit = target_exit;
-    let written = write_outputs(&report, &output, opts.top, opts.group_by);
+    let written = write_outputs(&report, &output, &opts);
 
     // Only now may the target go: its address space was needed for the report.
     if let Target::Launched(l) = &mut target {
@@ -679,7 +679,7 @@ async fn run(
     let flamegraphs: Vec<String> = report
         .totals
         .keys()
-        .filter(|k| report.entries(k).next().is_some())
+        .filter(|k| report.entries(**k).next().is_some())
         .map(|k| format!("{k}.svg"))
         .collect();
     let flamegraphs =

@@ -9,11 +9,11 @@ use profiler_common::AllocApi;
 
 use super::preflight;
 use crate::{
-    allocators::{self, AllocatorImage},
+    kernel::allocators::{self, AllocatorImage},
     collector::Collector,
-    probes::Probes,
-    procmaps::ProcessMaps,
-    target::{
+    kernel::probes::Probes,
+    stacks::procmaps::ProcessMaps,
+    process::{
         cgroup::{CgroupMounts, CgroupTarget},
         held::HeldExec,
     },
@@ -182,7 +182,7 @@ impl ProbedProcesses {
         }
         for pid in target.processes() {
             if cgroup.processes.insert(pid) {
-                if let Ok(maps) = crate::procmaps::ProcessMaps::read(pid) {
+                if let Ok(maps) = crate::stacks::procmaps::ProcessMaps::read(pid) {
                     let brk = maps.heap_end().or_else(|| preflight::start_brk(pid));
                     collector.add_process(pid, maps, brk);
                 }

@@ -11,12 +11,13 @@ use super::{
     flame::{self, GroupBy},
     Report,
 };
+use crate::kind::Kind;
 
 /// How one stack changed between two reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StackDelta {
-    pub kind: String,
-    /// Folded path, root first.
+    pub kind: Kind,
+    /// The stack's identity ([`StackEntry::identity`](super::model::StackEntry::identity)).
     pub stack: String,
     /// Bytes (memory kinds) or open handles.
     pub before: u64,
@@ -33,16 +34,16 @@ const FRAMES_SHOWN: usize = 8;
 /// Per-stack deltas, largest growth first; unchanged stacks omitted.
 pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
     let index = |r: &Report| {
-        let mut m: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut m: BTreeMap<(Kind, String), (u64, u64)> = BTreeMap::new();
         for e in &r.stacks {
-            let sum = m.entry((e.kind.clone(), flame::folded_path(e))).or_default();
+            let sum = m.entry((e.kind, e.identity())).or_default();
             sum.0 = sum.0.saturating_add(flame::value(e));
             sum.1 = sum.1.saturating_add(e.count);
         }
         m
     };
     let (a, b) = (index(before), index(after));
-    let mut keys: Vec<&(String, String)> = a.keys().chain(b.keys()).collect();
+    let mut keys: Vec<&(Kind, String)> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
     let mut deltas: Vec<StackDelta> = keys
@@ -51,7 +52,7 @@ pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
             let ((x, xn), (y, yn)) =
                 (a.get(k).copied().unwrap_or_default(), b.get(k).copied().unwrap_or_default());
             StackDelta {
-                kind: k.0.clone(),
+                kind: k.0,
                 stack: k.1.clone(),
                 before: x,
                 after: y,
@@ -70,7 +71,7 @@ pub fn diff(before: &Report, after: &Report) -> Vec<StackDelta> {
 pub fn text(deltas: &[StackDelta], top: usize) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let mut kinds: Vec<&str> = deltas.iter().map(|d| d.kind.as_str()).collect();
+    let mut kinds: Vec<Kind> = deltas.iter().map(|d| d.kind).collect();
     kinds.sort();
     kinds.dedup();
     if kinds.is_empty() {
@@ -78,7 +79,7 @@ pub fn text(deltas: &[StackDelta], top: usize) -> String {
     }
     for kind in kinds {
         let rows: Vec<&StackDelta> = deltas.iter().filter(|d| d.kind == kind).collect();
-        let handles = Report::is_handle_kind(kind);
+        let handles = kind.is_handle();
         let amount = |v: u64| if handles { format!("{v}") } else { flame::human_bytes(v) };
         let signed = |v: i64| format!("{}{}", if v < 0 { "-" } else { "+" }, amount(v.unsigned_abs()));
         let total = rows.iter().fold(0i64, |t, d| t.saturating_add(d.delta));
@@ -114,14 +115,14 @@ pub fn text(deltas: &[StackDelta], top: usize) -> String {
 /// A differential flamegraph (inferno) of one kind: frames are sized by the
 /// second report and colored by how much they grew (red) or shrank (blue);
 /// titled with both inputs (`names`) and their totals.
-pub fn svg(before: &Report, after: &Report, kind: &str, names: (&str, &str)) -> Result<Vec<u8>> {
+pub fn svg(before: &Report, after: &Report, kind: Kind, names: (&str, &str)) -> Result<Vec<u8>> {
     let a = flame::folded(before, kind, GroupBy::None).join("\n");
     let b = flame::folded(after, kind, GroupBy::None).join("\n");
     let mut differential = Vec::new();
     inferno::differential::from_readers(Default::default(), a.as_bytes(), b.as_bytes(), &mut differential)
         .context("computing the differential stacks")?;
     let mut options = inferno::flamegraph::Options::default();
-    let handles = Report::is_handle_kind(kind);
+    let handles = kind.is_handle();
     let total = |r: &Report| r.entries(kind).fold(0u64, |t, e| t.saturating_add(flame::value(e)));
     let amount = |v: u64| if handles { format!("{v} handles") } else { flame::human_bytes(v) };
     options.title = format!("{kind}: {} -> {}", names.0, names.1);
@@ -143,7 +144,7 @@ mod tests {
     use super::*;
     use crate::{
         report::model::{Accuracy, StackEntry, TargetInfo},
-        symbols::Frame,
+        stacks::symbols::Frame,
     };
 
     fn report(entries: &[(&str, &str, u64)]) -> Report {
@@ -168,7 +169,7 @@ mod tests {
             stacks: entries
                 .iter()
                 .map(|(kind, leaf, v)| StackEntry {
-                    kind: kind.to_string(),
+                    kind: kind.parse().unwrap(),
                     pid: 1,
                     command: "x".into(),
                     bytes: if *kind == "sockets" { 0 } else { *v },
@@ -210,7 +211,7 @@ mod tests {
             vec![("main;grows", 300), ("main;new", 50), ("main;conn", 3), ("main;shrinks", -400)]
         );
         let svg =
-            String::from_utf8(svg(&a, &b, "heap", ("a/report.json", "b/report.json")).unwrap()).unwrap();
+            String::from_utf8(svg(&a, &b, Kind::Heap, ("a/report.json", "b/report.json")).unwrap()).unwrap();
         assert!(svg.contains("grows"));
         assert!(
             svg.contains("heap: a/report.json -&gt; b/report.json")

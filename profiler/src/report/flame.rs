@@ -7,24 +7,22 @@ use anyhow::{Context, Result};
 use inferno::flamegraph::{self, color::BasicPalette, Options, Palette};
 
 use super::{model::StackEntry, Report};
-
-const UNAVAILABLE: &str = "[stack unavailable]";
+use crate::kind::Kind;
 
 fn frame_name(name: &str) -> String {
-    name.replace(';', ":").replace('\n', " ")
+    super::model::frame_name(name)
 }
 
 /// `root;...;leaf` for an entry (its frames are stored innermost first).
-pub fn folded_path(entry: &StackEntry) -> String {
-    if entry.frames.is_empty() {
-        return UNAVAILABLE.to_string();
-    }
-    entry.frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
+/// Today the same text as the stack's identity; a change of flamegraph text
+/// goes here and re-keys no gate baseline.
+fn folded_path(entry: &StackEntry) -> String {
+    entry.identity()
 }
 
 /// The value a kind is measured in: bytes, or open handles.
 pub fn value(entry: &StackEntry) -> u64 {
-    if Report::is_handle_kind(&entry.kind) {
+    if entry.kind.is_handle() {
         entry.count
     } else {
         entry.bytes
@@ -44,14 +42,14 @@ pub enum GroupBy {
 }
 
 /// Folded lines for one kind, identical paths merged, sorted.
-pub fn folded(report: &Report, kind: &str, group: GroupBy) -> Vec<String> {
+pub fn folded(report: &Report, kind: Kind, group: GroupBy) -> Vec<String> {
     let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for e in report.entries(kind) {
         let path = match group {
             GroupBy::None => folded_path(e),
             GroupBy::Process => format!("{} [{}];{}", frame_name(&e.command), e.pid, folded_path(e)),
             GroupBy::Class => {
-                format!("[{}];{}", e.class.as_deref().unwrap_or(e.kind.as_str()), folded_path(e))
+                format!("[{}];{}", e.class.as_deref().unwrap_or(e.kind.name()), folded_path(e))
             }
         };
         *merged.entry(path).or_default() += value(e);
@@ -75,8 +73,8 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// A growth rate for people: `+1.2 MiB/min` for memory kinds, `+1.5/min` for handle kinds.
-pub fn rate_per_min(kind: &str, per_min: f64) -> String {
-    if Report::is_handle_kind(kind) {
+pub fn rate_per_min(kind: Kind, per_min: f64) -> String {
+    if kind.is_handle() {
         format!("{per_min:+.1}/min")
     } else {
         format!("{}{}/min", if per_min < 0.0 { "-" } else { "+" }, human_bytes(per_min.abs() as u64))
@@ -84,7 +82,7 @@ pub fn rate_per_min(kind: &str, per_min: f64) -> String {
 }
 
 /// A frame for people: `function (file.c:12)`, or the function alone.
-pub fn frame_label(f: &crate::symbols::Frame) -> String {
+pub fn frame_label(f: &crate::stacks::symbols::Frame) -> String {
     match (&f.file, f.line) {
         (Some(file), Some(line)) => {
             format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
@@ -94,9 +92,9 @@ pub fn frame_label(f: &crate::symbols::Frame) -> String {
 }
 
 /// Renders the flamegraph SVG of one kind from its folded lines.
-pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
-    let total = report.totals.get(kind).copied().unwrap_or_default();
-    let handles = Report::is_handle_kind(kind);
+pub fn svg(report: &Report, kind: Kind, lines: &[String]) -> Result<Vec<u8>> {
+    let total = report.totals.get(&kind).copied().unwrap_or_default();
+    let handles = kind.is_handle();
     let mut options = Options::default();
     options.title = if handles {
         format!(
@@ -108,7 +106,7 @@ pub fn svg(report: &Report, kind: &str, lines: &[String]) -> Result<Vec<u8>> {
             "{kind}: {} outstanding in {} {} - {} (pid {})",
             human_bytes(total.bytes),
             total.count,
-            super::text::units(kind, total.count),
+            kind.items(total.count),
             report.target.command,
             report.target.pid
         )
@@ -131,17 +129,17 @@ mod tests {
     fn folded_is_root_first_merged_and_typed_by_kind() {
         let r = report();
         assert_eq!(
-            folded(&r, "heap", GroupBy::None),
+            folded(&r, Kind::Heap, GroupBy::None),
             vec!["[stack unavailable] 50", "_start;main;leak_a 250"]
         );
-        assert_eq!(folded(&r, "sockets", GroupBy::None), vec!["main;leak_sock:x 2"]);
-        assert_eq!(folded(&r, "sockets", GroupBy::Process), vec!["demo [1];main;leak_sock:x 2"]);
+        assert_eq!(folded(&r, Kind::Sockets, GroupBy::None), vec!["main;leak_sock:x 2"]);
+        assert_eq!(folded(&r, Kind::Sockets, GroupBy::Process), vec!["demo [1];main;leak_sock:x 2"]);
     }
 
     #[test]
     fn svg_is_rendered_with_names() {
         let r = report();
-        let svg = String::from_utf8(svg(&r, "heap", &folded(&r, "heap", GroupBy::None)).unwrap()).unwrap();
+        let svg = String::from_utf8(svg(&r, Kind::Heap, &folded(&r, Kind::Heap, GroupBy::None)).unwrap()).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("leak_a"));
         assert!(svg.contains("300 B outstanding"));

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 
 use super::{flame::human_bytes, Report};
+use crate::kind::Kind;
 
 /// Stacks drawn per chart, besides the total.
 const CHART_STACKS: usize = 4;
@@ -22,8 +23,8 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn amount(kind: &str, value: u64) -> String {
-    if Report::is_handle_kind(kind) {
+fn amount(kind: Kind, value: u64) -> String {
+    if kind.is_handle() {
         format!("{value} open")
     } else {
         human_bytes(value)
@@ -31,7 +32,7 @@ fn amount(kind: &str, value: u64) -> String {
 }
 
 /// A line chart of `lines` (label, values at `times`), as inline SVG.
-fn chart(kind: &str, times: &[f64], lines: &[(String, Vec<u64>)]) -> String {
+fn chart(kind: Kind, times: &[f64], lines: &[(String, Vec<u64>)]) -> String {
     const W: f64 = 760.0;
     const H: f64 = 220.0;
     const LEFT: f64 = 80.0;
@@ -43,9 +44,9 @@ fn chart(kind: &str, times: &[f64], lines: &[(String, Vec<u64>)]) -> String {
     let y = |v: u64| 10.0 + (1.0 - v as f64 / max) * (H - BOTTOM - 10.0);
     let mut s = format!(
         "<svg class=\"chart\" data-kind=\"{}\" viewBox=\"0 0 {W} {}\" width=\"{W}\" role=\"img\" aria-label=\"{} over time\">",
-        esc(kind),
+        esc(kind.name()),
         H + 18.0 * lines.len() as f64,
-        esc(kind)
+        esc(kind.name())
     );
     let _ = write!(
         s,
@@ -92,7 +93,7 @@ fn chart(kind: &str, times: &[f64], lines: &[(String, Vec<u64>)]) -> String {
 
 /// The page. `flamegraphs` are the `<kind>.svg` files written beside it,
 /// `files` the names of every file in the directory (linked).
-pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[String], top: usize) -> String {
+pub fn render(report: &Report, flamegraphs: &[(Kind, Vec<u8>)], files: &[String], top: usize) -> String {
     let t = &report.target;
     let title = if t.mode == "cgroup" {
         format!("Leak report for {}", t.command)
@@ -139,14 +140,14 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
     let kinds = super::select::kind_order(report);
     for (kind, total) in kinds
         .iter()
-        .map(|k| (*k, report.totals.get(*k).copied().unwrap_or_default()))
+        .map(|k| (*k, report.totals.get(k).copied().unwrap_or_default()))
         .filter(|(_, t)| t.count > 0)
     {
-        let value = if Report::is_handle_kind(kind) { total.count } else { total.bytes };
+        let value = if kind.is_handle() { total.count } else { total.bytes };
         let _ = write!(
             s,
             "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            esc(kind),
+            esc(kind.name()),
             amount(kind, value),
             total.count
         );
@@ -156,7 +157,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
     if let Some(series) = report.series.as_ref().filter(|s| s.times.len() >= 2) {
         s.push_str("<h2>Over time</h2>");
         for kind in super::select::kind_order(report) {
-            let Some(totals) = series.totals.get(kind).filter(|v| v.iter().any(|x| *x > 0)) else { continue };
+            let Some(totals) = series.totals.get(&kind).filter(|v| v.iter().any(|x| *x > 0)) else { continue };
             let mut lines = vec![(format!("{kind} total"), totals.clone())];
             for e in report.entries(kind).filter(|e| e.series.len() == series.times.len()).take(CHART_STACKS)
             {
@@ -165,7 +166,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
                 let verdict = e.trend.map_or("no trend", |t| t.verdict.name());
                 lines.push((format!("{leaf} ({verdict})"), e.series.clone()));
             }
-            let _ = write!(s, "<h3>{}</h3>{}", esc(kind), chart(kind, &series.times, &lines));
+            let _ = write!(s, "<h3>{}</h3>{}", esc(kind.name()), chart(kind, &series.times, &lines));
         }
     }
 
@@ -178,8 +179,8 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
         let _ = write!(
             s,
             "<h3>{}</h3><table class=\"stacks\" data-kind=\"{}\"><tr><th>#</th><th>outstanding</th><th>count</th><th>trend</th><th>stack (allocating frame first)</th></tr>",
-            esc(kind),
-            esc(kind)
+            esc(kind.name()),
+            esc(kind.name())
         );
         for (i, e) in entries.iter().enumerate() {
             let value = super::flame::value(e);
@@ -209,7 +210,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
         let _ = write!(
             s,
             "<h3>{0}</h3><p><a href=\"{0}.svg\">{0}.svg</a> (interactive: search, zoom)</p><img class=\"flamegraph\" alt=\"{0} flamegraph\" data-kind=\"{0}\" src=\"data:image/svg+xml;base64,{data}\">",
-            esc(kind)
+            esc(kind.name())
         );
     }
 
@@ -220,7 +221,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
                 let _ = write!(
                     s,
                     "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-                    esc(kind),
+                    esc(kind.name()),
                     esc(detail),
                     c.open,
                     c.pre_existing
@@ -245,7 +246,7 @@ pub fn render(report: &Report, flamegraphs: &[(String, Vec<u8>)], files: &[Strin
 
 /// The page of `profiler diff -o DIR`: the per-stack deltas and each kind's
 /// differential flamegraph (red grew, blue shrank), embedded.
-pub fn diff_page(names: (&str, &str), deltas_text: &str, flamegraphs: &[(String, Vec<u8>)]) -> String {
+pub fn diff_page(names: (&str, &str), deltas_text: &str, flamegraphs: &[(Kind, Vec<u8>)]) -> String {
     let title = format!("Diff: {} -> {}", names.0, names.1);
     let mut s = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title><style>\
@@ -259,7 +260,7 @@ pub fn diff_page(names: (&str, &str), deltas_text: &str, flamegraphs: &[(String,
         let _ = write!(
             s,
             "<h2>{0}</h2><p><a href=\"diff-{0}.svg\">diff-{0}.svg</a> (interactive; red grew, blue shrank)</p><img class=\"flamegraph\" alt=\"{0} differential flamegraph\" src=\"data:image/svg+xml;base64,{data}\">",
-            esc(kind)
+            esc(kind.name())
         );
     }
     s.push_str("<p><a href=\"diff.json\">diff.json</a></p></body></html>\n");
@@ -273,7 +274,7 @@ mod tests {
     #[test]
     fn the_page_is_self_contained_and_names_the_stacks() {
         let report = crate::report::sample::report();
-        let page = render(&report, &[("heap".into(), b"<svg/>".to_vec())], &["report.json".into()], 10);
+        let page = render(&report, &[(Kind::Heap, b"<svg/>".to_vec())], &["report.json".into()], 10);
         assert!(page.contains("leak_a"));
         assert!(page.contains("class=\"flamegraph\""));
         assert!(page.contains("<a href=\"report.json\">"));
@@ -285,7 +286,7 @@ mod tests {
 
     #[test]
     fn the_chart_scales_every_line_to_the_largest_value() {
-        let svg = chart("heap", &[0.0, 1.0, 2.0], &[("heap total".into(), vec![0, 50, 100])]);
+        let svg = chart(Kind::Heap, &[0.0, 1.0, 2.0], &[("heap total".into(), vec![0, 50, 100])]);
         assert!(svg.starts_with("<svg class=\"chart\""));
         assert!(svg.contains("80.0,196.0 415.0,103.0 750.0,10.0"), "{svg}");
         assert!(svg.contains(">100 B<"));

@@ -7,6 +7,7 @@ pub mod flame;
 pub mod html;
 pub mod model;
 pub mod origin;
+pub mod outputs;
 pub mod pprof;
 #[cfg(test)]
 pub(crate) mod sample;

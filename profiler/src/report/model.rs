@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    kind::Kind,
     ledger::{HandleCount, LedgerCounters},
-    symbols::Frame,
+    stacks::symbols::Frame,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -62,7 +63,7 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<String>,
     /// Per kind (`heap`, `mmap`, `file-mmap`, `brk`, `sockets`): what is outstanding.
-    pub totals: BTreeMap<String, Total>,
+    pub totals: BTreeMap<Kind, Total>,
     /// V8 heap / external (ArrayBuffer) / other native memory, from the stacks.
     #[serde(default)]
     pub memory_split: super::split::MemorySplit,
@@ -80,7 +81,7 @@ pub struct Report {
     /// Open fds by kind and type (`sockets`: `tcp`, `udp`, `unix`, ...), split
     /// into opened while recording and pre-existing (open before, not leaks).
     #[serde(default)]
-    pub handles: BTreeMap<String, BTreeMap<String, HandleCount>>,
+    pub handles: BTreeMap<Kind, BTreeMap<String, HandleCount>>,
     /// Outstanding per allocation site, largest first within each kind.
     pub stacks: Vec<StackEntry>,
     /// The files the stacks' frames are in (by the `module` of their frames),
@@ -148,7 +149,7 @@ pub struct Total {
 pub struct CgroupInfo {
     pub path: String,
     /// The memory controller's limit and usage when recording ended.
-    pub memory: Option<crate::target::cgroup::CgroupMemory>,
+    pub memory: Option<crate::process::cgroup::CgroupMemory>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -159,12 +160,12 @@ pub struct ProcessSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// Per kind, like the report's totals.
-    pub totals: BTreeMap<String, Total>,
+    pub totals: BTreeMap<Kind, Total>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackEntry {
-    pub kind: String,
+    pub kind: Kind,
     pub pid: u32,
     /// The process's command line when last seen.
     #[serde(default)]
@@ -211,7 +212,7 @@ pub struct SeriesReport {
     /// Seconds since recording started.
     pub times: Vec<f64>,
     /// Per kind: outstanding total at each sample.
-    pub totals: BTreeMap<String, Vec<u64>>,
+    pub totals: BTreeMap<Kind, Vec<u64>>,
     /// Resident memory at each sample (process RSS, or the cgroup's usage); null where unknown.
     pub rss: Vec<Option<u64>>,
 }
@@ -372,14 +373,26 @@ impl ProfilerCost {
     }
 }
 
+/// A function name as one `;`-separated element (`;` becomes `:`, a newline a space).
+pub(crate) fn frame_name(name: &str) -> String {
+    name.replace(';', ":").replace('\n', " ")
+}
+
+impl StackEntry {
+    /// The stack's identity across runs and rebuilds: its function names,
+    /// root first, `;`-joined, or `[stack unavailable]`. Gate baselines and
+    /// `profiler diff` key on it; no renderer defines it.
+    pub fn identity(&self) -> String {
+        if self.frames.is_empty() {
+            return "[stack unavailable]".to_string();
+        }
+        self.frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
+    }
+}
+
 impl Report {
     /// Entries of one kind, largest first.
-    pub fn entries<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a StackEntry> + 'a {
+    pub fn entries(&self, kind: Kind) -> impl Iterator<Item = &StackEntry> + '_ {
         self.stacks.iter().filter(move |e| e.kind == kind)
-    }
-
-    /// Whether a kind counts handles rather than bytes.
-    pub fn is_handle_kind(kind: &str) -> bool {
-        matches!(kind, "sockets" | "files" | "pipes" | "events")
     }
 }

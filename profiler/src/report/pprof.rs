@@ -20,7 +20,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::{model::ModuleInfo, Report};
-use crate::symbols::Frame;
+use crate::{kind::Kind, stacks::symbols::Frame};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {
@@ -284,10 +284,10 @@ impl<'a> Builder<'a> {
 }
 
 /// The pprof profile of one kind of a report.
-pub fn profile(report: &Report, kind: &str) -> Profile {
+pub fn profile(report: &Report, kind: Kind) -> Profile {
     let mut b = Builder::new(&report.modules);
-    let sample_type = if Report::is_handle_kind(kind) {
-        vec![b.value_type(kind, "count")]
+    let sample_type = if kind.is_handle() {
+        vec![b.value_type(kind.name(), "count")]
     } else {
         vec![b.value_type("inuse_objects", "count"), b.value_type("inuse_space", "bytes")]
     };
@@ -330,7 +330,7 @@ pub fn profile(report: &Report, kind: &str) -> Profile {
 }
 
 /// The gzipped, encoded profile of one kind (`<kind>.pb.gz`).
-pub fn encode(report: &Report, kind: &str) -> Result<Vec<u8>> {
+pub fn encode(report: &Report, kind: Kind) -> Result<Vec<u8>> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&profile(report, kind).encode_to_vec())?;
     Ok(gz.finish()?)
@@ -361,7 +361,7 @@ mod tests {
         };
         report.stacks[0].frames =
             vec![at("inner", "0x10", true), at("outer", "0x10", false), at("main", "0x20", false)];
-        let p = profile(&report, "heap");
+        let p = profile(&report, Kind::Heap);
         let name = |i: i64| p.string_table[i as usize].as_str();
         let types: Vec<&str> = p.sample_type.iter().map(|t| name(t.r#type)).collect();
         assert_eq!(types, ["inuse_objects", "inuse_space"]);
@@ -376,7 +376,7 @@ mod tests {
         assert_eq!(lines, ["inner", "outer"], "innermost first, the caller last");
         assert_eq!(name(p.mapping[location.mapping_id as usize - 1].filename), "demo");
 
-        let sockets = profile(&report, "sockets");
+        let sockets = profile(&report, Kind::Sockets);
         let types: Vec<&str> =
             sockets.sample_type.iter().map(|t| sockets.string_table[t.r#type as usize].as_str()).collect();
         assert_eq!(types, ["sockets"]);

@@ -4,13 +4,13 @@ use super::{
     model::{Accuracy, StackEntry, TargetInfo, Total},
     Report,
 };
-use crate::symbols::Frame;
+use crate::{kind::Kind, stacks::symbols::Frame};
 
 /// Two heap stacks with the same frames (100 + 150 B), one without frames
 /// (50 B) and one sockets stack (2 handles), all of pid 1.
 pub fn report() -> Report {
     let entry = |kind: &str, bytes, count, frames: &[&str]| StackEntry {
-        kind: kind.into(),
+        kind: kind.parse().unwrap(),
         pid: 1,
         command: "demo".into(),
         bytes,
@@ -36,8 +36,8 @@ pub fn report() -> Report {
         warmup: None,
         selection: None,
         totals: [
-            ("heap".to_string(), Total { bytes: 300, count: 3 }),
-            ("sockets".to_string(), Total { bytes: 0, count: 2 }),
+            (Kind::Heap, Total { bytes: 300, count: 3 }),
+            (Kind::Sockets, Total { bytes: 0, count: 2 }),
         ]
         .into(),
         handles: Default::default(),

@@ -35,17 +35,17 @@ pub enum SortBy {
 /// follow, by size.
 pub fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
     let runtime: Vec<bool> = entries.iter().map(|e| is_runtime_stack(&e.frames)).collect();
-    let mut own: HashMap<&str, u64> = HashMap::new();
+    let mut own: HashMap<Kind, u64> = HashMap::new();
     for (e, _) in entries.iter().zip(&runtime).filter(|(_, r)| !**r) {
-        *own.entry(e.kind.as_str()).or_default() += flame::value(e);
+        *own.entry(e.kind).or_default() += flame::value(e);
     }
     let kind_rank = |e: &StackEntry| {
-        let held = own.get(e.kind.as_str()).copied().unwrap_or(0);
+        let held = own.get(&e.kind).copied().unwrap_or(0);
         (
             held == 0,
-            Report::is_handle_kind(&e.kind),
+            e.kind.is_handle(),
             std::cmp::Reverse(held),
-            Kind::ALL.iter().position(|k| k.name() == e.kind),
+            Kind::ALL.iter().position(|k| *k == e.kind),
         )
     };
     let known = |e: &StackEntry| e.trend.is_some_and(|t| t.verdict != Verdict::Unknown);
@@ -74,9 +74,9 @@ pub fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
 
 /// The report's kinds in the order its stacks rank them (the program's
 /// first), then those with nothing outstanding.
-pub fn kind_order(report: &Report) -> Vec<&str> {
-    let mut kinds: Vec<&str> = Vec::new();
-    for k in report.stacks.iter().map(|e| e.kind.as_str()).chain(report.totals.keys().map(String::as_str)) {
+pub fn kind_order(report: &Report) -> Vec<Kind> {
+    let mut kinds: Vec<Kind> = Vec::new();
+    for k in report.stacks.iter().map(|e| e.kind).chain(report.totals.keys().copied()) {
         if !kinds.contains(&k) {
             kinds.push(k);
         }
@@ -112,7 +112,7 @@ impl Selection {
         self.pid.is_none_or(|pid| e.pid == pid)
             && self.focus.as_ref().is_none_or(matches)
             && !self.ignore.as_ref().is_some_and(matches)
-            && (Report::is_handle_kind(&e.kind) || e.bytes >= self.min_bytes)
+            && (e.kind.is_handle() || e.bytes >= self.min_bytes)
     }
 
     /// What the selection is, for the report's header.
@@ -143,7 +143,7 @@ impl Selection {
                 *total = Total::default();
             }
             for e in &report.stacks {
-                let t = report.totals.entry(e.kind.clone()).or_default();
+                let t = report.totals.entry(e.kind).or_default();
                 t.bytes += e.bytes;
                 t.count += e.count;
             }
@@ -165,9 +165,9 @@ impl Selection {
 }
 
 fn summarize(p: &ProcessSummary, stacks: &[StackEntry]) -> ProcessSummary {
-    let mut totals = std::collections::BTreeMap::<String, Total>::new();
+    let mut totals = std::collections::BTreeMap::<Kind, Total>::new();
     for e in stacks.iter().filter(|e| e.pid == p.pid) {
-        let t = totals.entry(e.kind.clone()).or_default();
+        let t = totals.entry(e.kind).or_default();
         t.bytes += e.bytes;
         t.count += e.count;
     }
@@ -183,7 +183,7 @@ mod tests {
         let mut report = crate::report::sample::report();
         Selection { focus: Some(Regex::new("^leak_").unwrap()), ..Default::default() }.apply(&mut report);
         assert_eq!(report.stacks.len(), 3, "two heap stacks and the socket stack pass through leak_*");
-        assert_eq!(report.totals["heap"], Total { bytes: 250, count: 2 });
+        assert_eq!(report.totals[&Kind::Heap], Total { bytes: 250, count: 2 });
         assert!(report.selection.as_deref().unwrap().contains("3 of 4 stacks"));
 
         let mut report = crate::report::sample::report();
@@ -191,13 +191,13 @@ mod tests {
             .apply(&mut report);
         let kept: Vec<u64> = report.stacks.iter().map(|e| e.bytes).collect();
         assert_eq!(kept, [150]);
-        assert_eq!(report.totals["sockets"], Total::default());
+        assert_eq!(report.totals[&Kind::Sockets], Total::default());
 
         let mut report = crate::report::sample::report();
         Selection { sort: Some(SortBy::Size), ..Default::default() }.apply(&mut report);
-        let sizes: Vec<u64> = report.entries("heap").map(|e| e.bytes).collect();
+        let sizes: Vec<u64> = report.entries(Kind::Heap).map(|e| e.bytes).collect();
         assert_eq!(sizes, [150, 100, 50]);
-        assert_eq!(kind_order(&report), ["heap", "sockets"]);
+        assert_eq!(kind_order(&report), [Kind::Heap, Kind::Sockets]);
         assert!(report.selection.is_none(), "sorting alone changes no total");
     }
 }
@@ -215,11 +215,11 @@ mod order_tests {
             ("_dl_start_user", "ld-linux-x86-64.so.2"),
         ]);
         let mut mapping = report.stacks[0].clone();
-        mapping.kind = "file-mmap".into();
+        mapping.kind = Kind::FileMmap;
         mapping.bytes = 1 << 20;
         mapping.frames = loader.clone();
         let mut brk = report.stacks[0].clone();
-        brk.kind = "brk".into();
+        brk.kind = Kind::Brk;
         brk.bytes = 4096;
         let mut runtime_heap = report.stacks[0].clone();
         runtime_heap.bytes = 1 << 20;
@@ -227,8 +227,8 @@ mod order_tests {
         report.stacks.extend([mapping, brk, runtime_heap]);
         sort_entries(&mut report.stacks, SortBy::Size);
         // heap: the program holds 300 B; brk 4 KiB; file-mmap only the loader.
-        assert_eq!(kind_order(&report), ["brk", "heap", "sockets", "file-mmap"]);
-        let heap: Vec<u64> = report.entries("heap").map(|e| e.bytes).collect();
+        assert_eq!(kind_order(&report), [Kind::Brk, Kind::Heap, Kind::Sockets, Kind::FileMmap]);
+        let heap: Vec<u64> = report.entries(Kind::Heap).map(|e| e.bytes).collect();
         assert_eq!(heap, [150, 100, 50, 1 << 20], "the runtime's megabyte after the program's stacks");
     }
 }

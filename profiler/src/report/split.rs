@@ -11,9 +11,10 @@
 //! listed under their own kinds); resident pages are a subset of the
 //! address-space kinds and are never added.
 
+use crate::kind::Kind;
 use serde::{Deserialize, Serialize};
 
-use super::{model::StackEntry, Report};
+use super::model::StackEntry;
 
 pub const V8_HEAP: &str = "v8-heap";
 pub const EXTERNAL: &str = "external";
@@ -21,17 +22,17 @@ pub const NATIVE: &str = "native";
 
 /// The class of a memory stack, or `None` for handle kinds.
 pub fn classify(entry: &StackEntry) -> Option<&'static str> {
-    if Report::is_handle_kind(&entry.kind) {
+    if entry.kind.is_handle() {
         return None;
     }
     let has = |needle: &str| entry.frames.iter().any(|f| f.function.contains(needle));
-    let class = if entry.kind == "heap"
+    let class = if entry.kind == Kind::Heap
         && (has("NodeArrayBufferAllocator")
             || has("v8::internal::BackingStore")
             || has("v8::ArrayBuffer::Allocator"))
     {
         EXTERNAL
-    } else if matches!(entry.kind.as_str(), "mmap" | "brk") && has("v8::") {
+    } else if matches!(entry.kind, Kind::Mmap | Kind::Brk) && has("v8::") {
         V8_HEAP
     } else {
         NATIVE
@@ -74,13 +75,13 @@ pub struct MemorySplit {
 
 pub fn split(stacks: &[StackEntry]) -> MemorySplit {
     let mut s = MemorySplit::default();
-    let heap_recorded = stacks.iter().any(|e| e.kind == "heap");
+    let heap_recorded = stacks.iter().any(|e| e.kind == Kind::Heap);
     // Containers of heap blocks count through their blocks, when those were recorded.
     let container = |e: &StackEntry| {
         heap_recorded
-            && (e.kind == "brk" || (e.kind == "mmap" && through_allocator(e) && classify(e) == Some(NATIVE)))
+            && (e.kind == Kind::Brk || (e.kind == Kind::Mmap && through_allocator(e) && classify(e) == Some(NATIVE)))
     };
-    for e in stacks.iter().filter(|e| e.kind != "resident" && !container(e)) {
+    for e in stacks.iter().filter(|e| e.kind != Kind::Resident && !container(e)) {
         match classify(e) {
             Some(V8_HEAP) => s.v8_heap_bytes += e.bytes,
             Some(EXTERNAL) => s.external_bytes += e.bytes,
@@ -95,23 +96,23 @@ pub fn split(stacks: &[StackEntry]) -> MemorySplit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbols::Frame;
+    use crate::stacks::symbols::Frame;
 
     #[test]
     fn heap_blocks_are_not_counted_again_through_their_arena() {
         let mut report = crate::report::sample::report();
         let mut arena = report.stacks[0].clone();
-        arena.kind = "mmap".into();
+        arena.kind = Kind::Mmap;
         arena.bytes = 1 << 20;
         arena.frames = vec![Frame::named("__mmap64"), Frame::named("sysmalloc"), Frame::named("leak_a")];
         let mut brk = arena.clone();
-        brk.kind = "brk".into();
+        brk.kind = Kind::Brk;
         let mut own = arena.clone();
         own.frames = vec![Frame::named("__mmap64"), Frame::named("map_buffer")];
         report.stacks.extend([arena, brk, own]);
         let with_heap = split(&report.stacks);
         assert_eq!(with_heap.native_bytes, 300 + (1 << 20), "heap blocks + the program's own mapping");
-        report.stacks.retain(|e| e.kind != "heap");
+        report.stacks.retain(|e| e.kind != Kind::Heap);
         let without_heap = split(&report.stacks);
         assert_eq!(without_heap.native_bytes, 3 << 20, "no blocks recorded: the containers are the memory");
     }

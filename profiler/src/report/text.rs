@@ -1,5 +1,6 @@
 //! The human summary (`report.txt`, also printed at the end of a run).
 
+use crate::kind::Kind;
 use std::fmt::Write;
 
 use super::{flame::human_bytes, Report};
@@ -33,11 +34,11 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     let kinds = super::select::kind_order(report);
     for kind in &kinds {
-        let total = report.totals.get(*kind).copied().unwrap_or_default();
+        let total = report.totals.get(kind).copied().unwrap_or_default();
         if total.count == 0 {
             continue;
         }
-        if Report::is_handle_kind(kind) {
+        if kind.is_handle() {
             let _ = writeln!(s, "  {kind:<10} {:>12} open handles", total.count);
         } else {
             let _ = writeln!(
@@ -45,7 +46,7 @@ pub fn render(report: &Report, top: usize) -> String {
                 "  {kind:<10} {:>12} in {} {}",
                 human_bytes(total.bytes),
                 total.count,
-                units(kind, total.count)
+                kind.items(total.count)
             );
         }
     }
@@ -109,7 +110,7 @@ pub fn render(report: &Report, top: usize) -> String {
                 .totals
                 .iter()
                 .map(|(k, t)| {
-                    if Report::is_handle_kind(k) {
+                    if k.is_handle() {
                         format!("{k} {}", t.count)
                     } else {
                         format!("{k} {}", human_bytes(t.bytes))
@@ -137,20 +138,20 @@ pub fn render(report: &Report, top: usize) -> String {
         let entries: Vec<_> = program.into_iter().take(top).collect();
         let _ = writeln!(s);
         let _ = writeln!(s, "Top {kind} stacks:");
-        if kind == "resident" {
+        if kind == Kind::Resident {
             let _ = writeln!(
                 s,
                 "  (pages by the code that first touched them: memory an allocator frees and hands out again stays with its first toucher; `--lens alloc --sample-bytes 512K` names who holds each block now)"
             );
         }
         for (i, e) in entries.iter().enumerate() {
-            let mut what = if Report::is_handle_kind(kind) {
+            let mut what = if kind.is_handle() {
                 format!("{} open", e.count)
-            } else if kind == "heap" {
+            } else if kind == Kind::Heap {
                 // Each outstanding block is one allocating call.
                 format!("{} over {} {}", human_bytes(e.bytes), e.count, plural(e.count, "call", "calls"))
             } else {
-                format!("{} in {} {}", human_bytes(e.bytes), e.count, units(kind, e.count))
+                format!("{} in {} {}", human_bytes(e.bytes), e.count, kind.items(e.count))
             };
             if e.sites > 1 {
                 what.push_str(&format!(" from {} code paths", e.sites));
@@ -167,7 +168,7 @@ pub fn render(report: &Report, top: usize) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s{trend}", i + 1, e.api, e.mean_age_s);
-            if kind == "resident" && super::split::through_allocator(e) {
+            if kind == Kind::Resident && super::split::through_allocator(e) {
                 let _ = writeln!(
                     s,
                     "      first touched inside the allocator: these pages may since hold other code's blocks; the verdict is about the pages, not this stack (check with --lens alloc)"
@@ -191,7 +192,7 @@ pub fn render(report: &Report, top: usize) -> String {
         if !runtime.is_empty() {
             let value: u64 = runtime.iter().map(|e| super::flame::value(e)).sum();
             let held =
-                if Report::is_handle_kind(kind) { format!("{value} open") } else { human_bytes(value) };
+                if kind.is_handle() { format!("{value} open") } else { human_bytes(value) };
             let _ = writeln!(
                 s,
                 "  + {held} in {} runtime {} (C/C++ runtime, standard-library start-up, dynamic loader: not the program's code; all in report.json)",
@@ -270,7 +271,7 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(
             s,
             "  perf map bytes past the {} read bound, not read: {}",
-            human_bytes(crate::perfmap::MAX_TOTAL),
+            human_bytes(crate::stacks::perfmap::MAX_TOTAL),
             human_bytes(a.perf_map_unread_bytes)
         );
     }
@@ -304,16 +305,6 @@ pub fn render(report: &Report, top: usize) -> String {
         let _ = writeln!(s, "  incomplete stacks: {} {} at {}", cut.events, cut.reason, cut.captured_at);
     }
     s
-}
-
-/// What a memory kind's count counts.
-/// What `count` items of a memory kind are called.
-pub(crate) fn units(kind: &str, count: u64) -> &'static str {
-    match kind {
-        "resident" => plural(count, "page", "pages"),
-        "mmap" | "file-mmap" => plural(count, "mapping", "mappings"),
-        _ => plural(count, "block", "blocks"),
-    }
 }
 
 fn plural(count: u64, one: &'static str, many: &'static str) -> &'static str {

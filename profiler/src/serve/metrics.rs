@@ -10,7 +10,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::report::{model::ProfilerCost, Report};
+use crate::{
+    kind::Kind,
+    report::{model::ProfilerCost, Report},
+};
 
 /// Stacks per kind exported as their own series.
 pub const TOP_STACKS: usize = 10;
@@ -30,7 +33,7 @@ impl OwnCost {
         let cost = ProfilerCost::now();
         Self {
             cpu_seconds: cost.cpu_user_s + cost.cpu_system_s,
-            resident_bytes: crate::target::rss_of(std::process::id()).unwrap_or(0),
+            resident_bytes: crate::process::rss_of(std::process::id()).unwrap_or(0),
         }
     }
 }
@@ -47,7 +50,7 @@ fn set(family: &GaugeFamily, labels: Labels, value: f64) {
 }
 
 /// A short, stable identity of a stack: a hash of its symbolized frames.
-pub fn stack_id(frames: &[crate::symbols::Frame]) -> String {
+pub fn stack_id(frames: &[crate::stacks::symbols::Frame]) -> String {
     let mut h = std::hash::DefaultHasher::new();
     for f in frames {
         h.write(f.function.as_bytes());
@@ -86,7 +89,7 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         "Outstanding blocks or mappings per memory kind.",
     );
     let handles = gauge(&mut registry, "leakprof_outstanding_handles", "Open handles (fds) per handle kind.");
-    let with_cgroup = |kind: &str, cgroup: Option<&str>| -> Labels {
+    let with_cgroup = |kind: Kind, cgroup: Option<&str>| -> Labels {
         let mut l = vec![("kind", kind.to_string())];
         if let Some(cg) = cgroup {
             l.push(("cgroup", cg.to_string()));
@@ -96,12 +99,12 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     if cgroup_mode {
         // Every kind of every cgroup seen, zero included: a container that
         // frees everything shows 0, not a vanished series.
-        let mut per: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+        let mut per: BTreeMap<(Kind, &str), (u64, u64)> = BTreeMap::new();
         for p in &report.processes {
             let cg = p.cgroup.as_deref().unwrap_or("unknown");
-            for kind in report.totals.keys() {
-                let t = p.totals.get(kind).copied().unwrap_or_default();
-                let sum = per.entry((kind.as_str(), cg)).or_default();
+            for &kind in report.totals.keys() {
+                let t = p.totals.get(&kind).copied().unwrap_or_default();
+                let sum = per.entry((kind, cg)).or_default();
                 sum.0 += t.bytes;
                 sum.1 += t.count;
             }
@@ -110,7 +113,7 @@ pub fn render(report: &Report, own: OwnCost) -> String {
             emit_total(&bytes, &blocks, &handles, with_cgroup(kind, Some(cg)), kind, b, c);
         }
     } else {
-        for (kind, t) in &report.totals {
+        for (&kind, t) in &report.totals {
             emit_total(&bytes, &blocks, &handles, with_cgroup(kind, None), kind, t.bytes, t.count);
         }
     }
@@ -126,10 +129,10 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         "Growth rate of the open handles per handle kind.",
     );
     if let Some(series) = &report.series {
-        for (kind, values) in &series.totals {
+        for (&kind, values) in &series.totals {
             let Some(rate) = crate::trend::recent_rate(&series.times, values) else { continue };
-            let family = if Report::is_handle_kind(kind) { &growth_handles } else { &growth_bytes };
-            set(family, vec![("kind", kind.clone())], rate);
+            let family = if kind.is_handle() { &growth_handles } else { &growth_bytes };
+            set(family, vec![("kind", kind.to_string())], rate);
         }
     }
 
@@ -179,13 +182,13 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         "leakprof_stack_outstanding_handles",
         "Open handles of the top stacks per handle kind.",
     );
-    for kind in report.totals.keys() {
-        let handle = Report::is_handle_kind(kind);
+    for &kind in report.totals.keys() {
+        let handle = kind.is_handle();
         let mut entries: Vec<_> = report.entries(kind).collect();
         entries.sort_by_key(|e| std::cmp::Reverse(if handle { e.count } else { e.bytes }));
         for e in entries.into_iter().take(TOP_STACKS) {
             let mut labels = vec![
-                ("kind", kind.clone()),
+                ("kind", kind.to_string()),
                 ("stack", stack_id(&e.frames)),
                 ("function", e.frames.first().map_or("[no frames]".to_string(), |f| f.function.clone())),
             ];
@@ -232,11 +235,11 @@ fn emit_total(
     blocks: &GaugeFamily,
     handles: &GaugeFamily,
     labels: Labels,
-    kind: &str,
+    kind: Kind,
     b: u64,
     count: u64,
 ) {
-    if Report::is_handle_kind(kind) {
+    if kind.is_handle() {
         set(handles, labels, count as f64);
     } else {
         set(bytes, labels.clone(), b as f64);
@@ -299,7 +302,7 @@ mod tests {
             pid: 1,
             command: "demo".into(),
             cgroup: Some("/parent/a".into()),
-            totals: [("heap".to_string(), crate::report::model::Total { bytes: 300, count: 3 })].into(),
+            totals: [(Kind::Heap, crate::report::model::Total { bytes: 300, count: 3 })].into(),
         }];
         let text = render(&report, OwnCost::default());
         assert!(

@@ -93,13 +93,13 @@ async fn index(state: Latest) -> Response {
         Err(e) => return e,
     };
     let mut flamegraphs = Vec::new();
-    for kind in report.totals.keys() {
+    for &kind in report.totals.keys() {
         let lines = crate::report::flame::folded(&report, kind, crate::report::flame::GroupBy::None);
         if lines.is_empty() {
             continue;
         }
         match crate::report::flame::svg(&report, kind, &lines) {
-            Ok(svg) => flamegraphs.push((kind.clone(), svg)),
+            Ok(svg) => flamegraphs.push((kind, svg)),
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
         }
     }
@@ -145,11 +145,10 @@ struct PprofQuery {
 }
 
 async fn pprof(state: Latest, Path(kind): Path<String>, Query(query): Query<PprofQuery>) -> Response {
-    if Kind::from_name(&kind).is_none() {
-        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-        return (StatusCode::NOT_FOUND, format!("no kind {kind:?}; kinds: {}\n", kinds.join(", ")))
-            .into_response();
-    }
+    let kind = match kind.parse::<Kind>() {
+        Ok(kind) => kind,
+        Err(unknown) => return (StatusCode::NOT_FOUND, format!("no {unknown}\n")).into_response(),
+    };
     if query.seconds.is_some() {
         return (
             StatusCode::BAD_REQUEST,
@@ -161,7 +160,7 @@ async fn pprof(state: Latest, Path(kind): Path<String>, Query(query): Query<Ppro
         Ok(r) => r,
         Err(e) => return e,
     };
-    match crate::report::pprof::encode(&report, &kind) {
+    match crate::report::pprof::encode(&report, kind) {
         Ok(body) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),

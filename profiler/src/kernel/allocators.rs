@@ -19,8 +19,8 @@ use profiler_common::AllocApi::{self, *};
 
 use crate::{
     files::target::{open_mapped, ModuleFile},
-    placement::{self, Placement},
-    procmaps::{Mapping, ProcessMaps},
+    kernel::placement::{self, Placement},
+    stacks::procmaps::{Mapping, ProcessMaps},
 };
 
 /// The C standard entry points (and their common extensions), by name.
@@ -266,7 +266,7 @@ fn parse_image(path: String, file: ModuleFile, id: (u64, u64)) -> Option<Allocat
     for e in &mut entries {
         e.code = code_of(&elf, e.address, e.size);
     }
-    if crate::procmaps::is_libc(std::path::Path::new(&path)) {
+    if crate::stacks::procmaps::is_libc(std::path::Path::new(&path)) {
         family = Family::CLibrary;
     }
     Some(AllocatorImage { path, family, entries, file, id })

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{procmaps::ProcessMaps, report::model::TargetExit};
+use crate::{stacks::procmaps::ProcessMaps, report::model::TargetExit};
 
 /// A process found and ready to be probed.
 #[derive(Debug, Clone)]
@@ -69,8 +69,8 @@ impl ProcessInfo {
 
     /// Fails with a clear message when the process has no allocator for the alloc lens to probe.
     pub fn require_allocator(&self) -> Result<()> {
-        if crate::allocators::find(self.pid, &self.maps).is_empty() {
-            bail!("process {} ({}): {}", self.pid, self.name, crate::allocators::NOT_FOUND);
+        if crate::kernel::allocators::find(self.pid, &self.maps).is_empty() {
+            bail!("process {} ({}): {}", self.pid, self.name, crate::kernel::allocators::NOT_FOUND);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use profiler_common::unwind::{Mapping, Process, Row, RowPage, MAX_MAPPINGS, ROWS
 use super::table::{self, NoTable};
 use crate::{
     files::target::{open_mapped, open_regular_in_root, MAX_MODULE_BYTES},
-    procmaps::ProcessMaps,
+    stacks::procmaps::ProcessMaps,
 };
 
 /// A module's table from its own call-frame information, with its separate
@@ -158,7 +158,7 @@ impl KernelTables {
     /// The kernel's entry for one executable file mapping of process `pid`,
     /// loading the module's table the first time the module is seen. A
     /// module without a table gets an entry with no rows (frame pointers).
-    fn resolve(&mut self, pid: u32, m: &crate::procmaps::Mapping) -> Mapping {
+    fn resolve(&mut self, pid: u32, m: &crate::stacks::procmaps::Mapping) -> Mapping {
         let mut mapping = Mapping { start: m.start, end: m.end, ..Default::default() };
         let module = match open_mapped(pid, m) {
             Ok(module) => module,

@@ -19,7 +19,7 @@ use nix::{
 };
 
 use super::ProcessInfo;
-use crate::{procmaps::ProcessMaps, report::model::TargetExit};
+use crate::{stacks::procmaps::ProcessMaps, report::model::TargetExit};
 
 /// How a new program image appeared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,14 @@
 //! Call stacks: interning raw frame lists into small ids, locating each
 //! frame in the process's mappings while the process is alive, marking where
 //! a walk stopped short, and repairing frame-pointer syscall stacks whose
-//! walk skipped the wrapper's caller.
+//! walk skipped the wrapper's caller. Its submodules read the process's
+//! mappings (`procmaps`), its JIT perf maps (`perfmap`), build call-frame
+//! tables for the kernel's walker (`unwind`) and name frames (`symbols`).
+
+pub mod perfmap;
+pub mod procmaps;
+pub mod symbols;
+pub mod unwind;
 
 use std::{
     collections::HashMap,
@@ -13,7 +20,7 @@ use std::{
 
 use profiler_common::StackStatus;
 
-use crate::{files::target::open_path_mapped, ledger::StackId, procmaps::ProcessMaps};
+use crate::{files::target::open_path_mapped, ledger::StackId, stacks::procmaps::ProcessMaps};
 
 /// Marker frames, appended as the outermost frame of a stack whose walk did
 /// not reach the program's first frame: an address no user code has (above
@@ -112,8 +119,8 @@ pub struct AddressSpace {
     /// Never re-read: a forked child's copy of its parent's layout, which
     /// /proc would no longer show once the child has exec'd.
     frozen: bool,
-    unwinder: crate::unwind::Unwinder,
-    perf_map: crate::perfmap::PerfMap,
+    unwinder: crate::stacks::unwind::Unwinder,
+    perf_map: crate::stacks::perfmap::PerfMap,
     perf_map_read_at: Option<Instant>,
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     files::target::{open_path_mapped, ModuleFile},
-    procmaps::ProcessMaps,
+    stacks::procmaps::ProcessMaps,
     stacks::Location,
 };
 

@@ -21,9 +21,9 @@ use aya::{
 use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
 
 use crate::{
-    allocators::AllocatorImage,
-    placement::{Placement, PlacementMode},
-    unwind::kernel::KernelTables,
+    kernel::allocators::AllocatorImage,
+    kernel::placement::{Placement, PlacementMode},
+    stacks::unwind::kernel::KernelTables,
 };
 
 /// The compiled eBPF object (see build.rs).
