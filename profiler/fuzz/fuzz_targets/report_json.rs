@@ -3,15 +3,17 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use profiler::{
-    report::{diff, model::Report, pprof, text},
+    report::{diff, model::Report, outputs},
     serve::metrics,
 };
 
 fuzz_target!(|data: &[u8]| {
     let Ok(report) = Report::from_json(data) else { return };
-    let _ = text::render(&report, 10);
-    for kind in report.totals.keys() {
-        let _ = pprof::encode(&report, kind);
+    let options = outputs::Options::default();
+    for format in outputs::Format::ALL {
+        for &kind in report.totals.keys() {
+            let _ = outputs::render(&report, format, kind, &options);
+        }
     }
     let _ = metrics::render(&report, metrics::OwnCost::default());
     let deltas = diff::diff(&report, &report);
