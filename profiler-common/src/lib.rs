@@ -177,6 +177,22 @@ impl AllocApi {
     pub fn from_u16(v: u16) -> Option<Self> {
         ALLOC_APIS.get(v as usize).copied()
     }
+
+    /// The eBPF program probing its entry (`malloc_enter`, ...).
+    pub const fn entry_program(self) -> &'static str {
+        match self {
+            Self::Malloc => "malloc_enter",
+            Self::Calloc => "calloc_enter",
+            Self::Realloc => "realloc_enter",
+            Self::Reallocarray => "reallocarray_enter",
+            Self::Free => "free_enter",
+            Self::PosixMemalign => "posix_memalign_enter",
+            Self::AlignedAlloc => "aligned_alloc_enter",
+            Self::Memalign => "memalign_enter",
+            Self::Valloc => "valloc_enter",
+            Self::Pvalloc => "pvalloc_enter",
+        }
+    }
 }
 
 /// The syscalls we trace (x86_64 numbers) and their counter slots.
@@ -220,90 +236,69 @@ pub mod syscalls {
     pub const CLOSE_RANGE: u64 = 436;
     pub const OPENAT2: u64 = 437;
 
-    /// (number, name) of every traced syscall, in counter-slot order.
-    pub const TRACED: [(u64, &str); 38] = [
-        (MMAP, "mmap"),
-        (MUNMAP, "munmap"),
-        (MREMAP, "mremap"),
-        (BRK, "brk"),
-        (SOCKET, "socket"),
-        (SOCKETPAIR, "socketpair"),
-        (ACCEPT, "accept"),
-        (ACCEPT4, "accept4"),
-        (CLOSE, "close"),
-        (OPEN, "open"),
-        (OPENAT, "openat"),
-        (OPENAT2, "openat2"),
-        (CREAT, "creat"),
-        (PIPE, "pipe"),
-        (PIPE2, "pipe2"),
-        (EVENTFD, "eventfd"),
-        (EVENTFD2, "eventfd2"),
-        (TIMERFD_CREATE, "timerfd_create"),
-        (SIGNALFD, "signalfd"),
-        (SIGNALFD4, "signalfd4"),
-        (EPOLL_CREATE, "epoll_create"),
-        (EPOLL_CREATE1, "epoll_create1"),
-        (INOTIFY_INIT, "inotify_init"),
-        (INOTIFY_INIT1, "inotify_init1"),
-        (MEMFD_CREATE, "memfd_create"),
-        (PIDFD_OPEN, "pidfd_open"),
-        (IO_URING_SETUP, "io_uring_setup"),
-        (DUP, "dup"),
-        (DUP2, "dup2"),
-        (DUP3, "dup3"),
-        (FCNTL, "fcntl"),
-        (CLOSE_RANGE, "close_range"),
-        (CLONE, "clone"),
-        (CLONE3, "clone3"),
-        (FORK, "fork"),
-        (VFORK, "vfork"),
-        (WRITE, "write"),
-        (MADVISE, "madvise"),
-    ];
+    /// Defines the traced syscalls once: `TRACED` (number and name, in
+    /// counter-slot order) and `slot()` (a syscall number's counter slot),
+    /// both from one list. The name is also the tracepoint's
+    /// (`syscalls:sys_enter_<name>`).
+    macro_rules! traced {
+        ($($nr:ident => $name:ident),* $(,)?) => {
+            #[allow(non_camel_case_types, dead_code)]
+            #[repr(usize)]
+            enum Slot { $($name),* }
 
-    pub fn slot(nr: u64) -> Option<usize> {
-        Some(match nr {
-            MMAP => 0,
-            MUNMAP => 1,
-            MREMAP => 2,
-            BRK => 3,
-            SOCKET => 4,
-            SOCKETPAIR => 5,
-            ACCEPT => 6,
-            ACCEPT4 => 7,
-            CLOSE => 8,
-            OPEN => 9,
-            OPENAT => 10,
-            OPENAT2 => 11,
-            CREAT => 12,
-            PIPE => 13,
-            PIPE2 => 14,
-            EVENTFD => 15,
-            EVENTFD2 => 16,
-            TIMERFD_CREATE => 17,
-            SIGNALFD => 18,
-            SIGNALFD4 => 19,
-            EPOLL_CREATE => 20,
-            EPOLL_CREATE1 => 21,
-            INOTIFY_INIT => 22,
-            INOTIFY_INIT1 => 23,
-            MEMFD_CREATE => 24,
-            PIDFD_OPEN => 25,
-            IO_URING_SETUP => 26,
-            DUP => 27,
-            DUP2 => 28,
-            DUP3 => 29,
-            FCNTL => 30,
-            CLOSE_RANGE => 31,
-            CLONE => 32,
-            CLONE3 => 33,
-            FORK => 34,
-            VFORK => 35,
-            WRITE => 36,
-            MADVISE => 37,
-            _ => return None,
-        })
+            /// (number, name) of every traced syscall, in counter-slot order.
+            pub const TRACED: [(u64, &str); [$(stringify!($name)),*].len()] =
+                [$(($nr, stringify!($name))),*];
+
+            /// The counter slot of syscall `nr`, if it is traced.
+            pub fn slot(nr: u64) -> Option<usize> {
+                Some(match nr {
+                    $($nr => Slot::$name as usize,)*
+                    _ => return None,
+                })
+            }
+        };
+    }
+
+    traced! {
+        MMAP => mmap,
+        MUNMAP => munmap,
+        MREMAP => mremap,
+        BRK => brk,
+        SOCKET => socket,
+        SOCKETPAIR => socketpair,
+        ACCEPT => accept,
+        ACCEPT4 => accept4,
+        CLOSE => close,
+        OPEN => open,
+        OPENAT => openat,
+        OPENAT2 => openat2,
+        CREAT => creat,
+        PIPE => pipe,
+        PIPE2 => pipe2,
+        EVENTFD => eventfd,
+        EVENTFD2 => eventfd2,
+        TIMERFD_CREATE => timerfd_create,
+        SIGNALFD => signalfd,
+        SIGNALFD4 => signalfd4,
+        EPOLL_CREATE => epoll_create,
+        EPOLL_CREATE1 => epoll_create1,
+        INOTIFY_INIT => inotify_init,
+        INOTIFY_INIT1 => inotify_init1,
+        MEMFD_CREATE => memfd_create,
+        PIDFD_OPEN => pidfd_open,
+        IO_URING_SETUP => io_uring_setup,
+        DUP => dup,
+        DUP2 => dup2,
+        DUP3 => dup3,
+        FCNTL => fcntl,
+        CLOSE_RANGE => close_range,
+        CLONE => clone,
+        CLONE3 => clone3,
+        FORK => fork,
+        VFORK => vfork,
+        WRITE => write,
+        MADVISE => madvise,
     }
 
     /// The handle kind a successful fd-creating syscall makes, if it makes one.
@@ -369,6 +364,68 @@ pub mod counters {
     /// the target's: such a read leaves the page not resident).
     pub const OWN_READ_FAULTS: usize = MISSED_RETURNS + 1;
     pub const COUNT: usize = OWN_READ_FAULTS + 1;
+}
+
+/// Slots of the `CONFIG` array map: settings userspace writes before attaching.
+pub mod config {
+    /// Offset of `child_pid` in the `sched_process_fork` record (from tracefs).
+    pub const FORK_CHILD_PID_OFFSET: u32 = 0;
+    /// 1 to add forked children of targets to TARGETS.
+    pub const FOLLOW_CHILDREN: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// The names userspace finds the eBPF object's maps, globals and programs
+/// by. The kernel side declares each under the same identifier (aya takes a
+/// map's or program's name from it); `profiler`'s unit tests check that
+/// every name here is in the built object.
+pub mod names {
+    /// Maps.
+    pub mod maps {
+        pub const EVENTS: &str = "EVENTS";
+        pub const COUNTERS: &str = "COUNTERS";
+        pub const TARGETS: &str = "TARGETS";
+        pub const CGROUPS: &str = "CGROUPS";
+        pub const CONFIG: &str = "CONFIG";
+        pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+        pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+        pub const ALL: [&str; 7] =
+            [EVENTS, COUNTERS, TARGETS, CGROUPS, CONFIG, UNWIND_ROWS, UNWIND_PROCESSES];
+    }
+
+    /// Globals set at load time.
+    pub mod globals {
+        pub const CGROUP_MODE: &str = "CGROUP_MODE";
+        pub const SAMPLE_BYTES: &str = "SAMPLE_BYTES";
+        pub const HOLD_AT_EXEC: &str = "HOLD_AT_EXEC";
+        pub const ALL: [&str; 3] = [CGROUP_MODE, SAMPLE_BYTES, HOLD_AT_EXEC];
+    }
+
+    /// Programs (besides each allocator's entry probe, [`AllocApi::entry_program`](super::AllocApi::entry_program)).
+    pub mod programs {
+        pub const ALLOC_RETURN: &str = "alloc_return";
+        pub const MARKER: &str = "marker";
+        pub const SYSCALL_ENTER: &str = "syscall_enter";
+        pub const SYSCALL_EXIT: &str = "syscall_exit";
+        pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+        pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+        pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+        pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
+        pub const PAGE_FAULT_USER: &str = "page_fault_user";
+        pub const PAGE_FAULT_KERNEL: &str = "page_fault_kernel";
+        pub const ALL: [&str; 10] = [
+            ALLOC_RETURN,
+            MARKER,
+            SYSCALL_ENTER,
+            SYSCALL_EXIT,
+            SCHED_PROCESS_EXEC,
+            SCHED_PROCESS_FORK,
+            SCHED_PROCESS_EXIT,
+            OOM_MARK_VICTIM,
+            PAGE_FAULT_USER,
+            PAGE_FAULT_KERNEL,
+        ];
+    }
 }
 
 /// Fixed part of every ring-buffer record. `frames` user stack frames

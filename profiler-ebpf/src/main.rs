@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 use profiler_common::{
-    counters, syscalls, AllocApi, Event, EventKind, StackStatus, FP_MAX_FRAMES, HEADER_SIZE, MAX_FRAMES,
+    config, counters, syscalls, AllocApi, Event, EventKind, StackStatus, FP_MAX_FRAMES, HEADER_SIZE, MAX_FRAMES,
     MAX_SYSCALL_FRAMES, STACK_HINT_WORDS,
 };
 
@@ -641,14 +641,6 @@ const F_DUPFD: u64 = 0;
 const F_SETFD: u64 = 2;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 
-/// Settings written by userspace.
-pub mod config {
-    /// Offset of `child_pid` in the `sched_process_fork` record (from tracefs).
-    pub const FORK_CHILD_PID_OFFSET: u32 = 0;
-    /// 1 to add forked children of targets to TARGETS.
-    pub const FOLLOW_CHILDREN: u32 = 1;
-    pub const COUNT: u32 = 2;
-}
 
 #[map]
 static CONFIG: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(config::COUNT, 0);

@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use profiler::{collector::Collector, symbols::Symbols};
+use profiler::{collector::Collector, kind::Kind, stacks::symbols::Symbols};
 use profiler_common::{AllocApi, EventHeader, EventKind, HEADER_SIZE};
 
 const STACKS: u64 = 50_000;
@@ -136,7 +136,7 @@ fn main() {
     let entries = collector.entries(&Symbols::default(), stream.ts, 0);
     let json = serde_json::to_vec(&entries).unwrap();
     let report_s = started.elapsed().as_secs_f64();
-    let heap: u64 = entries.iter().filter(|e| e.kind == "heap").map(|e| e.count).sum();
+    let heap: u64 = entries.iter().filter(|e| e.kind == Kind::Heap).map(|e| e.count).sum();
     assert_eq!(heap, OUTSTANDING, "every outstanding allocation is in the report");
     assert_eq!(entries.len() as u64, STACKS);
 

@@ -4,22 +4,19 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{syscalls, AllocApi, EventKind, HandleKind, StackStatus};
+use profiler_common::{syscalls, AllocApi, StackStatus};
 
 use crate::{
-    kernel::events::RawEvent,
+    kernel::events::{Caller, Event, Record},
     ledger::{Kind, Ledger, Op, Site, StackId},
-    stacks::procmaps::ProcessMaps,
     report::model::StackEntry,
+    stacks::procmaps::ProcessMaps,
+    stacks::symbols::{Frame, Symbols},
     stacks::{
         repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
         StackTable,
     },
-    stacks::symbols::{Frame, Symbols},
 };
-
-const MAP_ANONYMOUS: u64 = 0x20;
-const PAGE: u64 = 4096;
 
 /// Where an event's stack was captured, which decides where its shown part
 /// starts and how a frame-pointer stack is completed.
@@ -241,15 +238,6 @@ pub fn classify_fd_link(link: &str) -> (Kind, &'static str) {
     (Kind::Files, "file")
 }
 
-/// Bytes an allocator call makes outstanding.
-fn requested_bytes(api: AllocApi, size: u64, arg: u64) -> u64 {
-    match api {
-        AllocApi::Calloc | AllocApi::Reallocarray => size.saturating_mul(arg),
-        AllocApi::Pvalloc => size.max(1).div_ceil(PAGE) * PAGE,
-        _ => size,
-    }
-}
-
 impl Collector {
     /// Bytes a recorded block stands for. A block of `bytes` is sampled with
     /// probability min(1, bytes / sample_bytes) (see profiler-ebpf), so
@@ -419,23 +407,17 @@ impl Collector {
         self.aliases.entry(api).or_default().push(alias.symbol());
     }
 
-    fn api_name(&self, ev: &RawEvent) -> String {
-        match ev.kind {
-            EventKind::PageFault => "page fault".to_string(),
-            EventKind::Alloc | EventKind::Realloc | EventKind::Free => {
-                match AllocApi::from_u16(ev.header.api) {
-                    Some(api) => std::iter::once(api.symbol())
-                        .chain(self.aliases.get(&api).into_iter().flatten().copied())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                    None => "?".to_string(),
-                }
+    fn api_name(&self, caller: Caller) -> String {
+        match caller {
+            Caller::PageFault => "page fault".to_string(),
+            Caller::Allocator(api) => std::iter::once(api.symbol())
+                .chain(self.aliases.get(&api).into_iter().flatten().copied())
+                .collect::<Vec<_>>()
+                .join("/"),
+            Caller::Syscall(nr) => {
+                syscalls::TRACED.iter().find(|(n, _)| *n == nr).map_or("?", |(_, name)| *name).to_string()
             }
-            _ => syscalls::TRACED
-                .iter()
-                .find(|(nr, _)| *nr == ev.header.api as u64)
-                .map_or("?", |(_, n)| *n)
-                .to_string(),
+            Caller::Other => "?".to_string(),
         }
     }
 
@@ -445,9 +427,9 @@ impl Collector {
             .or_insert_with(|| AddressSpace::new(tgid, ProcessMaps::read(tgid).unwrap_or_default()))
     }
 
-    fn intern(&mut self, ev: &RawEvent, captured: CapturedAt) -> StackId {
-        let tgid = ev.header.tgid;
-        let status = StackStatus::from_u8(ev.header.stack_status).unwrap_or(StackStatus::BadFrame);
+    fn intern(&mut self, ev: &Record, captured: CapturedAt) -> StackId {
+        let tgid = ev.pid;
+        let status = ev.stack_status;
         if status == StackStatus::CaptureFailed {
             self.stack_failures += 1;
         }
@@ -495,7 +477,7 @@ impl Collector {
             let space = self.space(tgid);
             let locs = frames.iter().map(|&a| space.locate(a)).collect();
             self.locations.push(locs);
-            let name = self.api_name(ev);
+            let name = self.api_name(ev.caller);
             self.api.push(name);
         }
         if let Some(key) = raw_key {
@@ -514,46 +496,37 @@ impl Collector {
     /// Applies one ring-buffer record.
     pub fn ingest(&mut self, bytes: &[u8]) {
         self.events_received += 1;
-        let Some(ev) = RawEvent::decode(bytes) else {
-            self.undecodable_events += 1;
-            return;
+        let ev = match Record::decode(bytes) {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.undecodable_events += 1;
+                return;
+            }
         };
-        let h = ev.header;
-        if matches!(ev.kind, EventKind::Mmap | EventKind::Mremap | EventKind::Munmap) {
-            if let Some(space) = self.spaces.get_mut(&h.tgid) {
+        let pid = ev.pid;
+        if let Event::Mmap { .. } | Event::Mremap { .. } | Event::Munmap { .. } = ev.event {
+            if let Some(space) = self.spaces.get_mut(&pid) {
                 space.invalidate();
             }
-            if ev.kind == EventKind::Mmap && h.old_size as i32 >= 0 {
-                self.mapped_files.insert(h.tgid);
+            if let Event::Mmap { fd: Some(_), .. } = ev.event {
+                self.mapped_files.insert(pid);
             }
         }
-        let op = match ev.kind {
-            EventKind::Alloc => {
-                let Some(api) = AllocApi::from_u16(h.api) else {
-                    return;
-                };
+        let op = match ev.event {
+            Event::Alloc { api, addr, size, arg } => {
                 let stack = self.intern(&ev, CapturedAt::Return);
-                Op::Alloc { addr: h.addr, size: self.weighted(requested_bytes(api, h.size, h.arg)), stack }
+                Op::Alloc { addr, size: self.weighted(Event::requested_bytes(api, size, arg)), stack }
             }
-            EventKind::Realloc => {
-                let Some(api) = AllocApi::from_u16(h.api) else {
-                    return;
-                };
+            Event::Realloc { api, old, addr, size, arg } => {
                 let stack = self.intern(&ev, CapturedAt::Return);
-                Op::Realloc {
-                    old: h.old_addr,
-                    addr: h.addr,
-                    size: self.weighted(requested_bytes(api, h.size, h.arg)),
-                    stack,
-                }
+                Op::Realloc { old, addr, size: self.weighted(Event::requested_bytes(api, size, arg)), stack }
             }
-            EventKind::Free => {
-                if !self.ledger.release_block(h.tgid, h.addr) {
+            Event::Free { addr, caller } => {
+                if !self.ledger.release_block(pid, addr) {
                     // Only an unmatched free pays for the lookup: glibc's thread
                     // exit hands its per-thread cache back with free() calls of
                     // its own, of blocks the program freed long ago.
-                    let caller = (h.api == AllocApi::Free as u16).then_some(h.arg).filter(|&a| a != 0);
-                    if caller.is_some_and(|c| self.space(h.tgid).in_libc(c)) {
+                    if caller.is_some_and(|c| self.space(pid).in_libc(c)) {
                         self.ledger.counters.c_library_frees += 1;
                     } else {
                         self.ledger.counters.unknown_frees += 1;
@@ -561,75 +534,63 @@ impl Collector {
                 }
                 return;
             }
-            EventKind::Mmap => {
+            Event::Mmap { addr, len, file_backed, .. } => {
                 let stack = self.intern(&ev, CapturedAt::Syscall);
-                Op::Map { addr: h.addr, len: h.size, file_backed: h.arg & MAP_ANONYMOUS == 0, stack }
+                Op::Map { addr, len, file_backed, stack }
             }
-            EventKind::Munmap => Op::Unmap { addr: h.addr, len: h.size },
-            EventKind::Madvise => Op::Discard { addr: h.addr, len: h.size },
-            EventKind::PageFault => Op::Fault { page: h.addr, stack: self.intern(&ev, CapturedAt::Fault) },
-            EventKind::Mremap => {
+            Event::Munmap { addr, len } => Op::Unmap { addr, len },
+            Event::Madvise { addr, len } => Op::Discard { addr, len },
+            Event::PageFault { page } => Op::Fault { page, stack: self.intern(&ev, CapturedAt::Fault) },
+            Event::Mremap { old, old_len, addr, len } => {
                 let stack = self.intern(&ev, CapturedAt::Syscall);
-                Op::Remap { old: h.old_addr, old_len: h.old_size, addr: h.addr, len: h.size, stack }
+                Op::Remap { old, old_len, addr, len, stack }
             }
-            EventKind::Brk => Op::Brk { brk: h.addr, stack: self.intern(&ev, CapturedAt::Syscall) },
-            EventKind::FdOpen => {
-                let Some(handle) = HandleKind::from_u64(h.arg) else { return };
-                let kind = match handle {
-                    HandleKind::Socket => Kind::Sockets,
-                    HandleKind::File => Kind::Files,
-                    HandleKind::Pipe => Kind::Pipes,
-                    HandleKind::Event => Kind::Events,
-                };
-                let nr = h.api as u64;
-                let detail = match nr {
+            Event::Brk { brk } => Op::Brk { brk, stack: self.intern(&ev, CapturedAt::Syscall) },
+            Event::FdOpen { syscall, kind, fd, pair, detail, cloexec } => {
+                let kind = Kind::from(kind);
+                let detail = match syscall {
                     syscalls::ACCEPT | syscalls::ACCEPT4 => {
-                        self.ledger.handle_of(h.tgid, h.size).map_or("other", |(_, detail)| detail)
+                        self.ledger.handle_of(pid, detail).map_or("other", |(_, detail)| detail)
                     }
-                    _ => handle_detail(nr, h.size),
+                    _ => handle_detail(syscall, detail),
                 };
                 let stack = self.intern(&ev, CapturedAt::HandleSyscall);
-                let cloexec = h.old_size != 0;
-                if h.old_addr != u64::MAX {
-                    let second = Op::OpenHandle { fd: h.old_addr, kind, detail, cloexec, stack };
-                    self.ledger.apply(h.tgid, h.ts_ns, second);
+                if let Some(second) = pair {
+                    let second = Op::OpenHandle { fd: second, kind, detail, cloexec, stack };
+                    self.ledger.apply(pid, ev.ts_ns, second);
                 }
-                Op::OpenHandle { fd: h.addr, kind, detail, cloexec, stack }
+                Op::OpenHandle { fd, kind, detail, cloexec, stack }
             }
-            EventKind::FdDup => {
+            Event::FdDup { old, new, cloexec } => {
                 let stack = self.intern(&ev, CapturedAt::HandleSyscall);
-                Op::DupHandle { old: h.old_addr, new: h.addr, cloexec: h.old_size != 0, stack }
+                Op::DupHandle { old, new, cloexec, stack }
             }
-            EventKind::CloseRange => {
-                const CLOSE_RANGE_CLOEXEC: u64 = 4;
-                Op::CloseRange { first: h.addr, last: h.size, cloexec_only: h.arg & CLOSE_RANGE_CLOEXEC != 0 }
-            }
-            EventKind::FdSetCloexec => Op::SetCloexec { fd: h.addr, on: h.arg != 0 },
-            EventKind::Exec => {
+            Event::CloseRange { first, last, cloexec_only } => Op::CloseRange { first, last, cloexec_only },
+            Event::FdSetCloexec { fd, on } => Op::SetCloexec { fd, on },
+            Event::Exec { held } => {
                 // A new program: new mappings, maybe a new C library.
-                if h.arg == 1 {
-                    self.held_at_exec.push(h.tgid);
+                if held {
+                    self.held_at_exec.push(pid);
                 }
                 // The new image is recorded from its first instruction.
-                self.born_while_recording.insert(h.tgid);
-                self.found_late.remove(&h.tgid);
-                self.spaces.remove(&h.tgid);
-                *self.images.entry(h.tgid).or_default() += 1;
-                self.note_process(h.tgid);
-                self.execs.push(h.tgid);
-                self.mapped_files.insert(h.tgid);
+                self.born_while_recording.insert(pid);
+                self.found_late.remove(&pid);
+                self.spaces.remove(&pid);
+                *self.images.entry(pid).or_default() += 1;
+                self.note_process(pid);
+                self.execs.push(pid);
+                self.mapped_files.insert(pid);
                 Op::Exec
             }
-            EventKind::Exit => {
+            Event::Exit => {
                 // The profiled process itself keeps what it held at its exit:
                 // that is the leak report. Others (children, cgroup members) are gone.
-                if self.root == Some(h.tgid) {
+                if self.root == Some(pid) {
                     return;
                 }
                 Op::Exit
             }
-            EventKind::Fork => {
-                let child = h.addr as u32;
+            Event::Fork { child } => {
                 if !self.follows_children {
                     // Its frees, closes and exit go unseen: it must not hold copies.
                     return;
@@ -639,37 +600,36 @@ impl Collector {
                 self.note_process(child);
                 // The child starts as a copy of the parent's address space, and may
                 // exec before we look at it: locate its first frames in the copy.
-                if let Some(parent) = self.spaces.get(&h.tgid) {
+                if let Some(parent) = self.spaces.get(&pid) {
                     let maps = parent.maps().clone();
                     self.spaces.insert(child, AddressSpace::frozen(child, maps));
                 }
-                self.forks.push((h.tgid, child));
+                self.forks.push((pid, child));
                 Op::Fork { child }
             }
-            EventKind::FdClose => Op::CloseHandle { fd: h.addr },
-            EventKind::StdoutWrite => {
-                self.stdout_written += h.size;
-                self.stdout_writes.push((self.stdout_written, h.ts_ns));
+            Event::FdClose { fd } => Op::CloseHandle { fd },
+            Event::StdoutWrite { bytes } => {
+                self.stdout_written += bytes;
+                self.stdout_writes.push((self.stdout_written, ev.ts_ns));
                 return;
             }
-            EventKind::OomKill => {
-                let victim = h.addr as u32;
+            Event::OomKill { victim } => {
                 if self.spaces.contains_key(&victim) || self.ledger.processes().any(|p| p == victim) {
                     self.oom_killed.push(victim);
                 }
                 return;
             }
-            EventKind::Marker => {
+            Event::Marker => {
                 // Events are in order: everything live now was allocated before the marker.
                 self.exclude_live();
-                self.marker_seen_at = Some(h.ts_ns);
+                self.marker_seen_at = Some(ev.ts_ns);
                 return;
             }
         };
         let exited = matches!(op, Op::Exit);
-        self.ledger.apply(h.tgid, h.ts_ns, op);
+        self.ledger.apply(pid, ev.ts_ns, op);
         if exited {
-            self.forget(h.tgid);
+            self.forget(pid);
         }
     }
 
@@ -870,11 +830,11 @@ mod tests {
 
     #[test]
     fn effective_sizes() {
-        assert_eq!(requested_bytes(AllocApi::Malloc, 10, 0), 10);
-        assert_eq!(requested_bytes(AllocApi::Calloc, 10, 3), 30);
-        assert_eq!(requested_bytes(AllocApi::Reallocarray, 10, 3), 30);
-        assert_eq!(requested_bytes(AllocApi::Pvalloc, 10, 0), 4096);
-        assert_eq!(requested_bytes(AllocApi::Pvalloc, 0, 0), 4096);
-        assert_eq!(requested_bytes(AllocApi::Pvalloc, 4097, 0), 8192);
+        assert_eq!(Event::requested_bytes(AllocApi::Malloc, 10, 0), 10);
+        assert_eq!(Event::requested_bytes(AllocApi::Calloc, 10, 3), 30);
+        assert_eq!(Event::requested_bytes(AllocApi::Reallocarray, 10, 3), 30);
+        assert_eq!(Event::requested_bytes(AllocApi::Pvalloc, 10, 0), 4096);
+        assert_eq!(Event::requested_bytes(AllocApi::Pvalloc, 0, 0), 4096);
+        assert_eq!(Event::requested_bytes(AllocApi::Pvalloc, 4097, 0), 8192);
     }
 }

@@ -3,8 +3,8 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
 use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 use profiler::{
     gate::{gate, GateOptions, Verdict},
     kernel::placement::PlacementMode,
@@ -259,7 +259,6 @@ struct RecordArgs {
     #[arg(last = true, value_name = "CMD", group = "target")]
     command: Vec<OsString>,
 }
-
 
 #[derive(Args)]
 struct ReportArgs {

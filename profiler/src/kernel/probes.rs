@@ -18,7 +18,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use profiler_common::{counters, syscalls, AllocApi, ALLOC_APIS};
+use profiler_common::{
+    config, counters,
+    names::{globals, maps, programs},
+    syscalls, AllocApi, ALLOC_APIS,
+};
 
 use crate::{
     kernel::allocators::AllocatorImage,
@@ -65,15 +69,15 @@ impl Probes {
             );
         }
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", ringbuf_bytes)
-            .override_global("CGROUP_MODE", &(settings.cgroup_mode as u8), true)
-            .override_global("SAMPLE_BYTES", &settings.sample_bytes, true)
-            .override_global("HOLD_AT_EXEC", &(settings.hold_at_exec as u8), true)
+            .map_max_entries(maps::EVENTS, ringbuf_bytes)
+            .override_global(globals::CGROUP_MODE, &(settings.cgroup_mode as u8), true)
+            .override_global(globals::SAMPLE_BYTES, &settings.sample_bytes, true)
+            .override_global(globals::HOLD_AT_EXEC, &(settings.hold_at_exec as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
         let tables = KernelTables::new(
-            ebpf.take_map("UNWIND_ROWS").context("UNWIND_ROWS map")?,
-            ebpf.take_map("UNWIND_PROCESSES").context("UNWIND_PROCESSES map")?,
+            ebpf.take_map(maps::UNWIND_ROWS).context(maps::UNWIND_ROWS)?,
+            ebpf.take_map(maps::UNWIND_PROCESSES).context(maps::UNWIND_PROCESSES)?,
         )?;
         Ok(Self {
             tables,
@@ -89,7 +93,7 @@ impl Probes {
     /// Adds a process to the in-kernel filter.
     pub fn add_target(&mut self, tgid: u32) -> Result<()> {
         let mut targets: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut("TARGETS").context("TARGETS map")?)?;
+            BpfHashMap::try_from(self.ebpf.map_mut(maps::TARGETS).context(maps::TARGETS)?)?;
         targets.insert(tgid, 1, 0).context("adding the target to the filter map")?;
         Ok(())
     }
@@ -104,14 +108,14 @@ impl Probes {
                 }
             }
         }
-        clear::<u32>(self.ebpf.map_mut("TARGETS"));
-        clear::<u64>(self.ebpf.map_mut("CGROUPS"));
+        clear::<u32>(self.ebpf.map_mut(maps::TARGETS));
+        clear::<u64>(self.ebpf.map_mut(maps::CGROUPS));
     }
 
     /// Adds cgroups (by v2 id) to the in-kernel filter.
     pub fn add_cgroups(&mut self, ids: &[u64]) -> Result<()> {
         let mut cgroups: BpfHashMap<_, u64, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut("CGROUPS").context("CGROUPS map")?)?;
+            BpfHashMap::try_from(self.ebpf.map_mut(maps::CGROUPS).context(maps::CGROUPS)?)?;
         for id in ids {
             cgroups.insert(*id, 1, 0).context("adding a cgroup to the filter map")?;
         }
@@ -126,7 +130,7 @@ impl Probes {
         let wanted = syscalls::TRACED.iter().filter(|(nr, _)| {
             (handles || !syscalls::is_handle_call(*nr)) && (stdout_writes || *nr != syscalls::WRITE)
         });
-        for (prog, phase) in [("syscall_enter", "enter"), ("syscall_exit", "exit")] {
+        for (prog, phase) in [(programs::SYSCALL_ENTER, "enter"), (programs::SYSCALL_EXIT, "exit")] {
             let p: &mut TracePoint = self.ebpf.program_mut(prog).context(prog)?.try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
             let mut names = Vec::new();
@@ -199,8 +203,11 @@ impl Probes {
                 // return probe goes first, so every call whose entry is seen
                 // has its return seen too (a thread mid-call at attach time
                 // has neither).
-                let r: &mut UProbe =
-                    self.ebpf.program_mut("alloc_return").context("alloc_return")?.try_into()?;
+                let r: &mut UProbe = self
+                    .ebpf
+                    .program_mut(programs::ALLOC_RETURN)
+                    .context(programs::ALLOC_RETURN)?
+                    .try_into()?;
                 if r.fd().is_err() {
                     r.load()?;
                 }
@@ -209,8 +216,8 @@ impl Probes {
                     .with_context(|| format!("attaching uretprobe {name} in {name_seen}"))?;
                 self.links.push(Box::new(r.take_link(id)?));
             }
-            let program = format!("{}_enter", api.symbol());
-            let p: &mut UProbe = self.ebpf.program_mut(&program).context(program.clone())?.try_into()?;
+            let program = api.entry_program();
+            let p: &mut UProbe = self.ebpf.program_mut(program).context(program)?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
@@ -236,7 +243,7 @@ impl Probes {
     /// Emits a marker event whenever process `pid` calls `function` in `binary`.
     pub fn attach_marker(&mut self, binary: &Path, function: &str, pid: u32) -> Result<()> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
-        let p: &mut UProbe = self.ebpf.program_mut("marker").context("marker")?.try_into()?;
+        let p: &mut UProbe = self.ebpf.program_mut(programs::MARKER).context(programs::MARKER)?.try_into()?;
         p.load()?;
         let id = p.attach(function, binary, scope).with_context(|| {
             format!("attaching the marker to function `{function}` in {}", binary.display())
@@ -250,18 +257,23 @@ impl Probes {
     /// by a target become targets in the kernel before they first run.
     pub fn attach_process_tracepoints(&mut self, follow: bool) -> Result<()> {
         let offset = fork_child_pid_offset()?;
-        let mut config: Array<_, u64> = Array::try_from(self.ebpf.map_mut("CONFIG").context("CONFIG map")?)?;
-        config.set(0, offset, 0)?;
-        config.set(1, follow as u64, 0)?;
-        for name in ["sched_process_exec", "sched_process_fork", "sched_process_exit"] {
+        let mut config: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).context(maps::CONFIG)?)?;
+        config.set(config::FORK_CHILD_PID_OFFSET, offset, 0)?;
+        config.set(config::FOLLOW_CHILDREN, follow as u64, 0)?;
+        for name in [programs::SCHED_PROCESS_EXEC, programs::SCHED_PROCESS_FORK, programs::SCHED_PROCESS_EXIT]
+        {
             let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
             let id = p.attach("sched", name).with_context(|| format!("attaching tracepoint sched:{name}"))?;
             self.links.push(Box::new(p.take_link(id)?));
             self.attached.push(format!("tracepoint:sched:{name}"));
         }
-        let p: &mut TracePoint =
-            self.ebpf.program_mut("oom_mark_victim").context("oom_mark_victim")?.try_into()?;
+        let p: &mut TracePoint = self
+            .ebpf
+            .program_mut(programs::OOM_MARK_VICTIM)
+            .context(programs::OOM_MARK_VICTIM)?
+            .try_into()?;
         p.load().context("loading oom_mark_victim")?;
         match p.attach("oom", "mark_victim").and_then(|id| p.take_link(id)) {
             Ok(link) => {
@@ -275,7 +287,7 @@ impl Probes {
 
     /// Attaches the first-touch page-fault tracepoints (the resident lens).
     pub fn attach_page_faults(&mut self) -> Result<()> {
-        for name in ["page_fault_user", "page_fault_kernel"] {
+        for name in [programs::PAGE_FAULT_USER, programs::PAGE_FAULT_KERNEL] {
             let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
             let id = p.attach("exceptions", name).with_context(|| {
@@ -308,13 +320,13 @@ impl Probes {
     }
 
     pub fn take_ringbuf(&mut self) -> Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(self.ebpf.take_map("EVENTS").context("EVENTS map")?)?)
+        Ok(RingBuf::try_from(self.ebpf.take_map(maps::EVENTS).context(maps::EVENTS)?)?)
     }
 
     /// Kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counters::COUNT]> {
         let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").context("COUNTERS map")?)?;
+            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).context(maps::COUNTERS)?)?;
         let mut out = [0u64; counters::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
@@ -403,5 +415,35 @@ mod tests {
         assert_eq!(super::parse_field_offset(old, "child_pid"), Some(44));
         assert_eq!(super::parse_field_offset(new, "child_pid"), Some(20));
         assert_eq!(super::parse_field_offset(new, "parent_pid"), None);
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use object::{Object, ObjectSymbol};
+
+    use super::*;
+
+    /// Every map, global and program name userspace uses is a symbol of the
+    /// eBPF object it embeds (a renamed kernel-side static fails here, not
+    /// at attach time as root).
+    #[test]
+    fn every_shared_name_is_in_the_ebpf_object() {
+        let object = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let symbols: Vec<&str> = object.symbols().filter_map(|s| s.name().ok()).collect();
+        let entry_programs = ALLOC_APIS.map(AllocApi::entry_program);
+        let wanted = maps::ALL.iter().chain(&globals::ALL).chain(&programs::ALL).chain(&entry_programs);
+        for name in wanted {
+            assert!(symbols.contains(name), "{name} is not in the eBPF object");
+        }
+    }
+
+    #[test]
+    fn syscall_slots_follow_the_traced_list() {
+        for (i, (nr, _)) in syscalls::TRACED.iter().enumerate() {
+            assert_eq!(syscalls::slot(*nr), Some(i));
+        }
+        assert_eq!(syscalls::slot(1000), None);
+        assert!(counters::COUNT > counters::SYSCALLS + syscalls::TRACED.len());
     }
 }

@@ -19,7 +19,7 @@ use nix::{
 };
 
 use super::ProcessInfo;
-use crate::{stacks::procmaps::ProcessMaps, report::model::TargetExit};
+use crate::{report::model::TargetExit, stacks::procmaps::ProcessMaps};
 
 /// How a new program image appeared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

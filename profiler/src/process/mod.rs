@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{stacks::procmaps::ProcessMaps, report::model::TargetExit};
+use crate::{report::model::TargetExit, stacks::procmaps::ProcessMaps};
 
 /// A process found and ready to be probed.
 #[derive(Debug, Clone)]

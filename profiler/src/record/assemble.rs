@@ -11,8 +11,9 @@ use crate::process::cgroup::CgroupMemory;
 use crate::{
     collector::Collector,
     files::output::OutputDir,
-    ledger::Kind,
     kernel::probes::Probes,
+    ledger::Kind,
+    process::{cgroup::CgroupMounts, ProcessInfo},
     report::{
         model::{
             Accuracy, CgroupInfo, IncompleteStacks, ProcessSummary, SeriesReport, StackEntry, Status,
@@ -21,7 +22,6 @@ use crate::{
         outputs, Report,
     },
     stacks::symbols::Symbols,
-    process::{cgroup::CgroupMounts, ProcessInfo},
 };
 
 /// What every report of a session shares.

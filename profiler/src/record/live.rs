@@ -14,8 +14,8 @@ use profiler_common::counters;
 
 use crate::{
     collector::Collector,
-    ledger::Kind,
     kernel::probes::Probes,
+    ledger::Kind,
     report::{
         flame::{frame_label, human_bytes, rate_per_min},
         model::Status,

@@ -27,17 +27,17 @@ use tokio::{
 use crate::{
     collector::Collector,
     files::output::OutputDir,
-    ledger::Kind,
-    lens::Lenses,
     kernel::placement::PlacementMode,
     kernel::preflight,
     kernel::probes::{ProbeSettings, Probes},
-    report::{flame, model::TargetExit, text, Report},
+    ledger::Kind,
+    lens::Lenses,
     process::{
         cgroup::{CgroupMounts, CgroupTarget},
         launch::{self, Control, TargetEvent},
         pidfd, ProcessInfo,
     },
+    report::{flame, model::TargetExit, text, Report},
     stacks::unwind::StackWalk,
 };
 

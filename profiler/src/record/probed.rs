@@ -9,14 +9,14 @@ use profiler_common::AllocApi;
 
 use super::preflight;
 use crate::{
-    kernel::allocators::{self, AllocatorImage},
     collector::Collector,
+    kernel::allocators::{self, AllocatorImage},
     kernel::probes::Probes,
-    stacks::procmaps::ProcessMaps,
     process::{
         cgroup::{CgroupMounts, CgroupTarget},
         held::HeldExec,
     },
+    stacks::procmaps::ProcessMaps,
 };
 
 /// Which allocator images each process has probes on, so each image is

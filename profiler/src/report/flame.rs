@@ -139,7 +139,8 @@ mod tests {
     #[test]
     fn svg_is_rendered_with_names() {
         let r = report();
-        let svg = String::from_utf8(svg(&r, Kind::Heap, &folded(&r, Kind::Heap, GroupBy::None)).unwrap()).unwrap();
+        let svg =
+            String::from_utf8(svg(&r, Kind::Heap, &folded(&r, Kind::Heap, GroupBy::None)).unwrap()).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("leak_a"));
         assert!(svg.contains("300 B outstanding"));

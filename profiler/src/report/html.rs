@@ -157,7 +157,9 @@ pub fn render(report: &Report, flamegraphs: &[(Kind, Vec<u8>)], files: &[String]
     if let Some(series) = report.series.as_ref().filter(|s| s.times.len() >= 2) {
         s.push_str("<h2>Over time</h2>");
         for kind in super::select::kind_order(report) {
-            let Some(totals) = series.totals.get(&kind).filter(|v| v.iter().any(|x| *x > 0)) else { continue };
+            let Some(totals) = series.totals.get(&kind).filter(|v| v.iter().any(|x| *x > 0)) else {
+                continue;
+            };
             let mut lines = vec![(format!("{kind} total"), totals.clone())];
             for e in report.entries(kind).filter(|e| e.series.len() == series.times.len()).take(CHART_STACKS)
             {

@@ -84,8 +84,9 @@ pub fn render(report: &Report, format: Format, kind: Kind, options: &Options) ->
     Ok(match format {
         Format::Text => text::render(report, options.top).into_bytes(),
         Format::Json => serde_json::to_vec_pretty(report)?,
-        Format::Html => html::render(report, &flamegraphs(report, options)?, &options.linked, options.top)
-            .into_bytes(),
+        Format::Html => {
+            html::render(report, &flamegraphs(report, options)?, &options.linked, options.top).into_bytes()
+        }
         Format::Folded => (lines()?.join("\n") + "\n").into_bytes(),
         Format::Svg => flame::svg(report, kind, &lines()?)?,
         Format::Pprof => {

@@ -35,11 +35,8 @@ pub fn report() -> Report {
         target_exit: None,
         warmup: None,
         selection: None,
-        totals: [
-            (Kind::Heap, Total { bytes: 300, count: 3 }),
-            (Kind::Sockets, Total { bytes: 0, count: 2 }),
-        ]
-        .into(),
+        totals: [(Kind::Heap, Total { bytes: 300, count: 3 }), (Kind::Sockets, Total { bytes: 0, count: 2 })]
+            .into(),
         handles: Default::default(),
         processes: Vec::new(),
         cgroup: None,

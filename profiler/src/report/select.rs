@@ -41,12 +41,7 @@ pub fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
     }
     let kind_rank = |e: &StackEntry| {
         let held = own.get(&e.kind).copied().unwrap_or(0);
-        (
-            held == 0,
-            e.kind.is_handle(),
-            std::cmp::Reverse(held),
-            Kind::ALL.iter().position(|k| *k == e.kind),
-        )
+        (held == 0, e.kind.is_handle(), std::cmp::Reverse(held), Kind::ALL.iter().position(|k| *k == e.kind))
     };
     let known = |e: &StackEntry| e.trend.is_some_and(|t| t.verdict != Verdict::Unknown);
     let key = |e: &StackEntry| -> (f64, u64) {

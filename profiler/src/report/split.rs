@@ -79,7 +79,8 @@ pub fn split(stacks: &[StackEntry]) -> MemorySplit {
     // Containers of heap blocks count through their blocks, when those were recorded.
     let container = |e: &StackEntry| {
         heap_recorded
-            && (e.kind == Kind::Brk || (e.kind == Kind::Mmap && through_allocator(e) && classify(e) == Some(NATIVE)))
+            && (e.kind == Kind::Brk
+                || (e.kind == Kind::Mmap && through_allocator(e) && classify(e) == Some(NATIVE)))
     };
     for e in stacks.iter().filter(|e| e.kind != Kind::Resident && !container(e)) {
         match classify(e) {

@@ -191,8 +191,7 @@ pub fn render(report: &Report, top: usize) -> String {
         }
         if !runtime.is_empty() {
             let value: u64 = runtime.iter().map(|e| super::flame::value(e)).sum();
-            let held =
-                if kind.is_handle() { format!("{value} open") } else { human_bytes(value) };
+            let held = if kind.is_handle() { format!("{value} open") } else { human_bytes(value) };
             let _ = writeln!(
                 s,
                 "  + {held} in {} runtime {} (C/C++ runtime, standard-library start-up, dynamic loader: not the program's code; all in report.json)",

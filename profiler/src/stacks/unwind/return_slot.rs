@@ -33,7 +33,9 @@ struct ModuleCfi {
 /// (its calls fall back to the scan): bounded memory per target-controlled file.
 const MAX_EH_FRAME: u64 = 64 << 20;
 
-static MODULES: Mutex<Option<HashMap<(u64, u64), Option<Arc<ModuleCfi>>>>> = Mutex::new(None);
+/// Modules by (device, inode); `None` for a module without call-frame information.
+type ModuleCache = HashMap<(u64, u64), Option<Arc<ModuleCfi>>>;
+static MODULES: Mutex<Option<ModuleCache>> = Mutex::new(None);
 
 /// The call-frame information of `module`, read once per file.
 fn cfi_of(module: &ModuleFile) -> Option<Arc<ModuleCfi>> {
