@@ -9,9 +9,9 @@ use profiler_common::{syscalls, AllocApi, StackStatus};
 use crate::{
     kernel::events::{Caller, Event, Record},
     ledger::{Kind, Ledger, Op, Site, StackId},
-    report::model::StackEntry,
+    report::model::{Frame, StackEntry},
     stacks::procmaps::ProcessMaps,
-    stacks::symbols::{Frame, Symbols},
+    stacks::symbols::Symbols,
     stacks::{
         repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
         StackTable,
@@ -643,7 +643,9 @@ impl Collector {
     pub fn entries(&self, symbols: &Symbols, now_ns: u64, min_age_ns: u64) -> Vec<StackEntry> {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
-        let sites: Vec<_> = self.ledger.sites().map(|(s, o)| (*s, *o)).collect();
+        let mut sites: Vec<_> = self.ledger.sites().map(|(s, o)| (*s, *o)).collect();
+        // In interning order: the same events give the same report.
+        sites.sort_unstable_by_key(|(site, _)| *site);
         let mut by_pid: HashMap<u32, Vec<Location>> = HashMap::new();
         for (site, _) in &sites {
             let (tgid, _) = self.stacks.get(site.stack);

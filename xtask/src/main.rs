@@ -411,7 +411,10 @@ fn test(args: Vec<OsString>) -> Result<()> {
     let object = build_ebpf()?;
     install_test_tools();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut full: Vec<OsString> = vec!["test".into(), "--workspace".into()];
+    // The end-to-end tests are behind the `e2e` feature: plain `cargo test`
+    // (any user) runs only the unit and golden-file tests.
+    let mut full: Vec<OsString> =
+        vec!["test".into(), "--workspace".into(), "--features".into(), "profiler/e2e".into()];
     full.extend(args);
     let mut cmd = as_root(Path::new(&cargo), &full);
     cmd.current_dir(workspace_root()).env("PROFILER_EBPF_OBJECT", &object);

@@ -21,11 +21,10 @@ use crate::{
     record::{record, RecordOptions, TargetSpec, Warmup},
     report::{
         flame,
-        model::TargetExit,
+        model::{Frame, TargetExit},
         origin::{is_library_frame, is_runtime_stack},
         Report,
     },
-    stacks::symbols::Frame,
 };
 use config::Config;
 use decide::{decide, Baseline, Check, Decision, Observed};
@@ -136,6 +135,12 @@ fn load_baseline(opts: &GateOptions) -> Result<Option<Baseline>> {
 }
 
 /// Runs the gate; `Err` means the gate itself failed (exit 2).
+/// The decision over reports already recorded (one per run).
+pub fn judge(reports: &[Report], config: &Config, baseline: Option<&Baseline>) -> Decision {
+    let runs: Vec<_> = reports.iter().map(|r| observe(r, config)).collect();
+    decide(&combine(&runs), config, baseline)
+}
+
 pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     if opts.command.is_empty() {
         bail!("no command to gate: use `profiler gate [OPTIONS] -- CMD ARGS`");

@@ -26,6 +26,7 @@ use profiler_common::{
 
 use crate::{
     kernel::allocators::AllocatorImage,
+    kernel::counters::KernelCounters,
     kernel::placement::{Placement, PlacementMode},
     stacks::unwind::kernel::KernelTables,
 };
@@ -324,14 +325,14 @@ impl Probes {
     }
 
     /// Kernel-side counters, summed over CPUs.
-    pub fn counters(&self) -> Result<[u64; counters::COUNT]> {
+    pub fn counters(&self) -> Result<KernelCounters> {
         let map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).context(maps::COUNTERS)?)?;
-        let mut out = [0u64; counters::COUNT];
-        for (i, slot) in out.iter_mut().enumerate() {
+        let mut raw = [0u64; counters::COUNT];
+        for (i, slot) in raw.iter_mut().enumerate() {
             *slot = map.get(&(i as u32), 0)?.iter().sum();
         }
-        Ok(out)
+        Ok(KernelCounters::from_slots(&raw))
     }
 }
 

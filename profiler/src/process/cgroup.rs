@@ -10,8 +10,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::report::model::CgroupMemory;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 /// Where the cgroup hierarchies are mounted.
 #[derive(Debug, Default)]
@@ -238,16 +238,6 @@ pub fn memory_of_process(pid: u32, mounts: &CgroupMounts) -> Option<CgroupMemory
 pub fn v2_path_of(pid: u32) -> Option<String> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     own.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
-}
-
-/// The memory controller's view of a cgroup.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CgroupMemory {
-    /// Bytes; `None` when unlimited.
-    pub limit: Option<u64>,
-    pub usage: u64,
-    /// Which controller and directory the numbers come from.
-    pub controller: String,
 }
 
 /// The container id in a cgroup directory name, as runtimes name them:

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use profiler_common::counters;
 
 use crate::{
     collector::Collector,
@@ -65,7 +64,7 @@ impl Live {
         let (since, before) = self.last_events;
         let rate = (collector.events_received - before) as f64 / since.elapsed().as_secs_f64().max(1e-3);
         self.last_events = (Instant::now(), collector.events_received);
-        let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+        let lost = probes.counters().map(|c| c.ringbuf_drops).unwrap_or(0);
         self.header = format!(
             "recording {} | {rate:.0} events/s | lost {lost} | Ctrl-C ends it",
             self.elapsed(elapsed)
@@ -123,7 +122,7 @@ impl Live {
                 })
             })
             .collect();
-        let lost = probes.counters().map(|c| c[counters::RINGBUF_DROPS]).unwrap_or(0);
+        let lost = probes.counters().map(|c| c.ringbuf_drops).unwrap_or(0);
         eprintln!(
             "[{}] {} | {} | {} events, lost {lost}",
             self.elapsed(elapsed),

@@ -409,7 +409,7 @@ async fn run(
             let addr = listener.local_addr()?;
             let publisher = crate::serve::start(listener)?;
             let context = report_context!();
-            publisher.publish(context.report(&collector, started.elapsed(), "recording".into(), None)?);
+            publisher.publish(context.report(&mut collector, started.elapsed(), "recording".into(), None)?);
             eprintln!(
                 "serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json"
             );
@@ -575,14 +575,13 @@ async fn run(
                 }
                 symbols.trim();
                 let context = report_context!();
-                live.line(&collector, &probes, context.status(&collector).as_ref(), started.elapsed());
+                live.line(&collector, &probes, context.status(&collector, started.elapsed()).as_ref(), started.elapsed());
                 if opts.snapshots {
                     due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
                 }
                 // The terminal's table, the snapshots and the endpoints show the report of now.
                 let now = if live.wants_report() || publisher.is_some() || !due.is_empty() {
-                    collector.name_jit_frames();
-                    let now = context.report(&collector, started.elapsed(), "recording".into(), None);
+                    let now = context.report(&mut collector, started.elapsed(), "recording".into(), None);
                     match &now {
                         Ok(report) => live.update(report),
                         Err(e) => live.note(&format!("warning: no report at {:.0}s: {e:#}", started.elapsed().as_secs_f64())),
@@ -656,9 +655,8 @@ async fn run(
         (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
         (None, false) => None,
     };
-    collector.name_jit_frames();
     let context = report_context!();
-    let mut report = context.report(&collector, started.elapsed(), end_reason, warmup_note)?;
+    let mut report = context.report(&mut collector, started.elapsed(), end_reason, warmup_note)?;
     report.target_exit = target_exit;
     let written = write_outputs(&report, &output, &opts);
 

@@ -142,10 +142,7 @@ pub fn svg(before: &Report, after: &Report, kind: Kind, names: (&str, &str)) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        report::model::{Accuracy, StackEntry, TargetInfo},
-        stacks::symbols::Frame,
-    };
+    use crate::report::model::{Accuracy, Frame, StackEntry, TargetInfo};
 
     fn report(entries: &[(&str, &str, u64)]) -> Report {
         Report {

@@ -82,7 +82,7 @@ pub fn rate_per_min(kind: Kind, per_min: f64) -> String {
 }
 
 /// A frame for people: `function (file.c:12)`, or the function alone.
-pub fn frame_label(f: &crate::stacks::symbols::Frame) -> String {
+pub fn frame_label(f: &crate::report::model::Frame) -> String {
     match (&f.file, f.line) {
         (Some(file), Some(line)) => {
             format!("{} ({}:{line})", f.function, file.rsplit('/').next().unwrap_or(file))
@@ -113,6 +113,8 @@ pub fn svg(report: &Report, kind: Kind, lines: &[String]) -> Result<Vec<u8>> {
     };
     options.count_name = if handles { "handles".into() } else { "bytes".into() };
     options.colors = Palette::Basic(if handles { BasicPalette::Io } else { BasicPalette::Mem });
+    // Colors by function name: the same function has the same color in every flamegraph and run.
+    options.hash = true;
     options.subtitle = Some(format!("outstanding when recording ended ({})", report.end_reason));
     let mut out = Vec::new();
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut out)

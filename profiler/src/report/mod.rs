@@ -2,6 +2,7 @@
 //! recording ended (`model`), and its renderings: the human summary (`text`),
 //! folded stacks and flamegraphs (`flame`).
 
+pub mod build;
 pub mod diff;
 pub mod flame;
 pub mod html;

@@ -5,16 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    kind::Kind,
-    ledger::{HandleCount, LedgerCounters},
-    stacks::symbols::Frame,
-};
+use crate::{kind::Kind, ledger::LedgerCounters};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// How a target process ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetExit {
     /// It exited with this code.
@@ -42,7 +38,7 @@ impl std::fmt::Display for TargetExit {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Report {
     pub schema_version: u32,
     pub profiler_version: String,
@@ -106,7 +102,7 @@ impl Report {
 }
 
 /// An executable or library frames are in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ModuleInfo {
     /// As frames name it (`module`): the file name.
     pub name: String,
@@ -121,14 +117,14 @@ pub struct ModuleInfo {
 }
 
 /// An ELF executable segment: where its bytes are in the file and where it is linked to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TextSegment {
     pub offset: u64,
     pub vaddr: u64,
     pub size: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TargetInfo {
     pub pid: u32,
     pub command: String,
@@ -137,7 +133,7 @@ pub struct TargetInfo {
     pub libc: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Total {
     /// Outstanding bytes (0 for handle kinds).
     pub bytes: u64,
@@ -145,14 +141,14 @@ pub struct Total {
     pub count: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CgroupInfo {
     pub path: String,
     /// The memory controller's limit and usage when recording ended.
-    pub memory: Option<crate::process::cgroup::CgroupMemory>,
+    pub memory: Option<CgroupMemory>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProcessSummary {
     pub pid: u32,
     pub command: String,
@@ -163,7 +159,7 @@ pub struct ProcessSummary {
     pub totals: BTreeMap<Kind, Total>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StackEntry {
     pub kind: Kind,
     pub pid: u32,
@@ -185,7 +181,7 @@ pub struct StackEntry {
     pub class: Option<String>,
     /// Growth rate and verdict, when samples were taken (`--interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trend: Option<crate::trend::Trend>,
+    pub trend: Option<Trend>,
     /// Share of the outstanding value older than `--min-age`.
     #[serde(default)]
     pub old_share: f64,
@@ -206,7 +202,7 @@ fn one() -> u64 {
 }
 
 /// Samples of the whole recording.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeriesReport {
     pub interval_s: f64,
     /// Seconds since recording started.
@@ -218,7 +214,7 @@ pub struct SeriesReport {
 }
 
 /// Overall growth against the thresholds, and the time left until the limit.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Status {
     /// Robust growth rate of resident memory (or of the outstanding total when RSS is unknown).
     pub growth_mib_per_min: f64,
@@ -242,7 +238,7 @@ pub struct Status {
 
 /// Everything that could make the numbers incomplete. Each field is measured;
 /// none is zero merely because it was not counted.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Accuracy {
     /// The lenses recorded (`alloc`, `resident`, `handles`).
     #[serde(default)]
@@ -311,7 +307,7 @@ pub struct Accuracy {
     #[serde(default)]
     pub own_read_faults: u64,
     #[serde(flatten)]
-    pub ledger: LedgerCounters,
+    pub ledger: UnmatchedCounts,
     /// Allocator entry points not probed, and why.
     pub probes_skipped: Vec<String>,
     pub probes_attached: Vec<String>,
@@ -324,7 +320,7 @@ pub struct Accuracy {
     pub unwind_tables: UnwindTables,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct IncompleteStacks {
     /// "allocator", "syscall" or "page fault".
     pub captured_at: String,
@@ -333,7 +329,7 @@ pub struct IncompleteStacks {
     pub events: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct UnwindTables {
     pub modules: u64,
     pub rows: u64,
@@ -349,7 +345,7 @@ pub struct UnwindTables {
 }
 
 /// The profiler's own CPU time and peak memory, up to the report.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProfilerCost {
     pub cpu_user_s: f64,
     pub cpu_system_s: f64,
@@ -369,6 +365,145 @@ impl ProfilerCost {
             cpu_user_s: secs(usage.ru_utime),
             cpu_system_s: secs(usage.ru_stime),
             peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        }
+    }
+}
+
+/// One named frame. An address inside inlined code yields several frames,
+/// outermost first, the inner ones marked `inlined`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Frame {
+    pub function: String,
+    pub module: String,
+    /// File offset (or absolute address, for anonymous memory), hex.
+    pub offset: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// A frame with only a function name (for tests of the renderers).
+    #[cfg(test)]
+    pub fn named(function: &str) -> Frame {
+        Frame {
+            function: function.into(),
+            module: "m".into(),
+            offset: "0x0".into(),
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+}
+
+/// What a stack's outstanding bytes are doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Still rising at the end of the recording: a leak suspect.
+    Growing,
+    /// Rose, then stopped: a cache or pool that reached its size.
+    Plateaued,
+    /// Mostly young: work in flight, not retained.
+    Transient,
+    /// Neither growing nor young (e.g. allocated once at start-up).
+    Stable,
+    /// Too few samples to tell.
+    Unknown,
+}
+
+impl Verdict {
+    /// As written in report.json (`growing`, `plateaued`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Growing => "growing",
+            Self::Plateaued => "plateaued",
+            Self::Transient => "transient",
+            Self::Stable => "stable",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A stack's trend, from its series and the age of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Trend {
+    /// Robust slope over the whole recording, bytes (or handles) per minute.
+    pub growth_per_min: f64,
+    /// Robust slope over the second half, per minute.
+    pub recent_growth_per_min: f64,
+    pub verdict: Verdict,
+}
+
+/// The memory controller's view of a cgroup.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CgroupMemory {
+    /// Bytes; `None` when unlimited.
+    pub limit: Option<u64>,
+    pub usage: u64,
+    /// Which controller and directory the numbers come from.
+    pub controller: String,
+}
+
+/// Open handles of one (kind, detail), split by origin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HandleCount {
+    /// Opened while recording (and counted as outstanding).
+    pub open: u64,
+    /// Open before recording started (or excluded as warm-up): not leaks.
+    pub pre_existing: u64,
+}
+
+impl From<crate::ledger::HandleCount> for HandleCount {
+    fn from(c: crate::ledger::HandleCount) -> Self {
+        Self { open: c.open, pre_existing: c.pre_existing }
+    }
+}
+
+/// Releases and reuses the ledger could not match (see `ledger::LedgerCounters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UnmatchedCounts {
+    /// `free` of an address never seen allocated (allocated before attach,
+    /// or its allocation event was lost).
+    pub unknown_frees: u64,
+    /// `free` of an address never seen allocated, called from inside the C
+    /// library itself (its per-thread cache handed back at thread exit).
+    #[serde(default)]
+    pub c_library_frees: u64,
+    /// `realloc` of a block never seen allocated.
+    pub unknown_reallocs: u64,
+    /// Allocation at an address that was still live: its free was missed.
+    pub overwritten_blocks: u64,
+    /// Bytes unmapped that were never seen mapped (mapped before attach, or by the loader).
+    pub untracked_unmap_bytes: u64,
+    /// close of an fd never seen opened (opened before attach).
+    pub unknown_closes: u64,
+    /// An fd number handed out again while still held open: its close was missed.
+    pub reused_fds: u64,
+    /// dup of an fd never seen opened.
+    #[serde(default)]
+    pub unknown_dups: u64,
+    /// Not-present faults on pages already resident (refaults after reclaim): not counted twice.
+    #[serde(default)]
+    pub repeated_faults: u64,
+}
+
+impl From<LedgerCounters> for UnmatchedCounts {
+    fn from(c: LedgerCounters) -> Self {
+        Self {
+            unknown_frees: c.unknown_frees,
+            c_library_frees: c.c_library_frees,
+            unknown_reallocs: c.unknown_reallocs,
+            overwritten_blocks: c.overwritten_blocks,
+            untracked_unmap_bytes: c.untracked_unmap_bytes,
+            unknown_closes: c.unknown_closes,
+            reused_fds: c.reused_fds,
+            unknown_dups: c.unknown_dups,
+            repeated_faults: c.repeated_faults,
         }
     }
 }

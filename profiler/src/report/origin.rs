@@ -4,7 +4,7 @@
 //! stack from its first frame of the program's; the text report lists the
 //! program's stacks first and the runtime's grouped after them.
 
-use crate::stacks::symbols::Frame;
+use crate::report::model::Frame;
 
 /// Modules of the C and C++ runtimes and the dynamic loader.
 pub fn is_runtime_module(module: &str) -> bool {

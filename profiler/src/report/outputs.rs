@@ -75,7 +75,8 @@ pub fn render(report: &Report, format: Format, kind: Kind, options: &Options) ->
         if lines.is_empty() {
             let present: Vec<&str> = kinds_present(report).map(Kind::name).collect();
             bail!(
-                "nothing of kind {kind} is outstanding; kinds present: {} (choose one with --kind)",
+                "nothing of kind {:?} is outstanding; kinds present: {} (choose one with --kind)",
+                kind.name(),
                 if present.is_empty() { "none".to_string() } else { present.join(", ") }
             );
         }

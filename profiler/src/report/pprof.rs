@@ -20,7 +20,7 @@ use flate2::{write::GzEncoder, Compression};
 use prost::Message;
 
 use super::{model::ModuleInfo, Report};
-use crate::{kind::Kind, stacks::symbols::Frame};
+use crate::{kind::Kind, report::model::Frame};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {

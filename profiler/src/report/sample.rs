@@ -4,7 +4,7 @@ use super::{
     model::{Accuracy, StackEntry, TargetInfo, Total},
     Report,
 };
-use crate::{kind::Kind, stacks::symbols::Frame};
+use crate::{kind::Kind, report::model::Frame};
 
 /// Two heap stacks with the same frames (100 + 150 B), one without frames
 /// (50 B) and one sockets stack (2 handles), all of pid 1.

@@ -64,7 +64,7 @@ pub fn through_allocator(entry: &StackEntry) -> bool {
 }
 
 /// Totals per class, each byte once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemorySplit {
     pub v8_heap_bytes: u64,
     pub external_bytes: u64,
@@ -97,7 +97,7 @@ pub fn split(stacks: &[StackEntry]) -> MemorySplit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stacks::symbols::Frame;
+    use crate::report::model::Frame;
 
     #[test]
     fn heap_blocks_are_not_counted_again_through_their_arena() {

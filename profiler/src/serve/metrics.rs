@@ -50,7 +50,7 @@ fn set(family: &GaugeFamily, labels: Labels, value: f64) {
 }
 
 /// A short, stable identity of a stack: a hash of its symbolized frames.
-pub fn stack_id(frames: &[crate::stacks::symbols::Frame]) -> String {
+pub fn stack_id(frames: &[crate::report::model::Frame]) -> String {
     let mut h = std::hash::DefaultHasher::new();
     for f in frames {
         h.write(f.function.as_bytes());

@@ -5,29 +5,13 @@
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use blazesym::symbolize::{source::Elf, source::Source, CodeInfo, Input, Symbolized, Symbolizer};
-use serde::Serialize;
 
 use crate::{
     files::target::{open_path_mapped, ModuleFile},
+    report::model::Frame,
     stacks::procmaps::ProcessMaps,
     stacks::Location,
 };
-
-/// One named frame. An address inside inlined code yields several frames,
-/// outermost first, the inner ones marked `inlined`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Frame {
-    pub function: String,
-    pub module: String,
-    /// File offset (or absolute address, for anonymous memory), hex.
-    pub offset: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<u32>,
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
-    pub inlined: bool,
-}
 
 /// Names frames; one instance serves every report of a session, so each
 /// module's debug info is parsed once (blazesym caches it by path).
@@ -85,14 +69,6 @@ fn frame(function: &str, module: &str, offset: u64, code: Option<&CodeInfo>, inl
         file: (!file.is_empty()).then_some(file),
         line,
         inlined,
-    }
-}
-
-impl Frame {
-    /// A frame with only a function name (for tests of the renderers).
-    #[cfg(test)]
-    pub fn named(function: &str) -> Frame {
-        frame(function, "m", 0, None, false)
     }
 }
 

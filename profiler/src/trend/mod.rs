@@ -3,6 +3,7 @@
 //! transient), and the overall status against the growth thresholds the
 //! incident reports use, with the time left until the memory limit.
 
+pub use crate::report::model::{Trend, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Slopes are estimated on at most this many evenly spaced samples.
@@ -49,45 +50,6 @@ pub fn recent_rate(times: &[f64], values: &[u64]) -> Option<f64> {
     let points: Vec<(f64, f64)> = times.iter().zip(values).map(|(t, v)| (*t, *v as f64)).collect();
     let recent = &points[points.len().saturating_sub(RECENT_WINDOW)..];
     (recent.len() >= MIN_SAMPLES).then(|| robust_slope(recent)).flatten()
-}
-
-/// What a stack's outstanding bytes are doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Still rising at the end of the recording: a leak suspect.
-    Growing,
-    /// Rose, then stopped: a cache or pool that reached its size.
-    Plateaued,
-    /// Mostly young: work in flight, not retained.
-    Transient,
-    /// Neither growing nor young (e.g. allocated once at start-up).
-    Stable,
-    /// Too few samples to tell.
-    Unknown,
-}
-
-impl Verdict {
-    /// As written in report.json (`growing`, `plateaued`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Growing => "growing",
-            Self::Plateaued => "plateaued",
-            Self::Transient => "transient",
-            Self::Stable => "stable",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// A stack's trend, from its series and the age of its bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Trend {
-    /// Robust slope over the whole recording, bytes (or handles) per minute.
-    pub growth_per_min: f64,
-    /// Robust slope over the second half, per minute.
-    pub recent_growth_per_min: f64,
-    pub verdict: Verdict,
 }
 
 /// Judges a series of (seconds, value) samples. `old_share` is the share of
