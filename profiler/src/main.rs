@@ -446,61 +446,72 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl RecordArgs {
+    /// The recording these arguments ask for, or what is wrong with them.
+    fn into_options(self) -> Result<RecordOptions, &'static str> {
+        let args = self;
+        if args.duration == Some(Duration::ZERO) {
+            return Err("--duration must be a positive number of seconds");
+        }
+        if args.interval < Duration::from_millis(50) {
+            return Err("--interval must be at least 0.05 s");
+        }
+        if args.keep_snapshots == 0 {
+            return Err("--keep-snapshots must be at least 1");
+        }
+        if !args.ringbuf_mb.is_power_of_two() {
+            return Err("--ringbuf-mb must be a power of two");
+        }
+        let lenses = Lenses::from_list(&args.lens);
+        let sample_bytes = args.sample_bytes.unwrap_or(0);
+        if args.sample_bytes.is_some() && !(1..=1 << 31).contains(&sample_bytes) {
+            return Err("--sample-bytes must be between 1 and 2G");
+        }
+        if args.sample_bytes.is_some() && !lenses.alloc {
+            return Err("--sample-bytes samples the alloc lens: add --lens alloc");
+        }
+        let warmup = args.warmup.into_warmup();
+        let target = match (args.pid, args.cgroup, args.container) {
+            (Some(pid), _, _) => TargetSpec::Pid(pid),
+            (_, Some(dir), _) => TargetSpec::Cgroup(dir),
+            (_, _, Some(id)) => TargetSpec::Container { id, wait_for_start: args.wait },
+            _ => TargetSpec::Command(args.command),
+        };
+        Ok(RecordOptions {
+            target,
+            duration: args.duration,
+            output: args.output,
+            top: args.top,
+            ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
+            print_summary: !args.quiet,
+            warmup,
+            follow: args.follow,
+            group_by: args.group_by,
+            interval: args.interval,
+            min_age: args.min_age,
+            sort: args.sort,
+            limit: args.limit,
+            thresholds: args.thresholds,
+            snapshots: args.snapshots,
+            keep_snapshots: args.keep_snapshots,
+            serve: args.serve,
+            lenses,
+            sample_bytes,
+            placement: args.probe_placement,
+            stack_walk: args.stack_walk,
+            snapshot_at: {
+                let mut sizes = args.snapshot_at;
+                sizes.sort_unstable();
+                sizes
+            },
+        })
+    }
+}
+
 fn run_record(args: RecordArgs) -> ExitCode {
-    if args.duration == Some(Duration::ZERO) {
-        return usage_error("--duration must be a positive number of seconds");
-    }
-    if args.interval < Duration::from_millis(50) {
-        return usage_error("--interval must be at least 0.05 s");
-    }
-    if args.keep_snapshots == 0 {
-        return usage_error("--keep-snapshots must be at least 1");
-    }
-    if !args.ringbuf_mb.is_power_of_two() {
-        return usage_error("--ringbuf-mb must be a power of two");
-    }
-    let lenses = Lenses::from_list(&args.lens);
-    let sample_bytes = args.sample_bytes.unwrap_or(0);
-    if args.sample_bytes.is_some() && !(1..=1 << 31).contains(&sample_bytes) {
-        return usage_error("--sample-bytes must be between 1 and 2G");
-    }
-    if args.sample_bytes.is_some() && !lenses.alloc {
-        return usage_error("--sample-bytes samples the alloc lens: add --lens alloc");
-    }
-    let warmup = args.warmup.into_warmup();
-    let target = match (args.pid, args.cgroup, args.container) {
-        (Some(pid), _, _) => TargetSpec::Pid(pid),
-        (_, Some(dir), _) => TargetSpec::Cgroup(dir),
-        (_, _, Some(id)) => TargetSpec::Container { id, wait_for_start: args.wait },
-        _ => TargetSpec::Command(args.command),
-    };
-    let opts = RecordOptions {
-        target,
-        duration: args.duration,
-        output: args.output,
-        top: args.top,
-        ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
-        print_summary: !args.quiet,
-        warmup,
-        follow: args.follow,
-        group_by: args.group_by,
-        interval: args.interval,
-        min_age: args.min_age,
-        sort: args.sort,
-        limit: args.limit,
-        thresholds: args.thresholds,
-        snapshots: args.snapshots,
-        keep_snapshots: args.keep_snapshots,
-        serve: args.serve,
-        lenses,
-        sample_bytes,
-        placement: args.probe_placement,
-        stack_walk: args.stack_walk,
-        snapshot_at: {
-            let mut sizes = args.snapshot_at;
-            sizes.sort_unstable();
-            sizes
-        },
+    let opts = match args.into_options() {
+        Ok(opts) => opts,
+        Err(message) => return usage_error(message),
     };
     match record(opts) {
         Ok(_) => ExitCode::SUCCESS,
@@ -535,5 +546,37 @@ fn run_gate(args: GateArgs) -> ExitCode {
             eprintln!("leak gate: error (the gate itself failed): {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("profiler").chain(args.iter().copied())).unwrap().command
+    }
+
+    /// `profiler record` with no options records as `RecordOptions::new`
+    /// does (except that the command line prints the summary).
+    #[test]
+    fn record_defaults_agree_with_record_options() {
+        let Command::Record(args) = parse(&["record", "--pid", "1"]) else { unreachable!() };
+        let from_cli = args.into_options().unwrap();
+        let library = RecordOptions { print_summary: true, ..RecordOptions::new(TargetSpec::Pid(1)) };
+        assert_eq!(format!("{from_cli:?}"), format!("{library:?}"));
+    }
+
+    #[test]
+    fn report_defaults_agree_with_the_output_options() {
+        let Command::Report(args) = parse(&["report", "r.json"]) else { unreachable!() };
+        let defaults = outputs::Options::default();
+        assert_eq!((args.top, args.group_by, args.kind), (defaults.top, defaults.group_by, Kind::Heap));
+    }
+
+    #[test]
+    fn bad_record_options_are_refused_before_anything_runs() {
+        let Command::Record(args) = parse(&["record", "--pid", "1", "--ringbuf-mb", "3"]) else { unreachable!() };
+        assert_eq!(args.into_options().unwrap_err(), "--ringbuf-mb must be a power of two");
     }
 }

@@ -6,38 +6,33 @@
 mod assemble;
 mod live;
 mod probed;
+mod session;
 
-use assemble::{write_outputs, write_snapshot, ReportContext};
-use probed::{CgroupState, ProbedProcesses};
+use probed::CgroupState;
+use session::Session;
 
 use std::{
     ffi::OsString,
-    io::IsTerminal,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Result;
-use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
 
 use crate::{
-    collector::Collector,
     files::output::OutputDir,
-    kernel::placement::PlacementMode,
-    kernel::preflight,
-    kernel::probes::{ProbeSettings, Probes},
-    ledger::Kind,
+    kernel::{placement::PlacementMode, preflight},
     lens::Lenses,
     process::{
         cgroup::{CgroupMounts, CgroupTarget},
-        launch::{self, Control, TargetEvent},
-        pidfd, ProcessInfo,
+        launch::{self, TargetEvent},
+        ProcessInfo,
     },
-    report::{flame, model::TargetExit, text, Report},
+    report::{flame, Report},
     stacks::unwind::StackWalk,
 };
 
@@ -258,210 +253,23 @@ async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     // A closed terminal or a dropped ssh session ends the recording like Ctrl-C.
     let mut sighup = signal(SignalKind::hangup())?;
-    let (info, mut target) = match &opts.target {
-        TargetSpec::Pid(pid) => {
-            let info = ProcessInfo::inspect(*pid)?;
-            let fd = watch(pidfd(*pid)?)?;
-            (info, Target::Attached { pidfd: fd })
-        }
-        TargetSpec::Command(argv) => {
-            let launched = launch::launch(argv, opts.warmup.stdout_marker.is_some())?;
-            (launched.info.clone(), Target::Launched(launched))
-        }
-        TargetSpec::Cgroup(_) | TargetSpec::Container { .. } => {
-            let mounts = CgroupMounts::read()?;
-            let (target, awaited) = match &opts.target {
-                TargetSpec::Cgroup(dir) => (Some(CgroupTarget::resolve(dir, &mounts)?), None),
-                TargetSpec::Container { id, wait_for_start } => {
-                    match CgroupTarget::from_container(id, &mounts) {
-                        Ok(found) => (Some(found), None),
-                        Err(e) if *wait_for_start && CgroupTarget::not_started(&e) => {
-                            eprintln!("waiting for container {id} to start");
-                            (None, Some(id.clone()))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                _ => unreachable!(),
-            };
-            let command = match (&target, &awaited) {
-                (Some(t), _) => format!("cgroup {}", t.dir.display()),
-                (None, id) => format!("container {}", id.as_deref().unwrap_or_default()),
-            };
-            let info = ProcessInfo { pid: 0, command, name: "cgroup".into(), maps: Default::default() };
-            let state = CgroupState {
-                target,
-                awaited,
-                scanned: false,
-                warned: false,
-                mounts,
-                ids: Default::default(),
-                processes: Default::default(),
-                last_scan: Instant::now(),
-            };
-            (info, Target::Cgroup(Box::new(state)))
-        }
-    };
-    // Launch mode follows the whole tree; --pid only with --follow.
-    let launched = matches!(target, Target::Launched(_));
-    let follow = launched || opts.follow;
-    let cgroup_mode = matches!(target, Target::Cgroup(_));
-    let mut probed = ProbedProcesses::new(opts.lenses.alloc, follow || cgroup_mode);
-    let mut attach = || -> Result<Probes> {
-        // Without ptrace, a process exec'ing another program (maybe with another C library) is held by the kernel.
-        let hold_at_exec = opts.lenses.alloc && (cgroup_mode || (follow && !launched));
-        let settings = ProbeSettings {
-            cgroup_mode,
-            sample_bytes: opts.sample_bytes,
-            placement: opts.placement,
-            hold_at_exec,
-        };
-        let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
-        if opts.stack_walk == StackWalk::FramePointers {
-            probes.tables.disable();
-        }
-        probes.attach_syscalls(opts.lenses.handles, opts.warmup.stdout_marker.is_some())?;
-        probes.attach_process_tracepoints(follow)?;
-        if opts.lenses.resident {
-            probes.attach_page_faults()?;
-        }
-        if cgroup_mode {
-            // A process that starts in the cgroup later with this machine's
-            // C library is covered from its first allocation (the scan that
-            // finds it comes later): probe ours, for every process, up front.
-            probed.prime_with_own_images(&mut probes);
-            return Ok(probes);
-        }
-        probes.add_target(info.pid)?;
-        track_stacks(&mut probes, info.pid);
-        probed.ensure(&mut probes, info.pid)?;
-        if let Some(function) = &opts.warmup.function {
-            probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
-        }
-        Ok(probes)
-    };
-    let mut probes = match attach() {
-        Ok(p) => p,
-        Err(e) => {
-            if let Target::Launched(l) = &mut target {
-                let _ = l.control.send(Control::Kill);
-                l.join();
-            }
-            if !cgroup_mode && !Path::new(&format!("/proc/{}", info.pid)).exists() {
-                return Err(
-                    e.context(format!("process {} exited while the profiler was attaching", info.pid))
-                );
-            }
-            return Err(e);
-        }
-    };
-    let mut ring = watch(probes.take_ringbuf()?)?;
-    let mut collector = Collector::default();
-    collector.sample_bytes = opts.sample_bytes;
-    collector.follows_children = follow || cgroup_mode;
-    let initial_brk = match &target {
-        Target::Attached { .. } => info.maps.heap_end().or_else(|| preflight::start_brk(info.pid)),
-        Target::Launched(_) => preflight::start_brk(info.pid),
-        Target::Cgroup(_) => None,
-    };
-    match &mut target {
-        Target::Cgroup(cgroup) => probed.follow_cgroup(&mut probes, &mut collector, cgroup),
-        _ => {
-            collector.set_root(info.pid);
-            collector.add_process(info.pid, info.maps.clone(), initial_brk)
-        }
-    }
-    for (api, alias) in &probes.aliases {
-        collector.add_alias(*api, *alias);
-    }
-
-    let started = Instant::now();
-    let started_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let mode = match &target {
-        Target::Cgroup(_) => "cgroup",
-        Target::Attached { .. } => "attach",
-        Target::Launched(l) => {
-            l.control.send(Control::Resume).ok();
-            "launch"
-        }
-    };
-    let interactive = std::io::stderr().is_terminal();
-    let mounts = CgroupMounts::read().unwrap_or_default();
-    let mut symbols = crate::stacks::symbols::Symbols::default();
-    // What every report of the session shares, taken where a report is built
-    // (`target` is borrowed mutably by the event loop in between).
-    macro_rules! report_context {
-        () => {
-            ReportContext {
-                probes: &probes,
-                info: &info,
-                mode,
-                started_at,
-                opts: &opts,
-                target: &target,
-                mounts: &mounts,
-                symbols: &symbols,
-            }
-        };
-    }
-    let publisher = match listener {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let publisher = crate::serve::start(listener)?;
-            let context = report_context!();
-            publisher.publish(context.report(&mut collector, started.elapsed(), "recording".into(), None)?);
-            eprintln!(
-                "serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json"
-            );
-            Some(publisher)
-        }
-        None => None,
-    };
-    eprintln!(
-        "profiling pid {} ({}); {}",
-        info.pid,
-        info.command,
-        match opts.duration {
-            Some(d) => format!("for {}s, Ctrl-C to stop early", d.as_secs_f64()),
-            None => "Ctrl-C to stop".to_string(),
-        }
-    );
-
-    let mut target_exit = None;
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut session = Session::start(opts, output, listener)?;
+    let root = session.info.pid;
+    let deadline = session.opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let warmup_deadline = session.opts.warmup.after.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut live = live::Live::new(interactive, opts.duration);
-    let mut sample = tokio::time::interval(opts.interval);
-    let resident = |target: &Target| -> Option<u64> {
-        match target {
-            Target::Cgroup(cg) => cg.target.as_ref()?.memory(&cg.mounts).map(|m| m.usage),
-            _ => crate::process::rss_of(info.pid),
-        }
-    };
+    let mut sample = tokio::time::interval(session.opts.interval);
     // The kernel side wakes us only when events pile up (see profiler-ebpf).
     let mut drain_timer = tokio::time::interval(Duration::from_millis(10));
-    let mut held_at_exit = false;
-    let mut warmup_end: Option<String> = None;
-    let warmup_deadline = opts.warmup.after.map(|d| tokio::time::Instant::now() + d);
-    let (marker_tx, mut marker_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    if let (Target::Launched(l), Some(marker)) = (&mut target, &opts.warmup.stdout_marker) {
-        if let Some(stdout) = l.stdout.take() {
-            relay_stdout(stdout, marker.clone(), marker_tx, relayed.clone());
-        }
-    }
-    let mut snapshots_written = 0usize;
-    // Periodic snapshots kept, oldest first.
-    let mut periodic = std::collections::VecDeque::new();
-    let mut crossed = 0usize;
-    let mut end_reason = loop {
+    let mut marker = MarkerRelay::start(&mut session);
+    let end_reason = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
+            guard = session.ring.readable_mut() => {
                 let mut guard = guard?;
                 // A batch, then back to the runtime: under a flood of events
                 // the signals, timers and target events still get their turn
                 // (signals are read by the runtime's driver, polled on a yield).
-                if drain(guard.get_inner_mut(), &mut collector, Some(BATCH)) {
+                if session::drain(guard.get_inner_mut(), &mut session.collector, Some(session::BATCH)) {
                     guard.retain_ready();
                     drop(guard);
                     tokio::task::yield_now().await;
@@ -475,253 +283,69 @@ async fn run(
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 break "duration elapsed".to_string()
             }
-            ev = async {
-                match &mut target {
-                    Target::Launched(l) => l.events.recv().await,
-                    Target::Attached { pidfd } => {
-                        let _ = pidfd.readable().await;
-                        let how = crate::process::exit_of_zombie(info.pid);
-                        Some(TargetEvent::Exit { pid: info.pid, how, last: true, held: false })
-                    }
-                    // A cgroup does not exit: recording ends on a signal or --duration.
-                    Target::Cgroup(_) => std::future::pending().await,
-                }
-            } => {
-                match ev {
-                    Some(TargetEvent::NewImage { pid, how }) => {
-                        // Held stopped by the tracer until this is done.
-                        drain(ring.get_mut(), &mut collector, None);
-                        collector.note_process(pid);
-                        if how != launch::NewImage::Fork {
-                            collector.snapshot_process(pid);
-                        }
-                        track_stacks(&mut probes, pid);
-                        if how != launch::NewImage::ExecWithoutLibc {
-                            if let Err(e) = probed.ensure(&mut probes, pid) {
-                                eprintln!("warning: no heap probes for pid {pid}: {e:#}");
-                            }
-                        }
-                        if let Target::Launched(l) = &target {
-                            let _ = l.control.send(Control::Resume);
-                        }
-                    }
-                    Some(TargetEvent::Exit { pid, how, last, held }) => {
-                        if pid == info.pid {
-                            target_exit = Some(how.clone());
-                        }
-                        if last {
-                            // Held until the report is written.
-                            held_at_exit = held;
-                            break tree_end_reason(info.pid, pid, &how, target_exit.as_ref());
-                        }
-                        if held {
-                            // Take its events while its maps still exist.
-                            drain(ring.get_mut(), &mut collector, None);
-                            collector.name_jit_frames();
-                            if let Target::Launched(l) = &target {
-                                let _ = l.control.send(Control::Resume);
-                            }
-                        }
-                    }
-                    None => break "target exited".to_string(),
+            event = next_target_event(&mut session.target, root) => {
+                if let Some(end) = session.on_target_event(event) {
+                    break end;
                 }
             }
             _ = async { tokio::time::sleep_until(warmup_deadline.unwrap()).await },
-                if warmup_deadline.is_some() && warmup_end.is_none() => {
-                drain(ring.get_mut(), &mut collector, None);
-                collector.exclude_live();
-                warmup_end = Some(format!("after {:.1}s", started.elapsed().as_secs_f64()));
-            }
-            Some(line_end) = marker_rx.recv(), if warmup_end.is_none() => {
-                drain(ring.get_mut(), &mut collector, None);
-                warmup_end = Some(exclude_before_marker_line(&mut collector, line_end, &opts.warmup));
-            }
-            _ = drain_timer.tick() => {
-                drain(ring.get_mut(), &mut collector, Some(BATCH));
-                probed.release_held(&mut probes, &mut collector);
-                for pid in std::mem::take(&mut collector.mapped_files) {
-                    track_stacks(&mut probes, pid);
-                }
-                match &mut target {
-                    Target::Cgroup(cgroup) => {
-                        // A container awaited is looked for at every tick: found before its program starts.
-                        if cgroup.target.is_none() || cgroup.last_scan.elapsed() > Duration::from_millis(200) {
-                            cgroup.last_scan = Instant::now();
-                            probed.follow_cgroup(&mut probes, &mut collector, cgroup);
-                        }
-                    }
-                    Target::Attached { .. } if follow => probed.follow_up(&mut probes, &mut collector),
-                    _ => {
-                        // The tracer announces new images itself.
-                        collector.forks.clear();
-                        collector.execs.clear();
-                    }
-                }
-            }
-            _ = sample.tick() => {
-                drain(ring.get_mut(), &mut collector, None);
-                let resident_now = resident(&target);
-                collector.sample(started.elapsed().as_secs_f64(), resident_now);
-                let level = resident_now.unwrap_or_else(|| collector.ledger.total(Kind::Heap).bytes);
-                // --snapshot-at: when memory crosses each threshold; --snapshots: every sample.
-                let mut due: Vec<(String, String)> = Vec::new();
-                while let Some(&threshold) = opts.snapshot_at.get(crossed) {
-                    if level < threshold {
-                        break;
-                    }
-                    crossed += 1;
-                    let size = flame::human_bytes(threshold).replace(' ', "");
-                    due.push((size, format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold))));
-                }
-                symbols.trim();
-                let context = report_context!();
-                live.line(&collector, &probes, context.status(&collector, started.elapsed()).as_ref(), started.elapsed());
-                if opts.snapshots {
-                    due.push(("periodic".into(), format!("periodic snapshot at {:.0}s", started.elapsed().as_secs_f64())));
-                }
-                // The terminal's table, the snapshots and the endpoints show the report of now.
-                let now = if live.wants_report() || publisher.is_some() || !due.is_empty() {
-                    let now = context.report(&mut collector, started.elapsed(), "recording".into(), None);
-                    match &now {
-                        Ok(report) => live.update(report),
-                        Err(e) => live.note(&format!("warning: no report at {:.0}s: {e:#}", started.elapsed().as_secs_f64())),
-                    }
-                    Some(now)
-                } else {
-                    None
-                };
-                for (label, reason) in due {
-                    snapshots_written += 1;
-                    let dir = format!("snapshot-{snapshots_written:03}-{label}");
-                    let written = match &now {
-                        Some(Ok(report)) => {
-                            let snapshot = Report { end_reason: format!("snapshot: {reason}"), ..report.clone() };
-                            write_snapshot(&snapshot, &output, &dir, &opts)
-                        }
-                        Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
-                        None => Err(anyhow::anyhow!("no report was built")),
-                    };
-                    match written {
-                        Ok(()) if !opts.snapshots => live.note(&format!("wrote snapshot {}", output.path().join(&dir).display())),
-                        Ok(()) if label == "periodic" => {
-                            periodic.push_back(dir);
-                            if periodic.len() > opts.keep_snapshots {
-                                output.remove_subdir(&periodic.pop_front().unwrap_or_default());
-                            }
-                        }
-                        Ok(()) => {}
-                        Err(e) => live.note(&format!("warning: snapshot {} failed: {e:#}", output.path().join(&dir).display())),
-                    }
-                }
-                if let (Some(publisher), Some(Ok(report))) = (&publisher, now) {
-                    publisher.publish(report);
-                }
-            }
-            _ = tick.tick() => live.tick(&collector, &probes, started.elapsed()),
+                if warmup_deadline.is_some() && session.warmup_end.is_none() => session.end_warmup_now(),
+            Some(line_end) = marker.rx.recv(), if session.warmup_end.is_none() => session.end_warmup_at_line(line_end),
+            _ = drain_timer.tick() => session.on_drain_tick(),
+            _ = sample.tick() => session.on_sample(),
+            _ = tick.tick() => session.on_tick(),
         }
     };
-    live.finish(&format!("recording ended ({end_reason}): writing the report"));
-    // Everything the target did before the end is already in the ring
-    // buffer; with the filter emptied nothing more is added, so this ends
-    // even while the target goes on allocating.
-    probes.stop_recording();
-    drain(ring.get_mut(), &mut collector, None);
-    // Processes stopped at exec just before the end still wait to be let go.
-    probed.release_held(&mut probes, &mut collector);
-    if opts.warmup.stdout_marker.is_some() && warmup_end.is_none() {
-        // The marker line may still be in the pipe: let the relay catch up with what was written.
+    session.finish(end_reason, marker)
+}
+
+/// The next event of the target: the launched tree's tracer reports new
+/// images and exits, an attached process its exit; a cgroup never ends.
+async fn next_target_event(target: &mut Target, root: u32) -> Option<TargetEvent> {
+    match target {
+        Target::Launched(l) => l.events.recv().await,
+        Target::Attached { pidfd } => {
+            let _ = pidfd.readable().await;
+            let how = crate::process::exit_of_zombie(root);
+            Some(TargetEvent::Exit { pid: root, how, last: true, held: false })
+        }
+        // A cgroup does not exit: recording ends on a signal or --duration.
+        Target::Cgroup(_) => std::future::pending().await,
+    }
+}
+
+/// The stdout marker lines of a launched program, as its output is relayed.
+struct MarkerRelay {
+    /// The stdout offset just past each line containing the marker.
+    rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    /// Bytes of stdout relayed so far.
+    relayed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MarkerRelay {
+    /// Starts relaying a launched program's stdout when a marker is wanted.
+    fn start(session: &mut Session) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let relayed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let (Target::Launched(l), Some(marker)) = (&mut session.target, &session.opts.warmup.stdout_marker)
+        {
+            if let Some(stdout) = l.stdout.take() {
+                relay_stdout(stdout, marker.clone(), tx, relayed.clone());
+            }
+        }
+        Self { rx, relayed }
+    }
+
+    /// Waits (at most 1 s) until `written` stdout bytes are relayed; the
+    /// marker line's end, if one was seen.
+    fn catch_up(&mut self, written: u64) -> Option<u64> {
         let wait_until = Instant::now() + Duration::from_secs(1);
-        while relayed.load(std::sync::atomic::Ordering::Acquire) < collector.stdout_written
-            && Instant::now() < wait_until
+        while self.relayed.load(std::sync::atomic::Ordering::Acquire) < written && Instant::now() < wait_until
         {
             std::thread::sleep(Duration::from_millis(5));
         }
-        if let Ok(line_end) = marker_rx.try_recv() {
-            warmup_end = Some(exclude_before_marker_line(&mut collector, line_end, &opts.warmup));
-        }
+        self.rx.try_recv().ok()
     }
-
-    if warmup_end.is_none() {
-        if let (Some(function), Some(_)) = (&opts.warmup.function, collector.marker_seen_at) {
-            warmup_end = Some(format!("at the last call of {function}()"));
-        }
-    }
-    collector.sample(started.elapsed().as_secs_f64(), resident(&target));
-    if !collector.oom_killed.is_empty() {
-        end_reason = format!("OOM-killed (pid {:?}): {end_reason}", collector.oom_killed);
-    }
-    let warmup_note = match (&warmup_end, opts.warmup.is_set()) {
-        (Some(end), _) => Some(format!("excluded everything live {end}")),
-        (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
-        (None, false) => None,
-    };
-    let context = report_context!();
-    let mut report = context.report(&mut collector, started.elapsed(), end_reason, warmup_note)?;
-    report.target_exit = target_exit;
-    let written = write_outputs(&report, &output, &opts);
-
-    // Only now may the target go: its address space was needed for the report.
-    if let Target::Launched(l) = &mut target {
-        let _ = l.control.send(if held_at_exit { Control::Release } else { Control::Detach });
-        l.join();
-    }
-    use std::io::Write;
-    // Not print!/eprintln!: after SIGHUP the terminal may be gone, and they panic on a failed write.
-    if opts.print_summary {
-        let mut stdout = std::io::stdout();
-        let _ = stdout.write_all(text::render(&report, opts.top).as_bytes()).and_then(|_| stdout.flush());
-    }
-    drop(ring);
-    probes.detach();
-    written?;
-    let flamegraphs: Vec<String> = report
-        .totals
-        .keys()
-        .filter(|k| report.entries(**k).next().is_some())
-        .map(|k| format!("{k}.svg"))
-        .collect();
-    let flamegraphs =
-        if flamegraphs.is_empty() { "none, nothing outstanding".to_string() } else { flamegraphs.join(", ") };
-    let _ = writeln!(
-        std::io::stderr(),
-        "wrote {} (report.txt, report.json; flamegraphs: {flamegraphs})",
-        output.path().display()
-    );
-    Ok(Recorded { report, output: output.path().to_path_buf() })
-}
-
-/// Why the recording ended when the `last` process of the traced tree exited.
-fn tree_end_reason(root: u32, last: u32, how: &TargetExit, root_exit: Option<&TargetExit>) -> String {
-    match root_exit {
-        _ if last == root => format!("target exited ({how})"),
-        Some(root_how) => {
-            format!("last process of the tree exited (pid {last}, {how}; the launched process {root} ended earlier, {root_how})")
-        }
-        None => format!("last process of the tree exited (pid {last}, {how})"),
-    }
-}
-
-/// Records read from the ring buffer per turn of the event loop.
-const BATCH: usize = 8192;
-
-/// Gives the kernel's stack walker the call-frame tables of process `pid`'s
-/// current modules (a process it has none for is walked by frame pointers).
-fn track_stacks(probes: &mut Probes, pid: u32) {
-    // Fails only when the process is gone or its maps unreadable; its stacks
-    // are then walked by frame pointers, and each one says so.
-    let _ = probes.tables.track(pid);
-}
-
-/// Ingests what the ring buffer holds, all of it or at most `limit`
-/// records; returns whether records remain.
-fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, limit: Option<usize>) -> bool {
-    let mut read = 0;
-    while limit.is_none_or(|l| read < l) {
-        let Some(item) = ring.next() else { return false };
-        collector.ingest(&item);
-        read += 1;
-    }
-    true
 }
 
 /// Copies the program's output to ours. Sends the stdout offset just past
@@ -751,21 +375,4 @@ fn relay_stdout(
             relayed.store(offset, std::sync::atomic::Ordering::Release);
         }
     });
-}
-
-/// Ends the warm-up at the `write` that carried the marker line (exact even
-/// though the line is read later); returns how it ended, for the report.
-fn exclude_before_marker_line(collector: &mut Collector, line_end: u64, warmup: &Warmup) -> String {
-    let marker = warmup.stdout_marker.as_deref().unwrap_or_default();
-    match collector.stdout_write_time(line_end.saturating_sub(1)) {
-        Some(ts) => {
-            collector.exclude_allocated_before(ts);
-            format!("at the write of output line {marker:?}")
-        }
-        None => {
-            // The write event was lost: fall back to the moment the line was read.
-            collector.exclude_live();
-            format!("when output line {marker:?} was read (its write was not seen; approximate)")
-        }
-    }
 }

@@ -112,7 +112,7 @@ impl ProbedProcesses {
         for pid in collector.held_at_exec.drain(..) {
             match HeldExec::run_until_libc_mapped(pid) {
                 Ok(_held) => {
-                    super::track_stacks(probes, pid);
+                    super::session::track_stacks(probes, pid);
                     if let Err(e) = self.ensure(probes, pid) {
                         eprintln!("warning: no heap probes for pid {pid} at its exec: {e:#}");
                     }
@@ -131,7 +131,7 @@ impl ProbedProcesses {
         let execs: Vec<u32> = collector.execs.drain(..).collect();
         for pid in forks.into_iter().chain(execs) {
             // note_process already ran when the event was ingested.
-            super::track_stacks(probes, pid);
+            super::session::track_stacks(probes, pid);
             self.pending.insert(pid, Instant::now());
         }
         self.retry_pending(probes, false);
@@ -189,12 +189,12 @@ impl ProbedProcesses {
                 if late {
                     collector.found_running(pid);
                 }
-                super::track_stacks(probes, pid);
+                super::session::track_stacks(probes, pid);
                 self.pending.insert(pid, Instant::now());
             }
         }
         for pid in collector.execs.drain(..) {
-            super::track_stacks(probes, pid);
+            super::session::track_stacks(probes, pid);
             self.pending.insert(pid, Instant::now());
         }
         collector.forks.clear();
