@@ -147,7 +147,7 @@ struct PprofQuery {
 async fn pprof(state: Latest, Path(kind): Path<String>, Query(query): Query<PprofQuery>) -> Response {
     let kind = match kind.parse::<Kind>() {
         Ok(kind) => kind,
-        Err(unknown) => return (StatusCode::NOT_FOUND, format!("no {unknown}\n")).into_response(),
+        Err(unknown) => return (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
     };
     if query.seconds.is_some() {
         return (
