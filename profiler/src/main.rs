@@ -576,7 +576,9 @@ mod tests {
 
     #[test]
     fn bad_record_options_are_refused_before_anything_runs() {
-        let Command::Record(args) = parse(&["record", "--pid", "1", "--ringbuf-mb", "3"]) else { unreachable!() };
+        let Command::Record(args) = parse(&["record", "--pid", "1", "--ringbuf-mb", "3"]) else {
+            unreachable!()
+        };
         assert_eq!(args.into_options().unwrap_err(), "--ringbuf-mb must be a power of two");
     }
 }

@@ -44,6 +44,23 @@ use crate::{
     stacks::{symbols::Symbols, unwind::StackWalk},
 };
 
+/// What the session's reports share, borrowed field by field (so the
+/// collector stays free to be borrowed mutably beside it).
+macro_rules! report_context {
+    ($session:expr) => {
+        ReportContext {
+            probes: &$session.probes,
+            info: &$session.info,
+            mode: $session.mode,
+            started_at: $session.started_at,
+            opts: &$session.opts,
+            target: &$session.target,
+            mounts: &$session.mounts,
+            symbols: &$session.symbols,
+        }
+    };
+}
+
 /// Records read from the ring buffer per turn of the event loop.
 pub(super) const BATCH: usize = 8192;
 
@@ -289,31 +306,13 @@ impl Session {
 
     /// The complete report of what is outstanding now.
     fn report(&mut self, end_reason: String, warmup: Option<String>) -> Result<Report> {
-        let context = ReportContext {
-            probes: &self.probes,
-            info: &self.info,
-            mode: self.mode,
-            started_at: self.started_at,
-            opts: &self.opts,
-            target: &self.target,
-            mounts: &self.mounts,
-            symbols: &self.symbols,
-        };
+        let context = report_context!(self);
         context.report(&mut self.collector, self.started.elapsed(), end_reason, warmup)
     }
 
     /// Overall growth against the thresholds, now.
     fn status(&self) -> Option<Status> {
-        let context = ReportContext {
-            probes: &self.probes,
-            info: &self.info,
-            mode: self.mode,
-            started_at: self.started_at,
-            opts: &self.opts,
-            target: &self.target,
-            mounts: &self.mounts,
-            symbols: &self.symbols,
-        };
+        let context = report_context!(self);
         context.status(&self.collector, self.started.elapsed())
     }
 
