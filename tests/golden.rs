@@ -1,7 +1,7 @@
 //! Golden-file tests, without root and without a kernel: a synthetic session
 //! (ring-buffer records exactly as the eBPF side writes them) goes through
-//! the decoder, the collector and ledger, the one report builder and every
-//! renderer; each output is compared with its file under
+//! the decoder, the collector and ledger, the one report builder, the
+//! renderers and the gate; each output is compared with its file under
 //! `tests/data/golden/`. The report's JSON Schema, generated from the model's
 //! types, is compared with `docs/report.schema.json`.
 //!
@@ -56,6 +56,13 @@ const CONNECT: u64 = 0x5555_5555_6800;
 const OPEN_LOG: u64 = 0x5555_5555_6a00;
 const SPAWN: u64 = 0x5555_5555_6c00;
 const TOUCH: u64 = 0x5555_5555_6e00;
+
+/// A fresh directory under the build's temporary directory.
+fn tempdir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/golden")
@@ -265,6 +272,7 @@ impl Session {
             cgroup: None,
             memory_limit: None,
             profiler_cost: ProfilerCost::default(),
+            hints: vec![],
         };
         build(inputs, &mut self.collector, &Symbols::default())
     }
@@ -283,6 +291,19 @@ fn a_synthetic_session_renders_as_its_golden_files() {
         let out = outputs::render(&report, Format::Folded, kind, &options).unwrap();
         check(dir.join(Format::Folded.file_name(kind)), &out);
     }
+    // The flamegraph (inferno; colors hashed from names, so the same every run).
+    let svg = outputs::render(&report, Format::Svg, Kind::Heap, &options).unwrap();
+    check(dir.join(Format::Svg.file_name(Kind::Heap)), &svg);
+    // The directory `record` writes: the files, and the page that links them.
+    let written = tempdir("golden-written");
+    let out = profiler::files::output::OutputDir::create(&written, false).unwrap();
+    let names = outputs::write_all(&report, &out, &options).unwrap();
+    check(dir.join("written.txt"), (names.join("\n") + "\n").as_bytes());
+    check(dir.join("index.html"), &std::fs::read(written.join("index.html")).unwrap());
+    assert_eq!(
+        std::fs::read(written.join("report.json")).unwrap(),
+        std::fs::read(dir.join("report.json")).unwrap()
+    );
     // pprof as its decoded protobuf (the gzip bytes are the zlib build's).
     check(dir.join("heap.pprof.txt"), format!("{:#?}\n", pprof::profile(&report, Kind::Heap)).as_bytes());
     check(

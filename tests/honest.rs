@@ -218,3 +218,67 @@ fn a_full_disk_leaves_complete_files_or_none_and_the_summary_on_screen() {
         }
     }
 }
+
+/// The processes `pid` started, as the test sees them (first level).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// A wrapper (`sh -c 'prog; true'`) holds nothing itself: attached to it,
+/// the report names its child and how to profile it; with --follow the
+/// child, already running, is profiled from the start.
+#[test]
+fn a_wrapper_pid_names_its_child_and_follow_takes_it() {
+    let trend = common::fixture("trend");
+    let mut wrapper =
+        Command::new("sh").arg("-c").arg(format!("{} 30 >/dev/null; true", trend.display())).spawn().unwrap();
+    let sh = wrapper.id();
+    let child = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            children_of(sh).first().copied()
+        })
+        .expect("the wrapper started its child");
+
+    let dir = fresh_dir("honest-wrapper");
+    let out = profiler(&["record", "--pid", &sh.to_string(), "-d", "1", "-q", "-o", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let note = format!("pid {sh} has 1 running child process: {child} (");
+    assert!(stderr.contains(&note), "{stderr}");
+    let report = report_json(&dir);
+    let hint = report["hints"][0].as_str().unwrap();
+    assert!(hint.contains(&format!("--pid {child}")) && hint.contains("--follow"), "{hint}");
+    assert!(std::fs::read_to_string(dir.join("report.txt")).unwrap().contains(&format!("Note: {note}")));
+
+    let dir = fresh_dir("honest-wrapper-follow");
+    let out = profiler(&[
+        "record",
+        "--pid",
+        &sh.to_string(),
+        "--follow",
+        "--lens",
+        "alloc",
+        "-d",
+        "2",
+        "-q",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = report_json(&dir);
+    let leaked: Vec<(u64, u64)> = common::entries_through(&report, "heap", "leak_steady")
+        .map(|e| (e["pid"].as_u64().unwrap(), e["bytes"].as_u64().unwrap()))
+        .collect();
+    // 10 KiB every 100 ms for 2 s.
+    let bytes: u64 = leaked.iter().map(|(_, b)| b).sum();
+    assert!(leaked.iter().all(|(pid, _)| *pid == u64::from(child)), "{leaked:?}");
+    assert!((150 * 1024..=250 * 1024).contains(&bytes), "{bytes} B under leak_steady");
+    assert!(report.get("hints").is_none(), "with --follow there is nothing to hint");
+    let _ = Command::new("kill").arg(child.to_string()).status();
+    let _ = wrapper.wait();
+}

@@ -176,3 +176,65 @@ fn control_server_after_warm_up_has_no_growing_stack() {
         .collect();
     assert!(growing.is_empty(), "stacks growing across snapshots in the control: {growing:#?}");
 }
+
+/// Starts `node script ARGS` without the profiler (no flags) and waits for
+/// the line starting with `ready_prefix`; `None` without node.
+fn start_node(script: &str, args: &[&str], ready_prefix: &str) -> Option<std::process::Child> {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: node is not installed");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
+    let mut node = Command::new("node").arg(&script).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = BufReader::new(node.stdout.take().unwrap());
+    let ready = stdout.lines().any(|line| line.unwrap().starts_with(ready_prefix));
+    if !ready {
+        let _ = node.kill();
+        let _ = node.wait();
+        panic!("{} never printed {ready_prefix:?}", script.display());
+    }
+    Some(node)
+}
+
+/// Attached after the leaks happened, as the seeds' engineers attach: the
+/// leaked keep-alive sockets (with their peer, the server's port) and the
+/// unconsumed streams' files (with their path) are reported as held at the
+/// start, and so is the resident memory by region.
+#[test]
+fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
+    let Some(mut agents) = start_node("agents.js", &["24"], "sockets 24") else { return };
+    let Some(mut streams) = start_node("streams.js", &["9"], "streams 9") else { return };
+    for (node, name) in [(&agents, "agents"), (&streams, "streams")] {
+        let dir = common::fresh_dir(&format!("node-held-{name}"));
+        let out = Command::new(PROFILER)
+            .args(["record", "--pid", &node.id().to_string(), "-d", "1", "-q", "-o"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report = common::report_json(&dir);
+        let held = &report["held_at_start"];
+        let described: Vec<&str> =
+            held["handles"].as_array().unwrap().iter().map(|h| h["description"].as_str().unwrap()).collect();
+        if name == "agents" {
+            let listener =
+                described.iter().find(|d| d.ends_with("(listening)")).expect("the server's socket");
+            let port = listener.rsplit(':').next().unwrap().trim_end_matches(" (listening)");
+            let to_server = format!("-> 127.0.0.1:{port} established");
+            let clients = described.iter().filter(|d| d.contains(&to_server)).count();
+            assert_eq!(clients, 24, "the leaked client sockets, by peer: {described:#?}");
+        } else {
+            let files = described.iter().filter(|d| d.ends_with("/streams.js")).count();
+            assert_eq!(files, 9, "the unconsumed streams' files, by path: {described:#?}");
+        }
+        let memory = held["memory"].as_array().unwrap();
+        let class = |c: &str| memory.iter().any(|r| r["class"].as_str().unwrap().starts_with(c));
+        assert!(class("file mappings") && class("other anonymous"), "{memory:#?}");
+        let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+        assert!(text.contains("Held when recording started"), "{text}");
+    }
+    let _ = agents.kill();
+    let _ = streams.kill();
+    let _ = agents.wait();
+    let _ = streams.wait();
+}

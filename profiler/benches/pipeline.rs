@@ -13,8 +13,9 @@ use std::{
     time::Instant,
 };
 
+use profiler::kernel::events::{encode, header};
 use profiler::{collector::Collector, kind::Kind, stacks::symbols::Symbols};
-use profiler_common::{AllocApi, EventHeader, EventKind, HEADER_SIZE};
+use profiler_common::{AllocApi, EventHeader, EventKind};
 
 const STACKS: u64 = 50_000;
 const OUTSTANDING: u64 = 1_000_000;
@@ -80,23 +81,10 @@ impl Stream {
 
     fn event(&mut self, kind: EventKind, addr: u64, stack: Option<u64>) -> Vec<u8> {
         self.ts += 100;
-        let mut header: EventHeader = unsafe { std::mem::zeroed() };
-        header.kind = kind as u16;
-        header.api = AllocApi::Malloc as u16;
-        header.tgid = self.pid;
-        header.tid = self.pid;
-        header.ts_ns = self.ts;
-        header.addr = addr;
-        header.size = 64;
+        let h =
+            EventHeader { api: AllocApi::Malloc as u16, addr, size: 64, ..header(kind, self.pid, self.ts) };
         let frames = stack.map(|i| self.frames(i));
-        header.frames = frames.map_or(0, |f| f.len() as u16);
-        let mut bytes = vec![0u8; HEADER_SIZE];
-        // SAFETY: the buffer holds a header; EventHeader is plain old data.
-        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), header) };
-        for frame in frames.iter().flatten() {
-            bytes.extend_from_slice(&frame.to_ne_bytes());
-        }
-        bytes
+        encode(h, frames.as_ref().map_or(&[][..], |f| &f[..]), &[])
     }
 }
 

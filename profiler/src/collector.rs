@@ -8,8 +8,10 @@ use profiler_common::{syscalls, AllocApi, StackStatus};
 
 use crate::{
     kernel::events::{Caller, Event, Record},
-    ledger::{Kind, Ledger, Op, Site, StackId},
-    report::model::{Frame, StackEntry},
+    kind::Kind,
+    ledger::{Ledger, Op, Site, StackId},
+    process::fds::FdDescriber,
+    report::model::{Frame, HeldAtStart, HeldHandle, RegionTotal, StackEntry},
     stacks::procmaps::ProcessMaps,
     stacks::symbols::Symbols,
     stacks::{
@@ -103,6 +105,8 @@ pub struct Collector {
     pub mapped_files: std::collections::BTreeSet<u32>,
     /// Command line of every process seen, for the report.
     commands: HashMap<u32, String>,
+    /// Resident memory by region of each process when it was added (found running).
+    regions_at_start: std::collections::BTreeMap<u32, Vec<crate::process::smaps::RegionTotal>>,
     /// Cgroup (v2 path) of every process seen, for labels per container.
     cgroups: HashMap<u32, String>,
     /// How many times each process exec'd: addresses of different images differ.
@@ -305,6 +309,7 @@ impl Collector {
         }
         self.commands.remove(&pid);
         self.cgroups.remove(&pid);
+        self.regions_at_start.remove(&pid);
     }
 
     /// Records what is outstanding now as one sample of the time series.
@@ -383,6 +388,9 @@ impl Collector {
         }
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
         self.note_process(pid);
+        if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
+            self.regions_at_start.insert(pid, regions);
+        }
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for entry in dir.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
@@ -639,10 +647,55 @@ impl Collector {
         self.stdout_writes.get(i).map(|(_, ts)| *ts)
     }
 
-    /// The report's per-site entries, named, unordered (see `record` for ranking).
+    /// What the processes found running held when recording started: the
+    /// fds they had open then and still have, described, and their resident
+    /// memory by region as it was then.
+    pub fn held_at_start(&self) -> HeldAtStart {
+        let mut held = HeldAtStart::default();
+        let mut fds: Vec<(u32, u64, Kind)> = self
+            .ledger
+            .open_fds()
+            .filter(|(site, _, _)| site.stack == StackId::MAX)
+            .map(|(site, fd, _)| (site.pid, fd, site.kind))
+            .collect();
+        fds.sort_unstable();
+        let mut describer = FdDescriber::default();
+        for (pid, fd, kind) in fds {
+            *held.handle_counts.entry(kind).or_default() += 1;
+            if held.handles.len() < HELD_DESCRIBED {
+                let description = describer.describe(pid, fd).unwrap_or_else(|| format!("fd {fd}"));
+                held.handles.push(HeldHandle { pid, kind, description });
+            }
+        }
+        for regions in self.regions_at_start.values() {
+            for r in regions {
+                match held.memory.iter_mut().find(|t| t.class == r.class) {
+                    Some(t) => {
+                        t.rss_bytes += r.rss_bytes;
+                        t.mappings += r.mappings;
+                    }
+                    None => held.memory.push(RegionTotal {
+                        class: r.class.to_string(),
+                        rss_bytes: r.rss_bytes,
+                        mappings: r.mappings,
+                    }),
+                }
+            }
+        }
+        held.memory.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.class.cmp(&b.class)));
+        held
+    }
+
+    /// The report's per-site entries, named, in interning order (ranked by `report::build`).
     pub fn entries(&self, symbols: &Symbols, now_ns: u64, min_age_ns: u64) -> Vec<StackEntry> {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
+        let mut open_fds: HashMap<Site, Vec<u64>> = HashMap::new();
+        for (site, fd, counted) in self.ledger.open_fds() {
+            if counted {
+                open_fds.entry(site).or_default().push(fd);
+            }
+        }
         let mut sites: Vec<_> = self.ledger.sites().map(|(s, o)| (*s, *o)).collect();
         // In interning order: the same events give the same report.
         sites.sort_unstable_by_key(|(site, _)| *site);
@@ -683,6 +736,7 @@ impl Collector {
                     apis: Vec::new(),
                     site_offsets: Vec::new(),
                     sites: 0,
+                    fds: Vec::new(),
                 });
                 merged.len() - 1
             });
@@ -704,7 +758,11 @@ impl Collector {
                 m.site_offsets.push(frames.iter().map(|f| f.offset.clone()).collect());
             }
             m.sites += 1;
+            if let Some(fds) = open_fds.get(site) {
+                m.fds.extend(fds.iter().map(|fd| (site.pid, *fd)));
+            }
         }
+        let mut describer = FdDescriber::default();
         merged
             .into_iter()
             .map(|m| {
@@ -733,11 +791,26 @@ impl Collector {
                     frames: m.frames,
                     sites: m.sites,
                     site_offsets: if m.sites > 1 { m.site_offsets } else { Vec::new() },
+                    fds: {
+                        let mut fds = m.fds;
+                        fds.sort_unstable();
+                        fds.iter()
+                            .take(FDS_DESCRIBED)
+                            .map(|&(pid, fd)| {
+                                describer.describe(pid, fd).unwrap_or_else(|| format!("fd {fd}"))
+                            })
+                            .collect()
+                    },
                 }
             })
             .collect()
     }
 }
+
+/// Open fds described per entry (`fds`).
+const FDS_DESCRIBED: usize = 16;
+/// Fds held before recording described in the report (`held_at_start`).
+const HELD_DESCRIBED: usize = 256;
 
 /// Most code addresses listed per merged entry (`site_offsets`).
 const MAX_SITE_OFFSETS: usize = 64;
@@ -778,6 +851,8 @@ struct Merged {
     apis: Vec<String>,
     site_offsets: Vec<Vec<String>>,
     sites: u64,
+    /// (pid, fd) of the open handles.
+    fds: Vec<(u32, u64)>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
-use crate::ledger::Kind;
+use crate::kind::Kind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
-use crate::ledger::Kind;
+use crate::kind::Kind;
 
 /// One stack as the gate sees it (identical names merged).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     pub kind: Kind,
-    /// Folded path, root first: the stack's identity across builds.
+    /// The stack's identity across builds ([`StackEntry::identity`](crate::report::model::StackEntry::identity)).
     pub stack: String,
     /// Bytes (memory kinds) or open handles; the minimum over repeated runs.
     pub value: u64,

@@ -134,13 +134,13 @@ fn load_baseline(opts: &GateOptions) -> Result<Option<Baseline>> {
     Ok(Some(baseline))
 }
 
-/// Runs the gate; `Err` means the gate itself failed (exit 2).
 /// The decision over reports already recorded (one per run).
 pub fn judge(reports: &[Report], config: &Config, baseline: Option<&Baseline>) -> Decision {
     let runs: Vec<_> = reports.iter().map(|r| observe(r, config)).collect();
     decide(&combine(&runs), config, baseline)
 }
 
+/// Runs the gate; `Err` means the gate itself failed (exit 2).
 pub fn gate(opts: &GateOptions) -> Result<(Verdict, Decision)> {
     if opts.command.is_empty() {
         bail!("no command to gate: use `profiler gate [OPTIONS] -- CMD ARGS`");

@@ -142,7 +142,6 @@ pub enum Undecodable {
 /// One decoded record: who, when, what, and the captured user stack.
 pub struct Record<'a> {
     pub pid: u32,
-    pub tid: u32,
     pub ts_ns: u64,
     pub event: Event,
     pub caller: Caller,
@@ -232,7 +231,6 @@ impl<'a> Record<'a> {
         let hints_len = (h.hints as usize * 8).min(body.len() - frames_len);
         Ok(Self {
             pid: h.tgid,
-            tid: h.tid,
             ts_ns: h.ts_ns,
             event,
             caller,

@@ -11,14 +11,12 @@ pub mod resident;
 
 use std::collections::HashMap;
 
+use crate::kind::Kind;
 use intervals::{IntervalMap, Piece};
 use resident::{Page, ResidentPages, PAGE};
-use serde::{Deserialize, Serialize};
 
 /// Interned stack identifier (see `stacks::StackTable`).
 pub type StackId = u32;
-
-pub use crate::kind::Kind;
 
 /// A (kind, stack) pair: one allocation site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,7 +138,7 @@ pub enum Op {
 
 /// Things the ledger saw that it could not match. None of them is an error
 /// of the profiler, but each can mean data the report does not cover.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LedgerCounters {
     /// `free` of an address we never saw allocated (allocated before attach,
     /// or its allocation event was lost).
@@ -149,7 +147,6 @@ pub struct LedgerCounters {
     /// C library itself: its per-thread cache handed back at thread exit,
     /// or a block it allocated for its own use before recording. Not the
     /// program's unmatched frees.
-    #[serde(default)]
     pub c_library_frees: u64,
     /// `realloc` of a block we never saw allocated.
     pub unknown_reallocs: u64,
@@ -162,11 +159,9 @@ pub struct LedgerCounters {
     /// An fd number handed out again while we still held it open: its close was missed.
     pub reused_fds: u64,
     /// dup of an fd we never saw opened.
-    #[serde(default)]
     pub unknown_dups: u64,
     /// Not-present faults on pages already resident (refaults after reclaim,
     /// NUMA hinting): not counted twice.
-    #[serde(default)]
     pub repeated_faults: u64,
 }
 
@@ -204,7 +199,7 @@ struct Handle {
 }
 
 /// Open handles of one (kind, detail), split by origin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandleCount {
     /// Opened while recording (and counted as outstanding).
     pub open: u64,
@@ -424,6 +419,13 @@ impl Ledger {
     pub fn handle_of(&self, tgid: u32, fd: u64) -> Option<(Kind, &'static str)> {
         let h = self.processes.get(&tgid)?.handles.get(&fd)?;
         Some((h.site.kind, h.detail))
+    }
+
+    /// Every open fd: its site, number, and whether it counts (opened while
+    /// recording, after any warm-up). Fds open before recording have the
+    /// site of stack [`StackId::MAX`] (see [`Ledger::add_preexisting`]).
+    pub fn open_fds(&self) -> impl Iterator<Item = (Site, u64, bool)> + '_ {
+        self.processes.values().flat_map(|p| p.handles.iter().map(|(fd, h)| (h.site, *fd, h.counted)))
     }
 
     /// Open handles by (kind, detail), over all processes.

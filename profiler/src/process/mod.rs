@@ -1,10 +1,14 @@
 //! What is profiled: validating a `--pid`, launching a command stopped at
 //! exec (see [`launch`]), a cgroup or container (see [`cgroup`]), finding a
-//! process's C library, and noticing its exit.
+//! process's C library, and noticing its exit. What a process already
+//! holds: its fds described as `lsof` would ([`fds`]), its resident memory
+//! by region ([`smaps`]).
 
 pub mod cgroup;
+pub mod fds;
 pub mod held;
 pub mod launch;
+pub mod smaps;
 
 use std::{
     os::fd::{FromRawFd, OwnedFd},
@@ -14,6 +18,29 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{report::model::TargetExit, stacks::procmaps::ProcessMaps};
+
+/// Most descendants looked at (a fork bomb is not walked to its end).
+const MAX_DESCENDANTS: usize = 4096;
+
+/// The processes `pid` started that are running now, and theirs, parents
+/// before children (from each thread's `children` list).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else { continue };
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if found.len() < MAX_DESCENDANTS && !found.contains(&child) {
+                    found.push(child);
+                    next.push(child);
+                }
+            }
+        }
+    }
+    found
+}
 
 /// A process found and ready to be probed.
 #[derive(Debug, Clone)]

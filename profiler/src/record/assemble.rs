@@ -10,7 +10,7 @@ use super::{monotonic_ns, RecordOptions, Target};
 use crate::{
     collector::Collector,
     files::output::OutputDir,
-    kernel::probes::Probes,
+    kernel::{counters::KernelCounters, probes::Probes},
     process::{cgroup::CgroupMounts, ProcessInfo},
     report::{
         build::{self, Inputs, Settings},
@@ -30,11 +30,18 @@ pub(super) struct ReportContext<'a> {
     pub(super) target: &'a Target,
     pub(super) mounts: &'a CgroupMounts,
     pub(super) symbols: &'a Symbols,
+    pub(super) hints: &'a [String],
 }
 
 impl ReportContext<'_> {
     /// The builder's inputs, taken now.
-    fn inputs(&self, elapsed: Duration, end_reason: String, warmup: Option<String>) -> Result<Inputs> {
+    fn inputs(
+        &self,
+        elapsed: Duration,
+        end_reason: String,
+        warmup: Option<String>,
+        kernel: KernelCounters,
+    ) -> Inputs {
         let opts = self.opts;
         let cgroup = match self.target {
             Target::Cgroup(cgroup) => cgroup
@@ -49,7 +56,7 @@ impl ReportContext<'_> {
             None => crate::process::cgroup::memory_of_process(self.info.pid, self.mounts),
         };
         let t = &self.probes.tables.stats;
-        Ok(Inputs {
+        Inputs {
             settings: Settings {
                 lenses: opts.lenses.to_string(),
                 sample_bytes: opts.sample_bytes,
@@ -70,7 +77,7 @@ impl ReportContext<'_> {
             now_ns: monotonic_ns(),
             end_reason,
             warmup,
-            kernel: self.probes.counters()?,
+            kernel,
             probes_attached: self.probes.attached.clone(),
             probes_skipped: self.probes.skipped.clone(),
             unwind_tables: UnwindTables {
@@ -88,13 +95,14 @@ impl ReportContext<'_> {
             },
             cgroup,
             memory_limit: memory.and_then(|m| Some((m.limit?, m.controller))),
-            profiler_cost: ProfilerCost::now(),
-        })
+            profiler_cost: ProfilerCost::default(),
+            hints: self.hints.to_vec(),
+        }
     }
 
     /// Overall growth against the thresholds and the time to the limit, now.
     pub(super) fn status(&self, collector: &Collector, elapsed: Duration) -> Option<Status> {
-        let inputs = self.inputs(elapsed, String::new(), None).ok()?;
+        let inputs = self.inputs(elapsed, String::new(), None, KernelCounters::default());
         build::status(&inputs, collector)
     }
 
@@ -106,7 +114,11 @@ impl ReportContext<'_> {
         end_reason: String,
         warmup: Option<String>,
     ) -> Result<Report> {
-        Ok(build::build(self.inputs(elapsed, end_reason, warmup)?, collector, self.symbols))
+        let inputs = self.inputs(elapsed, end_reason, warmup, self.probes.counters()?);
+        let mut report = build::build(inputs, collector, self.symbols);
+        // Taken last: building the report is part of what profiling cost.
+        report.accuracy.profiler_cost = ProfilerCost::now();
+        Ok(report)
     }
 }
 

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::{
     collector::Collector,
     kernel::probes::Probes,
-    ledger::Kind,
+    kind::Kind,
     report::{
         flame::{frame_label, human_bytes, rate_per_min},
         model::Status,

@@ -57,6 +57,7 @@ macro_rules! report_context {
             target: &$session.target,
             mounts: &$session.mounts,
             symbols: &$session.symbols,
+            hints: &$session.hints,
         }
     };
 }
@@ -87,6 +88,8 @@ pub(super) struct Session {
     target_exit: Option<TargetExit>,
     /// The last process is held at its exit until the report is written.
     held_at_exit: bool,
+    /// Notes for the user, shown at the start and in the report.
+    hints: Vec<String>,
 }
 
 /// Snapshots written so far.
@@ -276,8 +279,12 @@ impl Session {
             snapshots: Snapshots::default(),
             target_exit: None,
             held_at_exit: false,
+            hints: Vec::new(),
             opts,
         };
+        if let Target::Attached { .. } = session.target {
+            session.take_descendants();
+        }
         if let Some(listener) = listener {
             let addr = listener.local_addr()?;
             let publisher = crate::serve::start(listener)?;
@@ -297,6 +304,50 @@ impl Session {
             }
         );
         Ok(session)
+    }
+
+    /// Attach mode: the processes the target started are its children's
+    /// business. With `--follow` they are profiled from now on too; without
+    /// it, a wrapper (`npm start`, `sh -c`, `timeout`) would show nothing, so
+    /// the user is told which child does the work.
+    fn take_descendants(&mut self) {
+        let root = self.info.pid;
+        let children = crate::process::descendants_of(root);
+        if children.is_empty() {
+            return;
+        }
+        if !self.follow {
+            let named: Vec<String> = children
+                .iter()
+                .take(5)
+                .map(|pid| format!("{pid} ({})", crate::collector::command_of(*pid).unwrap_or_default()))
+                .collect();
+            let more =
+                if children.len() > 5 { format!(" and {} more", children.len() - 5) } else { String::new() };
+            let hint = format!(
+                "pid {root} has {} running child process{}: {}{more}. What they hold is theirs, not pid {root}'s: profile one with --pid {}, or all of them with --pid {root} --follow",
+                children.len(),
+                if children.len() == 1 { "" } else { "es" },
+                named.join(", "),
+                children[0]
+            );
+            eprintln!("note: {hint}");
+            self.hints.push(hint);
+            return;
+        }
+        for pid in children {
+            let Ok(maps) = crate::stacks::procmaps::ProcessMaps::read(pid) else { continue };
+            if let Err(e) = self.probes.add_target(pid) {
+                eprintln!("warning: pid {pid} (a child of {root}) not followed: {e:#}");
+                continue;
+            }
+            track_stacks(&mut self.probes, pid);
+            if let Err(e) = self.probed.ensure(&mut self.probes, pid) {
+                eprintln!("warning: no heap probes for pid {pid}: {e:#}");
+            }
+            let brk = maps.heap_end().or_else(|| preflight::start_brk(pid));
+            self.collector.add_process(pid, maps, brk);
+        }
     }
 
     /// Ingests everything the ring buffer holds now.

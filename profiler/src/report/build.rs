@@ -61,6 +61,8 @@ pub struct Inputs {
     /// sets it, when there is one; `settings.limit` overrides it.
     pub memory_limit: Option<(u64, String)>,
     pub profiler_cost: ProfilerCost,
+    /// Notes for the user about the target.
+    pub hints: Vec<String>,
 }
 
 /// The report of what the collector holds now.
@@ -117,6 +119,9 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
         status: None,
         memory_split,
         handles,
+        // A launched program held nothing before its first instruction.
+        held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start()),
+        hints: inputs.hints.clone(),
         stacks,
         modules,
         accuracy: Accuracy {

@@ -162,6 +162,8 @@ mod tests {
             cgroup: None,
             processes: vec![],
             handles: Default::default(),
+            held_at_start: None,
+            hints: Vec::new(),
             modules: Vec::new(),
             stacks: entries
                 .iter()
@@ -180,6 +182,7 @@ mod tests {
                     class: None,
                     sites: 1,
                     site_offsets: vec![],
+                    fds: Vec::new(),
                 })
                 .collect(),
             accuracy: Accuracy::default(),

@@ -78,6 +78,13 @@ pub struct Report {
     /// into opened while recording and pre-existing (open before, not leaks).
     #[serde(default)]
     pub handles: BTreeMap<Kind, BTreeMap<String, HandleCount>>,
+    /// What the processes already held when recording started (attach and
+    /// cgroup modes), origin unknown; not part of `totals`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_at_start: Option<HeldAtStart>,
+    /// Notes for the user about the target (e.g. a wrapper whose children do the work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hints: Vec<String>,
     /// Outstanding per allocation site, largest first within each kind.
     pub stacks: Vec<StackEntry>,
     /// The files the stacks' frames are in (by the `module` of their frames),
@@ -195,6 +202,39 @@ pub struct StackEntry {
     /// The frames' code addresses of each merged path (first 64), when more than one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_offsets: Vec<Vec<String>>,
+    /// Handle kinds: the open fds, as `lsof` describes them (`fd 7: tcp
+    /// 127.0.0.1:41154 -> 127.0.0.1:8080 established`, `fd 9: /var/log/app.log`), first 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<String>,
+}
+
+/// What the processes held when recording started: opened or allocated
+/// before the profiler attached, so no stack is known.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeldAtStart {
+    /// Fds open before recording and still open at its end, per kind.
+    pub handle_counts: BTreeMap<Kind, u64>,
+    /// Those fds, described (first 256).
+    pub handles: Vec<HeldHandle>,
+    /// Resident memory by region class when recording started (from
+    /// `/proc/PID/smaps`, summed over the processes found running).
+    pub memory: Vec<RegionTotal>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeldHandle {
+    pub pid: u32,
+    pub kind: Kind,
+    /// `fd 7: tcp 127.0.0.1:41154 -> 127.0.0.1:8080 established`, or the fd alone when gone.
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RegionTotal {
+    /// `malloc heap (brk)`, `malloc arenas (threads)`, `thread stacks`, `file mappings`, ...
+    pub class: String,
+    pub rss_bytes: u64,
+    pub mappings: u64,
 }
 
 fn one() -> u64 {

@@ -27,7 +27,8 @@ pub enum Format {
 }
 
 impl Format {
-    /// Formats written once per report, then those written once per kind.
+    /// Every format: those written once per report (index.html last, as it
+    /// links the others), and those written once per kind.
     pub const ALL: [Format; 6] =
         [Format::Json, Format::Text, Format::Folded, Format::Svg, Format::Pprof, Format::Html];
 
@@ -103,7 +104,7 @@ pub fn kinds_present(report: &Report) -> impl Iterator<Item = Kind> + '_ {
 }
 
 /// Each present kind's flamegraph.
-fn flamegraphs(report: &Report, options: &Options) -> Result<Vec<(Kind, Vec<u8>)>> {
+pub fn flamegraphs(report: &Report, options: &Options) -> Result<Vec<(Kind, Vec<u8>)>> {
     let mut out = Vec::new();
     for kind in report.totals.keys().copied() {
         let lines = flame::folded(report, kind, options.group_by);
@@ -119,19 +120,19 @@ fn flamegraphs(report: &Report, options: &Options) -> Result<Vec<(Kind, Vec<u8>)
 /// others); removes per-kind files an earlier run left for kinds this report
 /// does not have. Returns the names written.
 pub fn write_all(report: &Report, dir: &OutputDir, options: &Options) -> Result<Vec<String>> {
-    let present: Vec<Kind> = kinds_present(report).collect();
+    let whole =
+        Format::ALL.into_iter().filter(|f| !f.per_kind() && *f != Format::Html).map(|f| (f, Kind::Heap));
+    let per_kind = kinds_present(report)
+        .flat_map(|kind| Format::ALL.into_iter().filter(|f| f.per_kind()).map(move |f| (f, kind)));
     let mut written = Vec::new();
     let mut svgs = Vec::new();
-    for format in Format::ALL.into_iter().filter(|f| *f != Format::Html) {
-        let kinds = if format.per_kind() { present.clone() } else { vec![Kind::Heap] };
-        for kind in kinds {
-            let name = format.file_name(kind);
-            let data = render(report, format, kind, options)?;
-            dir.write(&name, &data)?;
-            written.push(name);
-            if format == Format::Svg {
-                svgs.push((kind, data));
-            }
+    for (format, kind) in whole.chain(per_kind) {
+        let name = format.file_name(kind);
+        let data = render(report, format, kind, options)?;
+        dir.write(&name, &data)?;
+        written.push(name);
+        if format == Format::Svg {
+            svgs.push((kind, data));
         }
     }
     // The page embeds the flamegraphs just written rather than rendering them again.

@@ -24,6 +24,7 @@ pub fn report() -> Report {
         class: None,
         sites: 1,
         site_offsets: Vec::new(),
+        fds: Vec::new(),
     };
     Report {
         schema_version: 1,
@@ -38,6 +39,8 @@ pub fn report() -> Report {
         totals: [(Kind::Heap, Total { bytes: 300, count: 3 }), (Kind::Sockets, Total { bytes: 0, count: 2 })]
             .into(),
         handles: Default::default(),
+        held_at_start: None,
+        hints: Vec::new(),
         processes: Vec::new(),
         cgroup: None,
         series: None,

@@ -12,7 +12,7 @@ use super::{
     model::{ProcessSummary, StackEntry, Total},
     Report,
 };
-use crate::{ledger::Kind, trend::Verdict};
+use crate::{kind::Kind, trend::Verdict};
 
 /// How stacks are ranked within each kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

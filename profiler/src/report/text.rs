@@ -7,6 +7,40 @@ use super::{flame::human_bytes, Report};
 
 /// Frames shown per stack in the text summary.
 const FRAMES_SHOWN: usize = 16;
+/// Open fds shown per handle stack, and per kind of those held at the start.
+const FDS_SHOWN: usize = 3;
+
+/// What the processes already held when recording started: origin unknown, not in the totals.
+fn held_at_start(s: &mut String, report: &Report) {
+    let Some(held) = &report.held_at_start else { return };
+    if held.handle_counts.is_empty() && held.memory.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Held when recording started (opened or allocated before; origin unknown, not in the totals):"
+    );
+    for (kind, count) in Kind::ALL.iter().filter_map(|k| Some((k, held.handle_counts.get(k)?))) {
+        let shown: Vec<&str> = held
+            .handles
+            .iter()
+            .filter(|h| h.kind == *kind)
+            .take(FDS_SHOWN)
+            .map(|h| h.description.as_str())
+            .collect();
+        let more = if *count as usize > shown.len() {
+            format!("; {} more", *count as usize - shown.len())
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "  {kind:<10} {count:>5}  {}{more}", shown.join("; "));
+    }
+    if !held.memory.is_empty() {
+        let regions: Vec<String> =
+            held.memory.iter().map(|r| format!("{} {}", r.class, human_bytes(r.rss_bytes))).collect();
+        let _ = writeln!(s, "  memory (resident, by region): {}", regions.join(", "));
+    }
+}
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut s = String::new();
@@ -26,6 +60,9 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     if let Some(losses) = losses(report) {
         let _ = writeln!(s, "INCOMPLETE: {losses} (see Accuracy)");
+    }
+    for hint in &report.hints {
+        let _ = writeln!(s, "Note: {hint}");
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "Outstanding when recording ended:");
@@ -90,6 +127,7 @@ pub fn render(report: &Report, top: usize) -> String {
             );
         }
     }
+    held_at_start(&mut s, report);
     if let Some(cg) = &report.cgroup {
         let memory = match &cg.memory {
             Some(m) => format!(
@@ -122,7 +160,10 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     if !report.handles.is_empty() {
         let _ = writeln!(s);
-        let _ = writeln!(s, "Open handles by type (opened while recording / pre-existing, not leaks):");
+        let _ = writeln!(
+            s,
+            "Open handles by type (opened while recording / open before recording or during warm-up, origin unknown):"
+        );
         for (kind, details) in &report.handles {
             let parts: Vec<String> =
                 details.iter().map(|(d, c)| format!("{d} {}/{}", c.open, c.pre_existing)).collect();
@@ -172,6 +213,17 @@ pub fn render(report: &Report, top: usize) -> String {
                 let _ = writeln!(
                     s,
                     "      first touched inside the allocator: these pages may since hold other code's blocks; the verdict is about the pages, not this stack (check with --lens alloc)"
+                );
+            }
+            let shown = e.fds.len().min(FDS_SHOWN);
+            for fd in &e.fds[..shown] {
+                let _ = writeln!(s, "      - {fd}");
+            }
+            if shown > 0 && e.count as usize > shown {
+                let _ = writeln!(
+                    s,
+                    "      - and {} more open fds (report.json describes the first 16)",
+                    e.count as usize - shown
                 );
             }
             if e.frames.is_empty() {

@@ -27,7 +27,7 @@ use axum::{
 };
 use tokio::sync::watch;
 
-use crate::{ledger::Kind, report::Report};
+use crate::{kind::Kind, report::Report};
 
 /// Where to listen: `PORT` (loopback) or `ADDR:PORT`.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
@@ -92,17 +92,10 @@ async fn index(state: Latest) -> Response {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let mut flamegraphs = Vec::new();
-    for &kind in report.totals.keys() {
-        let lines = crate::report::flame::folded(&report, kind, crate::report::flame::GroupBy::None);
-        if lines.is_empty() {
-            continue;
-        }
-        match crate::report::flame::svg(&report, kind, &lines) {
-            Ok(svg) => flamegraphs.push((kind, svg)),
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
-        }
-    }
+    let flamegraphs = match crate::report::outputs::flamegraphs(&report, &Default::default()) {
+        Ok(svgs) => svgs,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+    };
     // The served files, linked from the page like the files beside a written report.
     let mut links = vec!["metrics".to_string(), "report.json".to_string()];
     links.extend(flamegraphs.iter().map(|(kind, _)| format!("debug/pprof/{kind}")));
@@ -147,7 +140,11 @@ struct PprofQuery {
 async fn pprof(state: Latest, Path(kind): Path<String>, Query(query): Query<PprofQuery>) -> Response {
     let kind = match kind.parse::<Kind>() {
         Ok(kind) => kind,
-        Err(unknown) => return (StatusCode::NOT_FOUND, format!("{unknown}\n")).into_response(),
+        Err(_) => {
+            let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            return (StatusCode::NOT_FOUND, format!("no kind {kind:?}; kinds: {}\n", kinds.join(", ")))
+                .into_response();
+        }
     };
     if query.seconds.is_some() {
         return (

@@ -1,0 +1,194 @@
+//! What an open fd of a process is, as `lsof` would say it: a file's path,
+//! a socket's protocol, local and peer address and state (from the
+//! process's own network namespace, `/proc/PID/net/{tcp,tcp6,udp,udp6,unix}`),
+//! a pipe's or an anonymous inode's name. Read at report time, while the
+//! process holds the fd.
+
+use std::{collections::HashMap, net::IpAddr};
+
+/// Largest `/proc/PID/net/*` table read (about 100k sockets).
+const MAX_TABLE_BYTES: u64 = 16 << 20;
+
+/// Describes fds, reading each process's socket tables once.
+#[derive(Default)]
+pub struct FdDescriber {
+    /// Sockets by inode, per process (its network namespace's tables).
+    sockets: HashMap<u32, HashMap<u64, String>>,
+}
+
+impl FdDescriber {
+    /// `fd N: /var/log/app.log`, `fd N: tcp 127.0.0.1:41234 -> 127.0.0.1:8080 established`;
+    /// `None` when the fd is gone (or the process).
+    pub fn describe(&mut self, pid: u32, fd: u64) -> Option<String> {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let link = link.to_string_lossy();
+        let what = match socket_inode(&link) {
+            Some(inode) => self
+                .sockets
+                .entry(pid)
+                .or_insert_with(|| read_socket_tables(pid))
+                .get(&inode)
+                .cloned()
+                .unwrap_or_else(|| link.to_string()),
+            None => link.to_string(),
+        };
+        Some(format!("fd {fd}: {what}"))
+    }
+}
+
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn read_socket_tables(pid: u32) -> HashMap<u64, String> {
+    let mut out = HashMap::new();
+    for (file, protocol) in [("tcp", "tcp"), ("tcp6", "tcp6"), ("udp", "udp"), ("udp6", "udp6")] {
+        if let Some(text) = read_bounded(&format!("/proc/{pid}/net/{file}")) {
+            out.extend(parse_inet_table(&text, protocol));
+        }
+    }
+    if let Some(text) = read_bounded(&format!("/proc/{pid}/net/unix")) {
+        out.extend(parse_unix_table(&text));
+    }
+    out
+}
+
+fn read_bounded(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(MAX_TABLE_BYTES).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+fn tcp_state(code: &str) -> &'static str {
+    match code {
+        "01" => "established",
+        "02" => "syn-sent",
+        "03" => "syn-recv",
+        "04" => "fin-wait1",
+        "05" => "fin-wait2",
+        "06" => "time-wait",
+        "07" => "close",
+        "08" => "close-wait",
+        "09" => "last-ack",
+        "0A" => "listen",
+        "0B" => "closing",
+        _ => "unknown state",
+    }
+}
+
+/// `/proc/net/tcp`-style lines: `sl local rem st ... uid timeout inode`.
+fn parse_inet_table(text: &str, protocol: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
+            let inode: u64 = inode.parse().ok()?;
+            let (local, remote) = (inet_address(local)?, inet_address(remote)?);
+            let what = if protocol.starts_with("tcp") {
+                match tcp_state(state) {
+                    "listen" => format!("{protocol} {local} (listening)"),
+                    state => format!("{protocol} {local} -> {remote} {state}"),
+                }
+            } else if remote.ends_with(":0") {
+                format!("{protocol} {local}")
+            } else {
+                format!("{protocol} {local} -> {remote}")
+            };
+            Some((inode, what))
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` -> `127.0.0.1:8080`; IPv6 as four little-endian words.
+fn inet_address(field: &str) -> Option<String> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: IpAddr = match addr.len() {
+        8 => u32::from_str_radix(addr, 16).ok()?.swap_bytes().to_be_bytes().into(),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, word) in bytes.chunks_exact_mut(4).enumerate() {
+                let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                word.copy_from_slice(&w.to_le_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => v6.into(),
+            }
+        }
+        _ => return None,
+    };
+    Some(match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    })
+}
+
+/// `/proc/net/unix` lines: `Num RefCount Protocol Flags Type St Inode [Path]`.
+fn parse_unix_table(text: &str) -> Vec<(u64, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = f.get(6)?.parse().ok()?;
+            let kind = match *f.get(4)? {
+                "0001" => "stream",
+                "0002" => "dgram",
+                "0005" => "seqpacket",
+                _ => "other",
+            };
+            let what = match f.get(7) {
+                Some(path) => format!("unix {kind} {path}"),
+                None => format!("unix {kind}"),
+            };
+            Some((inode, what))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_lines_name_both_ends_and_the_state() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:A0C2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 5678 1 0000000000000000 20 4 30 10 -1\n";
+        let t: HashMap<u64, String> = parse_inet_table(text, "tcp").into_iter().collect();
+        assert_eq!(t[&1234], "tcp 127.0.0.1:8080 (listening)");
+        assert_eq!(t[&5678], "tcp 127.0.0.1:41154 -> 127.0.0.1:8080 established");
+    }
+
+    #[test]
+    fn ipv6_and_mapped_ipv4_addresses() {
+        assert_eq!(inet_address("00000000000000000000000001000000:0050").unwrap(), "[::1]:80");
+        assert_eq!(inet_address("0000000000000000FFFF00000100007F:0050").unwrap(), "127.0.0.1:80");
+        assert!(inet_address("zz:1").is_none());
+    }
+
+    #[test]
+    fn unix_lines_with_and_without_a_path() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/app.sock\n0000000000000000: 00000003 00000000 00000000 0002 01 4343\n";
+        let t: HashMap<u64, String> = parse_unix_table(text).into_iter().collect();
+        assert_eq!(t[&4242], "unix stream /run/app.sock");
+        assert_eq!(t[&4343], "unix dgram");
+    }
+
+    #[test]
+    fn our_own_fds_are_described() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let mut d = FdDescriber::default();
+        let pid = std::process::id();
+        let sock = d.describe(pid, listener.as_raw_fd() as u64).unwrap();
+        assert!(sock.ends_with(&format!("tcp 127.0.0.1:{port} (listening)")), "{sock}");
+        let path = d.describe(pid, file.as_raw_fd() as u64).unwrap();
+        assert!(path.ends_with("/status"), "{path}");
+        assert!(d.describe(pid, 1 << 20).is_none());
+    }
+}
