@@ -164,3 +164,42 @@ fn live_view_prints_lines_when_piped_and_redraws_a_table_in_a_terminal() {
     }
     assert_ne!(first, second, "the table is redrawn");
 }
+
+/// A one-time 60 MiB rise that stays, a sixth of the way into the run: the
+/// whole-run slope of RSS is ~0, but the level is a leak (judged on the rise
+/// that stayed), and ranked by growth the step's stack comes first.
+#[test]
+fn a_step_that_stays_is_a_leak_and_ranks_first() {
+    let exe = common::fixture("stepleak");
+    let dir = common::fresh_dir("trend-step");
+    let out = Command::new(PROFILER)
+        .args(["record", "--lens", "alloc,handles", "-q", "--interval", "0.25", "-o"])
+        .arg(&dir)
+        .arg("--")
+        .arg(&exe)
+        .arg("6")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = common::report_json(&dir);
+    let status = &report["status"];
+    assert_eq!(status["measured_on"], "rss", "{status}");
+    let slope = status["growth_mib_per_min"].as_f64().unwrap();
+    let retained = status["retained_mib_per_min"].as_f64().unwrap();
+    assert!(slope < 10.0, "the slope misses the step: {status}");
+    assert!(retained > 300.0, "60 MiB retained over ~5 s: {status}");
+    assert!(status["level"] != "normal" && status["level"] != "unknown", "{status}");
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("rose and stayed"), "{text}");
+
+    let heap: Vec<&serde_json::Value> =
+        report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "heap").collect();
+    assert_eq!(heap[0]["frames"][0]["function"], "step_leak", "ranked by growth, the step first");
+    assert_eq!(heap[0]["bytes"], 60 << 20);
+    let trend = &heap[0]["trend"];
+    assert_eq!(trend["verdict"], "plateaued", "kept, though younger than --min-age: {trend}");
+    assert!(
+        trend["retained_per_min"].as_f64().unwrap() > trend["growth_per_min"].as_f64().unwrap(),
+        "{trend}"
+    );
+}

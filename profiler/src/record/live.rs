@@ -160,10 +160,9 @@ fn status(status: Option<&Status>) -> String {
         _ => String::new(),
     };
     format!(
-        "status: {} ({:+.2} MiB/min of {}, now {}{limit})",
+        "status: {} ({}, now {}{limit})",
         st.level,
-        st.growth_mib_per_min,
-        st.measured_on,
+        crate::report::text::growth(st),
         human_bytes(st.current_bytes)
     )
 }

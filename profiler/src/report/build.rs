@@ -221,13 +221,20 @@ pub fn status(inputs: &Inputs, collector: &Collector) -> Option<Status> {
         (None, None) => (None, None),
     };
     let mib = per_min / (1024.0 * 1024.0);
+    let retained_mib = trend::retained_per_min(&points).unwrap_or(0.0) / (1024.0 * 1024.0);
     // Too few samples: no level and no time to the limit (the slope of two
     // samples taken while a program starts is no leak rate).
     let judged = points.len() >= trend::MIN_SAMPLES;
     let per_min = if judged { per_min } else { 0.0 };
     Some(Status {
         growth_mib_per_min: mib,
-        level: if judged { inputs.settings.thresholds.level(mib) } else { trend::LEVEL_UNKNOWN }.to_string(),
+        retained_mib_per_min: retained_mib,
+        level: if judged {
+            inputs.settings.thresholds.level(mib.max(retained_mib))
+        } else {
+            trend::LEVEL_UNKNOWN
+        }
+        .to_string(),
         samples: points.len(),
         measured_on: measured_on.to_string(),
         current_bytes: current,

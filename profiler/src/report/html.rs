@@ -128,10 +128,9 @@ pub fn render(report: &Report, flamegraphs: &[(Kind, Vec<u8>)], files: &[String]
         };
         let _ = write!(
             s,
-            "<p class=\"status\">Status: {} ({:+.2} MiB/min of {}, now {}{limit})</p>",
+            "<p class=\"status\">Status: {} ({}, now {}{limit})</p>",
             esc(&st.level),
-            st.growth_mib_per_min,
-            esc(&st.measured_on),
+            esc(&super::text::growth(st)),
             human_bytes(st.current_bytes)
         );
     }

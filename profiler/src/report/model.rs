@@ -258,6 +258,10 @@ pub struct SeriesReport {
 pub struct Status {
     /// Robust growth rate of resident memory (or of the outstanding total when RSS is unknown).
     pub growth_mib_per_min: f64,
+    /// The rise that stayed, per minute (a step the slope does not see);
+    /// the level is judged on the larger of the two.
+    #[serde(default)]
+    pub retained_mib_per_min: f64,
     /// `normal`, `slow leak`, `active leak` or `critical`; `unknown` with
     /// fewer samples than a trend needs.
     pub level: String,
@@ -476,6 +480,10 @@ pub struct Trend {
     pub growth_per_min: f64,
     /// Robust slope over the second half, per minute.
     pub recent_growth_per_min: f64,
+    /// The rise that stayed, per minute of the recording (see
+    /// `trend::retained_per_min`): sees a step the slope does not.
+    #[serde(default)]
+    pub retained_per_min: f64,
     pub verdict: Verdict,
 }
 

@@ -46,7 +46,10 @@ pub fn sort_entries(entries: &mut [StackEntry], by: SortBy) {
     let known = |e: &StackEntry| e.trend.is_some_and(|t| t.verdict != Verdict::Unknown);
     let key = |e: &StackEntry| -> (f64, u64) {
         match by {
-            SortBy::Growth if known(e) => (e.trend.map_or(0.0, |t| t.growth_per_min), flame::value(e)),
+            // The larger of the slope and the rise that stayed: a step leak ranks by its height.
+            SortBy::Growth if known(e) => {
+                (e.trend.map_or(0.0, |t| t.growth_per_min.max(t.retained_per_min)), flame::value(e))
+            }
             SortBy::Growth | SortBy::Size => (flame::value(e) as f64, e.count),
             SortBy::Count => (e.count as f64, flame::value(e)),
         }

@@ -10,6 +10,17 @@ const FRAMES_SHOWN: usize = 16;
 /// Open fds shown per handle stack, and per kind of those held at the start.
 const FDS_SHOWN: usize = 3;
 
+/// The status's growth for people: `+12.00 MiB/min of rss`, and the rise
+/// that stayed when the slope misses it (a step).
+pub(crate) fn growth(st: &super::model::Status) -> String {
+    let retained = if st.retained_mib_per_min > 2.0 * st.growth_mib_per_min.max(0.0) + 0.01 {
+        format!(", rose and stayed: {:+.2} MiB/min retained", st.retained_mib_per_min)
+    } else {
+        String::new()
+    };
+    format!("{:+.2} MiB/min of {}{retained}", st.growth_mib_per_min, st.measured_on)
+}
+
 /// What the processes already held when recording started: origin unknown, not in the totals.
 fn held_at_start(s: &mut String, report: &Report) {
     let Some(held) = &report.held_at_start else { return };
@@ -119,10 +130,9 @@ pub fn render(report: &Report, top: usize) -> String {
         } else {
             let _ = writeln!(
                 s,
-                "Status: {} ({:+.2} MiB/min of {}, now {}){limit}",
+                "Status: {} ({}, now {}){limit}",
                 st.level,
-                st.growth_mib_per_min,
-                st.measured_on,
+                growth(st),
                 human_bytes(st.current_bytes)
             );
         }
@@ -199,8 +209,15 @@ pub fn render(report: &Report, top: usize) -> String {
             }
             let trend = match e.trend {
                 Some(t) if t.verdict != crate::trend::Verdict::Unknown => {
+                    // A rise that stayed while the slope says ~0 (a step, a cache filled early).
+                    let stepped = t.verdict == crate::trend::Verdict::Plateaued;
+                    let retained = if stepped && t.retained_per_min > 2.0 * t.growth_per_min.max(0.0) {
+                        format!(" ({} retained)", super::flame::rate_per_min(kind, t.retained_per_min))
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        ", {} {}, {:.0}% old",
+                        ", {} {}{retained}, {:.0}% old",
                         t.verdict.name(),
                         super::flame::rate_per_min(kind, t.growth_per_min),
                         e.old_share * 100.0

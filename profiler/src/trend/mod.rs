@@ -57,7 +57,12 @@ pub fn recent_rate(times: &[f64], values: &[u64]) -> Option<f64> {
 /// series' unit) never makes a stack growing or plateaued.
 pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     let (Some(first), Some(last)) = (series.first(), series.last()) else {
-        return Trend { growth_per_min: 0.0, recent_growth_per_min: 0.0, verdict: Verdict::Unknown };
+        return Trend {
+            growth_per_min: 0.0,
+            recent_growth_per_min: 0.0,
+            retained_per_min: 0.0,
+            verdict: Verdict::Unknown,
+        };
     };
     let span = last.0 - first.0;
     let overall = robust_slope(series).unwrap_or(0.0) * 60.0;
@@ -68,9 +73,12 @@ pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     // A net increase of less than 5% of the value (or below `min_growth`) is noise.
     let grew = last.1 - first.1 > (0.05 * final_value).max(min_growth);
     let still_growing = recent * (span / 2.0) / 60.0 > 0.05 * final_value && recent > 0.25 * overall;
+    let retained = retained_per_min(series).unwrap_or(0.0);
+    // Most of what it holds arrived while recording and stayed: young, but not work in flight.
+    let kept = grew && retained * span / 60.0 > 0.5 * final_value;
     let verdict = if series.len() < MIN_SAMPLES {
         Verdict::Unknown
-    } else if old_share < 0.5 && !still_growing {
+    } else if old_share < 0.5 && !still_growing && !kept {
         Verdict::Transient
     } else if grew && still_growing && overall > 0.0 && rises(series) {
         Verdict::Growing
@@ -79,7 +87,33 @@ pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     } else {
         Verdict::Stable
     };
-    Trend { growth_per_min: overall, recent_growth_per_min: recent, verdict }
+    Trend { growth_per_min: overall, recent_growth_per_min: recent, retained_per_min: retained, verdict }
+}
+
+/// The rise that stayed, per minute: the median of the last quarter of the
+/// samples minus the median of the first quarter, over the time between the
+/// quarters' middles. A steady leak gives its slope; a step that stays (a
+/// one-time 60 MiB rise) gives its height over the recording, where the
+/// Theil-Sen slope of a series mostly flat on both sides of the step is 0.
+/// `None` with fewer than [`MIN_SAMPLES`] samples.
+pub fn retained_per_min(series: &[(f64, f64)]) -> Option<f64> {
+    if series.len() < MIN_SAMPLES {
+        return None;
+    }
+    let quarter = series.len() / 4;
+    let median = |part: &[(f64, f64)], of: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = part.iter().map(of).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let mid = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        }
+    };
+    let (early, late) = (&series[..quarter], &series[series.len() - quarter..]);
+    let span = median(late, |p| p.0) - median(early, |p| p.0);
+    (span > 0.0).then(|| (median(late, |p| p.1) - median(early, |p| p.1)) / span * 60.0)
 }
 
 /// Whether the value rose at enough samples to be a trend rather than a
@@ -104,6 +138,8 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
+    /// The level of a growth rate (MiB per minute); callers judge the larger
+    /// of the slope and the retained rise, so a step that stays counts.
     pub fn level(&self, mib_per_min: f64) -> &'static str {
         match mib_per_min {
             r if r > self.critical => "critical",
@@ -180,6 +216,26 @@ mod tests {
         );
         let mid_step = series(|t| if t < 200.0 { 0.0 } else { 262_144.0 }, 30);
         assert_eq!(judge(&mid_step, 1.0, 4096.0).verdict, Verdict::Plateaued, "one step is not a trend");
+    }
+
+    #[test]
+    fn a_rise_that_stays_is_seen_whatever_its_shape() {
+        let line = series(|t| 100.0 + 2.0 * t, 30);
+        assert!((retained_per_min(&line).unwrap() - 120.0).abs() < 1e-9, "a steady leak: its slope");
+        // A 60 MiB step a fifth of the way in: the slope is 0, the rise is not.
+        let mib = 1024.0 * 1024.0;
+        let step = series(|t| if t < 60.0 { 10.0 * mib } else { 70.0 * mib }, 30);
+        assert_eq!(robust_slope(&step), Some(0.0));
+        let retained = retained_per_min(&step).unwrap() / mib;
+        assert!(retained > 10.0, "{retained} MiB/min");
+        // A rise that was given back is not retained.
+        let spike = series(|t| if (100.0..200.0).contains(&t) { 70.0 * mib } else { 10.0 * mib }, 30);
+        assert_eq!(retained_per_min(&spike), Some(0.0));
+        // Younger than --min-age but kept: a step, not work in flight.
+        assert_eq!(judge(&step, 0.0, 4096.0).verdict, Verdict::Plateaued);
+        let churn = series(|t| if (t as i64 / 10) % 2 == 0 { 5000.0 } else { 7000.0 }, 30);
+        assert_eq!(judge(&churn, 0.0, 0.0).verdict, Verdict::Transient);
+        assert_eq!(retained_per_min(&step[..3]), None);
     }
 
     #[test]
