@@ -238,3 +238,29 @@ fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
     let _ = agents.wait();
     let _ = streams.wait();
 }
+
+/// A function optimized mid-run while it leaks (issue 16): its interpreted
+/// and optimized code are one frame, so the leak is one stack (several code
+/// paths merged) with one verdict.
+#[test]
+fn a_leak_that_tiers_up_mid_run_stays_one_growing_stack() {
+    let Some((report, truth)) = record_node("node-tierup", "tierup.js", &[], "leaked ") else { return };
+    let leaking: Vec<&serde_json::Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "heap" && has_frame(e, "NodeArrayBufferAllocator"))
+        .filter(|e| {
+            e["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"].as_str().unwrap().starts_with("JS:leak "))
+        })
+        .collect();
+    assert_eq!(leaking.len(), 1, "one stack for leak()'s buffers, whatever its tier: {leaking:#?}");
+    let e = leaking[0];
+    assert!(e["sites"].as_u64().unwrap() >= 2, "its interpreted and optimized code paths are merged: {e}");
+    assert!(e["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64, "{} of {truth} bytes", e["bytes"]);
+    assert_eq!(e["trend"]["verdict"], "growing", "{e}");
+}

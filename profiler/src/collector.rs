@@ -722,7 +722,11 @@ impl Collector {
                 .iter()
                 .flat_map(|l| names.get(l).cloned().unwrap_or_default().into_iter().rev())
                 .collect();
-            let identity = frames.iter().map(FrameIdentity::of).collect();
+            // A JIT stack is the same stack whatever the tier of its JS (see stacks::jit).
+            let identity = match crate::stacks::jit::identity_frames(&frames) {
+                Some(same) => same.into_iter().map(FrameIdentity::of).collect(),
+                None => frames.iter().map(FrameIdentity::of).collect(),
+            };
             let i = *index.entry((site.kind, site.pid, identity)).or_insert_with(|| {
                 merged.push(Merged {
                     kind: site.kind,

@@ -14,11 +14,14 @@ fn frame_name(name: &str) -> String {
 }
 
 /// `root;...;leaf` for an entry (its frames are stored innermost first).
-/// Today the same text as the stack's identity; a change of flamegraph text
-/// goes here and re-keys no gate baseline.
 fn folded_path(entry: &StackEntry) -> String {
-    entry.identity()
+    if entry.frames.is_empty() {
+        return UNAVAILABLE.to_string();
+    }
+    entry.frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
 }
+
+const UNAVAILABLE: &str = "[stack unavailable]";
 
 /// The value a kind is measured in: bytes, or open handles.
 pub fn value(entry: &StackEntry) -> u64 {

@@ -563,13 +563,16 @@ pub(crate) fn frame_name(name: &str) -> String {
 
 impl StackEntry {
     /// The stack's identity across runs and rebuilds: its function names,
-    /// root first, `;`-joined, or `[stack unavailable]`. Gate baselines and
+    /// root first, `;`-joined, or `[stack unavailable]` (a JIT stack without
+    /// its tier-dependent frames, see `stacks::jit`). Gate baselines and
     /// `profiler diff` key on it; no renderer defines it.
     pub fn identity(&self) -> String {
         if self.frames.is_empty() {
             return "[stack unavailable]".to_string();
         }
-        self.frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
+        let frames: Vec<&Frame> =
+            crate::stacks::jit::identity_frames(&self.frames).unwrap_or_else(|| self.frames.iter().collect());
+        frames.iter().rev().map(|f| frame_name(&f.function)).collect::<Vec<_>>().join(";")
     }
 }
 

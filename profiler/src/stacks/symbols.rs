@@ -135,7 +135,8 @@ impl Symbols {
             match loc {
                 Location::File { path, offset } => by_file.entry(path.clone()).or_default().push(*offset),
                 Location::Jit { name, addr } => {
-                    names.insert(loc.clone(), vec![frame(name, "[jit]", *addr, None, false)]);
+                    let function = crate::stacks::jit::without_tier(name);
+                    names.insert(loc.clone(), vec![frame(&function, "[jit]", *addr, None, false)]);
                 }
                 other => {
                     names.insert(other.clone(), vec![fallback(other)]);
