@@ -411,9 +411,9 @@ pub mod names {
         pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
         pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
         pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
-        pub const PAGE_FAULT_USER: &str = "page_fault_user";
-        pub const PAGE_FAULT_KERNEL: &str = "page_fault_kernel";
-        pub const ALL: [&str; 10] = [
+        /// Attached to both `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
+        pub const PAGE_FAULT: &str = "page_fault";
+        pub const ALL: [&str; 9] = [
             ALLOC_RETURN,
             MARKER,
             SYSCALL_ENTER,
@@ -422,8 +422,7 @@ pub mod names {
             SCHED_PROCESS_FORK,
             SCHED_PROCESS_EXIT,
             OOM_MARK_VICTIM,
-            PAGE_FAULT_USER,
-            PAGE_FAULT_KERNEL,
+            PAGE_FAULT,
         ];
     }
 }

@@ -921,9 +921,14 @@ const PF_PRESENT: u64 = 1;
 const PF_INSTR: u64 = 1 << 4;
 
 /// A not-present fault on a user data address: a page becomes resident.
-/// Both tracepoints share the record layout (address, ip, error_code).
-#[inline(always)]
-fn page_fault(ctx: &TracePointContext) -> u32 {
+/// Attached to `exceptions:page_fault_user` (the program touched the page)
+/// and `exceptions:page_fault_kernel` (the kernel touched a user page on its
+/// behalf, e.g. `read` into a fresh buffer), which share the record layout
+/// (address, ip, error_code): one program, verified once (the verifier's
+/// pass over the stack walker takes ~1.5 s of kernel CPU per program).
+#[tracepoint]
+pub fn page_fault(ctx: TracePointContext) -> u32 {
+    let ctx = &ctx;
     if !is_target() {
         return 0;
     }
@@ -945,18 +950,6 @@ fn page_fault(ctx: &TracePointContext) -> u32 {
     ev.header.arg = error;
     submit_with_stack(ctx, &mut ev);
     0
-}
-
-/// The program touched a page first.
-#[tracepoint]
-pub fn page_fault_user(ctx: TracePointContext) -> u32 {
-    page_fault(&ctx)
-}
-
-/// The kernel touched a user page first on the program's behalf (e.g. `read` into a fresh buffer).
-#[tracepoint]
-pub fn page_fault_kernel(ctx: TracePointContext) -> u32 {
-    page_fault(&ctx)
 }
 
 // ---------------------------------------------------------------- processes

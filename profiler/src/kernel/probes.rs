@@ -288,9 +288,10 @@ impl Probes {
 
     /// Attaches the first-touch page-fault tracepoints (the resident lens).
     pub fn attach_page_faults(&mut self) -> Result<()> {
-        for name in [programs::PAGE_FAULT_USER, programs::PAGE_FAULT_KERNEL] {
-            let p: &mut TracePoint = self.ebpf.program_mut(name).context(name)?.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
+        let p: &mut TracePoint =
+            self.ebpf.program_mut(programs::PAGE_FAULT).context(programs::PAGE_FAULT)?.try_into()?;
+        p.load().context("loading page_fault")?;
+        for name in ["page_fault_user", "page_fault_kernel"] {
             let id = p.attach("exceptions", name).with_context(|| {
                 format!("attaching tracepoint exceptions:{name} (needed by --lens resident)")
             })?;
