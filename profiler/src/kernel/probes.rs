@@ -70,6 +70,9 @@ impl Probes {
             );
         }
         let mut ebpf = EbpfLoader::new()
+            // The programs need no CO-RE relocations against the kernel's
+            // types: not parsing vmlinux's BTF saves ~25 MiB of profiler memory.
+            .btf(None)
             .map_max_entries(maps::EVENTS, ringbuf_bytes)
             .override_global(globals::CGROUP_MODE, &(settings.cgroup_mode as u8), true)
             .override_global(globals::SAMPLE_BYTES, &settings.sample_bytes, true)
