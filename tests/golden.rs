@@ -273,6 +273,7 @@ impl Session {
             memory_limit: None,
             profiler_cost: ProfilerCost::default(),
             hints: vec![],
+            describe_fds: true,
         };
         build(inputs, &mut self.collector, &Symbols::default())
     }

@@ -388,8 +388,11 @@ impl Collector {
         }
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
         self.note_process(pid);
-        if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
-            self.regions_at_start.insert(pid, regions);
+        // What it held before we looked; a process born while recording held nothing then.
+        if !self.born_while_recording.contains(&pid) {
+            if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
+                self.regions_at_start.insert(pid, regions);
+            }
         }
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for entry in dir.flatten() {
@@ -650,7 +653,7 @@ impl Collector {
     /// What the processes found running held when recording started: the
     /// fds they had open then and still have, described, and their resident
     /// memory by region as it was then.
-    pub fn held_at_start(&self) -> HeldAtStart {
+    pub fn held_at_start(&self, describe_fds: bool) -> HeldAtStart {
         let mut held = HeldAtStart::default();
         let mut fds: Vec<(u32, u64, Kind)> = self
             .ledger
@@ -659,7 +662,7 @@ impl Collector {
             .map(|(site, fd, _)| (site.pid, fd, site.kind))
             .collect();
         fds.sort_unstable();
-        let mut describer = FdDescriber::default();
+        let mut describer = if describe_fds { FdDescriber::default() } else { FdDescriber::off() };
         for (pid, fd, kind) in fds {
             *held.handle_counts.entry(kind).or_default() += 1;
             if held.handles.len() < HELD_DESCRIBED {
@@ -687,7 +690,14 @@ impl Collector {
     }
 
     /// The report's per-site entries, named, in interning order (ranked by `report::build`).
-    pub fn entries(&self, symbols: &Symbols, now_ns: u64, min_age_ns: u64) -> Vec<StackEntry> {
+    /// `describe_fds`: handle stacks' fds described as lsof would (`fds`), else by number.
+    pub fn entries(
+        &self,
+        symbols: &Symbols,
+        now_ns: u64,
+        min_age_ns: u64,
+        describe_fds: bool,
+    ) -> Vec<StackEntry> {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
         let mut open_fds: HashMap<Site, Vec<u64>> = HashMap::new();
@@ -766,7 +776,7 @@ impl Collector {
                 m.fds.extend(fds.iter().map(|fd| (site.pid, *fd)));
             }
         }
-        let mut describer = FdDescriber::default();
+        let mut describer = if describe_fds { FdDescriber::default() } else { FdDescriber::off() };
         merged
             .into_iter()
             .map(|m| {

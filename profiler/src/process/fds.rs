@@ -9,9 +9,11 @@ use std::{collections::HashMap, net::IpAddr};
 /// Largest `/proc/PID/net/*` table read (about 100k sockets).
 const MAX_TABLE_BYTES: u64 = 16 << 20;
 
-/// Describes fds, reading each process's socket tables once.
+/// Describes fds, reading each process's socket tables once. A disabled
+/// one (`FdDescriber::off()`) reads nothing and describes an fd by its number.
 #[derive(Default)]
 pub struct FdDescriber {
+    off: bool,
     /// Sockets by inode, per process (its network namespace's tables).
     sockets: HashMap<u32, HashMap<u64, String>>,
 }
@@ -20,6 +22,9 @@ impl FdDescriber {
     /// `fd N: /var/log/app.log`, `fd N: tcp 127.0.0.1:41234 -> 127.0.0.1:8080 established`;
     /// `None` when the fd is gone (or the process).
     pub fn describe(&mut self, pid: u32, fd: u64) -> Option<String> {
+        if self.off {
+            return None;
+        }
         let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
         let link = link.to_string_lossy();
         let what = match socket_inode(&link) {
@@ -32,7 +37,32 @@ impl FdDescriber {
                 .unwrap_or_else(|| link.to_string()),
             None => link.to_string(),
         };
-        Some(format!("fd {fd}: {what}"))
+        Some(format!("fd {fd}: {}", printable(&what)))
+    }
+}
+
+/// `s` with control characters shown as `lsof` shows them (`^J`, `\x1b`):
+/// a file or socket name is the target's to choose, and must not forge
+/// report lines or reach the terminal as escape sequences.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\u{1}'..='\u{1a}' => {
+                out.push('^');
+                out.push((b'@' + c as u8) as char);
+            }
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl FdDescriber {
+    /// Describes nothing (a report on every sample need not readlink every fd).
+    pub fn off() -> Self {
+        Self { off: true, ..Default::default() }
     }
 }
 
@@ -53,11 +83,12 @@ fn read_socket_tables(pid: u32) -> HashMap<u64, String> {
     out
 }
 
+/// The file's text, invalid UTF-8 replaced (a name is not one line's to break).
 fn read_bounded(path: &str) -> Option<String> {
     use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path).ok()?.take(MAX_TABLE_BYTES).read_to_string(&mut text).ok()?;
-    Some(text)
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).ok()?.take(MAX_TABLE_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -129,24 +160,42 @@ fn inet_address(field: &str) -> Option<String> {
 }
 
 /// `/proc/net/unix` lines: `Num RefCount Protocol Flags Type St Inode [Path]`.
+/// The path is the rest of the line (it may hold spaces). The kernel does
+/// not escape a newline in a path, so a path can forge a line: an inode seen
+/// twice is described without a path.
 fn parse_unix_table(text: &str) -> Vec<(u64, String)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let inode: u64 = f.get(6)?.parse().ok()?;
-            let kind = match *f.get(4)? {
-                "0001" => "stream",
-                "0002" => "dgram",
-                "0005" => "seqpacket",
-                _ => "other",
-            };
-            let what = match f.get(7) {
-                Some(path) => format!("unix {kind} {path}"),
-                None => format!("unix {kind}"),
-            };
-            Some((inode, what))
-        })
+    let mut seen: HashMap<u64, String> = HashMap::new();
+    let mut forged = std::collections::HashSet::new();
+    for line in text.lines().skip(1) {
+        let mut rest = line.trim_start();
+        let mut f = Vec::with_capacity(7);
+        while f.len() < 7 {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            f.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+        let Ok(inode) = f[6].parse::<u64>() else { continue };
+        let kind = match f[4] {
+            "0001" => "stream",
+            "0002" => "dgram",
+            "0005" => "seqpacket",
+            _ => "other",
+        };
+        let what = if rest.is_empty() { format!("unix {kind}") } else { format!("unix {kind} {rest}") };
+        if seen.insert(inode, what).is_some() {
+            forged.insert(inode);
+        }
+    }
+    seen.into_iter()
+        .map(
+            |(inode, what)| {
+                if forged.contains(&inode) {
+                    (inode, "unix socket".to_string())
+                } else {
+                    (inode, what)
+                }
+            },
+        )
         .collect()
 }
 
@@ -171,10 +220,12 @@ mod tests {
 
     #[test]
     fn unix_lines_with_and_without_a_path() {
-        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/app.sock\n0000000000000000: 00000003 00000000 00000000 0002 01 4343\n";
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n0000000000000000: 00000002 00000000 00010000 0001 01 4242 /run/my app.sock\n0000000000000000: 00000003 00000000 00000000 0002 01 4343\n0000000000000000: 00000002 00000000 00010000 0001 01 4444 /tmp/x\n0000000000000000: 00000002 00000000 00010000 0001 01 4242 /forged\n";
         let t: HashMap<u64, String> = parse_unix_table(text).into_iter().collect();
-        assert_eq!(t[&4242], "unix stream /run/app.sock");
         assert_eq!(t[&4343], "unix dgram");
+        assert_eq!(t[&4444], "unix stream /tmp/x");
+        assert_eq!(t[&4242], "unix socket", "an inode a path forged a second line for");
+        assert_eq!(printable("a\nb\u{1b}[2J"), "a^Jb\\x1b[2J");
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! A process's resident memory by kind of region, from `/proc/PID/smaps`:
 //! what it already held when recording started (its origin unseen). The
-//! classes are what the mappings alone tell: the brk heap, malloc's
-//! per-thread arenas (64 MiB-aligned reservations), thread stacks (below a
+//! classes are what the mappings alone tell: the brk heap, 64 MiB-aligned
+//! arenas (malloc's per-thread arenas; a Go heap's look the same), thread stacks (below a
 //! guard page), the main stack, file mappings, shared memory, and the other
 //! anonymous memory (large malloc blocks, runtimes' own heaps such as V8's).
 
 use std::io::Read;
 
-/// Largest smaps read (about 100k mappings).
+/// Largest smaps read (about 60k mappings).
 const MAX_SMAPS_BYTES: u64 = 64 << 20;
 /// glibc's HEAP_MAX_SIZE on 64-bit: each non-main arena reserves this, aligned to it.
 const ARENA_SIZE: u64 = 64 << 20;
@@ -32,13 +32,14 @@ struct Mapping {
 /// The process's resident memory by region class, largest first; `None`
 /// when its smaps cannot be read.
 pub fn resident_by_region(pid: u32) -> Option<Vec<RegionTotal>> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(format!("/proc/{pid}/smaps"))
         .ok()?
         .take(MAX_SMAPS_BYTES)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .ok()?;
-    Some(classify(&parse(&text)))
+    // A mapped file's name is the target's to choose: invalid UTF-8 is replaced, not fatal.
+    Some(classify(&parse(&String::from_utf8_lossy(&bytes))))
 }
 
 fn parse(text: &str) -> Vec<Mapping> {
@@ -74,14 +75,15 @@ fn classify(mappings: &[Mapping]) -> Vec<RegionTotal> {
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => continue,
             name if name.starts_with("/dev/shm/")
                 || name.starts_with("/memfd:")
-                || name.starts_with("/SYSV") =>
+                || name.starts_with("/SYSV")
+                || name.starts_with("/dev/zero") =>
             {
                 "shared memory"
             }
             name if name.starts_with('/') => "file mappings",
             _ if m.perms.starts_with("---") => continue, // reserved, never resident
             _ if m.start % ARENA_SIZE == 0 && (reserve_above || m.end - m.start == ARENA_SIZE) => {
-                "malloc arenas (threads)"
+                "64 MiB-aligned arenas (malloc's per-thread arenas)"
             }
             _ if guard_below && m.end - m.start <= 16 << 20 => "thread stacks",
             _ => "other anonymous (large malloc blocks, runtime heaps such as V8's)",
@@ -137,7 +139,7 @@ Rss:                  24 kB
                 ("other anonymous (large malloc blocks, runtime heaps such as V8's)", 2048, 1),
                 ("file mappings", 1008, 2),
                 ("malloc heap (brk)", 132, 1),
-                ("malloc arenas (threads)", 100, 1),
+                ("64 MiB-aligned arenas (malloc's per-thread arenas)", 100, 1),
                 ("main thread stack", 24, 1),
                 ("thread stacks", 16, 1),
             ]

@@ -41,6 +41,7 @@ impl ReportContext<'_> {
         end_reason: String,
         warmup: Option<String>,
         kernel: KernelCounters,
+        describe_fds: bool,
     ) -> Inputs {
         let opts = self.opts;
         let cgroup = match self.target {
@@ -97,12 +98,13 @@ impl ReportContext<'_> {
             memory_limit: memory.and_then(|m| Some((m.limit?, m.controller))),
             profiler_cost: ProfilerCost::default(),
             hints: self.hints.to_vec(),
+            describe_fds,
         }
     }
 
     /// Overall growth against the thresholds and the time to the limit, now.
     pub(super) fn status(&self, collector: &Collector, elapsed: Duration) -> Option<Status> {
-        let inputs = self.inputs(elapsed, String::new(), None, KernelCounters::default());
+        let inputs = self.inputs(elapsed, String::new(), None, KernelCounters::default(), false);
         build::status(&inputs, collector)
     }
 
@@ -113,8 +115,9 @@ impl ReportContext<'_> {
         elapsed: Duration,
         end_reason: String,
         warmup: Option<String>,
+        describe_fds: bool,
     ) -> Result<Report> {
-        let inputs = self.inputs(elapsed, end_reason, warmup, self.probes.counters()?);
+        let inputs = self.inputs(elapsed, end_reason, warmup, self.probes.counters()?, describe_fds);
         let mut report = build::build(inputs, collector, self.symbols);
         // Taken last: building the report is part of what profiling cost.
         report.accuracy.profiler_cost = ProfilerCost::now();

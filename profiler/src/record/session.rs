@@ -288,7 +288,7 @@ impl Session {
         if let Some(listener) = listener {
             let addr = listener.local_addr()?;
             let publisher = crate::serve::start(listener)?;
-            publisher.publish(session.report("recording".into(), None)?);
+            publisher.publish(session.report("recording".into(), None, true)?);
             eprintln!(
                 "serving http://{addr}/metrics, http://{addr}/debug/pprof/<kind>, http://{addr}/report.json"
             );
@@ -320,7 +320,10 @@ impl Session {
             let named: Vec<String> = children
                 .iter()
                 .take(5)
-                .map(|pid| format!("{pid} ({})", crate::collector::command_of(*pid).unwrap_or_default()))
+                .map(|pid| {
+                    let command = crate::collector::command_of(*pid).unwrap_or_default();
+                    format!("{pid} ({})", crate::process::fds::printable(&command))
+                })
                 .collect();
             let more =
                 if children.len() > 5 { format!(" and {} more", children.len() - 5) } else { String::new() };
@@ -355,10 +358,11 @@ impl Session {
         drain(self.ring.get_mut(), &mut self.collector, None);
     }
 
-    /// The complete report of what is outstanding now.
-    fn report(&mut self, end_reason: String, warmup: Option<String>) -> Result<Report> {
+    /// The complete report of what is outstanding now; `describe_fds` as
+    /// [`crate::report::build::Inputs::describe_fds`].
+    fn report(&mut self, end_reason: String, warmup: Option<String>, describe_fds: bool) -> Result<Report> {
         let context = report_context!(self);
-        context.report(&mut self.collector, self.started.elapsed(), end_reason, warmup)
+        context.report(&mut self.collector, self.started.elapsed(), end_reason, warmup, describe_fds)
     }
 
     /// Overall growth against the thresholds, now.
@@ -496,7 +500,9 @@ impl Session {
         }
         // The terminal's table, the snapshots and the endpoints show the report of now.
         let now = if self.live.wants_report() || self.publisher.is_some() || !due.is_empty() {
-            let now = self.report("recording".into(), None);
+            // The live table shows no fds: they are described for what is written or served.
+            let describe = self.publisher.is_some() || !due.is_empty();
+            let now = self.report("recording".into(), None, describe);
             match &now {
                 Ok(report) => self.live.update(report),
                 Err(e) => {
@@ -573,7 +579,7 @@ impl Session {
             (None, true) => Some("requested, but the warm-up never ended: nothing excluded".to_string()),
             (None, false) => None,
         };
-        let mut report = self.report(end_reason, warmup_note)?;
+        let mut report = self.report(end_reason, warmup_note, true)?;
         report.target_exit = self.target_exit.clone();
         let written = write_outputs(&report, &self.output, &self.opts);
 

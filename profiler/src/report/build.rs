@@ -63,13 +63,17 @@ pub struct Inputs {
     pub profiler_cost: ProfilerCost,
     /// Notes for the user about the target.
     pub hints: Vec<String>,
+    /// Describe open fds as lsof would (one readlink per fd, the socket
+    /// tables once per process); else by number only.
+    pub describe_fds: bool,
 }
 
 /// The report of what the collector holds now.
 pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Report {
     collector.name_jit_frames();
     let settings = &inputs.settings;
-    let mut stacks = collector.entries(symbols, inputs.now_ns, settings.min_age.as_nanos() as u64);
+    let min_age = settings.min_age.as_nanos() as u64;
+    let mut stacks = collector.entries(symbols, inputs.now_ns, min_age, inputs.describe_fds);
     sort_entries(&mut stacks, settings.sort);
     for e in &mut stacks {
         e.class = split::classify(e).map(str::to_string);
@@ -120,7 +124,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
         memory_split,
         handles,
         // A launched program held nothing before its first instruction.
-        held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start()),
+        held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start(inputs.describe_fds)),
         hints: inputs.hints.clone(),
         stacks,
         modules,
@@ -221,7 +225,9 @@ pub fn status(inputs: &Inputs, collector: &Collector) -> Option<Status> {
         (None, None) => (None, None),
     };
     let mib = per_min / (1024.0 * 1024.0);
-    let retained_mib = trend::retained_per_min(&points).unwrap_or(0.0) / (1024.0 * 1024.0);
+    // From the end of any warm-up on, as the stacks' trends.
+    let after_warmup = points.get(collector.series.warmup_index..).unwrap_or_default();
+    let retained_mib = trend::retained_per_min(after_warmup).unwrap_or(0.0) / (1024.0 * 1024.0);
     // Too few samples: no level and no time to the limit (the slope of two
     // samples taken while a program starts is no leak rate).
     let judged = points.len() >= trend::MIN_SAMPLES;

@@ -212,7 +212,10 @@ pub fn render(report: &Report, top: usize) -> String {
                     // A rise that stayed while the slope says ~0 (a step, a cache filled early).
                     let stepped = t.verdict == crate::trend::Verdict::Plateaued;
                     let retained = if stepped && t.retained_per_min > 2.0 * t.growth_per_min.max(0.0) {
-                        format!(" ({} retained)", super::flame::rate_per_min(kind, t.retained_per_min))
+                        format!(
+                            " (rose and stayed: {} over the recording)",
+                            super::flame::rate_per_min(kind, t.retained_per_min)
+                        )
                     } else {
                         String::new()
                     };
@@ -239,8 +242,9 @@ pub fn render(report: &Report, top: usize) -> String {
             if shown > 0 && e.count as usize > shown {
                 let _ = writeln!(
                     s,
-                    "      - and {} more open fds (report.json describes the first 16)",
-                    e.count as usize - shown
+                    "      - and {} more open fds (report.json describes {})",
+                    e.count as usize - shown,
+                    e.fds.len()
                 );
             }
             if e.frames.is_empty() {

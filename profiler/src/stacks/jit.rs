@@ -40,18 +40,22 @@ pub fn is_tier_dependent(frame: &Frame) -> bool {
 
 /// The frames (innermost first) that make a stack what it is: for a stack
 /// with JS frames, without the tier-dependent frames from the innermost
-/// native frame the JS called down to the outermost JS frame. `None` for a
-/// stack without JS frames (its frames are its identity).
+/// native frame the JS called down to the outermost JS frame (Node's own JS
+/// is kept when the stack has no other: it is then all that tells two
+/// stacks apart). `None` for a stack without JS frames (its frames are its
+/// identity).
 pub fn identity_frames(frames: &[Frame]) -> Option<Vec<&Frame>> {
     let innermost = frames.iter().position(|f| f.module == "[jit]")?;
     let outermost = frames.iter().rposition(|f| f.module == "[jit]")?;
     // The glue just below the innermost JS frame, down to the native code it called.
     let glue_start = frames[..innermost].iter().rposition(|f| !is_tier_dependent(f)).map_or(0, |i| i + 1);
+    let user_js = frames.iter().any(|f| f.module == "[jit]" && !is_tier_dependent(f));
+    let dropped = |f: &Frame| is_tier_dependent(f) && (user_js || f.module != "[jit]");
     Some(
         frames
             .iter()
             .enumerate()
-            .filter(|(i, f)| !((glue_start..=outermost).contains(i) && is_tier_dependent(f)))
+            .filter(|(i, f)| !((glue_start..=outermost).contains(i) && dropped(f)))
             .map(|(_, f)| f)
             .collect(),
     )
@@ -119,5 +123,13 @@ mod tests {
         ]);
         assert_eq!(names(&compiling).len(), 3);
         assert!(identity_frames(&frames(&[("main", "demo")])).is_none());
+        // Only Node's own JS: it is what tells the stack apart, so it stays.
+        let internal = frames(&[
+            ("uv__socket", "node"),
+            ("Builtins_CallApiCallback", "node"),
+            ("JS:internalConnect node:net:1004:26", "[jit]"),
+            ("JS:processTicksAndRejections node:internal/process/task_queues:67:35", "[jit]"),
+        ]);
+        assert_eq!(names(&internal).len(), 3, "{:?}", names(&internal));
     }
 }

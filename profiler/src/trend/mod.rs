@@ -74,7 +74,7 @@ pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
     let grew = last.1 - first.1 > (0.05 * final_value).max(min_growth);
     let still_growing = recent * (span / 2.0) / 60.0 > 0.05 * final_value && recent > 0.25 * overall;
     let retained = retained_per_min(series).unwrap_or(0.0);
-    // Most of what it holds arrived while recording and stayed: young, but not work in flight.
+    // At least half of what it holds arrived while recording and stayed: young, but not work in flight.
     let kept = grew && retained * span / 60.0 > 0.5 * final_value;
     let verdict = if series.len() < MIN_SAMPLES {
         Verdict::Unknown
@@ -95,9 +95,12 @@ pub fn judge(series: &[(f64, f64)], old_share: f64, min_growth: f64) -> Trend {
 /// quarters' middles. A steady leak gives its slope; a step that stays (a
 /// one-time 60 MiB rise) gives its height over the recording, where the
 /// Theil-Sen slope of a series mostly flat on both sides of the step is 0.
-/// `None` with fewer than [`MIN_SAMPLES`] samples.
+/// The first sample is left out (at the start of a launched program it is
+/// taken before the program has loaded anything), and each quarter needs 2
+/// samples: `None` with fewer than 9.
 pub fn retained_per_min(series: &[(f64, f64)]) -> Option<f64> {
-    if series.len() < MIN_SAMPLES {
+    let series = series.get(1..)?;
+    if series.len() < 8 {
         return None;
     }
     let quarter = series.len() / 4;
@@ -235,7 +238,10 @@ mod tests {
         assert_eq!(judge(&step, 0.0, 4096.0).verdict, Verdict::Plateaued);
         let churn = series(|t| if (t as i64 / 10) % 2 == 0 { 5000.0 } else { 7000.0 }, 30);
         assert_eq!(judge(&churn, 0.0, 0.0).verdict, Verdict::Transient);
-        assert_eq!(retained_per_min(&step[..3]), None);
+        assert_eq!(retained_per_min(&step[..8]), None, "9 samples at least");
+        // A program loading at the start (the first sample is before it): no rise that stayed.
+        let start = series(|t| if t < 5.0 { 1.0 * mib } else { 50.0 * mib }, 12);
+        assert_eq!(retained_per_min(&start), Some(0.0));
     }
 
     #[test]
