@@ -653,7 +653,7 @@ impl Collector {
     /// What the processes found running held when recording started: the
     /// fds they had open then and still have, described, and their resident
     /// memory by region as it was then.
-    pub fn held_at_start(&self, describe_fds: bool) -> HeldAtStart {
+    pub fn held_at_start(&self, describer: &mut FdDescriber) -> HeldAtStart {
         let mut held = HeldAtStart::default();
         let mut fds: Vec<(u32, u64, Kind)> = self
             .ledger
@@ -662,11 +662,10 @@ impl Collector {
             .map(|(site, fd, _)| (site.pid, fd, site.kind))
             .collect();
         fds.sort_unstable();
-        let mut describer = if describe_fds { FdDescriber::default() } else { FdDescriber::off() };
         for (pid, fd, kind) in fds {
             *held.handle_counts.entry(kind).or_default() += 1;
             if held.handles.len() < HELD_DESCRIBED {
-                let description = describer.describe(pid, fd).unwrap_or_else(|| format!("fd {fd}"));
+                let description = describer.describe(pid, fd);
                 held.handles.push(HeldHandle { pid, kind, description });
             }
         }
@@ -690,13 +689,13 @@ impl Collector {
     }
 
     /// The report's per-site entries, named, in interning order (ranked by `report::build`).
-    /// `describe_fds`: handle stacks' fds described as lsof would (`fds`), else by number.
+    /// Handle stacks' fds are described by `describer` (`fds`).
     pub fn entries(
         &self,
         symbols: &Symbols,
         now_ns: u64,
         min_age_ns: u64,
-        describe_fds: bool,
+        describer: &mut FdDescriber,
     ) -> Vec<StackEntry> {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
@@ -776,7 +775,6 @@ impl Collector {
                 m.fds.extend(fds.iter().map(|fd| (site.pid, *fd)));
             }
         }
-        let mut describer = if describe_fds { FdDescriber::default() } else { FdDescriber::off() };
         merged
             .into_iter()
             .map(|m| {
@@ -808,12 +806,7 @@ impl Collector {
                     fds: {
                         let mut fds = m.fds;
                         fds.sort_unstable();
-                        fds.iter()
-                            .take(FDS_DESCRIBED)
-                            .map(|&(pid, fd)| {
-                                describer.describe(pid, fd).unwrap_or_else(|| format!("fd {fd}"))
-                            })
-                            .collect()
+                        fds.iter().take(FDS_DESCRIBED).map(|&(pid, fd)| describer.describe(pid, fd)).collect()
                     },
                 }
             })

@@ -20,8 +20,12 @@ pub struct FdDescriber {
 
 impl FdDescriber {
     /// `fd N: /var/log/app.log`, `fd N: tcp 127.0.0.1:41234 -> 127.0.0.1:8080 established`;
-    /// `None` when the fd is gone (or the process).
-    pub fn describe(&mut self, pid: u32, fd: u64) -> Option<String> {
+    /// `fd N` when the fd is gone (or the process), or the describer is off.
+    pub fn describe(&mut self, pid: u32, fd: u64) -> String {
+        self.what(pid, fd).map_or_else(|| format!("fd {fd}"), |what| format!("fd {fd}: {}", printable(&what)))
+    }
+
+    fn what(&mut self, pid: u32, fd: u64) -> Option<String> {
         if self.off {
             return None;
         }
@@ -37,7 +41,7 @@ impl FdDescriber {
                 .unwrap_or_else(|| link.to_string()),
             None => link.to_string(),
         };
-        Some(format!("fd {fd}: {}", printable(&what)))
+        Some(what)
     }
 }
 
@@ -236,10 +240,14 @@ mod tests {
         use std::os::fd::AsRawFd;
         let mut d = FdDescriber::default();
         let pid = std::process::id();
-        let sock = d.describe(pid, listener.as_raw_fd() as u64).unwrap();
+        let sock = d.describe(pid, listener.as_raw_fd() as u64);
         assert!(sock.ends_with(&format!("tcp 127.0.0.1:{port} (listening)")), "{sock}");
-        let path = d.describe(pid, file.as_raw_fd() as u64).unwrap();
+        let path = d.describe(pid, file.as_raw_fd() as u64);
         assert!(path.ends_with("/status"), "{path}");
-        assert!(d.describe(pid, 1 << 20).is_none());
+        assert_eq!(d.describe(pid, 1 << 20), "fd 1048576", "a closed fd is its number");
+        assert_eq!(
+            FdDescriber::off().describe(pid, file.as_raw_fd() as u64),
+            format!("fd {}", file.as_raw_fd())
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     collector::Collector,
     kernel::counters::KernelCounters,
     kind::Kind,
+    process::fds::FdDescriber,
     stacks::symbols::{module_info, Symbols},
     trend::{self, Thresholds},
 };
@@ -73,7 +74,9 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     collector.name_jit_frames();
     let settings = &inputs.settings;
     let min_age = settings.min_age.as_nanos() as u64;
-    let mut stacks = collector.entries(symbols, inputs.now_ns, min_age, inputs.describe_fds);
+    // One describer for the stacks' fds and those held at the start: each process's socket tables are read once.
+    let mut describer = if inputs.describe_fds { FdDescriber::default() } else { FdDescriber::off() };
+    let mut stacks = collector.entries(symbols, inputs.now_ns, min_age, &mut describer);
     sort_entries(&mut stacks, settings.sort);
     for e in &mut stacks {
         e.class = split::classify(e).map(str::to_string);
@@ -124,7 +127,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
         memory_split,
         handles,
         // A launched program held nothing before its first instruction.
-        held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start(inputs.describe_fds)),
+        held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start(&mut describer)),
         hints: inputs.hints.clone(),
         stacks,
         modules,
