@@ -282,3 +282,47 @@ fn a_one_gib_perf_map_costs_bounded_memory_and_its_unread_part_is_counted() {
         stopped.exit_after
     );
 }
+
+/// A file name is the target's to choose: one holding a newline, a forged
+/// report line and a terminal escape, open before the profiler attaches,
+/// is described with its control characters shown (`^J`, `\x1b`), so it
+/// can neither forge a line of report.txt nor reach root's terminal.
+#[test]
+fn a_hostile_file_name_held_at_attach_cannot_forge_report_lines() {
+    let dir = fresh_dir("hostile-fd-name");
+    std::fs::create_dir_all(&dir).unwrap();
+    let evil = dir.join("evil\n  sockets     1  fd 9: forged\u{1b}[2J");
+    std::fs::write(&evil, b"x").unwrap();
+    let mut holder =
+        Command::new("sh").arg("-c").arg("exec 7<\"$0\"; exec sleep 30").arg(&evil).spawn().unwrap();
+    let out = dir.join("out");
+    for _ in 0..100 {
+        if std::fs::read_link(format!("/proc/{}/fd/7", holder.id())).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = Command::new(PROFILER)
+        .args(["record", "--pid", &holder.id().to_string(), "-d", "1", "-q", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(!text.contains('\u{1b}'), "no escape reaches the report: {text}");
+    assert!(!text.lines().any(|l| l.starts_with("  sockets     1  fd 9: forged")), "{text}");
+    assert!(text.contains("evil^J  sockets     1  fd 9: forged\\x1b[2J"), "{text}");
+    let report = common::report_json(&out);
+    let described: Vec<&str> = report["held_at_start"]["handles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["description"].as_str().unwrap())
+        .collect();
+    assert!(
+        described.iter().any(|d| d.starts_with("fd 7: ") && d.ends_with("forged\\x1b[2J")),
+        "{described:?}"
+    );
+}
