@@ -298,3 +298,53 @@ fn bad_cgroup_and_container_input_fail_clearly() {
     assert!(missing.contains("(--wait waits for it to start)"), "{missing}");
     assert!(bad.contains("hexadecimal"), "{bad}");
 }
+
+/// A Debian daemon nobody here wrote (tmux's server), already running in a
+/// cgroup when recording starts: what it held is reported, its listening
+/// unix socket by path, and its memory by region.
+#[test]
+fn a_debian_daemon_found_in_a_cgroup_shows_what_it_held() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    }
+    let cgroup = TestCgroup::new("leakprof-tmux");
+    let socket = common::tmp().join(format!("tmux-{}", std::process::id()));
+    let _ = std::fs::remove_file(&socket);
+    let started = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec tmux -S {} new-session -d sleep 60",
+            cgroup.0.display(),
+            socket.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let dir = common::fresh_dir("cgroup-tmux");
+    let out = Command::new(PROFILER)
+        .args(["record", "--cgroup"])
+        .arg(&cgroup.0)
+        .args(["-d", "1", "-q", "-o"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = Command::new("tmux").arg("-S").arg(&socket).arg("kill-server").status();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = common::report_json(&dir);
+    let held = &report["held_at_start"];
+    let listening = format!("unix stream {}", socket.display());
+    assert!(
+        held["handles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["description"].as_str().unwrap().ends_with(&listening)),
+        "{held:#}"
+    );
+    let memory = held["memory"].as_array().unwrap();
+    assert!(
+        memory.iter().any(|r| r["class"] == "file mappings" && r["rss_bytes"].as_u64().unwrap() > 0),
+        "{held:#}"
+    );
+}
