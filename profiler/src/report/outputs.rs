@@ -100,7 +100,7 @@ pub fn render(report: &Report, format: Format, kind: Kind, options: &Options) ->
 
 /// The kinds with a stack holding something.
 pub fn kinds_present(report: &Report) -> impl Iterator<Item = Kind> + '_ {
-    report.totals.keys().copied().filter(|k| !flame::folded(report, *k, flame::GroupBy::None).is_empty())
+    report.totals.keys().copied().filter(|k| report.entries(*k).any(|e| flame::value(e) > 0))
 }
 
 /// Each present kind's flamegraph.
