@@ -93,6 +93,46 @@ struct Session {
     ts: u64,
 }
 
+/// What node's inspector would have read over four seconds: a JS function
+/// whose sampled objects grow, a V8 category that stays, V8's heap nearing its limit.
+fn js_heap_readout() -> profiler::inspector::Readout {
+    use profiler::inspector::{heap::Reading, sampling::stacks_of, Observed};
+    use serde_json::json;
+    let mut observed = Observed {
+        inspector: "127.0.0.1:9229, opened with SIGUSR1 for this recording and closed after it".into(),
+        ..Default::default()
+    };
+    for second in 0..4u64 {
+        let frame = |name: &str, line: u64, id: u64, size: u64, children: Vec<serde_json::Value>| {
+            json!({ "callFrame": { "functionName": name, "url": if line > 0 { "/srv/app.js" } else { "" },
+                                   "lineNumber": line, "columnNumber": 2 },
+                    "selfSize": size, "id": id, "children": children })
+        };
+        let mark = frame("markProcessed", 14, 3, (second + 1) << 20, vec![]);
+        let root = frame(
+            "(root)",
+            0,
+            1,
+            0,
+            vec![frame("syncCycle", 26, 2, 0, vec![mark]), frame("(V8 API)", 0, 4, 32768, vec![])],
+        );
+        let samples: Vec<serde_json::Value> =
+            (0..(second + 1) * 32).map(|i| json!({ "size": 64, "nodeId": 3, "ordinal": i })).collect();
+        let stacks = stacks_of(json!({ "profile": { "head": root, "samples": samples } })).unwrap();
+        observed.sampled.push(second as f64, stacks);
+        let used = (40 + 6 * second) << 20;
+        let reading = json!({
+            "heap": { "heap_size_limit": 64u64 << 20, "used_heap_size": used, "total_heap_size": used + (4 << 20) },
+            "spaces": [ { "space_name": "old_space", "space_size": used, "space_used_size": used - (1 << 20), "space_available_size": 0 },
+                        { "space_name": "new_space", "space_size": 1 << 20, "space_used_size": 1 << 20, "space_available_size": 0 } ],
+            "external": 3 << 20, "arrayBuffers": 1 << 20
+        });
+        observed.heap.push(Reading::parse(reading, second as f64).unwrap());
+    }
+    observed.longest_call_ms = 4.5;
+    observed.readout(PID, "/opt/golden/bin/demo --serve", Duration::from_secs(5))
+}
+
 impl Session {
     fn new() -> Self {
         let mut collector = Collector::default();
@@ -235,6 +275,7 @@ impl Session {
             &[CACHE_PUT, MAIN],
         );
         s.free(0xdead_0000); // never seen allocated
+        s.feed(EventKind::V8OutOfMemory, |h| h.size = 1, &[]);
         s.collector.ingest(b"garbage");
         s.collector.sample(10.0, Some(43 << 20));
         s
@@ -274,6 +315,7 @@ impl Session {
             profiler_cost: ProfilerCost::default(),
             hints: vec![],
             describe_fds: true,
+            inspector: Some(js_heap_readout()),
         };
         build(inputs, &mut self.collector, &Symbols::default())
     }

@@ -68,7 +68,7 @@ fn bytes_where(report: &serde_json::Value, keep: impl Fn(&serde_json::Value) -> 
 }
 
 fn has_frame(e: &serde_json::Value, needle: &str) -> bool {
-    e["frames"].as_array().unwrap().iter().any(|f| f["function"].as_str().unwrap_or("").contains(needle))
+    e["frames"].as_array().unwrap().iter().any(|f| has_name(f, needle))
 }
 
 #[test]
@@ -178,8 +178,13 @@ fn control_server_after_warm_up_has_no_growing_stack() {
 }
 
 /// Starts `node script ARGS` without the profiler (no flags) and waits for
-/// the line starting with `ready_prefix`; `None` without node.
-fn start_node(script: &str, args: &[&str], ready_prefix: &str) -> Option<std::process::Child> {
+/// the line starting with `ready_prefix`; `None` without node. The lines it
+/// prints later arrive on the receiver (its stdout stays open).
+fn start_node(
+    script: &str,
+    args: &[&str],
+    ready_prefix: &str,
+) -> Option<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
     if Command::new("node").arg("--version").output().is_err() {
         eprintln!("SKIPPED: node is not installed");
         return None;
@@ -187,13 +192,21 @@ fn start_node(script: &str, args: &[&str], ready_prefix: &str) -> Option<std::pr
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
     let mut node = Command::new("node").arg(&script).args(args).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(node.stdout.take().unwrap());
-    let ready = stdout.lines().any(|line| line.unwrap().starts_with(ready_prefix));
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = lines.iter().any(|line| line.starts_with(ready_prefix));
     if !ready {
         let _ = node.kill();
         let _ = node.wait();
         panic!("{} never printed {ready_prefix:?}", script.display());
     }
-    Some(node)
+    Some((node, lines))
 }
 
 /// Attached after the leaks happened, as the seeds' engineers attach: the
@@ -202,8 +215,8 @@ fn start_node(script: &str, args: &[&str], ready_prefix: &str) -> Option<std::pr
 /// start, and so is the resident memory by region.
 #[test]
 fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
-    let Some(mut agents) = start_node("agents.js", &["24"], "sockets 24") else { return };
-    let Some(mut streams) = start_node("streams.js", &["9"], "streams 9") else { return };
+    let Some((mut agents, _)) = start_node("agents.js", &["24"], "sockets 24") else { return };
+    let Some((mut streams, _)) = start_node("streams.js", &["9"], "streams 9") else { return };
     for (node, name) in [(&agents, "agents"), (&streams, "streams")] {
         let dir = common::fresh_dir(&format!("node-held-{name}"));
         let out = Command::new(PROFILER)
@@ -263,4 +276,136 @@ fn a_leak_that_tiers_up_mid_run_stays_one_growing_stack() {
     assert!(e["sites"].as_u64().unwrap() >= 2, "its interpreted and optimized code paths are merged: {e}");
     assert!(e["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64, "{} of {truth} bytes", e["bytes"]);
     assert_eq!(e["trend"]["verdict"], "growing", "{e}");
+}
+
+/// The seeds' unbounded Set in a steady-state service, started without
+/// flags: `--lens js-heap` opens node's inspector from outside, and V8's
+/// sampling heap profiler names the JS function that grows it. The
+/// inspector is closed afterwards, its own sockets are not blamed on the
+/// target, and V8's heap numbers and limit are reported.
+#[test]
+fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
+    let Some((mut node, lines)) = start_node("processed.js", &["60"], "ready") else { return };
+    let pid = node.id();
+    let ports_before = profiler::process::fds::loopback_listening_ports(pid);
+    let dir = common::fresh_dir("node-js-heap");
+    let out = Command::new(PROFILER)
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--lens",
+            "js-heap,handles",
+            "-d",
+            "6",
+            "--interval",
+            "1",
+        ])
+        .args(["-q", "-o"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ports_after = profiler::process::fds::loopback_listening_ports(pid);
+    let lags: Vec<String> = lines.try_iter().filter(|l| l.starts_with("lag p99")).collect();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(ports_after, ports_before, "the inspector's port is closed again");
+    let report = common::report_json(&dir);
+    let js: Vec<&serde_json::Value> =
+        report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "js-heap").collect();
+    let growth = |e: &serde_json::Value| {
+        let series = e["series"].as_array().unwrap();
+        let (first, last) = (series[0].as_u64().unwrap(), series.last().unwrap().as_u64().unwrap());
+        last.saturating_sub(first)
+    };
+    let total: u64 = js.iter().map(|e| growth(e)).sum();
+    let marked: u64 = js.iter().filter(|e| has_frame(e, "JS:markProcessed ")).map(|e| growth(e)).sum();
+    assert!(total > 4 << 20, "the Set grew by only {total} sampled bytes");
+    assert!(marked as f64 >= 0.9 * total as f64, "markProcessed holds {marked} of {total} bytes: {js:#?}");
+    let top = js.iter().find(|e| has_frame(e, "JS:markProcessed ")).unwrap();
+    assert_eq!(top["trend"]["verdict"], "growing", "{}", top["trend"]);
+    let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:markProcessed ")).unwrap();
+    assert!(frame["file"].as_str().unwrap().ends_with("processed.js") && frame["line"] == 15, "{frame}");
+    // V8's own numbers.
+    let heap = &report["v8_heap"];
+    assert!(heap["inspector"].as_str().unwrap().contains("closed after it"), "{heap}");
+    assert!(heap["limit_bytes"].as_u64().unwrap() > heap["used_bytes"].as_u64().unwrap(), "{heap}");
+    assert!(heap["readings"].as_u64().unwrap() >= 6, "{heap}");
+    assert!(heap["growth_mib_per_min"].as_f64().unwrap() > 0.0, "{heap}");
+    let spaces: Vec<&str> =
+        heap["spaces"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(spaces.contains(&"old_space") && spaces.contains(&"new_space"), "{spaces:?}");
+    // The inspector's connection was ours: opened and closed while recording, not the target's leak.
+    assert_eq!(report["totals"]["sockets"]["count"], 0, "{}", report["totals"]);
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("V8 heap: ok") && text.contains("js-heap"), "{text}");
+    eprintln!("event-loop delay of the target while sampled: {lags:?}");
+}
+
+fn has_name(frame: &serde_json::Value, needle: &str) -> bool {
+    frame["function"].as_str().is_some_and(|f| f.contains(needle))
+}
+
+/// A service leaking into `--max-old-space-size=64`: V8's utilisation rises
+/// and the time to its limit shrinks across the readings, and the abort is
+/// named (node's OOM handler, probed in the kernel), not just "SIGABRT".
+#[test]
+fn a_leak_into_the_v8_heap_limit_is_seen_coming_and_its_abort_is_named() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: node is not installed");
+        return;
+    }
+    let dir = common::fresh_dir("node-heap-limit");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/heaplimit.js");
+    let out = Command::new(PROFILER)
+        .args(["record", "--lens", "js-heap", "--interval", "0.5", "-q", "-o"])
+        .arg(&dir)
+        .args(["--", "node", "--max-old-space-size=64"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = common::report_json(&dir);
+    assert_eq!(report["target_exit"]["signal"], "SIGABRT", "{}", report["end_reason"]);
+    assert!(
+        report["end_reason"].as_str().unwrap().starts_with("V8 out of memory"),
+        "{}",
+        report["end_reason"]
+    );
+    let oom = &report["v8_out_of_memory"][0];
+    assert!(oom["what"].as_str().unwrap().starts_with("JavaScript heap out of memory"), "{oom}");
+    let heap = &report["v8_heap"];
+    let utilisation: Vec<f64> =
+        heap["utilisation_pct_series"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(utilisation.len() >= 6, "{utilisation:?}");
+    assert!(utilisation.last().unwrap() > &(2.0 * utilisation[0]), "{utilisation:?}");
+    let to_limit: Vec<f64> =
+        heap["time_to_limit_s_series"].as_array().unwrap().iter().filter_map(|v| v.as_f64()).collect();
+    assert!(to_limit.len() >= 2 && to_limit.last() < to_limit.first(), "{to_limit:?}");
+    let js: Vec<&serde_json::Value> =
+        report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "js-heap").collect();
+    let total: u64 = js.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+    let kept: u64 =
+        js.iter().filter(|e| has_frame(e, "JS:keepRecords ")).map(|e| e["bytes"].as_u64().unwrap()).sum();
+    assert!(kept as f64 >= 0.9 * total as f64, "keepRecords holds {kept} of {total}");
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("V8 OUT OF MEMORY: pid"), "{text}");
+}
+
+/// SIGUSR1 kills a process that does not catch it: the lens refuses a
+/// target that is not node before attaching anything, and it lives on.
+#[test]
+fn js_heap_lens_refuses_a_process_that_is_not_node() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = Command::new(PROFILER)
+        .args(["record", "--pid", &sleeper.id().to_string(), "--lens", "js-heap", "-d", "1", "-q", "-o"])
+        .arg(common::fresh_dir("node-js-heap-refused"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("runs \"sleep\""), "{stderr}");
+    assert!(sleeper.try_wait().unwrap().is_none(), "the process was left alone");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

@@ -74,6 +74,10 @@ pub enum EventKind {
     Madvise = 19,
     /// The process exited (its main thread did): it holds nothing any more.
     Exit = 20,
+    /// Node's handler of a V8 out-of-memory abort was called: `size` = 1 if
+    /// the JS heap ran out (its limit), 0 if another V8 allocation failed,
+    /// `u64::MAX` if unreadable.
+    V8OutOfMemory = 21,
 }
 
 impl EventKind {
@@ -99,6 +103,7 @@ impl EventKind {
             18 => Self::PageFault,
             19 => Self::Madvise,
             20 => Self::Exit,
+            21 => Self::V8OutOfMemory,
             _ => return None,
         })
     }
@@ -405,6 +410,8 @@ pub mod names {
     pub mod programs {
         pub const ALLOC_RETURN: &str = "alloc_return";
         pub const MARKER: &str = "marker";
+        /// On node's `OOMErrorHandler`.
+        pub const V8_OUT_OF_MEMORY: &str = "v8_out_of_memory";
         pub const SYSCALL_ENTER: &str = "syscall_enter";
         pub const SYSCALL_EXIT: &str = "syscall_exit";
         pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
@@ -413,9 +420,10 @@ pub mod names {
         pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
         /// Attached to both `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
         pub const PAGE_FAULT: &str = "page_fault";
-        pub const ALL: [&str; 9] = [
+        pub const ALL: [&str; 10] = [
             ALLOC_RETURN,
             MARKER,
+            V8_OUT_OF_MEMORY,
             SYSCALL_ENTER,
             SYSCALL_EXIT,
             SCHED_PROCESS_EXEC,

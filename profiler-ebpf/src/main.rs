@@ -626,6 +626,28 @@ pub fn marker(_ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Node's handler of a V8 out-of-memory abort, `node::OOMErrorHandler(const
+/// char* location, X)`: X is `const v8::OOMDetails&` (node 20 and later,
+/// whose first field is `bool is_heap_oom`) or that `bool` itself (node 18).
+#[uprobe]
+pub fn v8_out_of_memory(ctx: ProbeContext) -> u32 {
+    if is_target() {
+        if let Some(mut ev) = scratch(EventKind::V8OutOfMemory, 0) {
+            let second: u64 = ctx.arg(1).unwrap_or(0);
+            ev.header.size = if second <= 1 {
+                second
+            } else {
+                match unsafe { bpf_probe_read_user(second as *const u8) } {
+                    Ok(is_heap_oom) => (is_heap_oom & 1) as u64,
+                    Err(_) => u64::MAX,
+                }
+            };
+            submit(&ev);
+        }
+    }
+    0
+}
+
 // ---------------------------------------------------------------- syscalls
 
 /// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).

@@ -117,6 +117,8 @@ pub struct Collector {
     pub series: Series,
     /// Profiled processes the OOM killer chose as victims.
     pub oom_killed: Vec<u32>,
+    /// V8 out-of-memory aborts: (pid, monotonic ns, whether the JS heap hit its limit).
+    pub v8_out_of_memory: Vec<(u32, u64, Option<bool>)>,
     /// `--sample-bytes` (0: every allocation is recorded).
     pub sample_bytes: u64,
 }
@@ -628,6 +630,10 @@ impl Collector {
                 if self.spaces.contains_key(&victim) || self.ledger.processes().any(|p| p == victim) {
                     self.oom_killed.push(victim);
                 }
+                return;
+            }
+            Event::V8OutOfMemory { heap } => {
+                self.v8_out_of_memory.push((pid, ev.ts_ns, heap));
                 return;
             }
             Event::Marker => {

@@ -22,6 +22,8 @@ pub enum Kind {
     Brk,
     /// Pages made resident (first-touch page faults), by the touching stack.
     Resident,
+    /// Live JS objects, sampled by V8's sampling heap profiler (`--lens js-heap`).
+    JsHeap,
     /// Open socket fds.
     Sockets,
     /// Open files (including memfd).
@@ -41,9 +43,10 @@ pub enum Class {
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Heap,
         Kind::Resident,
+        Kind::JsHeap,
         Kind::Mmap,
         Kind::FileMmap,
         Kind::Brk,
@@ -61,6 +64,7 @@ impl Kind {
             Kind::FileMmap => "file-mmap",
             Kind::Brk => "brk",
             Kind::Resident => "resident",
+            Kind::JsHeap => "js-heap",
             Kind::Sockets => "sockets",
             Kind::Files => "files",
             Kind::Pipes => "pipes",
@@ -74,7 +78,9 @@ impl Kind {
 
     pub const fn class(self) -> Class {
         match self {
-            Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk | Kind::Resident => Class::Memory,
+            Kind::Heap | Kind::Mmap | Kind::FileMmap | Kind::Brk | Kind::Resident | Kind::JsHeap => {
+                Class::Memory
+            }
             Kind::Sockets | Kind::Files | Kind::Pipes | Kind::Events => Class::Handle,
         }
     }
@@ -102,6 +108,7 @@ impl Kind {
         let (one, many) = match self {
             Kind::Heap | Kind::Brk => ("block", "blocks"),
             Kind::Resident => ("page", "pages"),
+            Kind::JsHeap => ("sampled object", "sampled objects"),
             Kind::Mmap | Kind::FileMmap => ("mapping", "mappings"),
             Kind::Sockets => ("socket", "sockets"),
             Kind::Files => ("file", "files"),

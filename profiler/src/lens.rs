@@ -15,6 +15,10 @@ pub enum Lens {
     Resident,
     /// Sockets, files, pipes and event fds, by syscall tracepoint (production).
     Handles,
+    /// Node only, opt-in: live JS objects by JS stack from V8's sampling
+    /// heap profiler, and V8's heap statistics and limit. Opens node's
+    /// inspector on 127.0.0.1 (SIGUSR1) for the recording and closes it after.
+    JsHeap,
 }
 
 /// The set of lenses of one recording.
@@ -23,19 +27,21 @@ pub struct Lenses {
     pub alloc: bool,
     pub resident: bool,
     pub handles: bool,
+    pub js_heap: bool,
 }
 
 impl Lenses {
     /// The recommended production default: no allocator uprobes.
-    pub const PRODUCTION: Lenses = Lenses { alloc: false, resident: true, handles: true };
+    pub const PRODUCTION: Lenses = Lenses { alloc: false, resident: true, handles: true, js_heap: false };
     /// Exact per-allocation accounting (development, the CI gate).
-    pub const PRECISE: Lenses = Lenses { alloc: true, resident: false, handles: true };
+    pub const PRECISE: Lenses = Lenses { alloc: true, resident: false, handles: true, js_heap: false };
 
     pub fn from_list(list: &[Lens]) -> Self {
         Lenses {
             alloc: list.contains(&Lens::Alloc),
             resident: list.contains(&Lens::Resident),
             handles: list.contains(&Lens::Handles),
+            js_heap: list.contains(&Lens::JsHeap),
         }
     }
 }
@@ -48,12 +54,16 @@ impl Default for Lenses {
 
 impl fmt::Display for Lenses {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> =
-            [(self.alloc, "alloc"), (self.resident, "resident"), (self.handles, "handles")]
-                .iter()
-                .filter(|(on, _)| *on)
-                .map(|(_, n)| *n)
-                .collect();
+        let names: Vec<&str> = [
+            (self.alloc, "alloc"),
+            (self.resident, "resident"),
+            (self.handles, "handles"),
+            (self.js_heap, "js-heap"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
         f.write_str(&names.join(","))
     }
 }

@@ -13,6 +13,7 @@
 pub mod collector;
 pub mod files;
 pub mod gate;
+pub mod inspector;
 pub mod kernel;
 pub mod kind;
 pub mod ledger;

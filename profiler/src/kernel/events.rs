@@ -101,6 +101,10 @@ pub enum Event {
     },
     /// The target called the user-named marker function.
     Marker,
+    /// Node's V8 out-of-memory handler ran; `heap`: the JS heap hit its limit.
+    V8OutOfMemory {
+        heap: Option<bool>,
+    },
     /// `write(1, _, bytes)`.
     StdoutWrite {
         bytes: u64,
@@ -222,6 +226,9 @@ impl<'a> Record<'a> {
             EventKind::Exit => (Event::Exit, Caller::Other),
             EventKind::OomKill => (Event::OomKill { victim: h.addr as u32 }, Caller::Other),
             EventKind::Marker => (Event::Marker, Caller::Other),
+            EventKind::V8OutOfMemory => {
+                (Event::V8OutOfMemory { heap: (h.size <= 1).then_some(h.size == 1) }, Caller::Other)
+            }
             EventKind::StdoutWrite => {
                 (Event::StdoutWrite { bytes: h.size }, Caller::Syscall(syscalls::WRITE))
             }

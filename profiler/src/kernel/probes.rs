@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     num::NonZeroU32,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -30,6 +31,22 @@ use crate::{
     kernel::placement::{Placement, PlacementMode},
     stacks::unwind::kernel::KernelTables,
 };
+
+/// The file offset of node's `OOMErrorHandler(const char*, ...)` (its
+/// signature differs by node version), read from the symbol tables only.
+fn node_oom_handler_offset(exe: &std::fs::File) -> Option<u64> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    const PREFIX: &str = "_ZN4node15OOMErrorHandlerEPKc";
+    let cache = object::ReadCache::new(exe);
+    let elf = object::File::parse(&cache).ok()?;
+    let address = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.is_definition() && s.name().is_ok_and(|n| n.starts_with(PREFIX)))?
+        .address();
+    let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
+    Some(section.file_range()?.0 + (address - section.address()))
+}
 
 /// The compiled eBPF object (see build.rs).
 static EBPF_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/profiler.bpf.o"));
@@ -255,6 +272,35 @@ impl Probes {
         self.links.push(Box::new(p.take_link(id)?));
         self.attached.push(format!("uprobe:{function} (marker)"));
         Ok(())
+    }
+
+    /// Attaches the V8 out-of-memory probe to node's `OOMErrorHandler` in
+    /// the executable process `pid` runs, for every process of that file
+    /// the filter lets through (followed children too). `false` when the
+    /// executable is not node (has no such function).
+    pub fn attach_v8_out_of_memory(&mut self, pid: u32) -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        let exe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(format!("/proc/{pid}/exe"))
+            .with_context(|| format!("opening the executable of pid {pid}"))?;
+        let Some(offset) = node_oom_handler_offset(&exe) else { return Ok(false) };
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(programs::V8_OUT_OF_MEMORY)
+            .context(programs::V8_OUT_OF_MEMORY)?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load()?;
+        }
+        let target = format!("/proc/self/fd/{}", exe.as_raw_fd());
+        let id = p
+            .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, UProbeScope::AllProcesses)
+            .context("attaching the V8 out-of-memory probe (node::OOMErrorHandler)")?;
+        self.links.push(Box::new(p.take_link(id)?));
+        self.attached.push("uprobe:node::OOMErrorHandler (V8 out of memory)".into());
+        Ok(true)
     }
 
     /// Attaches the exec and fork tracepoints; with `follow`, children forked

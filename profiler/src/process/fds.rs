@@ -113,17 +113,34 @@ fn tcp_state(code: &str) -> &'static str {
     }
 }
 
+/// One line of a `/proc/net/tcp`-style table.
+struct InetRow {
+    inode: u64,
+    local: String,
+    remote: String,
+    /// The kernel's state code (`0A` is listening, for TCP).
+    state: String,
+}
+
 /// `/proc/net/tcp`-style lines: `sl local rem st ... uid timeout inode`.
+fn inet_rows(text: &str) -> impl Iterator<Item = InetRow> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
+        Some(InetRow {
+            inode: inode.parse().ok()?,
+            local: inet_address(local)?,
+            remote: inet_address(remote)?,
+            state: state.to_string(),
+        })
+    })
+}
+
 fn parse_inet_table(text: &str, protocol: &str) -> Vec<(u64, String)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
-            let inode: u64 = inode.parse().ok()?;
-            let (local, remote) = (inet_address(local)?, inet_address(remote)?);
+    inet_rows(text)
+        .map(|InetRow { inode, local, remote, state }| {
             let what = if protocol.starts_with("tcp") {
-                match tcp_state(state) {
+                match tcp_state(&state) {
                     "listen" => format!("{protocol} {local} (listening)"),
                     state => format!("{protocol} {local} -> {remote} {state}"),
                 }
@@ -132,9 +149,28 @@ fn parse_inet_table(text: &str, protocol: &str) -> Vec<(u64, String)> {
             } else {
                 format!("{protocol} {local} -> {remote}")
             };
-            Some((inode, what))
+            (inode, what)
         })
         .collect()
+}
+
+/// The TCP ports process `pid` listens on at 127.0.0.1 (in its own network
+/// namespace), from the sockets it holds.
+pub fn loopback_listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let held: std::collections::HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| socket_inode(&link.to_string_lossy()))
+        .collect();
+    let Some(text) = read_bounded(&format!("/proc/{pid}/net/tcp")) else { return Vec::new() };
+    let mut ports: Vec<u16> = inet_rows(&text)
+        .filter(|row| row.state == "0A" && held.contains(&row.inode))
+        .filter_map(|row| row.local.strip_prefix("127.0.0.1:")?.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 /// `0100007F:1F90` -> `127.0.0.1:8080`; IPv6 as four little-endian words.

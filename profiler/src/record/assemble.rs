@@ -31,6 +31,7 @@ pub(super) struct ReportContext<'a> {
     pub(super) mounts: &'a CgroupMounts,
     pub(super) symbols: &'a Symbols,
     pub(super) hints: &'a [String],
+    pub(super) inspector: Option<&'a crate::inspector::Inspector>,
 }
 
 impl ReportContext<'_> {
@@ -99,6 +100,7 @@ impl ReportContext<'_> {
             profiler_cost: ProfilerCost::default(),
             hints: self.hints.to_vec(),
             describe_fds,
+            inspector: None,
         }
     }
 
@@ -117,7 +119,8 @@ impl ReportContext<'_> {
         warmup: Option<String>,
         describe_fds: bool,
     ) -> Result<Report> {
-        let inputs = self.inputs(elapsed, end_reason, warmup, self.probes.counters()?, describe_fds);
+        let mut inputs = self.inputs(elapsed, end_reason, warmup, self.probes.counters()?, describe_fds);
+        inputs.inspector = self.inspector.map(|i| i.readout(self.opts.min_age));
         let mut report = build::build(inputs, collector, self.symbols);
         // Taken last: building the report is part of what profiling cost.
         report.accuracy.profiler_cost = ProfilerCost::now();

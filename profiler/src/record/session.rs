@@ -25,6 +25,7 @@ use super::{
 use crate::{
     collector::Collector,
     files::output::OutputDir,
+    inspector::Inspector,
     kernel::{
         preflight,
         probes::{ProbeSettings, Probes},
@@ -58,6 +59,7 @@ macro_rules! report_context {
             mounts: &$session.mounts,
             symbols: &$session.symbols,
             hints: &$session.hints,
+            inspector: $session.inspector.as_ref(),
         }
     };
 }
@@ -90,6 +92,8 @@ pub(super) struct Session {
     held_at_exit: bool,
     /// Notes for the user, shown at the start and in the report.
     hints: Vec<String>,
+    /// Node's inspector, read by its own thread (`--lens js-heap`).
+    inspector: Option<Inspector>,
 }
 
 /// Snapshots written so far.
@@ -178,6 +182,15 @@ impl Session {
         listener: Option<std::net::TcpListener>,
     ) -> Result<Self> {
         let (info, mut target) = find_target(&opts)?;
+        if opts.lenses.js_heap {
+            if let Err(e) = crate::inspector::check_target(&info, matches!(target, Target::Cgroup(_))) {
+                if let Target::Launched(l) = &mut target {
+                    let _ = l.control.send(Control::Kill);
+                    l.join();
+                }
+                return Err(e);
+            }
+        }
         // Launch mode follows the whole tree; --pid only with --follow.
         let launched = matches!(target, Target::Launched(_));
         let follow = launched || opts.follow;
@@ -209,6 +222,9 @@ impl Session {
                 return Ok(probes);
             }
             probes.add_target(info.pid)?;
+            if let Err(e) = probes.attach_v8_out_of_memory(info.pid) {
+                probes.skipped.push(format!("node::OOMErrorHandler: {e:#}"));
+            }
             track_stacks(&mut probes, info.pid);
             probed.ensure(&mut probes, info.pid)?;
             if let Some(function) = &opts.warmup.function {
@@ -280,8 +296,17 @@ impl Session {
             target_exit: None,
             held_at_exit: false,
             hints: Vec::new(),
+            inspector: None,
             opts,
         };
+        if session.opts.lenses.js_heap {
+            session.inspector = Some(Inspector::start(
+                session.info.pid,
+                &session.info.command,
+                session.opts.interval,
+                session.started,
+            )?);
+        }
         if let Target::Attached { .. } = session.target {
             session.take_descendants();
         }
@@ -550,6 +575,10 @@ impl Session {
     /// the target let go, the probes detached.
     pub(super) fn finish(mut self, mut end_reason: String, mut marker: MarkerRelay) -> Result<Recorded> {
         self.live.finish(&format!("recording ended ({end_reason}): writing the report"));
+        // While the probes still record: the inspector's own sockets are seen closed.
+        if let Some(inspector) = &mut self.inspector {
+            inspector.finish();
+        }
         // Everything the target did before the end is already in the ring
         // buffer; with the filter emptied nothing more is added, so this ends
         // even while the target goes on allocating.
@@ -571,8 +600,13 @@ impl Session {
         }
         let resident = self.resident();
         self.collector.sample(self.started.elapsed().as_secs_f64(), resident);
+
         if !self.collector.oom_killed.is_empty() {
             end_reason = format!("OOM-killed (pid {:?}): {end_reason}", self.collector.oom_killed);
+        }
+        if !self.collector.v8_out_of_memory.is_empty() {
+            let pids: Vec<u32> = self.collector.v8_out_of_memory.iter().map(|(pid, ..)| *pid).collect();
+            end_reason = format!("V8 out of memory (pid {pids:?}): {end_reason}");
         }
         let warmup_note = match (&self.warmup_end, self.opts.warmup.is_set()) {
             (Some(end), _) => Some(format!("excluded everything live {end}")),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{
     model::{
         Accuracy, CgroupInfo, IncompleteStacks, ModuleInfo, ProcessSummary, ProfilerCost, SeriesReport,
-        StackEntry, Status, TargetInfo, Total, UnmatchedCounts, UnwindTables, SCHEMA_VERSION,
+        StackEntry, Status, TargetInfo, Total, UnmatchedCounts, UnwindTables, V8OutOfMemory, SCHEMA_VERSION,
     },
     select::{sort_entries, SortBy},
     split, Report,
@@ -67,6 +67,8 @@ pub struct Inputs {
     /// Describe open fds as lsof would (one readlink per fd, the socket
     /// tables once per process); else by number only.
     pub describe_fds: bool,
+    /// What node's inspector read (`--lens js-heap`).
+    pub inspector: Option<crate::inspector::Readout>,
 }
 
 /// The report of what the collector holds now.
@@ -77,6 +79,9 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     // One describer for the stacks' fds and those held at the start: each process's socket tables are read once.
     let mut describer = if inputs.describe_fds { FdDescriber::default() } else { FdDescriber::off() };
     let mut stacks = collector.entries(symbols, inputs.now_ns, min_age, &mut describer);
+    if let Some(readout) = &inputs.inspector {
+        stacks.extend(readout.entries.iter().cloned());
+    }
     sort_entries(&mut stacks, settings.sort);
     for e in &mut stacks {
         e.class = split::classify(e).map(str::to_string);
@@ -97,10 +102,13 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     };
     let totals = Kind::ALL
         .iter()
-        .map(|k| {
-            let o = collector.ledger.total(*k);
-            let bytes = if k.is_memory() { o.bytes } else { 0 };
-            (*k, Total { bytes, count: o.count })
+        .map(|k| match (k, &inputs.inspector) {
+            (Kind::JsHeap, Some(readout)) => (*k, readout.total),
+            _ => {
+                let o = collector.ledger.total(*k);
+                let bytes = if k.is_memory() { o.bytes } else { 0 };
+                (*k, Total { bytes, count: o.count })
+            }
         })
         .collect();
     let mut handles: std::collections::BTreeMap<Kind, std::collections::BTreeMap<String, _>> =
@@ -128,7 +136,22 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
         handles,
         // A launched program held nothing before its first instruction.
         held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start(&mut describer)),
-        hints: inputs.hints.clone(),
+        v8_heap: inputs.inspector.as_ref().and_then(|r| r.heap.clone()),
+        v8_out_of_memory: collector
+            .v8_out_of_memory
+            .iter()
+            .map(|&(pid, ts_ns, heap)| V8OutOfMemory {
+                pid,
+                at_s: (inputs.elapsed.as_secs_f64() - inputs.now_ns.saturating_sub(ts_ns) as f64 / 1e9)
+                    .max(0.0),
+                what: match heap {
+                    Some(false) => "V8 process out of memory (a V8 allocation outside the JS heap failed)",
+                    _ => "JavaScript heap out of memory (the V8 heap reached its limit)",
+                }
+                .to_string(),
+            })
+            .collect(),
+        hints: inputs.hints.iter().chain(inputs.inspector.iter().flat_map(|r| &r.notes)).cloned().collect(),
         stacks,
         modules,
         accuracy: Accuracy {

@@ -163,6 +163,8 @@ mod tests {
             processes: vec![],
             handles: Default::default(),
             held_at_start: None,
+            v8_heap: None,
+            v8_out_of_memory: Vec::new(),
             hints: Vec::new(),
             modules: Vec::new(),
             stacks: entries

@@ -171,6 +171,27 @@ pub fn render(report: &Report, flamegraphs: &[(Kind, Vec<u8>)], files: &[String]
         }
     }
 
+    if let Some(h) = report.v8_heap.as_ref().filter(|h| h.times.len() >= 2) {
+        let to_limit = h.time_to_limit_s.map_or(String::new(), |t| format!(", ~{t:.0} s to the limit"));
+        let _ = write!(
+            s,
+            "<h2>V8 heap</h2><p class=\"status\">{}: {:.1}% of the {} limit used ({:+.2} MiB/min{})</p>{}",
+            esc(&h.level),
+            h.utilisation_pct,
+            human_bytes(h.limit_bytes),
+            h.growth_mib_per_min,
+            to_limit,
+            chart(
+                Kind::JsHeap,
+                &h.times,
+                &[
+                    ("V8 heap used".into(), h.used.clone()),
+                    ("limit".into(), vec![h.limit_bytes; h.times.len()])
+                ]
+            )
+        );
+    }
+
     s.push_str("<h2>Top stacks</h2>");
     for kind in kinds.iter().copied() {
         let entries: Vec<_> = report.entries(kind).take(TABLE_STACKS.min(top.max(1))).collect();

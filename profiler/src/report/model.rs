@@ -82,6 +82,12 @@ pub struct Report {
     /// cgroup modes), origin unknown; not part of `totals`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_at_start: Option<HeldAtStart>,
+    /// V8's own heap numbers and limit, read through node's inspector (`--lens js-heap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v8_heap: Option<V8Heap>,
+    /// V8 out-of-memory aborts seen (node's `OOMErrorHandler` was called).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub v8_out_of_memory: Vec<V8OutOfMemory>,
     /// Notes for the user about the target (e.g. a wrapper whose children do the work).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hints: Vec<String>,
@@ -235,6 +241,71 @@ pub struct RegionTotal {
     pub class: String,
     pub rss_bytes: u64,
     pub mappings: u64,
+}
+
+/// V8's heap as V8 counts it (`v8.getHeapStatistics()`), at the last
+/// reading, and its series over the recording.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct V8Heap {
+    pub pid: u32,
+    /// Where the inspector listened, and whether it was opened and closed for this recording.
+    pub inspector: String,
+    /// `heap_size_limit`: `--max-old-space-size`, or V8's default for this machine's memory.
+    pub limit_bytes: u64,
+    /// `used_heap_size`: live objects and garbage not yet collected.
+    pub used_bytes: u64,
+    /// `total_heap_size`: pages V8 has committed.
+    pub committed_bytes: u64,
+    /// `process.memoryUsage().external`: memory of C++ objects bound to JS
+    /// objects, ArrayBuffer backing stores included.
+    pub external_bytes: u64,
+    /// `process.memoryUsage().arrayBuffers`: ArrayBuffer and Buffer backing stores.
+    pub array_buffers_bytes: u64,
+    /// used / limit, percent (the seeds' "heap utilization", against the limit,
+    /// not against the heap's current size).
+    pub utilisation_pct: f64,
+    /// `ok`; `warning` from 80% of the limit; `critical` from 90%.
+    pub level: String,
+    /// Robust slope of `used_bytes` over the recording.
+    pub growth_mib_per_min: f64,
+    /// Seconds until `used_bytes` reaches the limit at that slope; absent
+    /// while not growing or with too few readings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_limit_s: Option<f64>,
+    /// Per V8 space (`new_space`, `old_space`, `code_space`, `large_object_space`, ...).
+    pub spaces: Vec<V8Space>,
+    /// Readings taken (the series below may be thinned).
+    pub readings: u64,
+    /// The longest a reading kept the target's main thread busy, ms.
+    #[serde(default)]
+    pub longest_call_ms: f64,
+    /// Seconds since recording started, per reading.
+    pub times: Vec<f64>,
+    /// `used_bytes` per reading.
+    pub used: Vec<u64>,
+    pub utilisation_pct_series: Vec<f64>,
+    /// The time to the limit as judged at each reading (from the readings up to it).
+    pub time_to_limit_s_series: Vec<Option<f64>>,
+}
+
+/// A V8 out-of-memory abort: node prints `FATAL ERROR: ... JavaScript heap
+/// out of memory` and aborts (SIGABRT).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct V8OutOfMemory {
+    pub pid: u32,
+    /// Seconds since recording started.
+    pub at_s: f64,
+    /// `JavaScript heap out of memory` (the heap reached its limit) or
+    /// `V8 process out of memory` (another V8 allocation failed).
+    pub what: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct V8Space {
+    pub name: String,
+    pub used_bytes: u64,
+    pub size_bytes: u64,
+    pub available_bytes: u64,
 }
 
 fn one() -> u64 {

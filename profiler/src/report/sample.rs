@@ -40,6 +40,8 @@ pub fn report() -> Report {
             .into(),
         handles: Default::default(),
         held_at_start: None,
+        v8_heap: None,
+        v8_out_of_memory: Vec::new(),
         hints: Vec::new(),
         processes: Vec::new(),
         cgroup: None,

@@ -9,7 +9,8 @@
 //! the program break and the allocator's own mappings, so when heap blocks
 //! were recorded those containers are left out of the split (they are still
 //! listed under their own kinds); resident pages are a subset of the
-//! address-space kinds and are never added.
+//! address-space kinds and are never added, nor are the JS objects V8's
+//! sampling profiler saw (they live in the V8 heap's mappings).
 
 use crate::kind::Kind;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,9 @@ pub fn classify(entry: &StackEntry) -> Option<&'static str> {
         return None;
     }
     let has = |needle: &str| entry.frames.iter().any(|f| f.function.contains(needle));
-    let class = if entry.kind == Kind::Heap
+    let class = if entry.kind == Kind::JsHeap {
+        V8_HEAP
+    } else if entry.kind == Kind::Heap
         && (has("NodeArrayBufferAllocator")
             || has("v8::internal::BackingStore")
             || has("v8::ArrayBuffer::Allocator"))
@@ -82,7 +85,8 @@ pub fn split(stacks: &[StackEntry]) -> MemorySplit {
             && (e.kind == Kind::Brk
                 || (e.kind == Kind::Mmap && through_allocator(e) && classify(e) == Some(NATIVE)))
     };
-    for e in stacks.iter().filter(|e| e.kind != Kind::Resident && !container(e)) {
+    // Resident pages and sampled JS objects lie inside the kinds below.
+    for e in stacks.iter().filter(|e| !matches!(e.kind, Kind::Resident | Kind::JsHeap) && !container(e)) {
         match classify(e) {
             Some(V8_HEAP) => s.v8_heap_bytes += e.bytes,
             Some(EXTERNAL) => s.external_bytes += e.bytes,

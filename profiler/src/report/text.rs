@@ -53,6 +53,33 @@ fn held_at_start(s: &mut String, report: &Report) {
     }
 }
 
+/// V8's own view of its heap (`--lens js-heap`): used against the limit, per space.
+fn v8_heap(s: &mut String, report: &Report) {
+    let Some(h) = &report.v8_heap else { return };
+    let to_limit = match h.time_to_limit_s {
+        Some(t) => format!(", ~{} to the limit", duration(t)),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "V8 heap: {} ({:.1}% of the {} limit; {:+.2} MiB/min{to_limit}), {} committed; external {}, ArrayBuffers {}",
+        h.level,
+        h.utilisation_pct,
+        human_bytes(h.limit_bytes),
+        h.growth_mib_per_min,
+        human_bytes(h.committed_bytes),
+        human_bytes(h.external_bytes),
+        human_bytes(h.array_buffers_bytes)
+    );
+    let spaces: Vec<String> = h
+        .spaces
+        .iter()
+        .filter(|sp| sp.used_bytes > 0)
+        .map(|sp| format!("{} {}", sp.name.trim_end_matches("_space"), human_bytes(sp.used_bytes)))
+        .collect();
+    let _ = writeln!(s, "  used {}: {}", human_bytes(h.used_bytes), spaces.join(", "));
+}
+
 pub fn render(report: &Report, top: usize) -> String {
     let mut s = String::new();
     let t = &report.target;
@@ -71,6 +98,17 @@ pub fn render(report: &Report, top: usize) -> String {
     }
     if let Some(losses) = losses(report) {
         let _ = writeln!(s, "INCOMPLETE: {losses} (see Accuracy)");
+    }
+    for oom in &report.v8_out_of_memory {
+        let heap = report.v8_heap.as_ref().filter(|h| h.pid == oom.pid).map_or(String::new(), |h| {
+            format!(
+                "; last reading: {} of the {} limit ({:.1}%)",
+                human_bytes(h.used_bytes),
+                human_bytes(h.limit_bytes),
+                h.utilisation_pct
+            )
+        });
+        let _ = writeln!(s, "V8 OUT OF MEMORY: pid {} at {:.1}s: {}{heap}", oom.pid, oom.at_s, oom.what);
     }
     for hint in &report.hints {
         let _ = writeln!(s, "Note: {hint}");
@@ -137,6 +175,7 @@ pub fn render(report: &Report, top: usize) -> String {
             );
         }
     }
+    v8_heap(&mut s, report);
     held_at_start(&mut s, report);
     if let Some(cg) = &report.cgroup {
         let memory = match &cg.memory {
@@ -228,7 +267,10 @@ pub fn render(report: &Report, top: usize) -> String {
                 }
                 _ => String::new(),
             };
-            let _ = writeln!(s, "  #{} {what} via {}, mean age {:.1}s{trend}", i + 1, e.api, e.mean_age_s);
+            // Sampled JS objects carry no age.
+            let age =
+                if kind == Kind::JsHeap { String::new() } else { format!(", mean age {:.1}s", e.mean_age_s) };
+            let _ = writeln!(s, "  #{} {what} via {}{age}{trend}", i + 1, e.api);
             if kind == Kind::Resident && super::split::through_allocator(e) {
                 let _ = writeln!(
                     s,
@@ -252,6 +294,8 @@ pub fn render(report: &Report, top: usize) -> String {
             }
             for f in e.frames.iter().take(FRAMES_SHOWN) {
                 let place = match (&f.file, f.line) {
+                    // A JS frame's name has its place (`JS:f /srv/app.js:12:5`).
+                    _ if f.module == crate::inspector::sampling::JS_MODULE => String::new(),
                     (Some(file), Some(line)) => format!(" ({file}:{line})"),
                     _ => format!(" [{}]", f.module),
                 };
