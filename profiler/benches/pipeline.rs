@@ -121,7 +121,7 @@ fn main() {
 
     // Report: name every frame and assemble the per-stack entries, then serialize.
     let started = Instant::now();
-    let entries = collector.entries(&Symbols::default(), stream.ts, 0, &mut FdDescriber::off());
+    let entries = collector.entries(&Symbols::default(), stream.ts, 0, &mut FdDescriber::off()).stacks;
     let json = serde_json::to_vec(&entries).unwrap();
     let report_s = started.elapsed().as_secs_f64();
     let heap: u64 = entries.iter().filter(|e| e.kind == Kind::Heap).map(|e| e.count).sum();

@@ -702,7 +702,7 @@ impl Collector {
         now_ns: u64,
         min_age_ns: u64,
         describer: &mut FdDescriber,
-    ) -> Vec<StackEntry> {
+    ) -> Entries {
         let old = self.ledger.old_values(now_ns.saturating_sub(min_age_ns));
         let times = &self.series.times;
         let mut open_fds: HashMap<Site, Vec<u64>> = HashMap::new();
@@ -730,6 +730,7 @@ impl Collector {
         // call site per return address) are one entry.
         let mut merged: Vec<Merged> = Vec::new();
         let mut index: HashMap<(Kind, u32, Vec<FrameIdentity>), usize> = HashMap::new();
+        let mut index_of: HashMap<Site, usize> = HashMap::with_capacity(sites.len());
         for (site, o) in &sites {
             // Innermost first overall; an address's inlined frames are listed outermost
             // first by the symbolizer, so reverse them.
@@ -759,6 +760,7 @@ impl Collector {
                 });
                 merged.len() - 1
             });
+            index_of.insert(*site, i);
             let m = &mut merged[i];
             m.bytes += o.bytes;
             m.count += o.count;
@@ -781,7 +783,7 @@ impl Collector {
                 m.fds.extend(fds.iter().map(|fd| (site.pid, *fd)));
             }
         }
-        merged
+        let stacks = merged
             .into_iter()
             .map(|m| {
                 let value = if m.kind.is_memory() { m.bytes } else { m.count };
@@ -816,8 +818,15 @@ impl Collector {
                     },
                 }
             })
-            .collect()
+            .collect();
+        Entries { stacks, index_of }
     }
+}
+
+/// The per-site entries of a report, and which entry each site went into.
+pub struct Entries {
+    pub stacks: Vec<StackEntry>,
+    pub index_of: HashMap<Site, usize>,
 }
 
 /// Open fds described per entry (`fds`).

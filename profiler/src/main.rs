@@ -174,9 +174,10 @@ struct RecordArgs {
     #[arg(long, default_value_t = 10)]
     top: usize,
 
-    /// Ring buffer size in MiB (a power of two, at most 1024). Dropped events are reported.
-    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    ringbuf_mb: u32,
+    /// Ring buffer size in MiB (a power of two, at most 1024); default 16 with the alloc lens, else 4.
+    /// Dropped events are reported.
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    ringbuf_mb: Option<u32>,
 
     /// Do not print the summary at the end (it is still written to report.txt).
     #[arg(long, short)]
@@ -459,7 +460,7 @@ impl RecordArgs {
         if args.keep_snapshots == 0 {
             return Err("--keep-snapshots must be at least 1");
         }
-        if !args.ringbuf_mb.is_power_of_two() {
+        if args.ringbuf_mb.is_some_and(|mb| !mb.is_power_of_two()) {
             return Err("--ringbuf-mb must be a power of two");
         }
         let lenses = Lenses::from_list(&args.lens);
@@ -482,7 +483,9 @@ impl RecordArgs {
             duration: args.duration,
             output: args.output,
             top: args.top,
-            ringbuf_bytes: args.ringbuf_mb * 1024 * 1024,
+            ringbuf_bytes: args
+                .ringbuf_mb
+                .map_or_else(|| RecordOptions::default_ringbuf_bytes(lenses), |mb| mb * 1024 * 1024),
             print_summary: !args.quiet,
             warmup,
             follow: args.follow,

@@ -30,7 +30,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -72,6 +72,9 @@ const CONFIGS: [Config; 4] = [
     Config { name: "alloc, --sample-bytes 512K", args: &["--lens", "alloc", "--sample-bytes", "512K"] },
     Config { name: "resident + handles (default)", args: &[] },
 ];
+/// Node only (V8's sampling heap profiler through the inspector): the HTTP bench.
+const JS_HEAP: Config =
+    Config { name: "resident + handles + js-heap", args: &["--lens", "resident,handles,js-heap"] };
 
 /// Waits (up to 60 s) until no earlier run's probes are still being
 /// detached in the background (`profiler-detach`): a probe left on `malloc`
@@ -475,7 +478,7 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         let url = format!("http://127.0.0.1:{port}/");
         wrk(&url, WARMUP_SECS)?; // the JIT settles
         let pid = server.id().to_string();
-        let configs: Vec<&Config> = CONFIGS.iter().skip(1).collect();
+        let configs: Vec<&Config> = CONFIGS.iter().skip(1).chain([&JS_HEAP]).collect();
         let mut unprobed = Vec::new();
         let mut probed: Vec<Vec<(f64, f64)>> = vec![Vec::new(); configs.len()];
         let mut cost = vec![Vec::new(); configs.len()];
@@ -503,16 +506,30 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                 if !said.starts_with("profiling") {
                     bail!("profiler did not attach: {said}");
                 }
-                // Keep draining: a closed pipe would fail its later messages.
-                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                // Keep draining (a closed pipe would fail its later messages),
+                // and note when the report is written.
+                let (wrote, written) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    for line in stderr.lines().map_while(Result::ok) {
+                        if line.starts_with("wrote ") {
+                            let _ = wrote.send(Instant::now());
+                        }
+                    }
+                });
                 std::thread::sleep(Duration::from_millis(500));
                 probed[i].push(wrk(&url, WRK_SECS)?);
+                let ended = Instant::now();
                 let _ = Command::new("kill").args(["-INT", &profiler.id().to_string()]).status();
                 let st = profiler.wait()?;
                 if !st.success() {
                     bail!("profiler --pid exited with {st}");
                 }
-                cost[i].push(self.report(&name)?["accuracy"]["profiler_cost"].clone());
+                let to_report = written
+                    .recv_timeout(Duration::from_secs(5))
+                    .map_or(f64::NAN, |t| (t - ended).as_secs_f64());
+                let mut profiler_cost = self.report(&name)?["accuracy"]["profiler_cost"].clone();
+                profiler_cost["report_s"] = json!(to_report);
+                cost[i].push(profiler_cost);
             }
         }
         let base_rps = median(unprobed.iter().map(|r| r.0).collect());
@@ -520,7 +537,7 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         self.md.push_str(&format!(
             "wrk -t1 -c16 -d{WRK_SECS}s after a {WARMUP_SECS} s warm-up, median of {HTTP_RUNS} rounds in rotating order; unprobed: {base_rps:.0} requests/s, p99 {base_p99:.2} ms.\n\n"
         ));
-        self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s | profiler peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|\n");
+        self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s | profiler peak RSS MiB | report written s after the end |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let mut rows = Vec::new();
         let mut production_loss = 0.0;
         for (i, config) in configs.iter().enumerate() {
@@ -535,17 +552,19 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                     .collect(),
             );
             let rss = median(cost[i].iter().map(|c| c["peak_rss_bytes"].as_f64().unwrap_or(0.0)).collect());
+            let to_report =
+                median(cost[i].iter().map(|c| c["report_s"].as_f64().unwrap_or(f64::NAN)).collect());
             if config.args.is_empty() {
                 production_loss = 1.0 - rps / base_rps;
             }
             self.md.push_str(&format!(
-                "| {} | {rps:.0} | {:.3}x | {p99:.2} | {:.2}x | {cpu:.2} | {:.0} |\n",
+                "| {} | {rps:.0} | {:.3}x | {p99:.2} | {:.2}x | {cpu:.2} | {:.0} | {to_report:.2} |\n",
                 config.name,
                 rps / base_rps,
                 p99 / base_p99,
                 rss / 1048576.0
             ));
-            rows.push(json!({ "config": config.name, "rps": rps, "rps_ratio": rps / base_rps, "p99_ms": p99, "p99_ratio": p99 / base_p99, "profiler_cpu_s": cpu, "profiler_peak_rss_bytes": rss }));
+            rows.push(json!({ "config": config.name, "rps": rps, "rps_ratio": rps / base_rps, "p99_ms": p99, "p99_ratio": p99 / base_p99, "profiler_cpu_s": cpu, "profiler_peak_rss_bytes": rss, "report_s": to_report }));
         }
         self.md.push_str(&format!(
             "\nTarget: resident + handles < {:.0}% requests/s loss: **{:.1}% loss, {}**.\n\n",

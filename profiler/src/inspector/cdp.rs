@@ -74,11 +74,13 @@ impl Session {
     }
 
     /// Evaluates `expression` in the target's main context, with the
-    /// console's command-line API (`require`), and returns its value.
+    /// console's command-line API (`require`), and returns its value (a
+    /// promise's, once it settles).
     pub fn evaluate(&mut self, expression: &str) -> Result<Value> {
         let result = self.call(
             "Runtime.evaluate",
-            json!({ "expression": expression, "includeCommandLineAPI": true, "returnByValue": true, "silent": true }),
+            json!({ "expression": expression, "includeCommandLineAPI": true, "returnByValue": true,
+                    "awaitPromise": true, "silent": true }),
         )?;
         if let Some(exception) = result.get("exceptionDetails") {
             let text = exception["exception"]["description"].as_str().or(exception["text"].as_str());

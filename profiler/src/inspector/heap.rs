@@ -11,10 +11,15 @@ use crate::{
     trend,
 };
 
-/// Evaluated in the target: a few microseconds of its main thread.
-pub const EXPRESSION: &str = "(() => { const v8 = require('v8'); const m = process.memoryUsage(); \
-     return { heap: v8.getHeapStatistics(), spaces: v8.getHeapSpaceStatistics(), \
-     external: m.external, arrayBuffers: m.arrayBuffers }; })()";
+/// Evaluated in the target, from its event loop (`setImmediate`): a
+/// `require` evaluated at an arbitrary point (the inspector interrupts node
+/// wherever it is, even halfway through loading a module) can fail and leave
+/// that module half loaded for the program. A few microseconds of its main thread.
+pub const EXPRESSION: &str =
+    "(() => { const load = require; return new Promise((resolve) => setImmediate(() => { \
+     const v8 = load('v8'); const m = process.memoryUsage(); \
+     resolve({ heap: v8.getHeapStatistics(), spaces: v8.getHeapSpaceStatistics(), \
+     external: m.external, arrayBuffers: m.arrayBuffers }); })); })()";
 
 /// Utilisation (of the limit) from which the level is `warning`, then `critical`,
 /// as the seeds' `/api/health/memory` warned.

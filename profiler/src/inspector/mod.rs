@@ -28,6 +28,8 @@ use crate::report::model::{StackEntry, Total, V8Heap};
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one reply of the inspector.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The port node's inspector takes unless `--inspect-port` says otherwise.
+const DEFAULT_INSPECTOR_PORT: u16 = 9229;
 /// SIGUSR1's bit in `/proc/PID/status`'s `SigCgt` mask.
 const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
 
@@ -284,6 +286,16 @@ fn wait_until_node(pid: u32, stop: &mpsc::Receiver<()>) -> Result<()> {
     }
 }
 
+/// Whether any process of `pid`'s network namespace listens on 127.0.0.1:`port`.
+fn listening_anywhere(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
+    })
+}
+
 fn catches_sigusr1(pid: u32) -> bool {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -313,6 +325,12 @@ fn open_inspector(pid: u32) -> Result<(u16, bool)> {
         if cdp::Session::connect(port, Duration::from_secs(1)).is_ok() {
             return Ok((port, false));
         }
+    }
+    // Node listens on its --inspect-port (9229 unless set): one process at a time per network namespace.
+    if listening_anywhere(pid, DEFAULT_INSPECTOR_PORT) {
+        bail!(
+            "node (pid {pid}) could not open its inspector: 127.0.0.1:{DEFAULT_INSPECTOR_PORT} is taken in its network namespace (another node's inspector?); close that one, or start node with --inspect-port=0"
+        );
     }
     bail!("node (pid {pid}) opened no inspector port within {}s of SIGUSR1", OPEN_TIMEOUT.as_secs())
 }

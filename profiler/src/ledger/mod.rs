@@ -512,6 +512,27 @@ impl Ledger {
     }
 
     /// The processes the ledger has seen.
+    /// Counted resident bytes by (the page's site, the site of the mapping
+    /// or break range that holds the page, when one made while recording
+    /// does): the memory split tells a page by the memory it lies in.
+    pub fn resident_by_container(&self) -> HashMap<(Site, Option<Site>), u64> {
+        let mut out: HashMap<(Site, Option<Site>), u64> = HashMap::new();
+        for (&tgid, p) in &self.processes {
+            let mut containers: Vec<Piece<&Region>> = p.mappings.iter().chain(p.brk_ranges.iter()).collect();
+            containers.sort_unstable_by_key(|c| c.start);
+            let mut next = containers.iter().peekable();
+            for (&addr, page) in p.resident.iter().filter(|(_, page)| page.counted) {
+                while next.peek().is_some_and(|c| c.end <= addr) {
+                    next.next();
+                }
+                let container = next.peek().filter(|c| c.start <= addr).map(|c| c.value.site);
+                let site = Site { kind: Kind::Resident, stack: page.stack, pid: tgid };
+                *out.entry((site, container)).or_default() += PAGE;
+            }
+        }
+        out
+    }
+
     pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
         self.processes.keys().copied()
     }
@@ -756,6 +777,25 @@ mod tests {
         l.apply(1, 19, Op::Brk { brk: 0x90_2000, stack: 5 });
         assert_eq!(at(&l, Kind::Resident, 6), (0, 0));
         assert_eq!(l.total(Kind::Resident).bytes, PAGE);
+    }
+
+    #[test]
+    fn resident_pages_are_told_by_the_mapping_that_holds_them() {
+        let mut l = Ledger::new();
+        l.apply(1, 10, Op::Map { addr: 0x10_0000, len: 4 * PAGE, file_backed: false, stack: 7 });
+        l.apply(1, 11, Op::Brk { brk: 0x90_0000, stack: 5 });
+        l.apply(1, 12, Op::Brk { brk: 0x90_2000, stack: 8 });
+        for page in [0x10_0000, 0x10_3000, 0x90_1000, 0x70_0000] {
+            l.apply(1, 13, Op::Fault { page, stack: 3 });
+        }
+        let split = l.resident_by_container();
+        let resident = Site { kind: Kind::Resident, stack: 3, pid: 1 };
+        let mapping = Site { kind: Kind::Mmap, stack: 7, pid: 1 };
+        let brk = Site { kind: Kind::Brk, stack: 8, pid: 1 };
+        assert_eq!(split.get(&(resident, Some(mapping))), Some(&(2 * PAGE)));
+        assert_eq!(split.get(&(resident, Some(brk))), Some(&PAGE));
+        assert_eq!(split.get(&(resident, None)), Some(&PAGE), "in memory mapped before recording");
+        assert_eq!(split.values().sum::<u64>(), l.total(Kind::Resident).bytes);
     }
 
     #[test]

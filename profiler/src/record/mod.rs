@@ -79,6 +79,7 @@ pub struct RecordOptions {
     pub output: Option<PathBuf>,
     /// Stacks per kind in the text summary.
     pub top: usize,
+    /// See [`RecordOptions::default_ringbuf_bytes`].
     pub ringbuf_bytes: u32,
     /// Print the text summary to stdout at the end.
     pub print_summary: bool,
@@ -112,6 +113,18 @@ pub struct RecordOptions {
 }
 
 impl RecordOptions {
+    /// The ring buffer's default size: 16 MiB for the alloc lens (an event
+    /// per allocator call), 4 MiB otherwise (page faults and syscalls come
+    /// at a far lower rate). Its pages are mapped twice, and all of them
+    /// count in the profiler's RSS from the start.
+    pub fn default_ringbuf_bytes(lenses: Lenses) -> u32 {
+        if lenses.alloc {
+            16 << 20
+        } else {
+            4 << 20
+        }
+    }
+
     /// Options for recording `target` with every other setting at its default.
     pub fn new(target: TargetSpec) -> Self {
         Self {
@@ -119,7 +132,7 @@ impl RecordOptions {
             duration: None,
             output: None,
             top: 10,
-            ringbuf_bytes: 16 << 20,
+            ringbuf_bytes: Self::default_ringbuf_bytes(Lenses::default()),
             print_summary: false,
             warmup: Warmup::default(),
             follow: false,

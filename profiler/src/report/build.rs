@@ -78,15 +78,29 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     let min_age = settings.min_age.as_nanos() as u64;
     // One describer for the stacks' fds and those held at the start: each process's socket tables are read once.
     let mut describer = if inputs.describe_fds { FdDescriber::default() } else { FdDescriber::off() };
-    let mut stacks = collector.entries(symbols, inputs.now_ns, min_age, &mut describer);
+    let crate::collector::Entries { mut stacks, index_of } =
+        collector.entries(symbols, inputs.now_ns, min_age, &mut describer);
+    for e in &mut stacks {
+        e.class = split::classify(e).map(str::to_string);
+    }
+    // Each resident page by its own entry and the entry of the memory it lies in.
+    let pages: Vec<split::Pages> = collector
+        .ledger
+        .resident_by_container()
+        .into_iter()
+        .filter_map(|((page, container), bytes)| {
+            Some(split::Pages {
+                touched_by: *index_of.get(&page)?,
+                lies_in: container.and_then(|c| index_of.get(&c).copied()),
+                bytes,
+            })
+        })
+        .collect();
+    let memory_split = split::split(&stacks, &pages);
     if let Some(readout) = &inputs.inspector {
         stacks.extend(readout.entries.iter().cloned());
     }
     sort_entries(&mut stacks, settings.sort);
-    for e in &mut stacks {
-        e.class = split::classify(e).map(str::to_string);
-    }
-    let memory_split = split::split(&stacks);
     let modules = modules_of(&stacks, collector);
     let unnamed_jit_frames = stacks
         .iter()

@@ -5,12 +5,18 @@
 //! `NodeArrayBufferAllocator`: `Buffer.alloc` via calloc, `allocUnsafe` via
 //! malloc) or other native memory.
 //!
-//! Each byte is counted once: the heap blocks of the alloc lens lie inside
-//! the program break and the allocator's own mappings, so when heap blocks
-//! were recorded those containers are left out of the split (they are still
-//! listed under their own kinds); resident pages are a subset of the
-//! address-space kinds and are never added, nor are the JS objects V8's
-//! sampling profiler saw (they live in the V8 heap's mappings).
+//! Each byte is counted once, measured on the best the lenses recorded:
+//! - heap blocks (alloc lens): the blocks, plus mappings not made by the
+//!   allocator (the program break and the allocator's mappings contain the
+//!   blocks and are left out; they are still listed under their own kinds);
+//! - else resident pages (resident lens): each page by the memory it lies in
+//!   when that is V8's heap or an ArrayBuffer's own mapping, else by the code
+//!   that first touched it (an allocator carving a backing store from the
+//!   break is external); the mappings' reserved address space is not memory;
+//! - else the mappings (reserved address space).
+//!
+//! The JS objects V8's sampling profiler saw lie in the V8 heap's mappings
+//! and are never added.
 
 use crate::kind::Kind;
 use serde::{Deserialize, Serialize};
@@ -29,13 +35,12 @@ pub fn classify(entry: &StackEntry) -> Option<&'static str> {
     let has = |needle: &str| entry.frames.iter().any(|f| f.function.contains(needle));
     let class = if entry.kind == Kind::JsHeap {
         V8_HEAP
-    } else if entry.kind == Kind::Heap
-        && (has("NodeArrayBufferAllocator")
-            || has("v8::internal::BackingStore")
-            || has("v8::ArrayBuffer::Allocator"))
+    } else if has("NodeArrayBufferAllocator")
+        || has("v8::internal::BackingStore")
+        || has("v8::ArrayBuffer::Allocator")
     {
         EXTERNAL
-    } else if matches!(entry.kind, Kind::Mmap | Kind::Brk) && has("v8::") {
+    } else if matches!(entry.kind, Kind::Mmap | Kind::Brk | Kind::Resident) && has("v8::") {
         V8_HEAP
     } else {
         NATIVE
@@ -67,33 +72,65 @@ pub fn through_allocator(entry: &StackEntry) -> bool {
 }
 
 /// Totals per class, each byte once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemorySplit {
     pub v8_heap_bytes: u64,
     pub external_bytes: u64,
     pub native_bytes: u64,
     /// external / V8 heap; the incident reports call > 2 a buffer leak.
     pub external_to_heap: Option<f64>,
+    /// What the bytes are: `heap blocks and mappings` (alloc lens),
+    /// `resident pages` (resident lens) or `mappings` (reserved address space).
+    #[serde(default)]
+    pub measured_on: String,
 }
 
-pub fn split(stacks: &[StackEntry]) -> MemorySplit {
+/// Resident bytes first touched by the stack of entry `touched_by`, lying in
+/// the memory (a mapping or break range made while recording) of entry
+/// `lies_in`, if known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pages {
+    pub touched_by: usize,
+    pub lies_in: Option<usize>,
+    pub bytes: u64,
+}
+
+/// An entry's class as the report gave it, else as [`classify`] gives it.
+fn class_of(e: &StackEntry) -> Option<&str> {
+    e.class.as_deref().or_else(|| classify(e))
+}
+
+/// The split of `stacks` (classified), measured as the module doc says.
+pub fn split(stacks: &[StackEntry], pages: &[Pages]) -> MemorySplit {
     let mut s = MemorySplit::default();
-    let heap_recorded = stacks.iter().any(|e| e.kind == Kind::Heap);
-    // Containers of heap blocks count through their blocks, when those were recorded.
-    let container = |e: &StackEntry| {
-        heap_recorded
-            && (e.kind == Kind::Brk
-                || (e.kind == Kind::Mmap && through_allocator(e) && classify(e) == Some(NATIVE)))
+    let mut add = |class: Option<&str>, bytes: u64| match class {
+        Some(V8_HEAP) => s.v8_heap_bytes += bytes,
+        Some(EXTERNAL) => s.external_bytes += bytes,
+        Some(_) => s.native_bytes += bytes,
+        None => {}
     };
-    // Resident pages and sampled JS objects lie inside the kinds below.
-    for e in stacks.iter().filter(|e| !matches!(e.kind, Kind::Resident | Kind::JsHeap) && !container(e)) {
-        match classify(e) {
-            Some(V8_HEAP) => s.v8_heap_bytes += e.bytes,
-            Some(EXTERNAL) => s.external_bytes += e.bytes,
-            Some(_) => s.native_bytes += e.bytes,
-            None => {}
+    let heap_recorded = stacks.iter().any(|e| e.kind == Kind::Heap);
+    let measured_on = if heap_recorded {
+        // The break and the allocator's mappings contain the blocks.
+        let container =
+            |e: &StackEntry| e.kind == Kind::Brk || (e.kind == Kind::Mmap && through_allocator(e));
+        for e in stacks.iter().filter(|e| !matches!(e.kind, Kind::Resident | Kind::JsHeap) && !container(e)) {
+            add(class_of(e), e.bytes);
         }
-    }
+        "heap blocks and mappings"
+    } else if !pages.is_empty() {
+        for p in pages {
+            let holder = p.lies_in.and_then(|i| stacks.get(i)).and_then(class_of).filter(|c| *c != NATIVE);
+            add(holder.or_else(|| stacks.get(p.touched_by).and_then(class_of)), p.bytes);
+        }
+        "resident pages"
+    } else {
+        for e in stacks.iter().filter(|e| matches!(e.kind, Kind::Mmap | Kind::Brk | Kind::FileMmap)) {
+            add(class_of(e), e.bytes);
+        }
+        "mappings"
+    };
+    s.measured_on = measured_on.to_string();
     s.external_to_heap = (s.v8_heap_bytes > 0).then(|| s.external_bytes as f64 / s.v8_heap_bytes as f64);
     s
 }
@@ -115,10 +152,53 @@ mod tests {
         let mut own = arena.clone();
         own.frames = vec![Frame::named("__mmap64"), Frame::named("map_buffer")];
         report.stacks.extend([arena, brk, own]);
-        let with_heap = split(&report.stacks);
+        let with_heap = split(&report.stacks, &[]);
         assert_eq!(with_heap.native_bytes, 300 + (1 << 20), "heap blocks + the program's own mapping");
         report.stacks.retain(|e| e.kind != Kind::Heap);
-        let without_heap = split(&report.stacks);
+        let without_heap = split(&report.stacks, &[]);
         assert_eq!(without_heap.native_bytes, 3 << 20, "no blocks recorded: the containers are the memory");
+        assert_eq!(without_heap.measured_on, "mappings");
+    }
+
+    /// The default lens: each resident page once, by the memory it lies in,
+    /// else by the code that first touched it.
+    #[test]
+    fn resident_pages_are_classed_by_their_memory_then_by_their_toucher() {
+        let entry = |kind: Kind, frames: &[&str]| {
+            let mut e = crate::report::sample::report().stacks[0].clone();
+            e.kind = kind;
+            e.class = None;
+            e.frames = frames.iter().map(|f| Frame::named(f)).collect();
+            e
+        };
+        let stacks = vec![
+            entry(Kind::Mmap, &["mmap", "v8::internal::MemoryAllocator::AllocatePage"]),
+            entry(
+                Kind::Mmap,
+                &["mmap", "sysmalloc", "malloc", "node::NodeArrayBufferAllocator::AllocateUninitialized"],
+            ),
+            entry(Kind::Brk, &["brk", "sysmalloc", "malloc"]),
+            entry(Kind::Resident, &["v8::internal::Scavenger::Process"]),
+            entry(Kind::Resident, &["__memmove_avx_unaligned", "JS:concat node:buffer:1:1"]),
+            entry(Kind::Resident, &["_int_malloc", "node::NodeArrayBufferAllocator::Allocate"]),
+            entry(Kind::Resident, &["memset", "parse_config"]),
+        ];
+        let pages = |touched_by, lies_in, kib: u64| Pages { touched_by, lies_in, bytes: kib << 10 };
+        let split = split(
+            &stacks,
+            &[
+                pages(3, Some(0), 400), // the GC in V8's pages
+                pages(4, Some(1), 256), // a Buffer filled in its own mapping
+                pages(5, Some(2), 8),   // a small backing store carved from the break
+                pages(6, Some(2), 12),  // other malloc memory
+                pages(3, None, 40),     // V8's pages mapped before recording
+            ],
+        );
+        assert_eq!(split.v8_heap_bytes, 440 << 10);
+        assert_eq!(split.external_bytes, 264 << 10);
+        assert_eq!(split.native_bytes, 12 << 10);
+        assert_eq!(split.measured_on, "resident pages");
+        let mapped: u64 = stacks.iter().filter(|e| e.kind != Kind::Resident).map(|e| e.bytes).sum();
+        assert!(mapped > 0, "the mappings' own bytes are not added");
     }
 }

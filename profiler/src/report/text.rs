@@ -142,7 +142,8 @@ pub fn render(report: &Report, top: usize) -> String {
             split.external_to_heap.map_or(String::new(), |r| format!(", External/Heap {:.0}%", r * 100.0));
         let _ = writeln!(
             s,
-            "Memory split: V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio} (each byte counted once)",
+            "Memory split ({}): V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio} (each byte counted once)",
+            if split.measured_on.is_empty() { "outstanding" } else { split.measured_on.as_str() },
             human_bytes(split.v8_heap_bytes),
             human_bytes(split.external_bytes),
             human_bytes(split.native_bytes)
