@@ -212,19 +212,32 @@ fn start_node(
 /// Attached after the leaks happened, as the seeds' engineers attach: the
 /// leaked keep-alive sockets (with their peer, the server's port) and the
 /// unconsumed streams' files (with their path) are reported as held at the
-/// start, and so is the resident memory by region.
+/// start, and so is the resident memory by region. A second wave of leaks
+/// while recording is attributed by stack, with its peers.
 #[test]
 fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
-    let Some((mut agents, _)) = start_node("agents.js", &["24"], "sockets 24") else { return };
+    let Some((mut agents, agent_lines)) = start_node("agents.js", &["24", "6"], "sockets 24") else { return };
     let Some((mut streams, _)) = start_node("streams.js", &["9"], "streams 9") else { return };
     for (node, name) in [(&agents, "agents"), (&streams, "streams")] {
         let dir = common::fresh_dir(&format!("node-held-{name}"));
-        let out = Command::new(PROFILER)
-            .args(["record", "--pid", &node.id().to_string(), "-d", "1", "-q", "-o"])
+        let mut profiler = Command::new(PROFILER)
+            .args(["record", "--pid", &node.id().to_string(), "-d", "3", "-q", "-o"])
             .arg(&dir)
-            .output()
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.starts_with("profiling") {
+            said.clear();
+            assert!(stderr.read_line(&mut said).unwrap() > 0, "the profiler never attached");
+        }
+        if name == "agents" {
+            assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
+            assert!(agent_lines.iter().any(|l| l == "second wave 6"));
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        assert!(profiler.wait().unwrap().success());
         let report = common::report_json(&dir);
         let held = &report["held_at_start"];
         let described: Vec<&str> =
@@ -236,6 +249,17 @@ fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
             let to_server = format!("-> 127.0.0.1:{port} established");
             let clients = described.iter().filter(|d| d.contains(&to_server)).count();
             assert_eq!(clients, 24, "the leaked client sockets, by peer: {described:#?}");
+            // The second wave: 6 client sockets under the code that connects, with their peer.
+            assert_eq!(handles_where(&report, "sockets", "TCPWrap::Connect"), 6, "{}", report["totals"]);
+            let new_clients: usize = report["stacks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["kind"] == "sockets" && has_frame(e, "TCPWrap::Connect"))
+                .flat_map(|e| e["fds"].as_array().unwrap())
+                .filter(|fd| fd.as_str().unwrap().contains(&to_server))
+                .count();
+            assert_eq!(new_clients, 6, "{:#?}", report["stacks"]);
         } else {
             let files = described.iter().filter(|d| d.ends_with("/streams.js")).count();
             assert_eq!(files, 9, "the unconsumed streams' files, by path: {described:#?}");
@@ -318,13 +342,10 @@ fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
     let report = common::report_json(&dir);
     let js: Vec<&serde_json::Value> =
         report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "js-heap").collect();
-    let growth = |e: &serde_json::Value| {
-        let series = e["series"].as_array().unwrap();
-        let (first, last) = (series[0].as_u64().unwrap(), series.last().unwrap().as_u64().unwrap());
-        last.saturating_sub(first)
-    };
-    let total: u64 = js.iter().map(|e| growth(e)).sum();
-    let marked: u64 = js.iter().filter(|e| has_frame(e, "JS:markProcessed ")).map(|e| growth(e)).sum();
+    // Sampling started at attach: every live sample is growth since then.
+    let bytes = |e: &&serde_json::Value| e["bytes"].as_u64().unwrap();
+    let total: u64 = js.iter().map(bytes).sum();
+    let marked: u64 = js.iter().filter(|e| has_frame(e, "JS:markProcessed ")).map(bytes).sum();
     assert!(total > 4 << 20, "the Set grew by only {total} sampled bytes");
     assert!(marked as f64 >= 0.9 * total as f64, "markProcessed holds {marked} of {total} bytes: {js:#?}");
     let top = js.iter().find(|e| has_frame(e, "JS:markProcessed ")).unwrap();

@@ -483,9 +483,7 @@ impl RecordArgs {
             duration: args.duration,
             output: args.output,
             top: args.top,
-            ringbuf_bytes: args
-                .ringbuf_mb
-                .map_or_else(|| RecordOptions::default_ringbuf_bytes(lenses), |mb| mb * 1024 * 1024),
+            ringbuf_bytes: args.ringbuf_mb.map(|mb| mb * 1024 * 1024),
             print_summary: !args.quiet,
             warmup,
             follow: args.follow,

@@ -3,7 +3,10 @@
 //! then one call at a time over its WebSocket. Replies are bounded in size
 //! and in nesting before they are parsed.
 
-use std::{net::TcpStream, time::Duration};
+use std::{
+    net::TcpStream,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -12,12 +15,14 @@ use tungstenite::{protocol::WebSocketConfig, Message, WebSocket};
 /// Largest reply taken (a sampling profile of a big service is a few MiB).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Deepest JSON nesting taken: V8 records at most 128 frames per sample,
-/// two levels each in the profile's tree.
-const MAX_NESTING: usize = 600;
+/// two levels each in the profile's tree, under a few of the reply's own.
+const MAX_NESTING: usize = 270;
 
 pub struct Session {
     socket: WebSocket<TcpStream>,
     next_id: u64,
+    /// Longest a call may take, replies and events together.
+    timeout: Duration,
 }
 
 #[derive(serde::Deserialize)]
@@ -28,9 +33,15 @@ struct Debuggee {
 
 impl Session {
     /// Connects to the inspector listening on 127.0.0.1:`port` (in this
-    /// thread's network namespace). Every read and write waits at most `timeout`.
+    /// thread's network namespace). Connecting, and every call, take at most `timeout`.
     pub fn connect(port: u16, timeout: Duration) -> Result<Self> {
-        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).build().into();
+        // Straight to the port: no proxy from the environment, no redirect elsewhere.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .proxy(None)
+            .max_redirects(0)
+            .build()
+            .into();
         let listing: Vec<Debuggee> = agent
             .get(format!("http://127.0.0.1:{port}/json/list"))
             .call()
@@ -46,7 +57,12 @@ impl Session {
         let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES));
         let (socket, _) = tungstenite::client::client_with_config(url.as_str(), stream, Some(config))
             .map_err(|e| anyhow::anyhow!("the WebSocket handshake with {url}: {e}"))?;
-        Ok(Self { socket, next_id: 1 })
+        Ok(Self { socket, next_id: 1, timeout })
+    }
+
+    /// From now on, each call takes at most `timeout`.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// Calls `method` and returns its result; events that arrive meanwhile are dropped.
@@ -55,21 +71,27 @@ impl Session {
         self.next_id += 1;
         let request = json!({ "id": id, "method": method, "params": params });
         self.socket.send(Message::text(request.to_string())).with_context(|| format!("sending {method}"))?;
+        let deadline = Instant::now() + self.timeout;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no reply to {method} within {:?}", self.timeout);
+            }
+            self.socket.get_ref().set_read_timeout(Some(left))?;
             let text =
                 match self.socket.read().with_context(|| format!("waiting for the reply to {method}"))? {
                     Message::Text(text) => text,
                     Message::Close(_) => bail!("the inspector closed the connection during {method}"),
                     _ => continue,
                 };
-            let reply = parse_bounded(text.as_str()).with_context(|| format!("the reply to {method}"))?;
+            let mut reply = parse_bounded(text.as_str()).with_context(|| format!("the reply to {method}"))?;
             if reply["id"].as_u64() != Some(id) {
                 continue;
             }
             if let Some(error) = reply.get("error") {
                 bail!("{method}: {}", error["message"].as_str().unwrap_or("failed"));
             }
-            return Ok(reply["result"].clone());
+            return Ok(reply["result"].take());
         }
     }
 
@@ -141,8 +163,8 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded_before_parsing() {
-        let deep = format!("{}{}", "[".repeat(700), "]".repeat(700));
-        assert!(parse_bounded(&deep).unwrap_err().to_string().contains("700 levels"));
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        assert!(parse_bounded(&deep).unwrap_err().to_string().contains("300 levels"));
         let fine = format!("{}{}", "[".repeat(200), "]".repeat(200));
         assert!(parse_bounded(&fine).is_ok());
         // Brackets inside strings are text.

@@ -22,10 +22,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::report::model::{StackEntry, Total, V8Heap};
+use crate::{
+    process::fds::printable,
+    report::model::{StackEntry, Total, V8Heap},
+};
 
 /// How long node has to show it is node and to open its inspector.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a port to show it is an inspector.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one reply of the inspector.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The port node's inspector takes unless `--inspect-port` says otherwise.
@@ -50,14 +55,6 @@ impl Observed {
     /// What a report of process `pid` takes from these readings.
     pub fn readout(&self, pid: u32, command: &str, min_age: Duration) -> Readout {
         let (bytes, count) = self.sampled.total();
-        let mut notes = self.notes.clone();
-        if self.sampled.stacks_dropped > 0 {
-            notes.push(format!(
-                "js-heap: {} stacks past the first {} were not followed",
-                self.sampled.stacks_dropped,
-                sampling::MAX_STACKS
-            ));
-        }
         Readout {
             entries: self.sampled.entries(pid, command, min_age.as_secs_f64()),
             total: Total { bytes, count },
@@ -65,7 +62,7 @@ impl Observed {
                 .heap
                 .report(pid, &self.inspector)
                 .map(|h| V8Heap { longest_call_ms: self.longest_call_ms, ..h }),
-            notes,
+            notes: self.notes.clone(),
         }
     }
 }
@@ -96,11 +93,11 @@ pub fn check_target(info: &crate::process::ProcessInfo, cgroup_mode: bool) -> Re
     Ok(())
 }
 
+/// Whether `pid` runs node: its executable has node's out-of-memory
+/// handler (a name check alone would take `node_exporter` for node).
 fn runs_node(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|exe| Some(exe.file_name()?.to_string_lossy().starts_with("node")))
-        .unwrap_or(false)
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .is_ok_and(|exe| crate::kernel::probes::node_oom_handler_offset(&exe).is_some())
 }
 
 /// Whether the target can answer: alive and not stopped (a launched
@@ -130,9 +127,11 @@ impl Inspector {
         let shared = observed.clone();
         let thread = std::thread::Builder::new()
             .name("inspector".into())
+            // Replies are parsed and dropped recursively (bounded by cdp::MAX_NESTING).
+            .stack_size(8 << 20)
             .spawn(move || {
                 if let Err(e) = run(pid, interval, started, &shared, &stopped) {
-                    lock(&shared).notes.push(format!("js-heap: {e:#}"));
+                    lock(&shared).notes.push(format!("js-heap: {}", printable(&format!("{e:#}"))));
                 }
             })
             .context("starting the inspector thread")?;
@@ -145,25 +144,32 @@ impl Inspector {
     }
 
     /// Takes a last reading, stops the sampling profiler and closes the
-    /// inspector (waiting at most a few seconds for a target that no longer answers).
-    pub fn finish(&mut self) {
+    /// inspector, calling `meanwhile` every few milliseconds while it waits
+    /// (at most [`CALL_TIMEOUT`], less for a target that no longer answers).
+    pub fn finish(&mut self, mut meanwhile: impl FnMut()) {
         let _ = self.stop.send(());
         let Some(thread) = self.thread.take() else { return };
         let deadline = Instant::now() + CALL_TIMEOUT;
         while !thread.is_finished() && Instant::now() < deadline && answers(self.pid) {
+            meanwhile();
             std::thread::sleep(Duration::from_millis(10));
         }
         if thread.is_finished() {
             let _ = thread.join();
         } else if answers(self.pid) {
-            lock(&self.observed).notes.push("js-heap: the inspector did not answer at the end".into());
+            let mut o = lock(&self.observed);
+            let note = format!(
+                "js-heap: the inspector did not answer at the end; it may still be open ({})",
+                o.inspector
+            );
+            o.notes.push(note);
         }
     }
 }
 
 impl Drop for Inspector {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(|| {});
     }
 }
 
@@ -180,6 +186,9 @@ fn lock(observed: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
     observed.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Readings that may fail in a row (a blocked event loop) before the lens gives up.
+const MAX_MISSED_READINGS: u32 = 3;
+
 /// The thread: open, read until told to stop (or the target is gone), close.
 fn run(
     pid: u32,
@@ -188,19 +197,17 @@ fn run(
     observed: &Mutex<Observed>,
     stop: &mpsc::Receiver<()>,
 ) -> Result<()> {
+    // Held from before the checks: a pid reused meanwhile is never signalled.
+    let pidfd = crate::process::pidfd(pid)?;
     enter_network_namespace(pid)?;
-    wait_until_node(pid, stop)?;
-    let (port, opened) = open_inspector(pid)?;
-    let mut session = cdp::Session::connect(port, CALL_TIMEOUT)?;
+    if !wait_until_node(pid, stop)? {
+        return Ok(()); // Recording ended first.
+    }
+    let Some((port, mut session, opened)) = open_inspector(pid, &pidfd, stop)? else { return Ok(()) };
     lock(observed).inspector = format!(
         "127.0.0.1:{port}, {}",
         if opened { "opened with SIGUSR1 for this recording" } else { "already open (left open)" }
     );
-    session.call("HeapProfiler.enable", json!({}))?;
-    session.call(
-        "HeapProfiler.startSampling",
-        json!({ "samplingInterval": sampling::SAMPLING_INTERVAL_BYTES }),
-    )?;
     let read = |session: &mut cdp::Session| -> Result<()> {
         let at_s = started.elapsed().as_secs_f64();
         let call = Instant::now();
@@ -214,28 +221,50 @@ fn run(
         o.longest_call_ms = o.longest_call_ms.max(took_ms);
         Ok(())
     };
-    loop {
-        if let Err(e) = read(&mut session) {
-            if !answers(pid) {
-                return Ok(()); // The target is ending: its last reading stands.
+    let sampled = (|| -> Result<()> {
+        session.call("HeapProfiler.enable", json!({}))?;
+        session.call(
+            "HeapProfiler.startSampling",
+            json!({ "samplingInterval": sampling::SAMPLING_INTERVAL_BYTES }),
+        )?;
+        let mut missed = 0;
+        loop {
+            match read(&mut session) {
+                Ok(()) => missed = 0,
+                Err(_) if !answers(pid) => return Ok(()), // The target is ending: its last reading stands.
+                Err(e) if missed + 1 >= MAX_MISSED_READINGS => return Err(e),
+                Err(e) => {
+                    missed += 1;
+                    lock(observed)
+                        .notes
+                        .push(format!("js-heap: a reading failed: {}", printable(&format!("{e:#}"))));
+                }
             }
-            return Err(e);
+            match stop.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
         }
-        match stop.recv_timeout(interval) {
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            _ => break,
+        if answers(pid) {
+            read(&mut session)?;
         }
-    }
+        Ok(())
+    })();
     if !answers(pid) {
-        return Ok(());
+        return sampled;
     }
-    read(&mut session)?;
-    session.call("HeapProfiler.stopSampling", json!({}))?;
-    session.call("HeapProfiler.disable", json!({}))?;
+    // Whatever happened, what was started is stopped and what was opened is closed.
+    let closed = (|| -> Result<()> {
+        session.call("HeapProfiler.stopSampling", json!({}))?;
+        session.call("HeapProfiler.disable", json!({}))?;
+        if opened {
+            // Closes the inspector's server and this connection.
+            session.notify("Runtime.evaluate", json!({ "expression": "process._debugEnd()" }))?;
+        }
+        Ok(())
+    })();
+    session.close();
     if opened {
-        // Closes the inspector's server and this connection.
-        session.notify("Runtime.evaluate", json!({ "expression": "process._debugEnd()" }))?;
-        session.close();
         let deadline = Instant::now() + Duration::from_secs(2);
         while crate::process::fds::loopback_listening_ports(pid).contains(&port) {
             if Instant::now() > deadline {
@@ -243,12 +272,10 @@ fn run(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut o = lock(observed);
-        o.inspector = format!("127.0.0.1:{port}, opened with SIGUSR1 for this recording and closed after it");
-    } else {
-        session.close();
+        lock(observed).inspector =
+            format!("127.0.0.1:{port}, opened with SIGUSR1 for this recording and closed after it");
     }
-    Ok(())
+    sampled.and(closed)
 }
 
 /// Node's inspector listens on 127.0.0.1 of the target's own network
@@ -268,15 +295,29 @@ fn enter_network_namespace(pid: u32) -> Result<()> {
 }
 
 /// Waits until `pid` runs node and catches SIGUSR1 (a launched node sets up
-/// its handler while it starts).
-fn wait_until_node(pid: u32, stop: &mpsc::Receiver<()>) -> Result<()> {
+/// its handler while it starts); `false` if recording ended first.
+fn wait_until_node(pid: u32, stop: &mpsc::Receiver<()>) -> Result<bool> {
     let deadline = Instant::now() + OPEN_TIMEOUT;
+    // The executable's symbols are read once per executable (exec changes it).
+    let mut checked: Option<(std::path::PathBuf, bool)> = None;
     loop {
-        let is_node = runs_node(pid);
+        let exe =
+            std::fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("pid {pid} is gone"))?;
+        let is_node = match &checked {
+            Some((seen, is_node)) if *seen == exe => *is_node,
+            _ => {
+                let is_node = runs_node(pid);
+                checked = Some((exe, is_node));
+                is_node
+            }
+        };
         if is_node && catches_sigusr1(pid) {
-            return Ok(());
+            return Ok(true);
         }
-        if Instant::now() > deadline || stop.try_recv().is_ok() {
+        if stop.try_recv().is_ok() {
+            return Ok(false);
+        }
+        if Instant::now() > deadline {
             if !is_node {
                 bail!("pid {pid} does not run node: the inspector was not opened");
             }
@@ -284,16 +325,6 @@ fn wait_until_node(pid: u32, stop: &mpsc::Receiver<()>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Whether any process of `pid`'s network namespace listens on 127.0.0.1:`port`.
-fn listening_anywhere(pid: u32, port: u16) -> bool {
-    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    let local = format!("0100007F:{port:04X}");
-    tcp.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")
-    })
 }
 
 fn catches_sigusr1(pid: u32) -> bool {
@@ -305,29 +336,65 @@ fn catches_sigusr1(pid: u32) -> bool {
         .is_some_and(|mask| mask & SIGUSR1_BIT != 0)
 }
 
-/// The inspector's port, and whether we opened it: SIGUSR1 makes node
-/// listen on a new loopback port; with none new (its inspector was already
-/// open, e.g. `--inspect`), a port it already listens on that answers.
-fn open_inspector(pid: u32) -> Result<(u16, bool)> {
-    let before = crate::process::fds::loopback_listening_ports(pid);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGUSR1)
-        .with_context(|| format!("signalling pid {pid}"))?;
+/// Opens node's inspector and connects: SIGUSR1 makes node listen on a new
+/// loopback port (its `--inspect-port`, 9229 unless set), the one among the
+/// process's new ports that lists a debuggee; with none new (its inspector
+/// was already open, e.g. `--inspect`), one it already listened on. Returns
+/// the port, the session and whether we opened it; `None` if recording ended first.
+fn open_inspector(
+    pid: u32,
+    pidfd: &std::os::fd::OwnedFd,
+    stop: &mpsc::Receiver<()>,
+) -> Result<Option<(u16, cdp::Session, bool)>> {
+    use std::os::fd::AsRawFd;
+    let listening = || crate::process::fds::loopback_listening_ports(pid);
+    // The default port first: an app may open its own port meanwhile.
+    let by_preference = |mut ports: Vec<u16>| {
+        ports.sort_by_key(|p| (*p != DEFAULT_INSPECTOR_PORT, *p));
+        ports
+    };
+    let before = listening();
+    // SAFETY: pidfd_send_signal(2) with a pidfd we hold, no siginfo, no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGUSR1,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if sent != 0 {
+        bail!("signalling pid {pid}: {}", std::io::Error::last_os_error());
+    }
     let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut tried: Vec<u16> = Vec::new();
     while Instant::now() < deadline {
-        let new =
-            crate::process::fds::loopback_listening_ports(pid).into_iter().find(|p| !before.contains(p));
-        if let Some(port) = new {
-            return Ok((port, true));
+        if stop.try_recv().is_ok() {
+            return Ok(None);
+        }
+        let new: Vec<u16> =
+            listening().into_iter().filter(|p| !before.contains(p) && !tried.contains(p)).collect();
+        for port in by_preference(new) {
+            tried.push(port);
+            // A new port may be the program's own: it gets a short try.
+            if let Ok(mut session) = cdp::Session::connect(port, PROBE_TIMEOUT) {
+                session.set_timeout(CALL_TIMEOUT);
+                return Ok(Some((port, session, true)));
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for port in before {
-        if cdp::Session::connect(port, Duration::from_secs(1)).is_ok() {
-            return Ok((port, false));
+    for port in by_preference(before) {
+        if let Ok(mut session) = cdp::Session::connect(port, PROBE_TIMEOUT) {
+            session.set_timeout(CALL_TIMEOUT);
+            return Ok(Some((port, session, false)));
         }
     }
-    // Node listens on its --inspect-port (9229 unless set): one process at a time per network namespace.
-    if listening_anywhere(pid, DEFAULT_INSPECTOR_PORT) {
+    // One inspector per network namespace on a port: 9229 may be another node's.
+    let taken =
+        crate::process::fds::loopback_listening_ports_in_namespace(pid).contains(&DEFAULT_INSPECTOR_PORT);
+    if taken {
         bail!(
             "node (pid {pid}) could not open its inspector: 127.0.0.1:{DEFAULT_INSPECTOR_PORT} is taken in its network namespace (another node's inspector?); close that one, or start node with --inspect-port=0"
         );

@@ -21,8 +21,15 @@ use crate::{
 pub const JS_MODULE: &str = "[js]";
 /// V8's default (DevTools uses the same): cheap enough for production.
 pub const SAMPLING_INTERVAL_BYTES: u64 = 32 * 1024;
-/// Distinct stacks followed; the rest are counted in [`Sampled::stacks_dropped`].
+/// Distinct stacks followed, and taken from one reading; the bytes of the
+/// rest are summed under one [`OTHER_STACKS`] entry.
 pub(crate) const MAX_STACKS: usize = 4096;
+/// The frame of the entry that sums the stacks past [`MAX_STACKS`].
+pub const OTHER_STACKS: &str = "[other js-heap stacks]";
+/// Deepest JS stack read (V8 records at most 128 frames).
+const MAX_DEPTH: usize = 128;
+/// Longest function name or script URL kept, in bytes.
+const MAX_NAME: usize = 256;
 /// Readings kept per stack; beyond, every other one is dropped.
 const MAX_READINGS: usize = 512;
 
@@ -83,6 +90,7 @@ pub fn stacks_of(result: serde_json::Value) -> Result<Vec<JsStack>> {
         *samples.entry(s.node_id).or_default() += 1;
     }
     let mut stacks = Vec::new();
+    let mut other = JsStack { frames: vec![other_frame()], bytes: 0, samples: 0 };
     // Depth first without recursion; `path` holds the frames root first.
     let mut path: Vec<Frame> = Vec::new();
     let mut pending: Vec<(&Node, usize)> = vec![(&profile.head, 0)];
@@ -95,22 +103,49 @@ pub fn stacks_of(result: serde_json::Value) -> Result<Vec<JsStack>> {
             path.push(frame_of(&node.call_frame));
             depth + 1
         };
-        if node.self_size > 0.0 {
-            stacks.push(JsStack {
-                frames: path.iter().rev().cloned().collect(),
-                bytes: node.self_size as u64,
-                samples: samples.get(&node.id).copied().unwrap_or(0),
-            });
+        let (bytes, count) = (node.self_size as u64, samples.get(&node.id).copied().unwrap_or(0));
+        if bytes > 0 && stacks.len() < MAX_STACKS {
+            stacks.push(JsStack { frames: path.iter().rev().cloned().collect(), bytes, samples: count });
+        } else if bytes > 0 {
+            other.bytes += bytes;
+            other.samples += count;
         }
-        pending.extend(node.children.iter().map(|c| (c, frame_depth)));
+        if frame_depth < MAX_DEPTH {
+            pending.extend(node.children.iter().map(|c| (c, frame_depth)));
+        }
+    }
+    if other.bytes > 0 {
+        stacks.push(other);
     }
     Ok(stacks)
+}
+
+fn other_frame() -> Frame {
+    Frame {
+        function: OTHER_STACKS.into(),
+        module: JS_MODULE.into(),
+        offset: "0x0".into(),
+        file: None,
+        line: None,
+        inlined: false,
+    }
+}
+
+/// At most [`MAX_NAME`] bytes of a name the target chose, control characters shown.
+fn bounded(name: &str) -> String {
+    let mut end = name.len().min(MAX_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    crate::process::fds::printable(&name[..end])
 }
 
 /// Named as V8 names JS code in its perf maps (`JS:name url:line:column`),
 /// without the tier, so a function reads the same under every lens.
 fn frame_of(call: &CallFrame) -> Frame {
-    let name = if call.function_name.is_empty() { "(anonymous)" } else { &call.function_name };
+    let name =
+        if call.function_name.is_empty() { "(anonymous)".to_string() } else { bounded(&call.function_name) };
+    let url = bounded(&call.url);
     let (function, file, line) = if name.starts_with('(') {
         // V8's own categories: `(V8 API)`, `(BYTECODE_COMPILER)`, `(GC)`, ...
         (name.to_string(), None, None)
@@ -120,7 +155,7 @@ fn frame_of(call: &CallFrame) -> Frame {
     } else {
         let line = (call.line_number + 1).max(1) as u32;
         let column = call.column_number + 1;
-        (format!("JS:{name} {}:{line}:{column}", call.url), Some(call.url.clone()), Some(line))
+        (format!("JS:{name} {url}:{line}:{column}"), Some(url), Some(line))
     };
     Frame { function, module: JS_MODULE.into(), offset: "0x0".into(), file, line, inlined: false }
 }
@@ -131,8 +166,6 @@ pub struct Sampled {
     times: Vec<f64>,
     stacks: Vec<Followed>,
     index: HashMap<Vec<String>, usize>,
-    /// Stacks not followed (past [`MAX_STACKS`]), at their first reading.
-    pub stacks_dropped: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -157,14 +190,20 @@ impl Sampled {
         }
         for stack in stacks {
             let key: Vec<String> = stack.frames.iter().map(|f| f.function.clone()).collect();
+            let key = if self.index.len() >= MAX_STACKS && !self.index.contains_key(&key) {
+                vec![OTHER_STACKS.to_string()]
+            } else {
+                key
+            };
             let i = match self.index.get(&key) {
                 Some(i) => *i,
-                None if self.stacks.len() >= MAX_STACKS => {
-                    self.stacks_dropped += 1;
-                    continue;
-                }
                 None => {
-                    self.stacks.push(Followed { frames: stack.frames, series: vec![0; n], samples: 0 });
+                    let frames = if key.first().map(String::as_str) == Some(OTHER_STACKS) {
+                        vec![other_frame()]
+                    } else {
+                        stack.frames
+                    };
+                    self.stacks.push(Followed { frames, series: vec![0; n], samples: 0 });
                     self.index.insert(key, self.stacks.len() - 1);
                     self.stacks.len() - 1
                 }
@@ -216,7 +255,8 @@ impl Sampled {
                     class: Some(split::V8_HEAP.into()),
                     trend: Some(crate::trend::judge(&points, old_share, SAMPLING_INTERVAL_BYTES as f64)),
                     old_share,
-                    series: f.series.clone(),
+                    // Readings are at the inspector's times, not at `series.times`.
+                    series: Vec::new(),
                     sites: 1,
                     site_offsets: Vec::new(),
                     fds: Vec::new(),
@@ -281,7 +321,7 @@ mod tests {
         assert_eq!(entries.len(), 1, "g's sample was collected: not live at the end");
         let e = &entries[0];
         assert_eq!((e.kind, e.bytes, e.count), (Kind::JsHeap, 10_000_000, 10_000));
-        assert_eq!(e.series.len(), 10);
+        assert!(e.series.is_empty(), "not at the report's sample times");
         assert_eq!(e.trend.unwrap().verdict, crate::report::model::Verdict::Growing);
         // Held at 4 s: 5 of the final 10 MB.
         assert!((e.old_share - 0.5).abs() < 1e-9, "{}", e.old_share);

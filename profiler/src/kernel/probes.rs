@@ -34,7 +34,7 @@ use crate::{
 
 /// The file offset of node's `OOMErrorHandler(const char*, ...)` (its
 /// signature differs by node version), read from the symbol tables only.
-fn node_oom_handler_offset(exe: &std::fs::File) -> Option<u64> {
+pub fn node_oom_handler_offset(exe: &std::fs::File) -> Option<u64> {
     use object::{Object, ObjectSection, ObjectSymbol};
     const PREFIX: &str = "_ZN4node15OOMErrorHandlerEPKc";
     let cache = object::ReadCache::new(exe);

@@ -511,7 +511,6 @@ impl Ledger {
         self.free(tgid, addr)
     }
 
-    /// The processes the ledger has seen.
     /// Counted resident bytes by (the page's site, the site of the mapping
     /// or break range that holds the page, when one made while recording
     /// does): the memory split tells a page by the memory it lies in.
@@ -533,6 +532,7 @@ impl Ledger {
         out
     }
 
+    /// The processes the ledger has seen.
     pub fn processes(&self) -> impl Iterator<Item = u32> + '_ {
         self.processes.keys().copied()
     }

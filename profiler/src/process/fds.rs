@@ -163,9 +163,18 @@ pub fn loopback_listening_ports(pid: u32) -> Vec<u16> {
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
         .filter_map(|link| socket_inode(&link.to_string_lossy()))
         .collect();
+    loopback_listening(pid, |inode| held.contains(&inode))
+}
+
+/// The TCP ports any process listens on at 127.0.0.1 in `pid`'s network namespace.
+pub fn loopback_listening_ports_in_namespace(pid: u32) -> Vec<u16> {
+    loopback_listening(pid, |_| true)
+}
+
+fn loopback_listening(pid: u32, socket: impl Fn(u64) -> bool) -> Vec<u16> {
     let Some(text) = read_bounded(&format!("/proc/{pid}/net/tcp")) else { return Vec::new() };
     let mut ports: Vec<u16> = inet_rows(&text)
-        .filter(|row| row.state == "0A" && held.contains(&row.inode))
+        .filter(|row| row.state == "0A" && socket(row.inode))
         .filter_map(|row| row.local.strip_prefix("127.0.0.1:")?.parse().ok())
         .collect();
     ports.sort_unstable();

@@ -79,8 +79,8 @@ pub struct RecordOptions {
     pub output: Option<PathBuf>,
     /// Stacks per kind in the text summary.
     pub top: usize,
-    /// See [`RecordOptions::default_ringbuf_bytes`].
-    pub ringbuf_bytes: u32,
+    /// `None`: [`RecordOptions::default_ringbuf_bytes`] for the lenses.
+    pub ringbuf_bytes: Option<u32>,
     /// Print the text summary to stdout at the end.
     pub print_summary: bool,
     pub warmup: Warmup,
@@ -132,7 +132,7 @@ impl RecordOptions {
             duration: None,
             output: None,
             top: 10,
-            ringbuf_bytes: Self::default_ringbuf_bytes(Lenses::default()),
+            ringbuf_bytes: None,
             print_summary: false,
             warmup: Warmup::default(),
             follow: false,

@@ -205,7 +205,9 @@ impl Session {
                 placement: opts.placement,
                 hold_at_exec,
             };
-            let mut probes = Probes::load(opts.ringbuf_bytes, settings)?;
+            let ringbuf_bytes =
+                opts.ringbuf_bytes.unwrap_or_else(|| RecordOptions::default_ringbuf_bytes(opts.lenses));
+            let mut probes = Probes::load(ringbuf_bytes, settings)?;
             if opts.stack_walk == StackWalk::FramePointers {
                 probes.tables.disable();
             }
@@ -577,7 +579,11 @@ impl Session {
         self.live.finish(&format!("recording ended ({end_reason}): writing the report"));
         // While the probes still record: the inspector's own sockets are seen closed.
         if let Some(inspector) = &mut self.inspector {
-            inspector.finish();
+            // The ring is drained meanwhile: the last reading may take a while.
+            let (ring, collector) = (&mut self.ring, &mut self.collector);
+            inspector.finish(|| {
+                drain(ring.get_mut(), collector, Some(BATCH));
+            });
         }
         // Everything the target did before the end is already in the ring
         // buffer; with the filter emptied nothing more is added, so this ends

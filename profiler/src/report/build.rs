@@ -159,8 +159,9 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
                 at_s: (inputs.elapsed.as_secs_f64() - inputs.now_ns.saturating_sub(ts_ns) as f64 / 1e9)
                     .max(0.0),
                 what: match heap {
+                    Some(true) => "JavaScript heap out of memory (the V8 heap reached its limit)",
                     Some(false) => "V8 process out of memory (a V8 allocation outside the JS heap failed)",
-                    _ => "JavaScript heap out of memory (the V8 heap reached its limit)",
+                    None => "V8 out of memory (which kind was not readable)",
                 }
                 .to_string(),
             })

@@ -198,7 +198,8 @@ pub struct StackEntry {
     /// Share of the outstanding value older than `--min-age`.
     #[serde(default)]
     pub old_share: f64,
-    /// The value at each sample time of `series.times`.
+    /// The value at each sample time of `series.times` (none for `js-heap`,
+    /// read at the inspector's own times).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<u64>,
     /// How many code paths (distinct return addresses with identical

@@ -9,10 +9,10 @@
 //! - heap blocks (alloc lens): the blocks, plus mappings not made by the
 //!   allocator (the program break and the allocator's mappings contain the
 //!   blocks and are left out; they are still listed under their own kinds);
-//! - else resident pages (resident lens): each page by the memory it lies in
-//!   when that is V8's heap or an ArrayBuffer's own mapping, else by the code
-//!   that first touched it (an allocator carving a backing store from the
-//!   break is external); the mappings' reserved address space is not memory;
+//! - else resident pages (resident lens): each page by the mapping or break
+//!   range it lies in when that was made for V8's heap or for an
+//!   ArrayBuffer's backing store, else by the code that first touched it;
+//!   the mappings' reserved address space is not memory;
 //! - else the mappings (reserved address space).
 //!
 //! The JS objects V8's sampling profiler saw lie in the V8 heap's mappings
@@ -120,6 +120,11 @@ pub fn split(stacks: &[StackEntry], pages: &[Pages]) -> MemorySplit {
         "heap blocks and mappings"
     } else if !pages.is_empty() {
         for p in pages {
+            // A mapping made for V8's heap or for a backing store is that
+            // memory. The break is classed by the allocation that grew it: an
+            // approximation (malloc later carves other blocks from it too),
+            // but a backing store's pages are first touched by the code that
+            // fills it, so the toucher alone would call them native.
             let holder = p.lies_in.and_then(|i| stacks.get(i)).and_then(class_of).filter(|c| *c != NATIVE);
             add(holder.or_else(|| stacks.get(p.touched_by).and_then(class_of)), p.bytes);
         }
