@@ -127,7 +127,7 @@ impl Session {
 
 /// Parses JSON no deeper than [`MAX_NESTING`] (checked before parsing, so
 /// deep input cannot exhaust the stack).
-fn parse_bounded(text: &str) -> Result<Value> {
+pub fn parse_bounded(text: &str) -> Result<Value> {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
     for b in text.bytes() {
         if in_string {
