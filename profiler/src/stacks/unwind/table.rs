@@ -67,6 +67,21 @@ struct Rule {
     rbp_offset: i8,
 }
 
+/// Code `start..start + len` and its rule: 16 bytes, as a large module
+/// (node: about 450k of them) holds them all while its table is built.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    start: u64,
+    len: u32,
+    rule: Rule,
+}
+
+impl Range {
+    fn end(&self) -> u64 {
+        self.start + u64::from(self.len)
+    }
+}
+
 const NO_CFI: Rule = Rule { rule: rule::NO_CFI, cfa_offset: 0, rbp_offset: 0 };
 const UNSUPPORTED: Rule = Rule { rule: rule::UNSUPPORTED, cfa_offset: 0, rbp_offset: 0 };
 
@@ -138,7 +153,7 @@ fn text_size<'a, R: ReadRef<'a>>(file: &object::File<'a, R>) -> u64 {
 /// Adds the rows of `file`'s `.eh_frame` and `.debug_frame` to `ranges`.
 fn frame_ranges<'a, R: ReadRef<'a>>(
     file: &object::File<'a, R>,
-    ranges: &mut Vec<(u64, u64, Rule)>,
+    ranges: &mut Vec<Range>,
 ) -> Result<(), NoTable> {
     // A debug file keeps section headers of stripped sections with no data.
     let with_data = |name: &str| {
@@ -168,7 +183,7 @@ fn frame_ranges<'a, R: ReadRef<'a>>(
 fn collect<R: Reader<Offset = usize>, S: UnwindSection<R>>(
     section: &S,
     bases: &BaseAddresses,
-    ranges: &mut Vec<(u64, u64, Rule)>,
+    ranges: &mut Vec<Range>,
 ) -> Result<(), NoTable> {
     let malformed = |e: gimli::Error| NoTable::Malformed(e.to_string());
     let mut ctx = UnwindContext::new();
@@ -178,11 +193,27 @@ fn collect<R: Reader<Offset = usize>, S: UnwindSection<R>>(
         // A broken FDE loses its function, not the module.
         let Ok(fde) = partial.parse(S::cie_from_offset) else { continue };
         let Ok(mut table) = fde.rows(section, bases, &mut ctx) else { continue };
+        // Rows that differ only in registers the walker does not restore are
+        // one range (most of a prologue's pushes): fewer to hold and sort.
+        let mut open: Option<Range> = None;
         while let Ok(Some(row)) = table.next_row() {
-            if row.start_address() < row.end_address() {
-                ranges.push((row.start_address(), row.end_address(), rule_of(section, row)));
+            let (start, end) = (row.start_address(), row.end_address());
+            // No function spans 4 GiB: such a row is malformed.
+            let Some(len) = end.checked_sub(start).and_then(|l| u32::try_from(l).ok()).filter(|l| *l > 0)
+            else {
+                continue;
+            };
+            let rule = rule_of(section, row);
+            match &mut open {
+                Some(last)
+                    if last.end() == start && last.rule == rule && last.len.checked_add(len).is_some() =>
+                {
+                    last.len += len
+                }
+                _ => ranges.extend(open.replace(Range { start, len, rule })),
             }
         }
+        ranges.extend(open);
     }
     Ok(())
 }
@@ -233,9 +264,9 @@ fn is_plt_expression(b: &[u8]) -> bool {
 }
 
 /// Sorted, merged rows, with [`NO_CFI`] rows where no FDE covers the code.
-fn rows_of(mut ranges: Vec<(u64, u64, Rule)>, text_size: u64) -> Result<ModuleTable, NoTable> {
-    ranges.sort_by_key(|r| r.0);
-    let Some(base) = ranges.first().map(|r| r.0) else { return Err(NoTable::NoCallFrameInfo) };
+fn rows_of(mut ranges: Vec<Range>, text_size: u64) -> Result<ModuleTable, NoTable> {
+    ranges.sort_by_key(|r| r.start);
+    let Some(base) = ranges.first().map(|r| r.start) else { return Err(NoTable::NoCallFrameInfo) };
     let mut rows: Vec<Row> = Vec::with_capacity(ranges.len() + ranges.len() / 4);
     let mut covered_to = base;
     let mut covered = 0;
@@ -255,7 +286,8 @@ fn rows_of(mut ranges: Vec<(u64, u64, Rule)>, text_size: u64) -> Result<ModuleTa
         rows.push(Row { pc, cfa_offset: r.cfa_offset, rule: r.rule, rbp_offset: r.rbp_offset });
         Ok(())
     };
-    for (start, end, r) in ranges {
+    for Range { start, len, rule: r } in ranges {
+        let end = start + u64::from(len);
         if start > covered_to {
             push(&mut rows, covered_to, NO_CFI)?;
         }
@@ -305,13 +337,17 @@ mod tests {
 
     #[test]
     fn gaps_between_functions_are_walked_by_frame_pointer() {
-        let f = |rule, cfa_offset| Rule { rule, cfa_offset, rbp_offset: 0 };
+        let f = |start: u64, end: u64, rule, cfa_offset| Range {
+            start,
+            len: (end - start) as u32,
+            rule: Rule { rule, cfa_offset, rbp_offset: 0 },
+        };
         let t = rows_of(
             vec![
-                (0x1000, 0x1001, f(rule::CFA_RSP, 8)),
-                (0x1001, 0x1010, f(rule::CFA_RSP, 16)),
-                (0x1010, 0x1020, f(rule::CFA_RSP, 16)),
-                (0x1040, 0x1050, f(rule::CFA_RSP, 8)),
+                f(0x1000, 0x1001, rule::CFA_RSP, 8),
+                f(0x1001, 0x1010, rule::CFA_RSP, 16),
+                f(0x1010, 0x1020, rule::CFA_RSP, 16),
+                f(0x1040, 0x1050, rule::CFA_RSP, 8),
             ],
             0x100,
         )
