@@ -96,6 +96,7 @@ impl Probes {
             .override_global(globals::HOLD_AT_EXEC, &(settings.hold_at_exec as u8), true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs into the kernel")?;
+        crate::release_freed_memory();
         let tables = KernelTables::new(
             ebpf.take_map(maps::UNWIND_ROWS).context(maps::UNWIND_ROWS)?,
             ebpf.take_map(maps::UNWIND_PROCESSES).context(maps::UNWIND_PROCESSES)?,

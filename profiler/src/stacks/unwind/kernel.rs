@@ -204,6 +204,7 @@ impl KernelTables {
     fn load(&mut self, pid: u32, path: &str, file: &std::fs::File) -> Result<Loaded, Missing> {
         let started = Instant::now();
         let loaded = build_table(pid, path, file).and_then(|t| self.write(&t));
+        crate::release_freed_memory();
         self.stats.build_time += started.elapsed();
         loaded
     }
