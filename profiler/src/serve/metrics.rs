@@ -172,6 +172,8 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         }
     }
 
+    v8_heap(&mut registry, report);
+
     let stack_bytes = gauge(
         &mut registry,
         "leakprof_stack_outstanding_bytes",
@@ -228,6 +230,45 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String does not fail");
     out
+}
+
+/// V8's own numbers (`--lens js-heap`) and its out-of-memory aborts.
+fn v8_heap(registry: &mut Registry, report: &Report) {
+    let aborts = Counter::<f64, AtomicU64>::default();
+    aborts.inc_by(report.v8_out_of_memory.len() as f64);
+    registry.register(
+        "leakprof_v8_out_of_memory",
+        "V8 out-of-memory aborts seen (node's OOMErrorHandler).",
+        aborts,
+    );
+    let Some(h) = &report.v8_heap else { return };
+    let pid = || vec![("pid", h.pid.to_string())];
+    let used = gauge(registry, "leakprof_v8_heap_used_bytes", "V8 heap used per space (--lens js-heap).");
+    for space in &h.spaces {
+        set(&used, vec![("pid", h.pid.to_string()), ("space", space.name.clone())], space.used_bytes as f64);
+    }
+    let limit = gauge(registry, "leakprof_v8_heap_limit_bytes", "V8's heap limit (heap_size_limit).");
+    set(&limit, pid(), h.limit_bytes as f64);
+    let utilisation = gauge(
+        registry,
+        "leakprof_v8_heap_utilisation_ratio",
+        "V8 heap used / its limit (0.8 warning, 0.9 critical).",
+    );
+    set(&utilisation, pid(), h.utilisation_pct / 100.0);
+    let external = gauge(
+        registry,
+        "leakprof_v8_external_bytes",
+        "process.memoryUsage().external (ArrayBuffers included).",
+    );
+    set(&external, pid(), h.external_bytes as f64);
+    if let Some(s) = h.time_to_limit_s {
+        let to_limit = gauge(
+            registry,
+            "leakprof_v8_seconds_to_heap_limit",
+            "Seconds until the V8 heap limit at its growth rate (absent when not growing).",
+        );
+        set(&to_limit, pid(), s);
+    }
 }
 
 fn emit_total(
@@ -291,6 +332,34 @@ mod tests {
         );
         assert!(text.contains(&line), "{line} missing in:\n{text}");
         assert!(!text.contains("leakprof_leak_level"), "no level without a status");
+    }
+
+    #[test]
+    fn v8_heap_numbers_are_gauges_and_aborts_a_counter() {
+        let mut report = crate::report::sample::report();
+        report.v8_heap = Some(crate::report::model::V8Heap {
+            pid: 42,
+            limit_bytes: 1000,
+            utilisation_pct: 85.0,
+            time_to_limit_s: Some(30.0),
+            spaces: vec![crate::report::model::V8Space {
+                name: "old_space".into(),
+                used_bytes: 700,
+                size_bytes: 800,
+                available_bytes: 100,
+            }],
+            ..Default::default()
+        });
+        let text = render(&report, OwnCost { cpu_seconds: 0.0, resident_bytes: 0 });
+        for line in [
+            "leakprof_v8_heap_used_bytes{pid=\"42\",space=\"old_space\"} 700.0",
+            "leakprof_v8_heap_limit_bytes{pid=\"42\"} 1000.0",
+            "leakprof_v8_heap_utilisation_ratio{pid=\"42\"} 0.85",
+            "leakprof_v8_seconds_to_heap_limit{pid=\"42\"} 30.0",
+            "leakprof_v8_out_of_memory_total 0.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+        }
     }
 
     #[test]
