@@ -137,6 +137,32 @@ fn unconsumed_read_streams_leak_exactly_their_fds() {
         return;
     };
     assert_eq!(handles_where(&report, "files", "uv__fs_open"), count);
+    // Opened on a threadpool thread for the stream's construction, which
+    // node defers with process.nextTick: the JS that queued the open is
+    // node's (the caller of createReadStream is on another tick).
+    let queued = handles_where(&report, "files", "[libuv threadpool: the work was queued by]");
+    assert_eq!(queued, count, "{:#?}", report["stacks"]);
+    assert_eq!(handles_where(&report, "files", "JS:_construct node:internal/fs/streams"), count);
+}
+
+/// `fs.open` runs on libuv's threadpool: the fd is attributed to the JS
+/// function that called it, through the handoff (issue 16).
+#[test]
+fn files_opened_on_the_threadpool_are_attributed_to_the_js_that_asked() {
+    let Some((report, count)) = record_node("node-opens", "opens.js", &["12"], "opened ") else { return };
+    assert_eq!(handles_where(&report, "files", "JS:openAuditLog "), count, "{:#?}", report["stacks"]);
+    let stack = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "files" && has_frame(e, "JS:openAuditLog "))
+        .unwrap();
+    let names: Vec<&str> =
+        stack["frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap()).collect();
+    let handoff = names.iter().position(|n| n.starts_with("[libuv threadpool")).expect("the handoff frame");
+    assert_eq!(names[0], "uv__fs_open", "{names:#?}");
+    assert!(names[handoff + 1].starts_with("node::fs::Open"), "the request's frames follow: {names:#?}");
+    assert!(stack["fds"][0].as_str().unwrap().ends_with("/opens.js"), "{}", stack["fds"]);
 }
 
 #[test]

@@ -78,6 +78,14 @@ pub enum EventKind {
     /// the JS heap ran out (its limit), 0 if another V8 allocation failed,
     /// `u64::MAX` if unreadable.
     V8OutOfMemory = 21,
+    /// libuv queued work item `addr` to its threadpool (`uv__work_submit`).
+    WorkSubmit = 22,
+    /// A threadpool thread starts work item `addr` (`uv__fs_work`,
+    /// `uv__getaddrinfo_work`, ...): what it opens is the request's doing.
+    WorkStart = 23,
+    /// A request that opens an fd on the threadpool (`uv_fs_open`), with the
+    /// requesting stack; the same thread's next [`EventKind::WorkSubmit`] queues it.
+    WorkRequest = 24,
 }
 
 impl EventKind {
@@ -104,6 +112,9 @@ impl EventKind {
             19 => Self::Madvise,
             20 => Self::Exit,
             21 => Self::V8OutOfMemory,
+            22 => Self::WorkSubmit,
+            23 => Self::WorkStart,
+            24 => Self::WorkRequest,
             _ => return None,
         })
     }
@@ -412,6 +423,12 @@ pub mod names {
         pub const MARKER: &str = "marker";
         /// On node's `OOMErrorHandler`.
         pub const V8_OUT_OF_MEMORY: &str = "v8_out_of_memory";
+        /// On libuv's `uv_fs_open` (in node).
+        pub const THREADPOOL_REQUEST: &str = "threadpool_request";
+        /// On libuv's `uv__work_submit` (in node).
+        pub const THREADPOOL_SUBMIT: &str = "threadpool_submit";
+        /// On libuv's threadpool work functions (in node).
+        pub const THREADPOOL_WORK: &str = "threadpool_work";
         pub const SYSCALL_ENTER: &str = "syscall_enter";
         pub const SYSCALL_EXIT: &str = "syscall_exit";
         pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
@@ -420,10 +437,13 @@ pub mod names {
         pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
         /// Attached to both `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
         pub const PAGE_FAULT: &str = "page_fault";
-        pub const ALL: [&str; 10] = [
+        pub const ALL: [&str; 13] = [
             ALLOC_RETURN,
             MARKER,
             V8_OUT_OF_MEMORY,
+            THREADPOOL_REQUEST,
+            THREADPOOL_SUBMIT,
+            THREADPOOL_WORK,
             SYSCALL_ENTER,
             SYSCALL_EXIT,
             SCHED_PROCESS_EXEC,

@@ -648,6 +648,46 @@ pub fn v8_out_of_memory(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A request whose work opens an fd on libuv's threadpool (`uv_fs_open`):
+/// the requesting stack, so what the threadpool thread opens for it is
+/// attributed to the code that asked. Only opens pay the stack walk.
+#[uprobe]
+pub fn threadpool_request(ctx: ProbeContext) -> u32 {
+    if is_target() {
+        if let Some(mut ev) = scratch(EventKind::WorkRequest, 0) {
+            let regs = unsafe { &*ctx.regs };
+            let regs = UserRegs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp };
+            capture_stack(&ctx, &mut ev, regs, FP_MAX_FRAMES);
+            submit(&ev);
+        }
+    }
+    0
+}
+
+/// libuv queues work item `w` to its threadpool, `uv__work_submit(loop, w, ...)`.
+#[uprobe]
+pub fn threadpool_submit(ctx: ProbeContext) -> u32 {
+    if is_target() {
+        if let Some(mut ev) = scratch(EventKind::WorkSubmit, 0) {
+            ev.header.addr = ctx.arg(1).unwrap_or(0);
+            submit(&ev);
+        }
+    }
+    0
+}
+
+/// A threadpool thread starts work item `w` (`uv__fs_work(w)`, ...).
+#[uprobe]
+pub fn threadpool_work(ctx: ProbeContext) -> u32 {
+    if is_target() {
+        if let Some(mut ev) = scratch(EventKind::WorkStart, 0) {
+            ev.header.addr = ctx.arg(0).unwrap_or(0);
+            submit(&ev);
+        }
+    }
+    0
+}
+
 // ---------------------------------------------------------------- syscalls
 
 /// Byte offsets in x86_64 `struct pt_regs` (a stable kernel ABI).

@@ -119,6 +119,15 @@ pub struct Collector {
     pub oom_killed: Vec<u32>,
     /// V8 out-of-memory aborts: (pid, monotonic ns, whether the JS heap hit its limit).
     pub v8_out_of_memory: Vec<(u32, u64, Option<bool>)>,
+    /// Per thread (tid), the stack of the open request its next work item queues.
+    threadpool_requested: HashMap<u32, StackId>,
+    /// libuv threadpool work queued and not started yet: (pid, work item) -> the requesting stack.
+    threadpool_queued: HashMap<(u32, u64), StackId>,
+    /// Per threadpool thread (tid), the requesting stack of the work it runs now.
+    threadpool_running: HashMap<u32, Option<StackId>>,
+    /// Queued work items forgotten (more than [`MAX_QUEUED_WORK`] at once):
+    /// what they open keeps the threadpool thread's stack only.
+    pub threadpool_forgotten: u64,
     /// `--sample-bytes` (0: every allocation is recorded).
     pub sample_bytes: u64,
 }
@@ -499,6 +508,30 @@ impl Collector {
         id
     }
 
+    /// A handle opened on a libuv threadpool thread is the doing of the code
+    /// that queued the work (`fs.open`): the thread's own stack continues,
+    /// after a handoff frame, with the request's.
+    fn requested_by(&mut self, tid: u32, pid: u32, own: StackId) -> StackId {
+        let Some(Some(request)) = self.threadpool_running.get(&tid).copied() else { return own };
+        let image = self.images.get(&pid).copied().unwrap_or(0);
+        // The request's first frame is the probed `uv_fs_open` entry itself.
+        let frames: Vec<u64> = (self.stacks.get(own).1.iter().copied())
+            .chain([crate::stacks::HANDOFF_MARKER])
+            .chain(self.stacks.get(request).1.iter().skip(1).copied())
+            .collect();
+        let (id, new) = self.stacks.intern(pid, image, &frames);
+        if new {
+            let locations = (self.locations[own as usize].iter().cloned())
+                .chain([Location::Handoff])
+                .chain(self.locations[request as usize].iter().skip(1).cloned())
+                .collect();
+            self.locations.push(locations);
+            let api = self.api[own as usize].clone();
+            self.api.push(api);
+        }
+        id
+    }
+
     /// Counts a stack cut short (a failed capture is counted as such).
     fn count_incomplete(&mut self, captured: CapturedAt, end: StackStatus) {
         if !matches!(end, StackStatus::Complete | StackStatus::CaptureFailed) {
@@ -568,6 +601,7 @@ impl Collector {
                     _ => handle_detail(syscall, detail),
                 };
                 let stack = self.intern(&ev, CapturedAt::HandleSyscall);
+                let stack = self.requested_by(ev.tid, pid, stack);
                 if let Some(second) = pair {
                     let second = Op::OpenHandle { fd: second, kind, detail, cloexec, stack };
                     self.ledger.apply(pid, ev.ts_ns, second);
@@ -634,6 +668,35 @@ impl Collector {
             }
             Event::V8OutOfMemory { heap } => {
                 self.v8_out_of_memory.push((pid, ev.ts_ns, heap));
+                return;
+            }
+            Event::WorkRequest => {
+                let stack = self.intern(&ev, CapturedAt::Return);
+                if self.threadpool_requested.len() >= MAX_QUEUED_WORK {
+                    self.threadpool_requested.clear(); // threads that ended
+                }
+                self.threadpool_requested.insert(ev.tid, stack);
+                return;
+            }
+            Event::WorkSubmit { work } => {
+                // Work that opens nothing was requested by nobody we follow.
+                let Some(stack) = self.threadpool_requested.remove(&ev.tid) else {
+                    self.threadpool_queued.remove(&(pid, work));
+                    return;
+                };
+                if self.threadpool_queued.len() >= MAX_QUEUED_WORK {
+                    self.threadpool_forgotten += self.threadpool_queued.len() as u64;
+                    self.threadpool_queued.clear();
+                }
+                self.threadpool_queued.insert((pid, work), stack);
+                return;
+            }
+            Event::WorkStart { work } => {
+                if self.threadpool_running.len() >= MAX_QUEUED_WORK {
+                    self.threadpool_running.clear(); // threads that ended
+                }
+                let request = self.threadpool_queued.remove(&(pid, work));
+                self.threadpool_running.insert(ev.tid, request);
                 return;
             }
             Event::Marker => {
@@ -828,6 +891,9 @@ pub struct Entries {
     pub stacks: Vec<StackEntry>,
     pub index_of: HashMap<Site, usize>,
 }
+
+/// Threadpool work items (and threads) followed at once.
+const MAX_QUEUED_WORK: usize = 65536;
 
 /// Open fds described per entry (`fds`).
 const FDS_DESCRIBED: usize = 16;

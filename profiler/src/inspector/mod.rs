@@ -97,7 +97,7 @@ pub fn check_target(info: &crate::process::ProcessInfo, cgroup_mode: bool) -> Re
 /// handler (a name check alone would take `node_exporter` for node).
 fn runs_node(pid: u32) -> bool {
     std::fs::File::open(format!("/proc/{pid}/exe"))
-        .is_ok_and(|exe| crate::kernel::probes::node_oom_handler_offset(&exe).is_some())
+        .is_ok_and(|exe| crate::kernel::probes::node_symbols(&exe).is_some())
 }
 
 /// Whether the target can answer: alive and not stopped (a launched

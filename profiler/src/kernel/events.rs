@@ -105,6 +105,16 @@ pub enum Event {
     V8OutOfMemory {
         heap: Option<bool>,
     },
+    /// A request whose work opens an fd on the threadpool (the stack is the request's).
+    WorkRequest,
+    /// libuv queued `work` to its threadpool.
+    WorkSubmit {
+        work: u64,
+    },
+    /// A threadpool thread starts `work`.
+    WorkStart {
+        work: u64,
+    },
     /// `write(1, _, bytes)`.
     StdoutWrite {
         bytes: u64,
@@ -146,6 +156,8 @@ pub enum Undecodable {
 /// One decoded record: who, when, what, and the captured user stack.
 pub struct Record<'a> {
     pub pid: u32,
+    /// The thread.
+    pub tid: u32,
     pub ts_ns: u64,
     pub event: Event,
     pub caller: Caller,
@@ -226,6 +238,9 @@ impl<'a> Record<'a> {
             EventKind::Exit => (Event::Exit, Caller::Other),
             EventKind::OomKill => (Event::OomKill { victim: h.addr as u32 }, Caller::Other),
             EventKind::Marker => (Event::Marker, Caller::Other),
+            EventKind::WorkRequest => (Event::WorkRequest, Caller::Other),
+            EventKind::WorkSubmit => (Event::WorkSubmit { work: h.addr }, Caller::Other),
+            EventKind::WorkStart => (Event::WorkStart { work: h.addr }, Caller::Other),
             EventKind::V8OutOfMemory => {
                 (Event::V8OutOfMemory { heap: (h.size <= 1).then_some(h.size == 1) }, Caller::Other)
             }
@@ -238,6 +253,7 @@ impl<'a> Record<'a> {
         let hints_len = (h.hints as usize * 8).min(body.len() - frames_len);
         Ok(Self {
             pid: h.tgid,
+            tid: h.tid,
             ts_ns: h.ts_ns,
             event,
             caller,

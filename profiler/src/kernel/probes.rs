@@ -32,20 +32,50 @@ use crate::{
     stacks::unwind::kernel::KernelTables,
 };
 
-/// The file offset of node's `OOMErrorHandler(const char*, ...)` (its
-/// signature differs by node version), read from the symbol tables only.
-pub fn node_oom_handler_offset(exe: &std::fs::File) -> Option<u64> {
+/// Functions of node's executable the profiler probes, by file offset,
+/// read from its symbol tables only (the static ones are in `.symtab`).
+#[derive(Debug, Default)]
+pub struct NodeSymbols {
+    /// `node::OOMErrorHandler(const char*, ...)` (its signature differs by version).
+    pub oom_handler: Option<u64>,
+    /// libuv's `uv_fs_open`, whose work opens a file on the threadpool.
+    pub fs_open: Option<u64>,
+    /// libuv's `uv__work_submit`, which queues work to its threadpool.
+    pub work_submit: Option<u64>,
+    /// libuv's threadpool work functions (`uv__fs_work`, `uv__getaddrinfo_work`, ...).
+    pub work_functions: Vec<(&'static str, u64)>,
+}
+
+/// libuv's threadpool work functions: each takes the work item.
+const WORK_FUNCTIONS: [&str; 5] =
+    ["uv__fs_work", "uv__getaddrinfo_work", "uv__getnameinfo_work", "uv__queue_work", "uv__random_work"];
+
+/// What of node `exe` has; `None` when it is not node (no out-of-memory handler).
+pub fn node_symbols(exe: &std::fs::File) -> Option<NodeSymbols> {
     use object::{Object, ObjectSection, ObjectSymbol};
-    const PREFIX: &str = "_ZN4node15OOMErrorHandlerEPKc";
+    const OOM_HANDLER: &str = "_ZN4node15OOMErrorHandlerEPKc";
     let cache = object::ReadCache::new(exe);
     let elf = object::File::parse(&cache).ok()?;
-    let address = elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .find(|s| s.is_definition() && s.name().is_ok_and(|n| n.starts_with(PREFIX)))?
-        .address();
-    let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
-    Some(section.file_range()?.0 + (address - section.address()))
+    let file_offset = |address: u64| {
+        let section = elf.sections().find(|s| s.address() <= address && address < s.address() + s.size())?;
+        Some(section.file_range()?.0 + (address - section.address()))
+    };
+    let mut found = NodeSymbols::default();
+    for sym in elf.dynamic_symbols().chain(elf.symbols()).filter(|s| s.is_definition()) {
+        let Ok(name) = sym.name() else { continue };
+        if found.oom_handler.is_none() && name.starts_with(OOM_HANDLER) {
+            found.oom_handler = file_offset(sym.address());
+        } else if name == "uv__work_submit" {
+            found.work_submit = file_offset(sym.address());
+        } else if name == "uv_fs_open" {
+            found.fs_open = file_offset(sym.address());
+        } else if let Some(work) = WORK_FUNCTIONS.iter().find(|w| **w == name) {
+            if !found.work_functions.iter().any(|(w, _)| w == work) {
+                found.work_functions.extend(file_offset(sym.address()).map(|o| (*work, o)));
+            }
+        }
+    }
+    found.oom_handler.is_some().then_some(found)
 }
 
 /// The compiled eBPF object (see build.rs).
@@ -275,32 +305,48 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the V8 out-of-memory probe to node's `OOMErrorHandler` in
-    /// the executable process `pid` runs, for every process of that file
-    /// the filter lets through (followed children too). `false` when the
-    /// executable is not node (has no such function).
-    pub fn attach_v8_out_of_memory(&mut self, pid: u32) -> Result<bool> {
+    /// Attaches the probes for node process `pid`'s executable, for every
+    /// process of that file the filter lets through (followed children too):
+    /// the V8 out-of-memory probe, and with `threadpool` libuv's threadpool
+    /// probes (queued work and its start), so what a threadpool thread opens
+    /// is attributed to the code that queued it. `false` when it is not node.
+    pub fn attach_node(&mut self, pid: u32, threadpool: bool) -> Result<bool> {
         use std::os::fd::AsRawFd;
         let exe = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(format!("/proc/{pid}/exe"))
             .with_context(|| format!("opening the executable of pid {pid}"))?;
-        let Some(offset) = node_oom_handler_offset(&exe) else { return Ok(false) };
-        let p: &mut UProbe = self
-            .ebpf
-            .program_mut(programs::V8_OUT_OF_MEMORY)
-            .context(programs::V8_OUT_OF_MEMORY)?
-            .try_into()?;
-        if p.fd().is_err() {
-            p.load()?;
-        }
+        let Some(symbols) = node_symbols(&exe) else { return Ok(false) };
         let target = format!("/proc/self/fd/{}", exe.as_raw_fd());
-        let id = p
-            .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, UProbeScope::AllProcesses)
-            .context("attaching the V8 out-of-memory probe (node::OOMErrorHandler)")?;
-        self.links.push(Box::new(p.take_link(id)?));
-        self.attached.push("uprobe:node::OOMErrorHandler (V8 out of memory)".into());
+        let mut probes: Vec<(&str, u64, &str)> = Vec::new();
+        probes.extend(
+            symbols
+                .oom_handler
+                .map(|o| (programs::V8_OUT_OF_MEMORY, o, "node::OOMErrorHandler (V8 out of memory)")),
+        );
+        match (threadpool, symbols.fs_open, symbols.work_submit, symbols.work_functions.is_empty()) {
+            (false, ..) => {}
+            (true, Some(open), Some(submit), false) => {
+                probes.push((programs::THREADPOOL_REQUEST, open, "uv_fs_open (threadpool open requests)"));
+                probes.push((programs::THREADPOOL_SUBMIT, submit, "uv__work_submit (threadpool work queued)"));
+                probes.extend(symbols.work_functions.iter().map(|(name, o)| (programs::THREADPOOL_WORK, *o, *name)));
+            }
+            (true, ..) => self.skipped.push(
+                "libuv threadpool: node's executable lacks uv_fs_open, uv__work_submit or the work functions in its symbol table (stripped?): files opened by fs calls keep the threadpool thread's stack".into(),
+            ),
+        }
+        for (program, offset, what) in probes {
+            let p: &mut UProbe = self.ebpf.program_mut(program).context(program)?.try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            let id = p
+                .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching uprobe {what}"))?;
+            self.links.push(Box::new(p.take_link(id)?));
+            self.attached.push(format!("uprobe:{what}"));
+        }
         Ok(true)
     }
 

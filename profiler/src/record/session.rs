@@ -224,8 +224,8 @@ impl Session {
                 return Ok(probes);
             }
             probes.add_target(info.pid)?;
-            if let Err(e) = probes.attach_v8_out_of_memory(info.pid) {
-                probes.skipped.push(format!("node::OOMErrorHandler: {e:#}"));
+            if let Err(e) = probes.attach_node(info.pid, opts.lenses.handles) {
+                probes.skipped.push(format!("node's probes: {e:#}"));
             }
             track_stacks(&mut probes, info.pid);
             probed.ensure(&mut probes, info.pid)?;

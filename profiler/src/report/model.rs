@@ -422,6 +422,10 @@ pub struct Accuracy {
     /// Page faults taken by the profiler's own reads of user memory (not counted as the target's).
     #[serde(default)]
     pub own_read_faults: u64,
+    /// libuv threadpool requests forgotten before their work started (too
+    /// many queued at once): what they opened keeps the threadpool thread's stack only.
+    #[serde(default)]
+    pub threadpool_requests_forgotten: u64,
     #[serde(flatten)]
     pub ledger: UnmatchedCounts,
     /// Allocator entry points not probed, and why.

@@ -351,7 +351,7 @@ pub fn render(report: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {}",
+        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {} | threadpool requests forgotten {}",
         a.inflight_map_full,
         a.inflight_syscall_map_full,
         a.nested_calls,
@@ -359,7 +359,8 @@ pub fn render(report: &Report, top: usize) -> String {
         a.unmatched_returns,
         a.missed_returns,
         a.scratch_busy,
-        a.own_read_faults
+        a.own_read_faults,
+        a.threadpool_requests_forgotten
     );
     let l = &a.ledger;
     let _ = writeln!(
@@ -453,6 +454,10 @@ fn losses(report: &Report) -> Option<String> {
         (a.incomplete_stacks.iter().map(|c| c.events).sum(), "stacks cut short (marked in the stack)"),
         (a.undecodable_events, "undecodable events"),
         (a.late_processes, "processes found already running (their earlier allocations unseen)"),
+        (
+            a.threadpool_requests_forgotten,
+            "threadpool requests forgotten (their opens not joined to the requester)",
+        ),
     ];
     let parts: Vec<String> =
         counted.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();

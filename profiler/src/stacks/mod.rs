@@ -51,6 +51,13 @@ pub fn cut_name(reason: StackStatus) -> String {
     }
 }
 
+/// The frame between a threadpool thread's own frames and those of the
+/// code that queued its work (an address no user code has, below the
+/// [`CUT_MARKER`]s).
+pub const HANDOFF_MARKER: u64 = 0xffff_ffff_ffff_fe00;
+/// What the handoff frame says.
+pub const HANDOFF_NAME: &str = "[libuv threadpool: the work was queued by]";
+
 /// The lookup key of a stack: process, program image, frames.
 pub fn stack_key(tgid: u32, image: u64, frames: &[u64]) -> Vec<u64> {
     let mut key = Vec::with_capacity(frames.len() + 2);
@@ -102,6 +109,9 @@ pub enum Location {
     Unmapped { addr: u64 },
     /// Not a frame: where and why the walk stopped ([`cut_marker`]).
     Cut(StackStatus),
+    /// Not a frame: the work ran on a threadpool thread; the frames after
+    /// it are the requesting thread's ([`HANDOFF_MARKER`]).
+    Handoff,
 }
 
 /// Locates addresses of one process, caching answers and re-reading the
@@ -210,6 +220,9 @@ impl AddressSpace {
     }
 
     pub fn locate(&mut self, addr: u64) -> Location {
+        if addr == HANDOFF_MARKER {
+            return Location::Handoff;
+        }
         if addr & CUT_MARKER == CUT_MARKER {
             return Location::Cut(StackStatus::from_u8(addr as u8).unwrap_or(StackStatus::BadFrame));
         }
