@@ -57,6 +57,15 @@ fn record_node(
     Some((report, truth))
 }
 
+/// Whether node runs here; says the test is skipped when not.
+fn node_installed() -> bool {
+    let installed = Command::new("node").arg("--version").output().is_ok();
+    if !installed {
+        eprintln!("SKIPPED: node is not installed");
+    }
+    installed
+}
+
 fn bytes_where(report: &serde_json::Value, keep: impl Fn(&serde_json::Value) -> bool) -> u64 {
     report["stacks"]
         .as_array()
@@ -211,8 +220,7 @@ fn start_node(
     args: &[&str],
     ready_prefix: &str,
 ) -> Option<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: node is not installed");
+    if !node_installed() {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
@@ -404,8 +412,7 @@ fn has_name(frame: &serde_json::Value, needle: &str) -> bool {
 #[test]
 fn a_leak_into_the_v8_heap_limit_is_seen_coming_and_its_abort_is_named() {
     let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: node is not installed");
+    if !node_installed() {
         return;
     }
     let dir = common::fresh_dir("node-heap-limit");
@@ -469,8 +476,7 @@ fn js_heap_lens_refuses_a_process_that_is_not_node() {
 #[test]
 fn the_memory_split_under_the_default_lens_sees_the_retained_buffers_as_external() {
     let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: node is not installed");
+    if !node_installed() {
         return;
     }
     let dir = common::fresh_dir("node-split-resident");
