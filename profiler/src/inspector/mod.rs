@@ -47,7 +47,7 @@ pub struct Observed {
     pub inspector: String,
     /// What went wrong or what the user should know, for the report.
     pub notes: Vec<String>,
-    /// The longest call (reading) the target's main thread served, ms.
+    /// The longest a reading took, ms (wall time).
     pub longest_call_ms: f64,
 }
 

@@ -277,7 +277,7 @@ pub struct V8Heap {
     pub spaces: Vec<V8Space>,
     /// Readings taken (the series below may be thinned).
     pub readings: u64,
-    /// The longest a reading kept the target's main thread busy, ms.
+    /// The longest a reading took, ms (wall time, waiting for node's event loop included).
     #[serde(default)]
     pub longest_call_ms: f64,
     /// Seconds since recording started, per reading.
