@@ -108,6 +108,8 @@ pub enum Section {
     Churn,
     StackWalk,
     Http,
+    /// Node's fs calls (libuv's threadpool) under the default lenses.
+    Fs,
     Pipeline,
     Exit,
     Soak,
@@ -137,6 +139,9 @@ pub fn bench(
     }
     if wanted(Section::Http) {
         out.insert("http".into(), b.http(root)?);
+    }
+    if wanted(Section::Fs) {
+        out.insert("fs".into(), b.fs(root)?);
     }
     if wanted(Section::Pipeline) {
         out.insert("pipeline".into(), b.pipeline(root)?);
@@ -440,6 +445,30 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         Ok(
             json!({ "depth": CHURN_DEPTH, "rows": rows, "alloc_ratio": alloc_fp, "churn_tables": tables, "node_tables": node }),
         )
+    }
+
+    /// Node's fs calls, launched unprobed and under the default lenses (the
+    /// handles lens probes libuv's threadpool in node: `uv_fs_open`,
+    /// `uv__work_submit` and the work functions).
+    fn fs(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: node fs calls (libuv threadpool)");
+        self.md.push_str("## Node.js fs calls (libuv's threadpool)\n\n");
+        if crate::find_in_path("node").is_none() {
+            self.md.push_str("Skipped: node is not installed.\n\n");
+            return Ok(json!({ "skipped": "node missing" }));
+        }
+        let script = root.join("tests/fixtures/node/fs-bench.js").into_os_string();
+        let (mut unprobed, mut probed) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            unprobed.push(run(Command::new("node").arg(&script))?);
+            probed.push(run(&mut self.record("fs", &[], &["node".into(), script.clone()]))?);
+        }
+        let (base, with) = (median(unprobed), median(probed));
+        self.md.push_str(&format!(
+            "`fs.stat` with its callback, 4 in flight, launched: unprobed {base:.0} ns, resident + handles (default) {with:.0} ns: {:.2}x.\n\n",
+            with / base
+        ));
+        Ok(json!({ "unprobed_ns": base, "default_ns": with, "ratio": with / base }))
     }
 
     fn http(&mut self, root: &Path) -> Result<Value> {
