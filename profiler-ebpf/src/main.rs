@@ -615,15 +615,22 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// A call to a user-named function in the target (`--warmup-function`).
-#[uprobe]
-pub fn marker(_ctx: ProbeContext) -> u32 {
+/// An event of `kind` with no stack, when a target made it; `fill` sets its fields.
+#[inline(always)]
+fn note(kind: EventKind, fill: impl FnOnce(&mut Event)) -> u32 {
     if is_target() {
-        if let Some(ev) = scratch(EventKind::Marker, 0) {
+        if let Some(mut ev) = scratch(kind, 0) {
+            fill(&mut ev);
             submit(&ev);
         }
     }
     0
+}
+
+/// A call to a user-named function in the target (`--warmup-function`).
+#[uprobe]
+pub fn marker(_ctx: ProbeContext) -> u32 {
+    note(EventKind::Marker, |_| {})
 }
 
 /// Node's handler of a V8 out-of-memory abort, `node::OOMErrorHandler(const
@@ -631,21 +638,17 @@ pub fn marker(_ctx: ProbeContext) -> u32 {
 /// whose first field is `bool is_heap_oom`) or that `bool` itself (node 18).
 #[uprobe]
 pub fn v8_out_of_memory(ctx: ProbeContext) -> u32 {
-    if is_target() {
-        if let Some(mut ev) = scratch(EventKind::V8OutOfMemory, 0) {
-            let second: u64 = ctx.arg(1).unwrap_or(0);
-            ev.header.size = if second <= 1 {
-                second
-            } else {
-                match unsafe { bpf_probe_read_user(second as *const u8) } {
-                    Ok(is_heap_oom) => (is_heap_oom & 1) as u64,
-                    Err(_) => u64::MAX,
-                }
-            };
-            submit(&ev);
-        }
-    }
-    0
+    note(EventKind::V8OutOfMemory, |ev| {
+        let second: u64 = ctx.arg(1).unwrap_or(0);
+        ev.header.size = if second <= 1 {
+            second
+        } else {
+            match unsafe { bpf_probe_read_user(second as *const u8) } {
+                Ok(is_heap_oom) => (is_heap_oom & 1) as u64,
+                Err(_) => u64::MAX,
+            }
+        };
+    })
 }
 
 /// A request whose work opens an fd on libuv's threadpool (`uv_fs_open`):
@@ -667,25 +670,13 @@ pub fn threadpool_request(ctx: ProbeContext) -> u32 {
 /// libuv queues work item `w` to its threadpool, `uv__work_submit(loop, w, ...)`.
 #[uprobe]
 pub fn threadpool_submit(ctx: ProbeContext) -> u32 {
-    if is_target() {
-        if let Some(mut ev) = scratch(EventKind::WorkSubmit, 0) {
-            ev.header.addr = ctx.arg(1).unwrap_or(0);
-            submit(&ev);
-        }
-    }
-    0
+    note(EventKind::WorkSubmit, |ev| ev.header.addr = ctx.arg(1).unwrap_or(0))
 }
 
 /// A threadpool thread starts work item `w` (`uv__fs_work(w)`, ...).
 #[uprobe]
 pub fn threadpool_work(ctx: ProbeContext) -> u32 {
-    if is_target() {
-        if let Some(mut ev) = scratch(EventKind::WorkStart, 0) {
-            ev.header.addr = ctx.arg(0).unwrap_or(0);
-            submit(&ev);
-        }
-    }
-    0
+    note(EventKind::WorkStart, |ev| ev.header.addr = ctx.arg(0).unwrap_or(0))
 }
 
 // ---------------------------------------------------------------- syscalls

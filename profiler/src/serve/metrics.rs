@@ -310,6 +310,10 @@ fn accuracy_counters(report: &Report) -> Vec<(String, u64)> {
 mod tests {
     use super::*;
 
+    fn assert_line(text: &str, line: &str) {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+    }
+
     #[test]
     fn renders_totals_stacks_accuracy_and_own_cost() {
         let report = crate::report::sample::report();
@@ -323,7 +327,7 @@ mod tests {
             "leakprof_accuracy_events_total{counter=\"ringbuf_drops\"} 0.0",
             "# EOF",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+            assert_line(&text, line);
         }
         // The two heap entries with the same frames are one series of 250 bytes.
         let id = stack_id(&report.stacks[0].frames);
@@ -358,7 +362,7 @@ mod tests {
             "leakprof_v8_seconds_to_heap_limit{pid=\"42\"} 30.0",
             "leakprof_v8_out_of_memory_total 0.0",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+            assert_line(&text, line);
         }
     }
 
