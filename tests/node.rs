@@ -513,3 +513,56 @@ fn the_memory_split_under_the_default_lens_sees_the_retained_buffers_as_external
     );
     assert!(split["v8_heap_bytes"].as_u64().unwrap() > 0, "{split}");
 }
+
+/// Node started with no flag and attached after its warm-up, as in
+/// production (issue 16): JS frames are named from V8's own heap (function,
+/// script and line, no perf map), under the default lens and the alloc
+/// lens, and the leak stays one growing stack while V8 optimizes the
+/// function that keeps it.
+#[test]
+fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
+    for (lens, kind) in [("resident,handles", "resident"), ("alloc", "heap")] {
+        let Some((mut node, lines)) = start_node("retain.js", &[], "ready") else { return };
+        let dir = common::fresh_dir(&format!("node-flagless-{kind}"));
+        let mut profiler = Command::new(PROFILER)
+            .args(["record", "--pid", &node.id().to_string(), "--lens", lens, "--interval", "0.5", "-q", "-o"])
+            .arg(&dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.starts_with("profiling") {
+            said.clear();
+            assert!(stderr.read_line(&mut said).unwrap() > 0, "the profiler never attached");
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
+        let truth: u64 =
+            lines.iter().find_map(|l| l.strip_prefix("retained ").map(|n| n.parse().unwrap())).unwrap();
+        assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+        assert!(profiler.wait().unwrap().success());
+        let _ = node.kill();
+        let _ = node.wait();
+        let report = common::report_json(&dir);
+        let retaining: Vec<&serde_json::Value> = report["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && has_frame(e, "JS:retainBody "))
+            .collect();
+        let bytes: u64 = retaining.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        assert!(bytes as f64 >= 0.95 * truth as f64, "{lens}: {bytes} of {truth} bytes under retainBody");
+        let top = retaining.iter().max_by_key(|e| e["bytes"].as_u64().unwrap()).unwrap();
+        assert!(
+            top["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64,
+            "{lens}: one stack whatever the tier: {retaining:#?}"
+        );
+        assert_eq!(top["trend"]["verdict"], "growing", "{lens}: {}", top["trend"]);
+        let frame =
+            top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
+        assert!(frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17, "{frame}");
+        let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+        assert!(!text.contains("--perf-basic-prof"), "{lens}: no hint to restart node: {text}");
+    }
+}

@@ -593,10 +593,37 @@ pub mod unwind {
     #[derive(Clone, Copy)]
     pub struct Process {
         pub count: u32,
-        pub _pad: u32,
+        /// Where V8 keeps a JS frame's function; all zero when the process
+        /// runs no V8.
+        pub v8: V8Frames,
         pub mappings: [Mapping; MAX_MAPPINGS],
     }
+
+    /// The V8 frame layout, from the engine's postmortem metadata
+    /// (`v8dbg_*` symbols): a JS frame (interpreted, baseline or optimized
+    /// code, all walked by frame pointer) keeps its context and its
+    /// `JSFunction` just below the saved frame pointer, and the function
+    /// points to its `SharedFunctionInfo`, which is the same for every tier
+    /// of one JS function. The walker records that instead of the code
+    /// address ([`super::V8_FUNCTION`]).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct V8Frames {
+        /// Frame-pointer offset of the context, or of a typed frame's
+        /// marker (a small integer) where frames have no function.
+        pub fp_context: i8,
+        /// Frame-pointer offset of the `JSFunction`; 0: not V8.
+        pub fp_function: i8,
+        /// Offset of `shared` in a `JSFunction`.
+        pub function_shared: u16,
+    }
 }
+
+/// A frame word that is not a code address: V8's `SharedFunctionInfo` (a
+/// tagged heap pointer) of a JS frame, or-ed with this (user addresses are
+/// below 2^47). One JS function is then one frame whatever its tier or
+/// code address, and userspace names it from the target's heap.
+pub const V8_FUNCTION: u64 = 1 << 63;
 
 /// A complete record as the kernel side assembles it before output.
 #[repr(C)]

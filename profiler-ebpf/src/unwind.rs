@@ -2,7 +2,9 @@
 //! module's `.eh_frame`) walked in the kernel, so code built without frame
 //! pointers (every `-O2` distribution build, libstdc++'s `operator new`, libc
 //! helpers) keeps its callers. Code with no table (JIT code, `[vdso]`, a
-//! module loaded since userspace last looked) is walked by its frame pointer.
+//! module loaded since userspace last looked) is walked by its frame pointer;
+//! in a V8 process such a frame that is a JS frame is recorded as its JS
+//! function (see [`V8Frames`]).
 //!
 //! One step per frame runs under `bpf_loop`, so the verifier checks the step
 //! once instead of once per frame of a 256-frame walk.
@@ -14,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use profiler_common::{
-    unwind::{rule, Mapping, Process, Row, RowPage, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES},
-    StackStatus, MAX_FRAMES,
+    unwind::{rule, Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES},
+    StackStatus, MAX_FRAMES, V8_FUNCTION,
 };
 
 /// Every module's rows, written by userspace.
@@ -166,6 +168,30 @@ fn row_of(m: &Mapping, pc: u64) -> Option<Row> {
     (r.pc as u64 <= rel).then_some(r)
 }
 
+/// V8 tags a pointer to a heap object with 1 in its low bits (a small
+/// integer, such as a typed frame's marker, has 0).
+#[inline(always)]
+fn is_heap_object(word: u64) -> bool {
+    word & 3 == 1
+}
+
+/// The `SharedFunctionInfo` of the JS frame at `bp`, if it is one: its
+/// context slot holds a heap object (not a typed frame's marker) and so does
+/// its function slot, whose `shared` field does too. Userspace checks the
+/// object's type before naming it.
+#[inline(always)]
+fn v8_function(v8: V8Frames, bp: u64) -> Option<u64> {
+    let slot = |offset: i8| bp.wrapping_add(offset as i64 as u64);
+    let context = unsafe { bpf_probe_read_user(slot(v8.fp_context) as *const u64) }.ok()?;
+    let function = unsafe { bpf_probe_read_user(slot(v8.fp_function) as *const u64) }.ok()?;
+    if !is_heap_object(context) || !is_heap_object(function) {
+        return None;
+    }
+    let shared = (function - 1).wrapping_add(v8.function_shared as u64);
+    let shared = unsafe { bpf_probe_read_user(shared as *const u64) }.ok()?;
+    (is_heap_object(shared) && shared >> 47 == 0).then_some(shared)
+}
+
 #[inline(always)]
 fn read(w: &Walk, addr: u64) -> Option<u64> {
     if addr == w.hijacked.slot {
@@ -267,6 +293,11 @@ extern "C" fn step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             let bp = w.bp;
             if bp == 0 {
                 return end(w, StackStatus::Complete);
+            }
+            if process.v8.fp_function != 0 {
+                if let Some(function) = v8_function(process.v8, bp) {
+                    unsafe { *w.frames.add(n & (MAX_FRAMES - 1)) = V8_FUNCTION | function };
+                }
             }
             to_caller(w, bp + 16, Some(bp))
         }

@@ -11,6 +11,7 @@ pub mod perfmap;
 pub mod procmaps;
 pub mod symbols;
 pub mod unwind;
+pub mod v8;
 
 use std::{
     collections::HashMap,
@@ -112,6 +113,16 @@ pub enum Location {
     /// Not a frame: the work ran on a threadpool thread; the frames after
     /// it are the requesting thread's ([`HANDOFF_MARKER`]).
     Handoff,
+    /// A JS frame recorded as its function (V8's `SharedFunctionInfo` at
+    /// `sfi`, see [`profiler_common::V8_FUNCTION`]), named from the
+    /// target's heap; `None` when it could not be read.
+    JsFunction { function: Option<Arc<v8::JsFunction>>, sfi: u64 },
+}
+
+/// Whether a frame word is a JS function recorded by the kernel walker
+/// rather than a code address.
+pub fn is_js_function(word: u64) -> bool {
+    word & profiler_common::V8_FUNCTION != 0 && word & CUT_MARKER != CUT_MARKER && word != HANDOFF_MARKER
 }
 
 /// Locates addresses of one process, caching answers and re-reading the
@@ -134,6 +145,9 @@ pub struct AddressSpace {
     unwinder: crate::stacks::unwind::Unwinder,
     perf_map: crate::stacks::perfmap::PerfMap,
     perf_map_read_at: Option<Instant>,
+    /// The process's V8 heap, once a JS function frame needed it (`None`
+    /// inside: no module with V8's metadata).
+    v8: Option<Option<v8::V8Heap>>,
 }
 
 const REFRESH_INTERVAL: Duration = Duration::from_millis(20);
@@ -154,6 +168,7 @@ impl AddressSpace {
             unwinder: Default::default(),
             perf_map: Default::default(),
             perf_map_read_at: None,
+            v8: None,
         };
         space.set_maps(maps);
         space
@@ -229,6 +244,12 @@ impl AddressSpace {
         if let Some(loc) = self.cache.get(&addr) {
             return loc.clone();
         }
+        if is_js_function(addr) {
+            let sfi = addr & !profiler_common::V8_FUNCTION;
+            let loc = Location::JsFunction { function: self.v8_heap().and_then(|heap| heap.function(sfi)), sfi };
+            self.cache.insert(addr, loc.clone());
+            return loc;
+        }
         self.refresh_if_outdated(addr);
         let loc = match self.maps.find(addr).cloned() {
             Some(m) => match m.file() {
@@ -248,9 +269,29 @@ impl AddressSpace {
         loc
     }
 
-    /// Whether `addr` is in executable memory (file-backed or JIT). A
-    /// frame-pointer walk that reaches anything else has left the real stack.
+    /// The V8 heap of the process, found (once) from the module that holds
+    /// V8's metadata.
+    fn v8_heap(&mut self) -> Option<&mut v8::V8Heap> {
+        if self.v8.is_none() {
+            let mut paths: Vec<&str> =
+                self.maps.mappings.iter().filter(|m| m.executable).filter_map(|m| m.file()).collect();
+            paths.dedup();
+            let layout = paths.iter().find_map(|path| {
+                let module = open_path_mapped(self.pid, &self.maps, path).ok()?;
+                v8::V8Layout::of_module(&module.file)
+            });
+            self.v8 = Some(layout.map(|layout| v8::V8Heap::new(self.pid, layout)));
+        }
+        self.v8.as_mut().and_then(Option::as_mut)
+    }
+
+    /// Whether `addr` is in executable memory (file-backed or JIT), or a JS
+    /// function the kernel walker recorded. A frame-pointer walk that
+    /// reaches anything else has left the real stack.
     pub fn is_code(&mut self, addr: u64) -> bool {
+        if is_js_function(addr) {
+            return true;
+        }
         self.refresh_if_outdated(addr);
         self.maps.find(addr).is_some_and(|m| m.executable)
     }

@@ -80,8 +80,22 @@ fn fallback(loc: &Location) -> Frame {
         Location::Unmapped { addr } => ("[unknown]".to_string(), *addr),
         Location::Cut(reason) => return frame(&crate::stacks::cut_name(*reason), "[unwind]", 0, None, false),
         Location::Handoff => return frame(crate::stacks::HANDOFF_NAME, "[threadpool]", 0, None, false),
+        Location::JsFunction { function, sfi } => return js_frame(function.as_deref(), *sfi),
     };
     frame(&format!("{module}+{offset:#x}"), &module, offset, None, false)
+}
+
+/// A JS function's frame, named as perf maps name JIT code (so one
+/// function reads the same from either), with its script and line.
+fn js_frame(function: Option<&crate::stacks::v8::JsFunction>, sfi: u64) -> Frame {
+    let Some(f) = function else {
+        return frame("JS:[function not readable]", "[jit]", sfi, None, false);
+    };
+    Frame {
+        file: (!f.script.is_empty()).then(|| f.script.clone()),
+        line: (f.line > 0).then_some(f.line),
+        ..frame(&f.label(), "[jit]", sfi, None, false)
+    }
 }
 
 /// The build id and executable segment of module `path` as process `pid`

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use profiler_common::unwind::{Mapping, Process, Row, RowPage, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES};
+use profiler_common::unwind::{Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES};
 
 use super::table::{self, NoTable};
 use crate::{
@@ -47,6 +47,8 @@ struct Loaded {
     base: u64,
     /// The code the rows describe (from the first row to the last).
     code_bytes: u64,
+    /// The frame layout of the V8 built into the module, if any.
+    v8: V8Frames,
 }
 
 /// Why a module's code is walked by frame pointer.
@@ -97,7 +99,7 @@ pub struct KernelTables {
     modules: HashMap<(u64, u64), Result<Loaded, Missing>>,
     /// Mappings already resolved, by (pid, start, end, file offset, inode):
     /// a process's unchanged mapping is not opened again at every new mmap.
-    resolved: HashMap<(u32, u64, u64, u64, u64), Mapping>,
+    resolved: HashMap<(u32, u64, u64, u64, u64), (Mapping, V8Frames)>,
     /// False with `--stack-walk frame-pointers`: no process gets tables.
     enabled: bool,
     pub stats: TableStats,
@@ -123,17 +125,25 @@ impl KernelTables {
             return Ok(());
         }
         let maps = ProcessMaps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let mut v8 = V8Frames::default();
         let mut list: Vec<Mapping> = maps
             .mappings
             .iter()
             .filter(|m| m.executable && m.file().is_some())
-            .map(|m| match self.resolved.get(&(pid, m.start, m.end, m.offset, m.inode)) {
-                Some(known) => *known,
-                None => {
-                    let mapping = self.resolve(pid, m);
-                    self.resolved.insert((pid, m.start, m.end, m.offset, m.inode), mapping);
-                    mapping
+            .map(|m| {
+                let key = (pid, m.start, m.end, m.offset, m.inode);
+                let (mapping, module_v8) = match self.resolved.get(&key) {
+                    Some(known) => *known,
+                    None => {
+                        let resolved = self.resolve(pid, m);
+                        self.resolved.insert(key, resolved);
+                        resolved
+                    }
+                };
+                if module_v8.fp_function != 0 {
+                    v8 = module_v8;
                 }
+                mapping
             })
             .collect();
         if list.len() > MAX_MAPPINGS {
@@ -145,10 +155,10 @@ impl KernelTables {
             list.sort_by_key(|m| m.start);
         }
         let mut process =
-            Process { count: list.len() as u32, _pad: 0, mappings: [Mapping::default(); MAX_MAPPINGS] };
+            Process { count: list.len() as u32, v8, mappings: [Mapping::default(); MAX_MAPPINGS] };
         process.mappings[..list.len()].copy_from_slice(&list);
         let current = self.processes.get(&pid, 0).ok();
-        if current.is_some_and(|c| c.count == process.count && c.mappings == process.mappings) {
+        if current.is_some_and(|c| c.count == process.count && c.v8 == v8 && c.mappings == process.mappings) {
             return Ok(());
         }
         self.processes.insert(pid, process, 0).context("writing a process's unwind mappings")?;
@@ -158,7 +168,8 @@ impl KernelTables {
     /// The kernel's entry for one executable file mapping of process `pid`,
     /// loading the module's table the first time the module is seen. A
     /// module without a table gets an entry with no rows (frame pointers).
-    fn resolve(&mut self, pid: u32, m: &crate::stacks::procmaps::Mapping) -> Mapping {
+    /// With it, the frame layout of the V8 the module holds.
+    fn resolve(&mut self, pid: u32, m: &crate::stacks::procmaps::Mapping) -> (Mapping, V8Frames) {
         let mut mapping = Mapping { start: m.start, end: m.end, ..Default::default() };
         let module = match open_mapped(pid, m) {
             Ok(module) => module,
@@ -168,7 +179,7 @@ impl KernelTables {
                         .without_tables
                         .push((m.name.clone(), Missing::Unopenable(e.to_string()).to_string()));
                 }
-                return mapping;
+                return (mapping, V8Frames::default());
             }
         };
         let key = module.file.metadata().map(|md| (md.dev(), md.ino())).unwrap_or((0, m.inode));
@@ -191,7 +202,8 @@ impl KernelTables {
             mapping.first_row = l.first_row;
             mapping.rows = l.rows;
         }
-        mapping
+        let v8 = self.modules.get(&key).and_then(|l| l.as_ref().ok()).map_or_else(V8Frames::default, |l| l.v8);
+        (mapping, v8)
     }
 
     /// Leaves every stack to the kernel's frame-pointer walk.
@@ -203,7 +215,10 @@ impl KernelTables {
     /// `pid`'s file system and writes its rows.
     fn load(&mut self, pid: u32, path: &str, file: &std::fs::File) -> Result<Loaded, Missing> {
         let started = Instant::now();
-        let loaded = build_table(pid, path, file).and_then(|t| self.write(&t));
+        let loaded = build_table(pid, path, file).and_then(|t| self.write(&t)).map(|l| Loaded {
+            v8: crate::stacks::v8::V8Layout::of_module(file).map(|v8| v8.frames()).unwrap_or_default(),
+            ..l
+        });
         crate::release_freed_memory();
         self.stats.build_time += started.elapsed();
         loaded
@@ -229,6 +244,7 @@ impl KernelTables {
             rows: t.rows.len() as u32,
             base: t.base,
             code_bytes: t.rows.last().map_or(0, |r| r.pc as u64),
+            v8: V8Frames::default(),
         })
     }
 }
