@@ -102,10 +102,11 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     }
     sort_entries(&mut stacks, settings.sort);
     let modules = modules_of(&stacks, collector);
+    use crate::stacks::symbols::UNREADABLE_JS;
     let unnamed_jit_frames = stacks
         .iter()
         .flat_map(|e| &e.frames)
-        .filter(|f| f.module == "[jit]" && f.function.starts_with("[jit]+"))
+        .filter(|f| f.module == "[jit]" && (f.function.starts_with("[jit]+") || f.function == UNREADABLE_JS))
         .count() as u64;
     let series = &collector.series;
     let series = SeriesReport {

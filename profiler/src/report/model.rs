@@ -392,7 +392,8 @@ pub struct Accuracy {
     /// pointers, typically inside libc) and was cut there.
     #[serde(default)]
     pub truncated_stacks: u64,
-    /// Frames in JIT code no perf map named (shown as `[jit]+0x...`).
+    /// Frames in JIT code nothing named: no perf map entry (`[jit]+0x...`),
+    /// or a JS function whose V8 objects could not be read.
     #[serde(default)]
     pub unnamed_jit_frames: u64,
     /// Malformed lines skipped in perf maps.

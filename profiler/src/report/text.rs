@@ -377,11 +377,15 @@ pub fn render(report: &Report, top: usize) -> String {
         l.repeated_faults
     );
     if a.unnamed_jit_frames > 0 {
-        let _ = writeln!(s, "  {} JIT frames unnamed (shown as [jit]+0x...)", a.unnamed_jit_frames);
+        let _ = writeln!(
+            s,
+            "  {} JIT frames unnamed (shown as [jit]+0x..., or JS:[function not readable] when V8's objects could not be read)",
+            a.unnamed_jit_frames
+        );
         if report.stacks.iter().any(|e| e.command.contains("node")) {
             let _ = writeln!(
                 s,
-                "  hint: name JavaScript frames by starting node with --perf-basic-prof --interpreted-frames-native-stack"
+                "  hint: V8 code outside JS functions (stubs, regular expressions), and JS in a node without V8's metadata, is named only by a perf map: node --perf-basic-prof"
             );
         }
     }

@@ -2,7 +2,8 @@
 //! frame in the process's mappings while the process is alive, marking where
 //! a walk stopped short, and repairing frame-pointer syscall stacks whose
 //! walk skipped the wrapper's caller. Its submodules read the process's
-//! mappings (`procmaps`), its JIT perf maps (`perfmap`) and what JIT frames
+//! mappings (`procmaps`), its JIT perf maps (`perfmap`), its V8 heap for
+//! JS function names (`v8`) and what JIT frames
 //! mean for a stack's identity (`jit`), build call-frame
 //! tables for the kernel's walker (`unwind`) and name frames (`symbols`).
 

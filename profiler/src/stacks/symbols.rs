@@ -85,11 +85,14 @@ fn fallback(loc: &Location) -> Frame {
     frame(&format!("{module}+{offset:#x}"), &module, offset, None, false)
 }
 
+/// A JS function whose V8 objects could not be read (counted as an unnamed JIT frame).
+pub const UNREADABLE_JS: &str = "JS:[function not readable]";
+
 /// A JS function's frame, named as perf maps name JIT code (so one
 /// function reads the same from either), with its script and line.
 fn js_frame(function: Option<&crate::stacks::v8::JsFunction>, sfi: u64) -> Frame {
     let Some(f) = function else {
-        return frame("JS:[function not readable]", "[jit]", sfi, None, false);
+        return frame(UNREADABLE_JS, "[jit]", sfi, None, false);
     };
     Frame {
         file: (!f.script.is_empty()).then(|| f.script.clone()),

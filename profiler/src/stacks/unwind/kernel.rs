@@ -38,6 +38,9 @@ fn build_table(pid: u32, path: &str, file: &std::fs::File) -> Result<table::Modu
     own.map_err(Missing::Table)
 }
 
+/// A process's executable mapping: (pid, start, end, file offset, inode).
+type MappingKey = (u32, u64, u64, u64, u64);
+
 /// A module's rows in the row array.
 #[derive(Clone, Copy, Debug)]
 struct Loaded {
@@ -99,7 +102,7 @@ pub struct KernelTables {
     modules: HashMap<(u64, u64), Result<Loaded, Missing>>,
     /// Mappings already resolved, by (pid, start, end, file offset, inode):
     /// a process's unchanged mapping is not opened again at every new mmap.
-    resolved: HashMap<(u32, u64, u64, u64, u64), (Mapping, V8Frames)>,
+    resolved: HashMap<MappingKey, (Mapping, V8Frames)>,
     /// False with `--stack-walk frame-pointers`: no process gets tables.
     enabled: bool,
     pub stats: TableStats,
