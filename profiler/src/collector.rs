@@ -71,6 +71,8 @@ pub struct Collector {
     /// symbols alias (same address), e.g. glibc's memalign = aligned_alloc.
     aliases: HashMap<AllocApi, Vec<&'static str>>,
     spaces: HashMap<u32, AddressSpace>,
+    /// JS naming counters of address spaces dropped.
+    js_naming_retired: crate::report::model::JsNaming,
     /// See [`Collector::set_root`].
     root: Option<u32>,
     /// When (ns, monotonic) the marker function was last called.
@@ -300,6 +302,22 @@ impl Collector {
         self.series.warmup_index = self.series.times.len();
     }
 
+    /// JS functions named from V8's heap, over all processes (those gone too).
+    pub fn js_naming(&self) -> crate::report::model::JsNaming {
+        let mut total = self.js_naming_retired;
+        for space in self.spaces.values() {
+            total += space.js_naming();
+        }
+        total
+    }
+
+    /// Drops a process's address space, keeping its counters.
+    fn retire_space(&mut self, pid: u32) {
+        if let Some(space) = self.spaces.remove(&pid) {
+            self.js_naming_retired += space.js_naming();
+        }
+    }
+
     /// Perf-map bytes past the read bound, over all processes.
     pub fn perf_map_unread(&self) -> u64 {
         self.spaces.values().map(AddressSpace::perf_map_unread).sum()
@@ -316,7 +334,7 @@ impl Collector {
     /// processes come and go for days).
     fn forget(&mut self, pid: u32) {
         if self.spaces.get(&pid).is_some_and(|s| !s.names_jit_code()) {
-            self.spaces.remove(&pid);
+            self.retire_space(pid);
         }
         self.commands.remove(&pid);
         self.cgroups.remove(&pid);
@@ -622,7 +640,7 @@ impl Collector {
                 // The new image is recorded from its first instruction.
                 self.born_while_recording.insert(pid);
                 self.found_late.remove(&pid);
-                self.spaces.remove(&pid);
+                self.retire_space(pid);
                 *self.images.entry(pid).or_default() += 1;
                 self.note_process(pid);
                 self.execs.push(pid);

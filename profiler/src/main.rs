@@ -16,7 +16,7 @@ use profiler::{
         outputs::{self, Format},
         Report,
     },
-    stacks::unwind::StackWalk,
+    stacks::unwind::{JsNames, StackWalk},
     trend::Thresholds,
 };
 
@@ -252,6 +252,12 @@ struct RecordArgs {
     /// `frame-pointers` uses only the kernel's frame-pointer walk, for comparison.
     #[arg(long, value_enum, default_value_t = StackWalk::Tables, hide_short_help = true)]
     stack_walk: StackWalk,
+
+    /// How JavaScript frames of node are named. `v8-heap` (default) reads each JS frame's
+    /// function from V8's heap (node started with no flag); `perf-map` names code addresses
+    /// from the JIT's perf map (node --perf-basic-prof), for comparison.
+    #[arg(long, value_enum, default_value_t = JsNames::V8Heap, hide_short_help = true)]
+    js_names: JsNames,
 
     #[command(flatten)]
     warmup: WarmupArgs,
@@ -500,6 +506,7 @@ impl RecordArgs {
             sample_bytes,
             placement: args.probe_placement,
             stack_walk: args.stack_walk,
+            js_names: args.js_names,
             snapshot_at: {
                 let mut sizes = args.snapshot_at;
                 sizes.sort_unstable();

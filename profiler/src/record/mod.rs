@@ -33,7 +33,7 @@ use crate::{
         ProcessInfo,
     },
     report::{flame, Report},
-    stacks::unwind::StackWalk,
+    stacks::unwind::{JsNames, StackWalk},
 };
 
 pub use crate::report::select::SortBy;
@@ -110,6 +110,7 @@ pub struct RecordOptions {
     pub sample_bytes: u64,
     pub placement: PlacementMode,
     pub stack_walk: StackWalk,
+    pub js_names: JsNames,
 }
 
 impl RecordOptions {
@@ -150,6 +151,7 @@ impl RecordOptions {
             sample_bytes: 0,
             placement: PlacementMode::default(),
             stack_walk: StackWalk::default(),
+            js_names: JsNames::default(),
         }
     }
 }

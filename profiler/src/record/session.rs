@@ -42,7 +42,10 @@ use crate::{
         text, Report,
     },
     serve::Publisher,
-    stacks::{symbols::Symbols, unwind::StackWalk},
+    stacks::{
+        symbols::Symbols,
+        unwind::{JsNames, StackWalk},
+    },
 };
 
 /// What the session's reports share, borrowed field by field (so the
@@ -210,6 +213,9 @@ impl Session {
             let mut probes = Probes::load(ringbuf_bytes, settings)?;
             if opts.stack_walk == StackWalk::FramePointers {
                 probes.tables.disable();
+            }
+            if opts.js_names == JsNames::PerfMap {
+                probes.tables.record_js_code_addresses();
             }
             probes.attach_syscalls(opts.lenses.handles, opts.warmup.stdout_marker.is_some())?;
             probes.attach_process_tracepoints(follow)?;

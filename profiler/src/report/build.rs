@@ -184,6 +184,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
             late_processes: collector.found_late.len() as u64,
             truncated_stacks: collector.truncated_stacks,
             unnamed_jit_frames,
+            js_naming: collector.js_naming(),
             perf_map_garbage_lines: collector.perf_map_garbage(),
             perf_map_unread_bytes: collector.perf_map_unread(),
             ringbuf_drops: kernel.ringbuf_drops,

@@ -396,6 +396,9 @@ pub struct Accuracy {
     /// or a JS function whose V8 objects could not be read.
     #[serde(default)]
     pub unnamed_jit_frames: u64,
+    /// JS functions named from V8's heap, and what reading them cost.
+    #[serde(default)]
+    pub js_naming: JsNaming,
     /// Malformed lines skipped in perf maps.
     #[serde(default)]
     pub perf_map_garbage_lines: u64,
@@ -448,6 +451,28 @@ pub struct IncompleteStacks {
     /// The marker frame's text.
     pub reason: String,
     pub events: u64,
+}
+
+/// JS frames named from V8's heap (`stacks/v8.rs`), over all processes.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+pub struct JsNaming {
+    /// JS functions named (each read once per process).
+    pub functions_named: u64,
+    /// JS functions whose V8 objects could not be read (`JS:[function not readable]`).
+    pub functions_unreadable: u64,
+    /// Time spent reading them from the targets' memory.
+    pub read_ms: f64,
+    /// Time spent reading V8's object layout from node's symbols (once per process).
+    pub layout_ms: f64,
+}
+
+impl std::ops::AddAssign for JsNaming {
+    fn add_assign(&mut self, o: Self) {
+        self.functions_named += o.functions_named;
+        self.functions_unreadable += o.functions_unreadable;
+        self.read_ms += o.read_ms;
+        self.layout_ms += o.layout_ms;
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]

@@ -376,6 +376,14 @@ pub fn render(report: &Report, top: usize) -> String {
         l.reused_fds,
         l.repeated_faults
     );
+    let js = &a.js_naming;
+    if js.functions_named + js.functions_unreadable > 0 {
+        let _ = writeln!(
+            s,
+            "  JS functions named from V8's heap: {} ({} not readable), read in {:.1} ms (V8's layout: {:.1} ms)",
+            js.functions_named, js.functions_unreadable, js.read_ms, js.layout_ms
+        );
+    }
     if a.unnamed_jit_frames > 0 {
         let _ = writeln!(
             s,

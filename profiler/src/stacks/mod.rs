@@ -274,6 +274,7 @@ impl AddressSpace {
     /// V8's metadata.
     fn v8_heap(&mut self) -> Option<&mut v8::V8Heap> {
         if self.v8.is_none() {
+            let started = Instant::now();
             let mut paths: Vec<&str> =
                 self.maps.mappings.iter().filter(|m| m.executable).filter_map(|m| m.file()).collect();
             paths.dedup();
@@ -281,7 +282,11 @@ impl AddressSpace {
                 let module = open_path_mapped(self.pid, &self.maps, path).ok()?;
                 v8::V8Layout::of_module(&module.file)
             });
-            self.v8 = Some(layout.map(|layout| v8::V8Heap::new(self.pid, layout)));
+            let mut heap = layout.map(|layout| v8::V8Heap::new(self.pid, layout));
+            if let Some(heap) = &mut heap {
+                heap.stats.layout_ms = started.elapsed().as_secs_f64() * 1e3;
+            }
+            self.v8 = Some(heap);
         }
         self.v8.as_mut().and_then(Option::as_mut)
     }
@@ -320,6 +325,11 @@ impl AddressSpace {
     /// named again, for a forked child holding copies under its stacks).
     pub fn names_jit_code(&self) -> bool {
         self.perf_map_read_at.is_some()
+    }
+
+    /// What naming JS functions from the V8 heap cost in this process.
+    pub fn js_naming(&self) -> crate::report::model::JsNaming {
+        self.v8.as_ref().and_then(Option::as_ref).map(|heap| heap.stats).unwrap_or_default()
     }
 
     /// Perf-map bytes past the read bound.

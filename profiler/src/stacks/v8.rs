@@ -13,6 +13,8 @@ use std::{collections::HashMap, fs::File, sync::Arc};
 
 use profiler_common::unwind::V8Frames;
 
+use crate::report::model::JsNaming;
+
 /// What one `SharedFunctionInfo` names: perf maps' format (`JS:name
 /// url:line:column`) in [`JsFunction::label`], so one JS function reads the
 /// same from both sources.
@@ -227,11 +229,19 @@ pub struct V8Heap {
     map_types: HashMap<u64, u16>,
     functions: HashMap<u64, Option<Arc<JsFunction>>>,
     scripts: HashMap<u64, Arc<Script>>,
+    pub stats: JsNaming,
 }
 
 impl V8Heap {
     pub fn new(pid: u32, layout: V8Layout) -> Self {
-        Self { pid, layout, map_types: HashMap::new(), functions: HashMap::new(), scripts: HashMap::new() }
+        Self {
+            pid,
+            layout,
+            map_types: HashMap::new(),
+            functions: HashMap::new(),
+            scripts: HashMap::new(),
+            stats: JsNaming::default(),
+        }
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
@@ -277,7 +287,13 @@ impl V8Heap {
         if self.functions.len() >= MAX_FUNCTIONS {
             self.functions.clear();
         }
+        let started = std::time::Instant::now();
         let named = self.read_function(tagged).map(Arc::new);
+        self.stats.read_ms += started.elapsed().as_secs_f64() * 1e3;
+        match named {
+            Some(_) => self.stats.functions_named += 1,
+            None => self.stats.functions_unreadable += 1,
+        }
         self.functions.insert(tagged, named.clone());
         named
     }

@@ -105,6 +105,8 @@ pub struct KernelTables {
     resolved: HashMap<MappingKey, (Mapping, V8Frames)>,
     /// False with `--stack-walk frame-pointers`: no process gets tables.
     enabled: bool,
+    /// False with `--js-names perf-map`: JS frames are walked as code addresses.
+    js_functions: bool,
     pub stats: TableStats,
 }
 
@@ -117,6 +119,7 @@ impl KernelTables {
             modules: HashMap::new(),
             resolved: HashMap::new(),
             enabled: true,
+            js_functions: true,
             stats: TableStats::default(),
         })
     }
@@ -143,7 +146,7 @@ impl KernelTables {
                         resolved
                     }
                 };
-                if module_v8.fp_function != 0 {
+                if module_v8.fp_function != 0 && self.js_functions {
                     v8 = module_v8;
                 }
                 mapping
@@ -212,6 +215,11 @@ impl KernelTables {
     /// Leaves every stack to the kernel's frame-pointer walk.
     pub fn disable(&mut self) {
         self.enabled = false;
+    }
+
+    /// Records JS frames by code address (named by perf maps), not by function.
+    pub fn record_js_code_addresses(&mut self) {
+        self.js_functions = false;
     }
 
     /// Builds the table of the module at `path` (open as `file`) in process

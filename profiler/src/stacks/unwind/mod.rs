@@ -28,3 +28,15 @@ pub enum StackWalk {
     /// at every function built without frame pointers.
     FramePointers,
 }
+
+/// How JS frames of a V8 process are named (`--js-names`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum JsNames {
+    /// The walker records each JS frame's function, named from V8's heap
+    /// (node started with no flag).
+    #[default]
+    V8Heap,
+    /// The walker records code addresses, named from the JIT's perf map
+    /// (`node --perf-basic-prof`), for comparison.
+    PerfMap,
+}
