@@ -610,7 +610,8 @@ pub mod unwind {
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct V8Frames {
         /// Frame-pointer offset of the context, or of a typed frame's
-        /// marker (a small integer) where frames have no function.
+        /// marker (a small integer) where frames have no function: the
+        /// word right above the function (`fp_function + 8`).
         pub fp_context: i8,
         /// Frame-pointer offset of the `JSFunction`; 0: not V8.
         pub fp_function: i8,

@@ -177,13 +177,12 @@ fn is_heap_object(word: u64) -> bool {
 
 /// The `SharedFunctionInfo` of the JS frame at `bp`, if it is one: its
 /// context slot holds a heap object (not a typed frame's marker) and so does
-/// its function slot, whose `shared` field does too. Userspace checks the
-/// object's type before naming it.
+/// its function slot (right below it: one read for both), whose `shared`
+/// field does too. Userspace checks the object's type before naming it.
 #[inline(always)]
 fn v8_function(v8: V8Frames, bp: u64) -> Option<u64> {
-    let slot = |offset: i8| bp.wrapping_add(offset as i64 as u64);
-    let context = unsafe { bpf_probe_read_user(slot(v8.fp_context) as *const u64) }.ok()?;
-    let function = unsafe { bpf_probe_read_user(slot(v8.fp_function) as *const u64) }.ok()?;
+    let slots = bp.wrapping_add(v8.fp_function as i64 as u64);
+    let [function, context] = unsafe { bpf_probe_read_user(slots as *const [u64; 2]) }.ok()?;
     if !is_heap_object(context) || !is_heap_object(function) {
         return None;
     }

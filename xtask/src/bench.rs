@@ -110,6 +110,8 @@ pub enum Section {
     Http,
     /// Node's fs calls (libuv's threadpool) under the default lenses.
     Fs,
+    /// Stacks through JS frames under the alloc lens: JS named from V8's heap or a perf map.
+    Js,
     Pipeline,
     Exit,
     Soak,
@@ -142,6 +144,9 @@ pub fn bench(
     }
     if wanted(Section::Fs) {
         out.insert("fs".into(), b.fs(root)?);
+    }
+    if wanted(Section::Js) {
+        out.insert("js".into(), b.js(root)?);
     }
     if wanted(Section::Pipeline) {
         out.insert("pipeline".into(), b.pipeline(root)?);
@@ -469,6 +474,56 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
             with / base
         ));
         Ok(json!({ "unprobed_ns": base, "default_ns": with, "ratio": with / base }))
+    }
+
+    /// A Buffer allocated under 12 JS frames, under the alloc lens: JS
+    /// frames recorded as their functions and named from V8's heap (node
+    /// with no flag), next to code addresses named from a perf map (node
+    /// --perf-basic-prof, `--js-names perf-map`), each against its own
+    /// unprobed node.
+    fn js(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: stacks through JS frames (V8 heap names vs perf map)");
+        self.md.push_str("## Node.js: naming JS frames from V8's heap vs a perf map\n\n");
+        if crate::find_in_path("node").is_none() {
+            self.md.push_str("Skipped: node is not installed.\n\n");
+            return Ok(json!({ "skipped": "node missing" }));
+        }
+        let script = root.join("tests/fixtures/node/js-bench.js").into_os_string();
+        let perf_map_flags = ["--perf-basic-prof", "--interpreted-frames-native-stack"];
+        let node = |flags: &[&str]| -> Vec<OsString> {
+            ["node"].iter().chain(flags).map(OsString::from).chain([script.clone()]).collect()
+        };
+        let (plain, mapped) = (node(&[]), node(&perf_map_flags));
+        let mut ns: [Vec<f64>; 4] = Default::default();
+        for _ in 0..RUNS {
+            ns[0].push(run(Command::new(&plain[0]).args(&plain[1..]))?);
+            ns[1].push(run(&mut self.record("js-v8", &["--lens", "alloc"], &plain))?);
+            ns[2].push(run(Command::new(&mapped[0]).args(&mapped[1..]).current_dir(&self.dir))?);
+            ns[3].push(run(self
+                .record("js-perf-map", &["--lens", "alloc", "--js-names", "perf-map"], &mapped)
+                .current_dir(&self.dir))?);
+        }
+        let [plain_ns, v8_ns, mapped_ns, perf_map_ns] = ns.map(median);
+        let naming = &self.report("js-v8")?["accuracy"]["js_naming"];
+        let named = naming["functions_named"].as_u64().unwrap_or(0);
+        let read_ms = naming["read_ms"].as_f64().unwrap_or(0.0);
+        let layout_ms = naming["layout_ms"].as_f64().unwrap_or(0.0);
+        let per_function_us = if named > 0 { read_ms * 1e3 / named as f64 } else { 0.0 };
+        self.md.push_str(&format!(
+            "Per Buffer (one allocation and its release, under 12 JS frames), alloc lens:\n\n\
+             | JS frames named from | unprobed | probed | ratio |\n| --- | ---: | ---: | ---: |\n\
+             | V8's heap (node with no flag) | {plain_ns:.0} ns | {v8_ns:.0} ns | {:.2}x |\n\
+             | a perf map (node --perf-basic-prof, `--js-names perf-map`) | {mapped_ns:.0} ns | {perf_map_ns:.0} ns | {:.2}x |\n\n\
+             Naming from V8's heap, in the profiler: V8's layout read once per process in {layout_ms:.1} ms; \
+             {named} JS functions named in {read_ms:.1} ms ({per_function_us:.0} us each, once per function).\n\n",
+            v8_ns / plain_ns,
+            perf_map_ns / mapped_ns
+        ));
+        Ok(json!({
+            "unprobed_ns": plain_ns, "v8_heap_ns": v8_ns, "v8_heap_ratio": v8_ns / plain_ns,
+            "unprobed_perf_map_node_ns": mapped_ns, "perf_map_ns": perf_map_ns, "perf_map_ratio": perf_map_ns / mapped_ns,
+            "layout_ms": layout_ms, "functions_named": named, "read_ms": read_ms,
+        }))
     }
 
     fn http(&mut self, root: &Path) -> Result<Value> {

@@ -187,8 +187,13 @@ impl V8Layout {
         })
     }
 
-    /// What the kernel walker needs.
+    /// What the kernel walker needs; all zero (not walked as V8) unless
+    /// the context is the word above the function, which the walker reads
+    /// together.
     pub fn frames(&self) -> V8Frames {
+        if self.fp_context != self.fp_function + 8 {
+            return V8Frames::default();
+        }
         let (Ok(fp_context), Ok(fp_function), Ok(function_shared)) =
             (i8::try_from(self.fp_context), i8::try_from(self.fp_function), u16::try_from(self.function_shared))
         else {
