@@ -136,6 +136,10 @@ fn handles_where(report: &serde_json::Value, kind: &str, needle: &str) -> u64 {
 fn keep_alive_agents_per_request_leak_exactly_their_sockets() {
     let Some((report, count)) = record_node("node-agents", "agents.js", &["20"], "sockets ") else { return };
     assert_eq!(handles_where(&report, "sockets", "internalConnect"), count, "client sockets");
+    // Connected a tick later (process.nextTick), with no JS of the app on
+    // the stack: the socket's creator is joined after a handoff frame, down
+    // to the JS that made the agent.
+    assert_eq!(handles_where(&report, "sockets", "JS:requestWithNewAgent "), count, "{:#?}", report["stacks"]);
     assert_eq!(handles_where(&report, "sockets", "uv__accept"), count, "their server ends");
     assert_eq!(report["handles"]["sockets"]["tcp"]["open"], count * 2 + 1, "plus the listener");
 }
@@ -283,13 +287,15 @@ fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
             let to_server = format!("-> 127.0.0.1:{port} established");
             let clients = described.iter().filter(|d| d.contains(&to_server)).count();
             assert_eq!(clients, 24, "the leaked client sockets, by peer: {described:#?}");
-            // The second wave: 6 client sockets under the code that connects, with their peer.
+            // The second wave: 6 client sockets under the code that connects, and
+            // (node started with no flag) the JS function that created them, with their peer.
             assert_eq!(handles_where(&report, "sockets", "TCPWrap::Connect"), 6, "{}", report["totals"]);
+            assert_eq!(handles_where(&report, "sockets", "JS:requestWithNewAgent "), 6, "{:#?}", report["stacks"]);
             let new_clients: usize = report["stacks"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|e| e["kind"] == "sockets" && has_frame(e, "TCPWrap::Connect"))
+                .filter(|e| e["kind"] == "sockets" && has_frame(e, "JS:requestWithNewAgent "))
                 .flat_map(|e| e["fds"].as_array().unwrap())
                 .filter(|fd| fd.as_str().unwrap().contains(&to_server))
                 .count();

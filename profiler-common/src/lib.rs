@@ -86,6 +86,13 @@ pub enum EventKind {
     /// A request that opens an fd on the threadpool (`uv_fs_open`), with the
     /// requesting stack; the same thread's next [`EventKind::WorkSubmit`] queues it.
     WorkRequest = 24,
+    /// libuv initialised stream handle `addr` (a TCP socket, a pipe, a tty:
+    /// `uv__stream_init`), with the stack that asked for it, in JS the code
+    /// that created the socket (`net.connect`, an `http.Agent`), which its fd
+    /// may only be created a tick later.
+    StreamInit = 25,
+    /// libuv gave stream handle `addr` its fd `size` (`uv__stream_open`).
+    StreamOpen = 26,
 }
 
 impl EventKind {
@@ -115,6 +122,8 @@ impl EventKind {
             22 => Self::WorkSubmit,
             23 => Self::WorkStart,
             24 => Self::WorkRequest,
+            25 => Self::StreamInit,
+            26 => Self::StreamOpen,
             _ => return None,
         })
     }
@@ -429,6 +438,10 @@ pub mod names {
         pub const THREADPOOL_SUBMIT: &str = "threadpool_submit";
         /// On libuv's threadpool work functions (in node).
         pub const THREADPOOL_WORK: &str = "threadpool_work";
+        /// On libuv's `uv__stream_init` (in node).
+        pub const STREAM_INIT: &str = "stream_init";
+        /// On libuv's `uv__stream_open` (in node).
+        pub const STREAM_OPEN: &str = "stream_open";
         pub const SYSCALL_ENTER: &str = "syscall_enter";
         pub const SYSCALL_EXIT: &str = "syscall_exit";
         pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
@@ -437,13 +450,15 @@ pub mod names {
         pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
         /// Attached to both `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
         pub const PAGE_FAULT: &str = "page_fault";
-        pub const ALL: [&str; 13] = [
+        pub const ALL: [&str; 15] = [
             ALLOC_RETURN,
             MARKER,
             V8_OUT_OF_MEMORY,
             THREADPOOL_REQUEST,
             THREADPOOL_SUBMIT,
             THREADPOOL_WORK,
+            STREAM_INIT,
+            STREAM_OPEN,
             SYSCALL_ENTER,
             SYSCALL_EXIT,
             SCHED_PROCESS_EXEC,

@@ -651,20 +651,44 @@ pub fn v8_out_of_memory(ctx: ProbeContext) -> u32 {
     })
 }
 
+/// An event of `kind` with the stack at the probe, when a target made it;
+/// `fill` sets its fields.
+#[inline(always)]
+fn note_with_stack(ctx: &ProbeContext, kind: EventKind, fill: impl FnOnce(&mut Event)) -> u32 {
+    if is_target() {
+        if let Some(mut ev) = scratch(kind, 0) {
+            fill(&mut ev);
+            let regs = unsafe { &*ctx.regs };
+            let regs = UserRegs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp };
+            capture_stack(ctx, &mut ev, regs, FP_MAX_FRAMES);
+            submit(&ev);
+        }
+    }
+    0
+}
+
 /// A request whose work opens an fd on libuv's threadpool (`uv_fs_open`):
 /// the requesting stack, so what the threadpool thread opens for it is
 /// attributed to the code that asked. Only opens pay the stack walk.
 #[uprobe]
 pub fn threadpool_request(ctx: ProbeContext) -> u32 {
-    if is_target() {
-        if let Some(mut ev) = scratch(EventKind::WorkRequest, 0) {
-            let regs = unsafe { &*ctx.regs };
-            let regs = UserRegs { ip: regs.rip, sp: regs.rsp, bp: regs.rbp };
-            capture_stack(&ctx, &mut ev, regs, FP_MAX_FRAMES);
-            submit(&ev);
-        }
-    }
-    0
+    note_with_stack(&ctx, EventKind::WorkRequest, |_| {})
+}
+
+/// libuv initialises stream handle `s`, `uv__stream_init(loop, s, type)`:
+/// the stack that created it.
+#[uprobe]
+pub fn stream_init(ctx: ProbeContext) -> u32 {
+    note_with_stack(&ctx, EventKind::StreamInit, |ev| ev.header.addr = ctx.arg(1).unwrap_or(0))
+}
+
+/// libuv gives stream handle `s` its fd, `uv__stream_open(s, fd, flags)`.
+#[uprobe]
+pub fn stream_open(ctx: ProbeContext) -> u32 {
+    note(EventKind::StreamOpen, |ev| {
+        ev.header.addr = ctx.arg(0).unwrap_or(0);
+        ev.header.size = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32 as u64;
+    })
 }
 
 /// libuv queues work item `w` to its threadpool, `uv__work_submit(loop, w, ...)`.

@@ -15,8 +15,8 @@ use crate::{
     stacks::procmaps::ProcessMaps,
     stacks::symbols::Symbols,
     stacks::{
-        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Location,
-        StackTable,
+        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Handoff,
+        Location, StackTable,
     },
 };
 
@@ -127,6 +127,9 @@ pub struct Collector {
     threadpool_queued: HashMap<(u32, u64), StackId>,
     /// Per threadpool thread (tid), the requesting stack of the work it runs now.
     threadpool_running: HashMap<u32, Option<StackId>>,
+    /// The creating stack (with JS frames) of each libuv stream handle, by
+    /// (pid, handle address), until the handle gets its fd.
+    stream_creators: HashMap<(u32, u64), StackId>,
     /// Queued work items forgotten (more than [`MAX_QUEUED_WORK`] at once):
     /// what they open keeps the threadpool thread's stack only.
     pub threadpool_forgotten: u64,
@@ -531,17 +534,22 @@ impl Collector {
     /// after a handoff frame, with the request's.
     fn requested_by(&mut self, tid: u32, pid: u32, own: StackId) -> StackId {
         let Some(Some(request)) = self.threadpool_running.get(&tid).copied() else { return own };
+        self.joined(pid, own, Handoff::Threadpool, request)
+    }
+
+    /// Stack `own`, then a [`Handoff`] frame, then the frames of `other`
+    /// past its first (the probed libuv function itself).
+    fn joined(&mut self, pid: u32, own: StackId, handoff: Handoff, other: StackId) -> StackId {
         let image = self.images.get(&pid).copied().unwrap_or(0);
-        // The request's first frame is the probed `uv_fs_open` entry itself.
         let frames: Vec<u64> = (self.stacks.get(own).1.iter().copied())
-            .chain([crate::stacks::HANDOFF_MARKER])
-            .chain(self.stacks.get(request).1.iter().skip(1).copied())
+            .chain([handoff.marker()])
+            .chain(self.stacks.get(other).1.iter().skip(1).copied())
             .collect();
         let (id, new) = self.stacks.intern(pid, image, &frames);
         if new {
             let locations = (self.locations[own as usize].iter().cloned())
-                .chain([Location::Handoff])
-                .chain(self.locations[request as usize].iter().skip(1).cloned())
+                .chain([Location::Handoff(handoff)])
+                .chain(self.locations[other as usize].iter().skip(1).cloned())
                 .collect();
             self.locations.push(locations);
             let api = self.api[own as usize].clone();
@@ -716,6 +724,26 @@ impl Collector {
                 let request = self.threadpool_queued.remove(&(pid, work));
                 self.threadpool_running.insert(ev.tid, request);
                 return;
+            }
+            Event::StreamInit { stream } => {
+                // Only a creator with JS frames says more than the fd's own stack.
+                let stack = self.intern(&ev, CapturedAt::Return);
+                let from_js = self.stacks.get(stack).1.iter().any(|&w| crate::stacks::is_js_function(w));
+                if self.stream_creators.len() >= MAX_STREAM_CREATORS {
+                    self.stream_creators.clear();
+                }
+                if from_js {
+                    self.stream_creators.insert((pid, stream), stack);
+                } else {
+                    self.stream_creators.remove(&(pid, stream));
+                }
+                return;
+            }
+            Event::StreamOpen { stream, fd } => {
+                let Some(creator) = self.stream_creators.remove(&(pid, stream)) else { return };
+                let Some(own) = self.ledger.handle_stack(pid, fd) else { return };
+                let stack = self.joined(pid, own, Handoff::Handle, creator);
+                Op::AttributeHandle { fd, stack }
             }
             Event::Marker => {
                 // Events are in order: everything live now was allocated before the marker.
@@ -912,6 +940,9 @@ pub struct Entries {
 
 /// Threadpool work items (and threads) followed at once.
 const MAX_QUEUED_WORK: usize = 65536;
+/// Stream handles created and not yet given an fd, kept (a bound: a handle
+/// closed before its fd existed is never removed).
+const MAX_STREAM_CREATORS: usize = 65536;
 
 /// Open fds described per entry (`fds`).
 const FDS_DESCRIBED: usize = 16;

@@ -115,6 +115,15 @@ pub enum Event {
     WorkStart {
         work: u64,
     },
+    /// libuv initialised stream handle `stream` (the stack is its creator's).
+    StreamInit {
+        stream: u64,
+    },
+    /// libuv gave stream handle `stream` its `fd`.
+    StreamOpen {
+        stream: u64,
+        fd: u64,
+    },
     /// `write(1, _, bytes)`.
     StdoutWrite {
         bytes: u64,
@@ -241,6 +250,8 @@ impl<'a> Record<'a> {
             EventKind::WorkRequest => (Event::WorkRequest, Caller::Other),
             EventKind::WorkSubmit => (Event::WorkSubmit { work: h.addr }, Caller::Other),
             EventKind::WorkStart => (Event::WorkStart { work: h.addr }, Caller::Other),
+            EventKind::StreamInit => (Event::StreamInit { stream: h.addr }, Caller::Other),
+            EventKind::StreamOpen => (Event::StreamOpen { stream: h.addr, fd: h.size }, Caller::Other),
             EventKind::V8OutOfMemory => {
                 (Event::V8OutOfMemory { heap: (h.size <= 1).then_some(h.size == 1) }, Caller::Other)
             }

@@ -44,6 +44,10 @@ pub struct NodeSymbols {
     pub work_submit: Option<u64>,
     /// libuv's threadpool work functions (`uv__fs_work`, `uv__getaddrinfo_work`, ...).
     pub work_functions: Vec<(&'static str, u64)>,
+    /// libuv's `uv__stream_init`, which initialises a socket, pipe or tty handle.
+    pub stream_init: Option<u64>,
+    /// libuv's `uv__stream_open`, which gives a stream handle its fd.
+    pub stream_open: Option<u64>,
 }
 
 /// libuv's threadpool work functions: each takes the work item.
@@ -69,6 +73,10 @@ pub fn node_symbols(exe: &std::fs::File) -> Option<NodeSymbols> {
             found.work_submit = file_offset(sym.address());
         } else if name == "uv_fs_open" {
             found.fs_open = file_offset(sym.address());
+        } else if name == "uv__stream_init" {
+            found.stream_init = file_offset(sym.address());
+        } else if name == "uv__stream_open" {
+            found.stream_open = file_offset(sym.address());
         } else if let Some(work) = WORK_FUNCTIONS.iter().find(|w| **w == name) {
             if !found.work_functions.iter().any(|(w, _)| w == work) {
                 found.work_functions.extend(file_offset(sym.address()).map(|o| (*work, o)));
@@ -307,10 +315,12 @@ impl Probes {
 
     /// Attaches the probes for node process `pid`'s executable, for every
     /// process of that file the filter lets through (followed children too):
-    /// the V8 out-of-memory probe, and with `threadpool` libuv's threadpool
+    /// the V8 out-of-memory probe, and with `handles` libuv's threadpool
     /// probes (queued work and its start), so what a threadpool thread opens
-    /// is attributed to the code that queued it. `false` when it is not node.
-    pub fn attach_node(&mut self, pid: u32, threadpool: bool) -> Result<bool> {
+    /// is attributed to the code that queued it, and its stream probes
+    /// (handle created, handle given its fd), so a socket's fd is attributed
+    /// to the code that created the socket. `false` when it is not node.
+    pub fn attach_node(&mut self, pid: u32, handles: bool) -> Result<bool> {
         use std::os::fd::AsRawFd;
         let exe = std::fs::OpenOptions::new()
             .read(true)
@@ -325,7 +335,17 @@ impl Probes {
                 .oom_handler
                 .map(|o| (programs::V8_OUT_OF_MEMORY, o, "node::OOMErrorHandler (V8 out of memory)")),
         );
-        match (threadpool, symbols.fs_open, symbols.work_submit, symbols.work_functions.is_empty()) {
+        match (handles, symbols.stream_init, symbols.stream_open) {
+            (false, ..) => {}
+            (true, Some(init), Some(open)) => {
+                probes.push((programs::STREAM_INIT, init, "uv__stream_init (socket and pipe handles created)"));
+                probes.push((programs::STREAM_OPEN, open, "uv__stream_open (handles given their fd)"));
+            }
+            (true, ..) => self.skipped.push(
+                "libuv streams: node's executable lacks uv__stream_init or uv__stream_open in its symbol table (stripped?): sockets keep the stack that opened their fd".into(),
+            ),
+        }
+        match (handles, symbols.fs_open, symbols.work_submit, symbols.work_functions.is_empty()) {
             (false, ..) => {}
             (true, Some(open), Some(submit), false) => {
                 probes.push((programs::THREADPOOL_REQUEST, open, "uv_fs_open (threadpool open requests)"));

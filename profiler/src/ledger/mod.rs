@@ -106,6 +106,11 @@ pub enum Op {
         cloexec: bool,
         stack: StackId,
     },
+    /// Open `fd` is the doing of `stack` (found after it was opened).
+    AttributeHandle {
+        fd: u64,
+        stack: StackId,
+    },
     /// `new` now refers to what `old` does (closing whatever `new` was).
     DupHandle {
         old: u64,
@@ -338,6 +343,15 @@ impl Ledger {
                 let h = Handle { site: Site { kind, stack, pid: tgid }, detail, ts, counted: true, cloexec };
                 self.open_handle(tgid, fd, h, true);
             }
+            Op::AttributeHandle { fd, stack } => {
+                let Some(h) = self.proc(tgid).handles.get(&fd).copied() else { return };
+                let moved = Handle { site: Site { stack, ..h.site }, ..h };
+                self.proc(tgid).handles.insert(fd, moved);
+                if h.counted {
+                    self.sub(h.site, 1, h.ts);
+                    self.add(moved.site, 1, h.ts);
+                }
+            }
             Op::DupHandle { old, new, cloexec, stack } => {
                 let Some(orig) = self.proc(tgid).handles.get(&old).copied() else {
                     self.counters.unknown_dups += 1;
@@ -378,6 +392,12 @@ impl Ledger {
             Op::Exit => self.exit(tgid),
             Op::Fork { child } => self.fork(tgid, child),
         }
+    }
+
+    /// The stack that opened `fd` of process `tgid`, if it is open and
+    /// counted (not held before recording, nor excluded as warm-up).
+    pub fn handle_stack(&self, tgid: u32, fd: u64) -> Option<StackId> {
+        self.processes.get(&tgid)?.handles.get(&fd).filter(|h| h.counted).map(|h| h.site.stack)
     }
 
     fn open_handle(&mut self, tgid: u32, fd: u64, h: Handle, fresh_number: bool) {

@@ -229,11 +229,13 @@ impl Session {
                 probed.prime_with_own_images(&mut probes);
                 return Ok(probes);
             }
+            // The tables first (node's take a second or two): recording
+            // starts with complete stacks, not frame-pointer ones meanwhile.
+            track_stacks(&mut probes, info.pid);
             probes.add_target(info.pid)?;
             if let Err(e) = probes.attach_node(info.pid, opts.lenses.handles) {
                 probes.skipped.push(format!("node's probes: {e:#}"));
             }
-            track_stacks(&mut probes, info.pid);
             probed.ensure(&mut probes, info.pid)?;
             if let Some(function) = &opts.warmup.function {
                 probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;

@@ -53,12 +53,43 @@ pub fn cut_name(reason: StackStatus) -> String {
     }
 }
 
-/// The frame between a threadpool thread's own frames and those of the
-/// code that queued its work (an address no user code has, below the
-/// [`CUT_MARKER`]s).
-pub const HANDOFF_MARKER: u64 = 0xffff_ffff_ffff_fe00;
-/// What the handoff frame says.
-pub const HANDOFF_NAME: &str = "[libuv threadpool: the work was queued by]";
+/// Marker frames between a stack's own frames and those of the code it
+/// acted for (addresses no user code has, below the [`CUT_MARKER`]s), with
+/// the [`Handoff`] in the low byte.
+const HANDOFF_MARKER: u64 = 0xffff_ffff_ffff_fe00;
+
+/// Why a stack continues with another one's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Handoff {
+    /// A libuv threadpool thread ran work that another thread queued.
+    Threadpool = 0,
+    /// The fd was given to a libuv handle (a socket, a pipe) that the code
+    /// after the marker created, maybe a tick earlier (`net.connect` defers
+    /// the connect to `process.nextTick`).
+    Handle = 1,
+}
+
+impl Handoff {
+    pub fn marker(self) -> u64 {
+        HANDOFF_MARKER | self as u64
+    }
+
+    fn of_marker(word: u64) -> Option<Self> {
+        match word {
+            w if w == Self::Threadpool.marker() => Some(Self::Threadpool),
+            w if w == Self::Handle.marker() => Some(Self::Handle),
+            _ => None,
+        }
+    }
+
+    /// What the marker frame says.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Threadpool => "[libuv threadpool: the work was queued by]",
+            Self::Handle => "[libuv handle: the fd's socket or pipe was created by]",
+        }
+    }
+}
 
 /// The lookup key of a stack: process, program image, frames.
 pub fn stack_key(tgid: u32, image: u64, frames: &[u64]) -> Vec<u64> {
@@ -111,9 +142,9 @@ pub enum Location {
     Unmapped { addr: u64 },
     /// Not a frame: where and why the walk stopped ([`cut_marker`]).
     Cut(StackStatus),
-    /// Not a frame: the work ran on a threadpool thread; the frames after
-    /// it are the requesting thread's ([`HANDOFF_MARKER`]).
-    Handoff,
+    /// Not a frame: the frames after it are those of the code this stack
+    /// acted for ([`Handoff::marker`]).
+    Handoff(Handoff),
     /// A JS frame recorded as its function (V8's `SharedFunctionInfo` at
     /// `sfi`, see [`profiler_common::V8_FUNCTION`]), named from the
     /// target's heap; `None` when it could not be read.
@@ -123,7 +154,8 @@ pub enum Location {
 /// Whether a frame word is a JS function recorded by the kernel walker
 /// rather than a code address.
 pub fn is_js_function(word: u64) -> bool {
-    word & profiler_common::V8_FUNCTION != 0 && word & CUT_MARKER != CUT_MARKER && word != HANDOFF_MARKER
+    // Marker frames have every high bit set; a V8 word only the top one.
+    word >> 47 == profiler_common::V8_FUNCTION >> 47
 }
 
 /// Locates addresses of one process, caching answers and re-reading the
@@ -236,8 +268,8 @@ impl AddressSpace {
     }
 
     pub fn locate(&mut self, addr: u64) -> Location {
-        if addr == HANDOFF_MARKER {
-            return Location::Handoff;
+        if let Some(handoff) = Handoff::of_marker(addr) {
+            return Location::Handoff(handoff);
         }
         if addr & CUT_MARKER == CUT_MARKER {
             return Location::Cut(StackStatus::from_u8(addr as u8).unwrap_or(StackStatus::BadFrame));
