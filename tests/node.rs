@@ -139,7 +139,12 @@ fn keep_alive_agents_per_request_leak_exactly_their_sockets() {
     // Connected a tick later (process.nextTick), with no JS of the app on
     // the stack: the socket's creator is joined after a handoff frame, down
     // to the JS that made the agent.
-    assert_eq!(handles_where(&report, "sockets", "JS:requestWithNewAgent "), count, "{:#?}", report["stacks"]);
+    assert_eq!(
+        handles_where(&report, "sockets", "JS:requestWithNewAgent "),
+        count,
+        "{:#?}",
+        report["stacks"]
+    );
     assert_eq!(handles_where(&report, "sockets", "uv__accept"), count, "their server ends");
     assert_eq!(report["handles"]["sockets"]["tcp"]["open"], count * 2 + 1, "plus the listener");
 }
@@ -290,7 +295,12 @@ fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
             // The second wave: 6 client sockets under the code that connects, and
             // (node started with no flag) the JS function that created them, with their peer.
             assert_eq!(handles_where(&report, "sockets", "TCPWrap::Connect"), 6, "{}", report["totals"]);
-            assert_eq!(handles_where(&report, "sockets", "JS:requestWithNewAgent "), 6, "{:#?}", report["stacks"]);
+            assert_eq!(
+                handles_where(&report, "sockets", "JS:requestWithNewAgent "),
+                6,
+                "{:#?}",
+                report["stacks"]
+            );
             let new_clients: usize = report["stacks"]
                 .as_array()
                 .unwrap()
@@ -531,7 +541,17 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
         let Some((mut node, lines)) = start_node("retain.js", &[], "ready") else { return };
         let dir = common::fresh_dir(&format!("node-flagless-{kind}"));
         let mut profiler = Command::new(PROFILER)
-            .args(["record", "--pid", &node.id().to_string(), "--lens", lens, "--interval", "0.5", "-q", "-o"])
+            .args([
+                "record",
+                "--pid",
+                &node.id().to_string(),
+                "--lens",
+                lens,
+                "--interval",
+                "0.5",
+                "-q",
+                "-o",
+            ])
             .arg(&dir)
             .stderr(Stdio::piped())
             .spawn()
@@ -565,10 +585,72 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
             "{lens}: one stack whatever the tier: {retaining:#?}"
         );
         assert_eq!(top["trend"]["verdict"], "growing", "{lens}: {}", top["trend"]);
-        let frame =
-            top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
+        let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
         assert!(frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17, "{frame}");
         let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
         assert!(!text.contains("--perf-basic-prof"), "{lens}: no hint to restart node: {text}");
     }
+}
+
+/// `--heap-snapshot` (issue 17) on the seeds' unbounded Set: a snapshot at
+/// the start and one at the end, written for DevTools, and their comparison
+/// names what grew with the path that retains it, as DevTools' comparison
+/// view does. Without `--lens js-heap` the switch is a usage error.
+#[test]
+fn heap_snapshots_name_the_path_that_retains_what_grew() {
+    let refused = Command::new(PROFILER).args(["record", "--heap-snapshot", "--", "true"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("add --lens js-heap"));
+    let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
+    // Its lines are kept coming: a closed stdout would end it with EPIPE.
+    let Some((mut node, _lines)) = start_node("processed.js", &["60"], "ready") else { return };
+    let pid = node.id();
+    let ports_before = profiler::process::fds::loopback_listening_ports(pid);
+    let dir = common::fresh_dir("node-heap-snapshot");
+    let out = Command::new(PROFILER)
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--lens",
+            "js-heap",
+            "--heap-snapshot",
+            "-d",
+            "5",
+            "-q",
+            "-o",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ports_after = profiler::process::fds::loopback_listening_ports(pid);
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(ports_after, ports_before, "the inspector's port is closed again");
+    let report = common::report_json(&dir);
+    let snapshots = &report["v8_heap_snapshots"];
+    let taken = snapshots["taken"].as_array().unwrap();
+    let labels: Vec<&str> = taken.iter().map(|t| t["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["start", "end"], "{snapshots}");
+    for t in taken {
+        // The file is V8's own JSON, as DevTools' Memory tab loads it.
+        let file = std::fs::read(dir.join(t["file"].as_str().unwrap())).unwrap();
+        assert_eq!(file.len() as u64, t["file_bytes"].as_u64().unwrap());
+        let json: serde_json::Value = serde_json::from_slice(&file).unwrap();
+        assert!(json["snapshot"]["meta"]["node_fields"].is_array() && json["nodes"].is_array());
+        assert!(t["pause_ms"].as_f64().unwrap() > 0.0 && t["objects"].as_u64().unwrap() > 1000, "{t}");
+    }
+    let comparison = &snapshots["comparisons"][0];
+    assert_eq!((comparison["base"].as_str(), comparison["to"].as_str()), (Some("start"), Some("end")));
+    let top = &comparison["grew"][0];
+    assert_eq!(top["class"], "(string)", "{comparison:#}");
+    assert!(top["delta_bytes"].as_i64().unwrap() > 4 << 20, "{top}");
+    let path: Vec<&str> =
+        top["retained_by"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let at =
+        path.iter().position(|s| *s == "SyncService.processedRecords").unwrap_or_else(|| panic!("{path:?}"));
+    assert_eq!(path.get(at + 1), Some(&"Set.table"), "{path:?}");
+    let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
+    assert!(text.contains("SyncService.processedRecords -> Set.table"), "{text}");
 }

@@ -15,8 +15,8 @@ use crate::{
     stacks::procmaps::ProcessMaps,
     stacks::symbols::Symbols,
     stacks::{
-        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Handoff,
-        Location, StackTable,
+        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Handoff, Location,
+        StackTable,
     },
 };
 

@@ -112,6 +112,11 @@ impl OutputDir {
         self.new.take()
     }
 
+    /// The same directory through another descriptor (for another thread).
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(Self { path: self.path.clone(), dir: self.dir.try_clone()?, new: None })
+    }
+
     /// Creates (or reuses) the subdirectory `name` and opens it.
     pub fn subdir(&self, name: &str) -> Result<Self> {
         let (dir, _) = make_dir_at(self.dir.as_raw_fd(), &c_name(name)?, false)

@@ -67,15 +67,52 @@ impl Session {
 
     /// Calls `method` and returns its result; events that arrive meanwhile are dropped.
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.exchange(method, params, self.timeout, |_| Ok(()))
+    }
+
+    /// Calls `method`, collecting the `chunk` of every `event` that arrives
+    /// before its reply (a heap snapshot's `HeapProfiler.addHeapSnapshotChunk`);
+    /// fails past `max_bytes` of them or `timeout` in all.
+    pub fn call_collecting(
+        &mut self,
+        method: &str,
+        params: Value,
+        event: &str,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        let mut collected = String::new();
+        self.exchange(method, params, timeout, |message| {
+            if message["method"] == event {
+                let chunk = message["params"]["chunk"].as_str().unwrap_or_default();
+                if collected.len() + chunk.len() > max_bytes {
+                    bail!("{method} sent more than {} MiB", max_bytes >> 20);
+                }
+                collected.push_str(chunk);
+            }
+            Ok(())
+        })?;
+        Ok(collected)
+    }
+
+    /// Sends `method`, hands every other message to `on_message` until its
+    /// reply, and returns the reply's result; at most `timeout` in all.
+    fn exchange(
+        &mut self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        mut on_message: impl FnMut(&Value) -> Result<()>,
+    ) -> Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({ "id": id, "method": method, "params": params });
         self.socket.send(Message::text(request.to_string())).with_context(|| format!("sending {method}"))?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no reply to {method} within {:?}", self.timeout);
+                bail!("no reply to {method} within {timeout:?}");
             }
             self.socket.get_ref().set_read_timeout(Some(left))?;
             let text =
@@ -86,6 +123,7 @@ impl Session {
                 };
             let mut reply = parse_bounded(text.as_str()).with_context(|| format!("the reply to {method}"))?;
             if reply["id"].as_u64() != Some(id) {
+                on_message(&reply)?;
                 continue;
             }
             if let Some(error) = reply.get("error") {

@@ -12,6 +12,7 @@
 pub mod cdp;
 pub mod heap;
 pub mod sampling;
+pub mod snapshot;
 
 use std::{
     sync::{mpsc, Arc, Mutex},
@@ -23,8 +24,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::{
+    files::output::OutputDir,
     process::fds::printable,
-    report::model::{StackEntry, Total, V8Heap},
+    report::model::{HeapSnapshots, StackEntry, TakenHeapSnapshot, Total, V8Heap},
 };
 
 /// How long node has to show it is node and to open its inspector.
@@ -35,6 +37,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The port node's inspector takes unless `--inspect-port` says otherwise.
 const DEFAULT_INSPECTOR_PORT: u16 = 9229;
+/// Longest a heap snapshot may take (V8 writes about 100 MB a second here).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// SIGUSR1's bit in `/proc/PID/status`'s `SigCgt` mask.
 const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
 
@@ -49,6 +53,8 @@ pub struct Observed {
     pub notes: Vec<String>,
     /// The longest a reading took, ms (wall time).
     pub longest_call_ms: f64,
+    /// With `--heap-snapshot`: those taken and their comparisons.
+    pub snapshots: Option<HeapSnapshots>,
 }
 
 impl Observed {
@@ -63,6 +69,7 @@ impl Observed {
                 .report(pid, &self.inspector)
                 .map(|h| V8Heap { longest_call_ms: self.longest_call_ms, ..h }),
             notes: self.notes.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 }
@@ -75,6 +82,7 @@ pub struct Readout {
     pub total: Total,
     pub heap: Option<V8Heap>,
     pub notes: Vec<String>,
+    pub snapshots: Option<HeapSnapshots>,
 }
 
 /// Refuses, before anything is attached, a target the lens cannot read:
@@ -110,32 +118,56 @@ fn answers(pid: u32) -> bool {
         .is_some_and(|state| !matches!(state.trim().chars().next(), Some('Z' | 'X' | 't' | 'T')))
 }
 
+/// What the session asks of the inspector thread.
+enum Request {
+    /// A heap snapshot now, with this label, compared with the first.
+    HeapSnapshot(String),
+    /// The end: a last reading, then stop and close.
+    Stop,
+}
+
 /// The inspector thread of a session.
 pub struct Inspector {
     pid: u32,
     command: String,
     observed: Arc<Mutex<Observed>>,
-    stop: mpsc::Sender<()>,
+    requests: mpsc::Sender<Request>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Inspector {
-    /// Starts reading process `pid` every `interval`; times are taken from `started`.
-    pub fn start(pid: u32, command: &str, interval: Duration, started: Instant) -> Result<Self> {
-        let observed = Arc::new(Mutex::new(Observed::default()));
-        let (stop, stopped) = mpsc::channel();
+    /// Starts reading process `pid` every `interval`; times are taken from
+    /// `started`. With `heap_snapshots`, a heap snapshot is taken at the
+    /// start and written there (and on request, or at the end).
+    pub fn start(
+        pid: u32,
+        command: &str,
+        interval: Duration,
+        started: Instant,
+        heap_snapshots: Option<OutputDir>,
+    ) -> Result<Self> {
+        let observed = Arc::new(Mutex::new(Observed {
+            snapshots: heap_snapshots.as_ref().map(|_| HeapSnapshots::default()),
+            ..Default::default()
+        }));
+        let (requests, received) = mpsc::channel();
         let shared = observed.clone();
         let thread = std::thread::Builder::new()
             .name("inspector".into())
             // Replies are parsed and dropped recursively (bounded by cdp::MAX_NESTING).
             .stack_size(8 << 20)
             .spawn(move || {
-                if let Err(e) = run(pid, interval, started, &shared, &stopped) {
+                if let Err(e) = run(pid, interval, started, &shared, &received, heap_snapshots) {
                     lock(&shared).notes.push(format!("js-heap: {}", printable(&format!("{e:#}"))));
                 }
             })
             .context("starting the inspector thread")?;
-        Ok(Self { pid, command: command.to_string(), observed, stop, thread: Some(thread) })
+        Ok(Self { pid, command: command.to_string(), observed, requests, thread: Some(thread) })
+    }
+
+    /// Asks for a heap snapshot now (`--snapshot-at` crossed), compared with the first.
+    pub fn request_heap_snapshot(&self, label: &str) {
+        let _ = self.requests.send(Request::HeapSnapshot(label.to_string()));
     }
 
     /// The stacks and V8 numbers read so far.
@@ -147,9 +179,11 @@ impl Inspector {
     /// inspector, calling `meanwhile` every few milliseconds while it waits
     /// (at most [`CALL_TIMEOUT`], less for a target that no longer answers).
     pub fn finish(&mut self, mut meanwhile: impl FnMut()) {
-        let _ = self.stop.send(());
+        let _ = self.requests.send(Request::Stop);
         let Some(thread) = self.thread.take() else { return };
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        let snapshot_due = lock(&self.observed).snapshots.as_ref().is_some_and(|s| s.comparisons.is_empty());
+        let deadline =
+            Instant::now() + if snapshot_due { CALL_TIMEOUT + SNAPSHOT_TIMEOUT } else { CALL_TIMEOUT };
         while !thread.is_finished() && Instant::now() < deadline && answers(self.pid) {
             meanwhile();
             std::thread::sleep(Duration::from_millis(10));
@@ -195,8 +229,10 @@ fn run(
     interval: Duration,
     started: Instant,
     observed: &Mutex<Observed>,
-    stop: &mpsc::Receiver<()>,
+    requests: &mpsc::Receiver<Request>,
+    heap_snapshots: Option<OutputDir>,
 ) -> Result<()> {
+    let stop = &StopSignal(requests);
     // Held from before the checks: a pid reused meanwhile is never signalled.
     let pidfd = crate::process::pidfd(pid)?;
     enter_network_namespace(pid)?;
@@ -221,12 +257,22 @@ fn run(
         o.longest_call_ms = o.longest_call_ms.max(took_ms);
         Ok(())
     };
+    let mut snapshots = heap_snapshots.map(|dir| Snapshots { dir, first: None });
+    let mut snapshot = |session: &mut cdp::Session, label: &str| {
+        let Some(s) = &mut snapshots else { return };
+        if let Err(e) = s.take(session, label, started, observed) {
+            lock(observed)
+                .notes
+                .push(format!("js-heap: heap snapshot {label}: {}", printable(&format!("{e:#}"))));
+        }
+    };
     let sampled = (|| -> Result<()> {
         session.call("HeapProfiler.enable", json!({}))?;
         session.call(
             "HeapProfiler.startSampling",
             json!({ "samplingInterval": sampling::SAMPLING_INTERVAL_BYTES }),
         )?;
+        snapshot(&mut session, "start");
         let mut missed = 0;
         loop {
             match read(&mut session) {
@@ -240,13 +286,18 @@ fn run(
                         .push(format!("js-heap: a reading failed: {}", printable(&format!("{e:#}"))));
                 }
             }
-            match stop.recv_timeout(interval) {
+            match requests.recv_timeout(interval) {
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Ok(Request::HeapSnapshot(label)) => snapshot(&mut session, &label),
                 _ => break,
             }
         }
         if answers(pid) {
             read(&mut session)?;
+            let compared = lock(observed).snapshots.as_ref().is_some_and(|s| !s.comparisons.is_empty());
+            if !compared {
+                snapshot(&mut session, "end");
+            }
         }
         Ok(())
     })();
@@ -278,6 +329,76 @@ fn run(
     sampled.and(closed)
 }
 
+/// The session's stop request, as the waits before the inspector is open see it.
+struct StopSignal<'a>(&'a mpsc::Receiver<Request>);
+
+impl StopSignal<'_> {
+    /// Whether the session ended (a snapshot asked for before the inspector is open is dropped).
+    fn try_recv(&self) -> Result<(), ()> {
+        while let Ok(request) = self.0.try_recv() {
+            if matches!(request, Request::Stop) {
+                return Ok(());
+            }
+        }
+        Err(())
+    }
+}
+
+/// Heap snapshots of one recording: written to `dir`, each later one
+/// compared with the first.
+struct Snapshots {
+    dir: OutputDir,
+    first: Option<(String, snapshot::Baseline)>,
+}
+
+impl Snapshots {
+    fn take(
+        &mut self,
+        session: &mut cdp::Session,
+        label: &str,
+        started: Instant,
+        observed: &Mutex<Observed>,
+    ) -> Result<()> {
+        let at_s = started.elapsed().as_secs_f64();
+        let call = Instant::now();
+        let json = session.call_collecting(
+            "HeapProfiler.takeHeapSnapshot",
+            json!({ "reportProgress": false }),
+            "HeapProfiler.addHeapSnapshotChunk",
+            snapshot::MAX_SNAPSHOT_BYTES,
+            SNAPSHOT_TIMEOUT,
+        )?;
+        let pause_ms = call.elapsed().as_secs_f64() * 1e3;
+        let taken = lock(observed).snapshots.as_ref().map_or(0, |s| s.taken.len());
+        let file = format!("heap-{}-{label}.heapsnapshot", taken + 1);
+        self.dir.write(&file, json.as_bytes())?;
+        let graph = snapshot::HeapGraph::parse(&json)?;
+        let file_bytes = json.len() as u64;
+        drop(json);
+        let comparison =
+            self.first.as_ref().map(|(base, baseline)| snapshot::compare(baseline, &graph, base, label));
+        let entry = TakenHeapSnapshot {
+            label: label.to_string(),
+            at_s,
+            pause_ms,
+            file,
+            file_bytes,
+            objects: graph.objects() as u64,
+            heap_bytes: graph.bytes(),
+        };
+        if self.first.is_none() {
+            self.first = Some((label.to_string(), snapshot::Baseline::of(&graph)));
+        }
+        drop(graph);
+        crate::release_freed_memory();
+        let mut o = lock(observed);
+        let s = o.snapshots.get_or_insert_with(Default::default);
+        s.taken.push(entry);
+        s.comparisons.extend(comparison);
+        Ok(())
+    }
+}
+
 /// Node's inspector listens on 127.0.0.1 of the target's own network
 /// namespace: this thread joins it (a container's loopback is not ours).
 fn enter_network_namespace(pid: u32) -> Result<()> {
@@ -296,7 +417,7 @@ fn enter_network_namespace(pid: u32) -> Result<()> {
 
 /// Waits until `pid` runs node and catches SIGUSR1 (a launched node sets up
 /// its handler while it starts); `false` if recording ended first.
-fn wait_until_node(pid: u32, stop: &mpsc::Receiver<()>) -> Result<bool> {
+fn wait_until_node(pid: u32, stop: &StopSignal) -> Result<bool> {
     let deadline = Instant::now() + OPEN_TIMEOUT;
     // The executable's symbols are read once per executable (exec changes it).
     let mut checked: Option<(std::path::PathBuf, bool)> = None;
@@ -344,7 +465,7 @@ fn catches_sigusr1(pid: u32) -> bool {
 fn open_inspector(
     pid: u32,
     pidfd: &std::os::fd::OwnedFd,
-    stop: &mpsc::Receiver<()>,
+    stop: &StopSignal,
 ) -> Result<Option<(u16, cdp::Session, bool)>> {
     use std::os::fd::AsRawFd;
     let listening = || crate::process::fds::loopback_listening_ports(pid);

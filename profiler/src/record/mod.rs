@@ -98,6 +98,8 @@ pub struct RecordOptions {
     /// Write a full numbered snapshot when resident memory (or the heap, when
     /// RSS is unknown) crosses each of these, ascending.
     pub snapshot_at: Vec<u64>,
+    /// V8 heap snapshots through the inspector (`--heap-snapshot`, with `--lens js-heap`).
+    pub heap_snapshot: bool,
     /// Also write a full numbered snapshot at every `interval` (long-running
     /// targets that free everything at exit, like Node with its Buffers).
     pub snapshots: bool,
@@ -144,6 +146,7 @@ impl RecordOptions {
             limit: None,
             thresholds: Default::default(),
             snapshot_at: Vec::new(),
+            heap_snapshot: false,
             snapshots: false,
             keep_snapshots: 100,
             serve: None,

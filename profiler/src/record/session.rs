@@ -310,11 +310,14 @@ impl Session {
             opts,
         };
         if session.opts.lenses.js_heap {
+            let heap_snapshots =
+                if session.opts.heap_snapshot { Some(session.output.try_clone()?) } else { None };
             session.inspector = Some(Inspector::start(
                 session.info.pid,
                 &session.info.command,
                 session.opts.interval,
                 session.started,
+                heap_snapshots,
             )?);
         }
         if let Target::Attached { .. } = session.target {
@@ -522,6 +525,9 @@ impl Session {
             }
             self.snapshots.crossed += 1;
             let size = flame::human_bytes(threshold).replace(' ', "");
+            if let (Some(inspector), true) = (&self.inspector, self.opts.heap_snapshot) {
+                inspector.request_heap_snapshot(&size);
+            }
             due.push((
                 size,
                 format!("memory reached {} ({})", flame::human_bytes(level), flame::human_bytes(threshold)),

@@ -152,6 +152,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
         // A launched program held nothing before its first instruction.
         held_at_start: (inputs.target.mode != "launch").then(|| collector.held_at_start(&mut describer)),
         v8_heap: inputs.inspector.as_ref().and_then(|r| r.heap.clone()),
+        v8_heap_snapshots: inputs.inspector.as_ref().and_then(|r| r.snapshots.clone()),
         v8_out_of_memory: collector
             .v8_out_of_memory
             .iter()

@@ -85,6 +85,9 @@ pub struct Report {
     /// V8's own heap numbers and limit, read through node's inspector (`--lens js-heap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v8_heap: Option<V8Heap>,
+    /// Heap snapshots (`--heap-snapshot`) and what grew between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v8_heap_snapshots: Option<HeapSnapshots>,
     /// V8 out-of-memory aborts seen (node's `OOMErrorHandler` was called).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub v8_out_of_memory: Vec<V8OutOfMemory>,
@@ -287,6 +290,67 @@ pub struct V8Heap {
     pub utilisation_pct_series: Vec<f64>,
     /// The time to the limit as judged at each reading (from the readings up to it).
     pub time_to_limit_s_series: Vec<Option<f64>>,
+}
+
+/// V8 heap snapshots taken (`--heap-snapshot`) and what grew between them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeapSnapshots {
+    pub taken: Vec<TakenHeapSnapshot>,
+    /// Each later snapshot against the first.
+    pub comparisons: Vec<HeapSnapshotComparison>,
+}
+
+/// One heap snapshot, written as a `.heapsnapshot` file (DevTools' Memory
+/// tab loads it, and compares two).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TakenHeapSnapshot {
+    /// `start`, `end`, or the `--snapshot-at` size crossed (`2GiB`).
+    pub label: String,
+    /// Seconds since recording started.
+    pub at_s: f64,
+    /// How long node's JavaScript was paused while V8 wrote it, ms.
+    pub pause_ms: f64,
+    /// The file, in the output directory.
+    pub file: String,
+    /// Size of the snapshot's JSON.
+    pub file_bytes: u64,
+    pub objects: u64,
+    /// Sum of the objects' own sizes.
+    pub heap_bytes: u64,
+}
+
+/// A later heap snapshot against the first, as DevTools' comparison view.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeapSnapshotComparison {
+    /// The first snapshot's label.
+    pub base: String,
+    /// The later snapshot's label.
+    pub to: String,
+    /// The classes whose bytes grew most (a class is an object's
+    /// constructor name, else its type: `(string)`, `(closure)`, `(array)`).
+    pub grew: Vec<ClassGrowth>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClassGrowth {
+    pub class: String,
+    /// Objects in the later snapshot that the first did not have.
+    pub new_objects: u64,
+    /// Objects of the first snapshot gone from the later.
+    pub deleted_objects: u64,
+    pub new_bytes: u64,
+    pub freed_bytes: u64,
+    pub delta_bytes: i64,
+    /// How the new objects are retained, from the roots down
+    /// (`SyncService.processedRecords`, `Set.table`, `(array)[]`): of 32
+    /// new objects spread over the class, the path holding most of their
+    /// bytes, each step through the retainer nearest the roots (the
+    /// program's own objects before V8's internal roots, as DevTools
+    /// orders them); at most the 10 steps nearest the objects. Empty for
+    /// the classes past the first five and those that did not grow.
+    pub retained_by: Vec<String>,
+    /// How much of the sampled new objects' bytes that path holds.
+    pub path_share: String,
 }
 
 /// A V8 out-of-memory abort: node prints `FATAL ERROR: ... JavaScript heap

@@ -41,6 +41,7 @@ pub fn report() -> Report {
         handles: Default::default(),
         held_at_start: None,
         v8_heap: None,
+        v8_heap_snapshots: None,
         v8_out_of_memory: Vec::new(),
         hints: Vec::new(),
         processes: Vec::new(),

@@ -53,6 +53,52 @@ fn held_at_start(s: &mut String, report: &Report) {
     }
 }
 
+/// Heap snapshots (`--heap-snapshot`): what each cost, and for each later
+/// one what grew since the first, with the path that retains it.
+fn heap_snapshots(s: &mut String, report: &Report) {
+    let Some(h) = &report.v8_heap_snapshots else { return };
+    let taken: Vec<String> = h
+        .taken
+        .iter()
+        .map(|t| {
+            format!(
+                "{} at {:.0}s ({}, paused node {:.0} ms)",
+                t.file,
+                t.at_s,
+                human_bytes(t.file_bytes),
+                t.pause_ms
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "V8 heap snapshots: {}",
+        if taken.is_empty() { "none taken".into() } else { taken.join("; ") }
+    );
+    if !taken.is_empty() {
+        let _ = writeln!(
+            s,
+            "  (writing them grew node's own memory: what stacks under V8's HeapSnapshot serializer hold is theirs)"
+        );
+    }
+    for c in &h.comparisons {
+        let _ = writeln!(s, "  grew from {} to {} (new objects - those gone, by class):", c.base, c.to);
+        for g in c.grew.iter().filter(|g| g.delta_bytes > 0).take(5) {
+            let _ = writeln!(
+                s,
+                "    {:+.2} MiB ({} new, {} gone) {}",
+                g.delta_bytes as f64 / (1 << 20) as f64,
+                g.new_objects,
+                g.deleted_objects,
+                g.class
+            );
+            if !g.retained_by.is_empty() {
+                let _ = writeln!(s, "      retained by {} ({})", g.retained_by.join(" -> "), g.path_share);
+            }
+        }
+    }
+}
+
 /// V8's own view of its heap (`--lens js-heap`): used against the limit, per space.
 fn v8_heap(s: &mut String, report: &Report) {
     let Some(h) = &report.v8_heap else { return };
@@ -177,6 +223,7 @@ pub fn render(report: &Report, top: usize) -> String {
         }
     }
     v8_heap(&mut s, report);
+    heap_snapshots(&mut s, report);
     held_at_start(&mut s, report);
     if let Some(cg) = &report.cgroup {
         let memory = match &cg.memory {

@@ -279,7 +279,8 @@ impl AddressSpace {
         }
         if is_js_function(addr) {
             let sfi = addr & !profiler_common::V8_FUNCTION;
-            let loc = Location::JsFunction { function: self.v8_heap().and_then(|heap| heap.function(sfi)), sfi };
+            let loc =
+                Location::JsFunction { function: self.v8_heap().and_then(|heap| heap.function(sfi)), sfi };
             self.cache.insert(addr, loc.clone());
             return loc;
         }

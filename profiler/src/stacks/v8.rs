@@ -129,7 +129,8 @@ impl V8Layout {
             if !name.starts_with("v8dbg_") {
                 continue;
             }
-            let Some(wanted) = REQUIRED.iter().chain(["v8dbg_TaggedSize"].iter()).find(|w| **w == name) else {
+            let Some(wanted) = REQUIRED.iter().chain(["v8dbg_TaggedSize"].iter()).find(|w| **w == name)
+            else {
                 continue;
             };
             let section = sym.section_index().and_then(|i| elf.section_by_index(i).ok());
@@ -194,9 +195,11 @@ impl V8Layout {
         if self.fp_context != self.fp_function + 8 {
             return V8Frames::default();
         }
-        let (Ok(fp_context), Ok(fp_function), Ok(function_shared)) =
-            (i8::try_from(self.fp_context), i8::try_from(self.fp_function), u16::try_from(self.function_shared))
-        else {
+        let (Ok(fp_context), Ok(fp_function), Ok(function_shared)) = (
+            i8::try_from(self.fp_context),
+            i8::try_from(self.fp_function),
+            u16::try_from(self.function_shared),
+        ) else {
             return V8Frames::default();
         };
         V8Frames { fp_context, fp_function, function_shared }
@@ -372,7 +375,8 @@ impl V8Heap {
         if t != l.script_type {
             return None;
         }
-        let url = self.word(script + l.script_name).and_then(|n| self.string(n, MAX_NAME)).unwrap_or_default();
+        let url =
+            self.word(script + l.script_name).and_then(|n| self.string(n, MAX_NAME)).unwrap_or_default();
         let line_ends = self
             .word(script + l.script_line_ends)
             .and_then(|ends| self.line_ends(ends))

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use profiler_common::unwind::{Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES};
+use profiler_common::unwind::{
+    Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES,
+};
 
 use super::table::{self, NoTable};
 use crate::{
@@ -208,7 +210,8 @@ impl KernelTables {
             mapping.first_row = l.first_row;
             mapping.rows = l.rows;
         }
-        let v8 = self.modules.get(&key).and_then(|l| l.as_ref().ok()).map_or_else(V8Frames::default, |l| l.v8);
+        let v8 =
+            self.modules.get(&key).and_then(|l| l.as_ref().ok()).map_or_else(V8Frames::default, |l| l.v8);
         (mapping, v8)
     }
 
