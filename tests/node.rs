@@ -232,8 +232,31 @@ fn start_node(
     if !node_installed() {
         return None;
     }
+    Some(start_node_binary(Path::new("node"), script, args, ready_prefix))
+}
+
+/// The node binaries JS names are checked with: the machine's, and node 22
+/// from the npm registry where `cargo xtask test` installed it.
+fn node_binaries() -> Vec<std::path::PathBuf> {
+    let mut nodes = vec![std::path::PathBuf::from("node")];
+    let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/node-22/node_modules/node/bin/node");
+    if other.exists() {
+        nodes.push(other);
+    } else {
+        eprintln!("SKIPPED for node 22: {} is not installed (cargo xtask test installs it)", other.display());
+    }
+    nodes
+}
+
+/// [`start_node`] with the node binary `node`.
+fn start_node_binary(
+    node: &Path,
+    script: &str,
+    args: &[&str],
+    ready_prefix: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
-    let mut node = Command::new("node").arg(&script).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut node = Command::new(node).arg(&script).args(args).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = BufReader::new(node.stdout.take().unwrap());
     let (send, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -249,7 +272,7 @@ fn start_node(
         let _ = node.wait();
         panic!("{} never printed {ready_prefix:?}", script.display());
     }
-    Some((node, lines))
+    (node, lines)
 }
 
 /// Attached after the leaks happened, as the seeds' engineers attach: the
@@ -534,12 +557,20 @@ fn the_memory_split_under_the_default_lens_sees_the_retained_buffers_as_external
 /// production (issue 16): JS frames are named from V8's own heap (function,
 /// script and line, no perf map), under the default lens and the alloc
 /// lens, and the leak stays one growing stack while V8 optimizes the
-/// function that keeps it.
+/// function that keeps it. On this machine's node and on node 22.
 #[test]
 fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
-    for (lens, kind) in [("resident,handles", "resident"), ("alloc", "heap")] {
-        let Some((mut node, lines)) = start_node("retain.js", &[], "ready") else { return };
-        let dir = common::fresh_dir(&format!("node-flagless-{kind}"));
+    if !node_installed() {
+        return;
+    }
+    let runs = node_binaries().into_iter().flat_map(|node| {
+        [("resident,handles", "resident"), ("alloc", "heap")]
+            .map(move |(lens, kind)| (node.clone(), lens, kind))
+    });
+    for (node_binary, lens, kind) in runs {
+        let (mut node, lines) = start_node_binary(&node_binary, "retain.js", &[], "ready");
+        let version = if node_binary == Path::new("node") { "node" } else { "node-22" };
+        let dir = common::fresh_dir(&format!("node-flagless-{version}-{kind}"));
         let mut profiler = Command::new(PROFILER)
             .args([
                 "record",
@@ -578,17 +609,23 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
             .filter(|e| e["kind"] == kind && has_frame(e, "JS:retainBody "))
             .collect();
         let bytes: u64 = retaining.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-        assert!(bytes as f64 >= 0.95 * truth as f64, "{lens}: {bytes} of {truth} bytes under retainBody");
+        assert!(
+            bytes as f64 >= 0.95 * truth as f64,
+            "{version} {lens}: {bytes} of {truth} bytes under retainBody"
+        );
         let top = retaining.iter().max_by_key(|e| e["bytes"].as_u64().unwrap()).unwrap();
         assert!(
             top["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64,
-            "{lens}: one stack whatever the tier: {retaining:#?}"
+            "{version} {lens}: one stack whatever the tier: {retaining:#?}"
         );
-        assert_eq!(top["trend"]["verdict"], "growing", "{lens}: {}", top["trend"]);
+        assert_eq!(top["trend"]["verdict"], "growing", "{version} {lens}: {}", top["trend"]);
         let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
-        assert!(frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17, "{frame}");
+        assert!(
+            frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17,
+            "{version}: {frame}"
+        );
         let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
-        assert!(!text.contains("--perf-basic-prof"), "{lens}: no hint to restart node: {text}");
+        assert!(!text.contains("--perf-basic-prof"), "{version} {lens}: no hint to restart node: {text}");
     }
 }
 

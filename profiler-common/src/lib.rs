@@ -608,6 +608,7 @@ pub mod unwind {
     #[derive(Clone, Copy)]
     pub struct Process {
         pub count: u32,
+        pub _pad: u32,
         /// Where V8 keeps a JS frame's function; all zero when the process
         /// runs no V8.
         pub v8: V8Frames,
@@ -620,26 +621,51 @@ pub mod unwind {
     /// `JSFunction` just below the saved frame pointer, and the function
     /// points to its `SharedFunctionInfo`, which is the same for every tier
     /// of one JS function. The walker records that instead of the code
-    /// address ([`super::V8_FUNCTION`]).
+    /// address ([`super::V8_FUNCTION`]), with a stamp of the object's
+    /// immutable fields, by which userspace tells a function that moved
+    /// (V8 compacts its heap) from the one now at its old address.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct V8Frames {
-        /// Frame-pointer offset of the context, or of a typed frame's
-        /// marker (a small integer) where frames have no function: the
-        /// word right above the function (`fp_function + 8`).
-        pub fp_context: i8,
-        /// Frame-pointer offset of the `JSFunction`; 0: not V8.
+        /// Frame-pointer offset of the `JSFunction`; 0: not V8. The word
+        /// above it is the frame's context, or a typed frame's marker (a
+        /// small integer) where the frame has no function.
         pub fp_function: i8,
+        pub _pad: u8,
         /// Offset of `shared` in a `JSFunction`.
         pub function_shared: u16,
+        /// Offset in a `SharedFunctionInfo` of 6 bytes that never change
+        /// (its length, parameter count and function token offset); 0: no stamp.
+        pub shared_stamp: u16,
+        pub _pad2: u16,
+    }
+
+    /// The stamp of a `SharedFunctionInfo` from the 8 bytes at its
+    /// [`V8Frames::shared_stamp`]: its low 6 bytes folded to 16 bits.
+    #[inline(always)]
+    pub fn v8_stamp(word: u64) -> u64 {
+        let w = word & 0xffff_ffff_ffff;
+        (w ^ (w >> 16) ^ (w >> 32)) & 0xffff
     }
 }
 
 /// A frame word that is not a code address: V8's `SharedFunctionInfo` (a
-/// tagged heap pointer) of a JS frame, or-ed with this (user addresses are
-/// below 2^47). One JS function is then one frame whatever its tier or
-/// code address, and userspace names it from the target's heap.
+/// tagged heap pointer, below 2^47) of a JS frame, its stamp
+/// ([`unwind::v8_stamp`]) in bits 47-62, and this. One JS function is then
+/// one frame whatever its tier or code address, and userspace names it
+/// from the target's heap.
 pub const V8_FUNCTION: u64 = 1 << 63;
+/// The bits of a [`V8_FUNCTION`] word that hold the object's address.
+pub const V8_FUNCTION_ADDRESS: u64 = (1 << 47) - 1;
+/// Where a [`V8_FUNCTION`] word holds the object's stamp.
+pub const V8_STAMP_SHIFT: u32 = 47;
+
+/// V8 tags a pointer to a heap object with 1 in its low bits (a small
+/// integer, such as a typed frame's marker, has 0).
+#[inline(always)]
+pub fn is_v8_heap_object(word: u64) -> bool {
+    word & 3 == 1
+}
 
 /// A complete record as the kernel side assembles it before output.
 #[repr(C)]

@@ -16,8 +16,9 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use profiler_common::{
-    unwind::{rule, Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES},
-    StackStatus, MAX_FRAMES, V8_FUNCTION,
+    is_v8_heap_object,
+    unwind::{rule, v8_stamp, Mapping, Process, Row, RowPage, V8Frames, MAX_MAPPINGS, ROWS_PER_PAGE, ROW_PAGES},
+    StackStatus, MAX_FRAMES, V8_FUNCTION, V8_FUNCTION_ADDRESS, V8_STAMP_SHIFT,
 };
 
 /// Every module's rows, written by userspace.
@@ -168,27 +169,30 @@ fn row_of(m: &Mapping, pc: u64) -> Option<Row> {
     (r.pc as u64 <= rel).then_some(r)
 }
 
-/// V8 tags a pointer to a heap object with 1 in its low bits (a small
-/// integer, such as a typed frame's marker, has 0).
-#[inline(always)]
-fn is_heap_object(word: u64) -> bool {
-    word & 3 == 1
-}
-
-/// The `SharedFunctionInfo` of the JS frame at `bp`, if it is one: its
-/// context slot holds a heap object (not a typed frame's marker) and so does
-/// its function slot (right below it: one read for both), whose `shared`
-/// field does too. Userspace checks the object's type before naming it.
+/// The frame word of the JS frame at `bp`, if it is one: its context slot
+/// holds a heap object (not a typed frame's marker) and so does its
+/// function slot (right below it: one read for both), whose `shared` field
+/// does too; the word is that `SharedFunctionInfo` with its stamp.
+/// Userspace checks the object's type and stamp before naming it.
 #[inline(always)]
 fn v8_function(v8: V8Frames, bp: u64) -> Option<u64> {
     let slots = bp.wrapping_add(v8.fp_function as i64 as u64);
     let [function, context] = unsafe { bpf_probe_read_user(slots as *const [u64; 2]) }.ok()?;
-    if !is_heap_object(context) || !is_heap_object(function) {
+    if !is_v8_heap_object(context) || !is_v8_heap_object(function) {
         return None;
     }
     let shared = (function - 1).wrapping_add(v8.function_shared as u64);
     let shared = unsafe { bpf_probe_read_user(shared as *const u64) }.ok()?;
-    (is_heap_object(shared) && shared >> 47 == 0).then_some(shared)
+    if !is_v8_heap_object(shared) || shared & !V8_FUNCTION_ADDRESS != 0 {
+        return None;
+    }
+    let stamp = if v8.shared_stamp == 0 {
+        0
+    } else {
+        let at = (shared - 1).wrapping_add(v8.shared_stamp as u64);
+        v8_stamp(unsafe { bpf_probe_read_user(at as *const u64) }.ok()?)
+    };
+    Some(V8_FUNCTION | stamp << V8_STAMP_SHIFT | shared)
 }
 
 #[inline(always)]
@@ -294,8 +298,8 @@ extern "C" fn step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
                 return end(w, StackStatus::Complete);
             }
             if process.v8.fp_function != 0 {
-                if let Some(function) = v8_function(process.v8, bp) {
-                    unsafe { *w.frames.add(n & (MAX_FRAMES - 1)) = V8_FUNCTION | function };
+                if let Some(word) = v8_function(process.v8, bp) {
+                    unsafe { *w.frames.add(n & (MAX_FRAMES - 1)) = word };
                 }
             }
             to_caller(w, bp + 16, Some(bp))

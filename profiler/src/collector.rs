@@ -130,6 +130,8 @@ pub struct Collector {
     /// The creating stack (with JS frames) of each libuv stream handle, by
     /// (pid, handle address), until the handle gets its fd.
     stream_creators: HashMap<(u32, u64), StackId>,
+    /// Handle creators dropped at the bound (their sockets keep their own stacks).
+    pub stream_creators_forgotten: u64,
     /// Queued work items forgotten (more than [`MAX_QUEUED_WORK`] at once):
     /// what they open keeps the threadpool thread's stack only.
     pub threadpool_forgotten: u64,
@@ -726,10 +728,16 @@ impl Collector {
                 return;
             }
             Event::StreamInit { stream } => {
-                // Only a creator with JS frames says more than the fd's own stack.
+                // Only a creator with JS frames says more than the fd's own
+                // stack (JS named from V8's heap or from a perf map).
                 let stack = self.intern(&ev, CapturedAt::Return);
-                let from_js = self.stacks.get(stack).1.iter().any(|&w| crate::stacks::is_js_function(w));
+                let from_js = self.locations[stack as usize].iter().any(|l| match l {
+                    Location::JsFunction { .. } | Location::Jit { .. } => true,
+                    Location::Anonymous { name, .. } => &**name == "[jit]",
+                    _ => false,
+                });
                 if self.stream_creators.len() >= MAX_STREAM_CREATORS {
+                    self.stream_creators_forgotten += self.stream_creators.len() as u64;
                     self.stream_creators.clear();
                 }
                 if from_js {

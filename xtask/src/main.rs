@@ -374,6 +374,30 @@ fn install_test_tools() {
         ],
         "the tests",
     );
+    install_other_node();
+}
+
+/// The second node major the tests name JS frames in (besides the
+/// machine's), from the npm registry's `node` package, which carries the
+/// official binary.
+const OTHER_NODE: &str = "node@22.23.3";
+
+/// Installs [`OTHER_NODE`] into `target/node-22` (the tests look for
+/// `target/node-22/node_modules/node/bin/node`); warns when it cannot.
+fn install_other_node() {
+    let prefix = workspace_root().join("target/node-22");
+    if prefix.join("node_modules/node/bin/node").exists() || find_in_path("npm").is_none() {
+        return;
+    }
+    eprintln!("xtask: installing {OTHER_NODE} from the npm registry into {}", prefix.display());
+    let installed = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&prefix)
+        .arg(OTHER_NODE)
+        .status();
+    if !installed.is_ok_and(|s| s.success()) {
+        eprintln!("xtask: warning: could not install {OTHER_NODE}: its tests are skipped");
+    }
 }
 
 /// Installs, as root with apt-get, the Debian package of each `(binary,

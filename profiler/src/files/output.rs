@@ -126,6 +126,15 @@ impl OutputDir {
 
     /// Writes `data` as file `name`, completely or not at all.
     pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.write_with_mode(name, data, 0o644)
+    }
+
+    /// [`OutputDir::write`] for a file only its owner (root) may read.
+    pub fn write_private(&self, name: &str, data: &[u8]) -> Result<()> {
+        self.write_with_mode(name, data, 0o600)
+    }
+
+    fn write_with_mode(&self, name: &str, data: &[u8], mode: libc::c_uint) -> Result<()> {
         let target = c_name(name)?;
         let temp = c_name(&format!(".{name}.{}.tmp", random_suffix()))?;
         let shown = || self.path.join(name).display().to_string();
@@ -135,7 +144,7 @@ impl OutputDir {
                 self.dir.as_raw_fd(),
                 temp.as_ptr(),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
+                mode,
             )
         };
         if fd < 0 {

@@ -232,7 +232,7 @@ fn run(
     requests: &mpsc::Receiver<Request>,
     heap_snapshots: Option<OutputDir>,
 ) -> Result<()> {
-    let stop = &StopSignal(requests);
+    let stop = &StopSignal { requests, observed };
     // Held from before the checks: a pid reused meanwhile is never signalled.
     let pidfd = crate::process::pidfd(pid)?;
     enter_network_namespace(pid)?;
@@ -257,7 +257,7 @@ fn run(
         o.longest_call_ms = o.longest_call_ms.max(took_ms);
         Ok(())
     };
-    let mut snapshots = heap_snapshots.map(|dir| Snapshots { dir, first: None });
+    let mut snapshots = heap_snapshots.map(|dir| Snapshots { dir, first: None, asked: 0 });
     let mut snapshot = |session: &mut cdp::Session, label: &str| {
         let Some(s) = &mut snapshots else { return };
         if let Err(e) = s.take(session, label, started, observed) {
@@ -286,10 +286,27 @@ fn run(
                         .push(format!("js-heap: a reading failed: {}", printable(&format!("{e:#}"))));
                 }
             }
-            match requests.recv_timeout(interval) {
+            let first = match requests.recv_timeout(interval) {
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Ok(Request::HeapSnapshot(label)) => snapshot(&mut session, &label),
-                _ => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(request) => request,
+            };
+            // An end asked for meanwhile goes before snapshots still queued.
+            let pending: Vec<Request> = std::iter::once(first).chain(requests.try_iter()).collect();
+            if pending.iter().any(|r| matches!(r, Request::Stop)) {
+                for r in pending {
+                    if let Request::HeapSnapshot(label) = r {
+                        lock(observed)
+                            .notes
+                            .push(format!("js-heap: heap snapshot {label} not taken: recording ended first"));
+                    }
+                }
+                break;
+            }
+            for r in pending {
+                if let Request::HeapSnapshot(label) = r {
+                    snapshot(&mut session, &label);
+                }
             }
         }
         if answers(pid) {
@@ -330,14 +347,22 @@ fn run(
 }
 
 /// The session's stop request, as the waits before the inspector is open see it.
-struct StopSignal<'a>(&'a mpsc::Receiver<Request>);
+struct StopSignal<'a> {
+    requests: &'a mpsc::Receiver<Request>,
+    observed: &'a Mutex<Observed>,
+}
 
 impl StopSignal<'_> {
-    /// Whether the session ended (a snapshot asked for before the inspector is open is dropped).
+    /// Whether the session ended. A heap snapshot asked for before the
+    /// inspector is open is not taken (the first one, taken once it is, has
+    /// what it would have had), and the report says so.
     fn try_recv(&self) -> Result<(), ()> {
-        while let Ok(request) = self.0.try_recv() {
-            if matches!(request, Request::Stop) {
-                return Ok(());
+        while let Ok(request) = self.requests.try_recv() {
+            match request {
+                Request::Stop => return Ok(()),
+                Request::HeapSnapshot(label) => lock(self.observed).notes.push(format!(
+                    "js-heap: heap snapshot {label} not taken: the inspector was not open yet"
+                )),
             }
         }
         Err(())
@@ -349,6 +374,8 @@ impl StopSignal<'_> {
 struct Snapshots {
     dir: OutputDir,
     first: Option<(String, snapshot::Baseline)>,
+    /// Snapshots asked of V8 so far (numbers the files, failed ones too).
+    asked: usize,
 }
 
 impl Snapshots {
@@ -369,9 +396,10 @@ impl Snapshots {
             SNAPSHOT_TIMEOUT,
         )?;
         let pause_ms = call.elapsed().as_secs_f64() * 1e3;
-        let taken = lock(observed).snapshots.as_ref().map_or(0, |s| s.taken.len());
-        let file = format!("heap-{}-{label}.heapsnapshot", taken + 1);
-        self.dir.write(&file, json.as_bytes())?;
+        self.asked += 1;
+        let file = format!("heap-{}-{label}.heapsnapshot", self.asked);
+        // The whole JS heap, secrets included: readable by root only.
+        self.dir.write_private(&file, json.as_bytes())?;
         let graph = snapshot::HeapGraph::parse(&json)?;
         let file_bytes = json.len() as u64;
         drop(json);

@@ -17,6 +17,9 @@ use crate::report::model::{ClassGrowth, HeapSnapshotComparison};
 
 /// Largest snapshot taken (its JSON), the bound on what the target sends.
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+/// Largest object size taken (V8's largest objects are far smaller): sums
+/// of sizes then cannot overflow.
+const MAX_OBJECT_BYTES: u64 = 1 << 40;
 /// Classes listed per comparison, most grown first.
 const CLASSES_SHOWN: usize = 10;
 /// Retaining paths shown (the classes that grew most by bytes).
@@ -153,11 +156,14 @@ impl HeapGraph {
             let class = class_of(node_type, string(n[n_name]));
             let next = class_index.len() as u32;
             let class = *class_index.entry(class).or_insert(next);
+            if n[n_size] > MAX_OBJECT_BYTES {
+                bail!("a heap snapshot object of {} bytes", n[n_size]);
+            }
             g.class.push(class);
             g.id.push(n[n_id]);
             g.size.push(n[n_size]);
             g.first_edge.push(u32::try_from(edge).context("too many edges")?);
-            edge += n[n_edges];
+            edge = edge.checked_add(n[n_edges]).context("too many edges")?;
         }
         g.first_edge.push(u32::try_from(edge).context("too many edges")?);
         if edge as usize != raw.edges.len() / ef {
@@ -218,24 +224,27 @@ impl HeapGraph {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.size.iter().sum()
+        self.size.iter().fold(0u64, |sum, &size| sum.saturating_add(size))
     }
 
     fn edges(&self, node: usize) -> std::ops::Range<usize> {
         self.first_edge[node] as usize..self.first_edge[node + 1] as usize
     }
 
-    /// Each node's distance from the root (node 0) over strong edges, as
-    /// DevTools counts it: from the user roots (the global object, node's
-    /// environment) first, then from the GC roots (the string table, the
-    /// handle scopes), so a retaining path goes through the program's own
-    /// objects where it can. `u32::MAX` for the unreachable.
-    fn distances(&self) -> Vec<u32> {
-        let mut distance = vec![u32::MAX; self.id.len()];
-        if distance.is_empty() {
-            return distance;
+    /// Each node's nearest retainer: the edge that first reaches it in a
+    /// breadth-first walk over strong edges, from the user roots (the
+    /// global object, node's environment) before the GC roots (the string
+    /// table, the handle scopes), as DevTools orders retainers, so a path
+    /// goes through the program's own objects where it can. Per node: the
+    /// retaining node and edge, `None` for the roots and the unreachable.
+    fn nearest_retainers(&self) -> Vec<Option<(u32, u32)>> {
+        let nodes = self.id.len();
+        let mut retainer = vec![None; nodes];
+        let mut seen = vec![false; nodes];
+        if nodes == 0 {
+            return retainer;
         }
-        distance[0] = 0;
+        seen[0] = true;
         let (gc_roots, user_roots): (Vec<usize>, Vec<usize>) = self
             .edges(0)
             .map(|e| self.edge_to[e] as usize)
@@ -243,59 +252,29 @@ impl HeapGraph {
         for roots in [user_roots, gc_roots] {
             let mut queue = std::collections::VecDeque::new();
             for n in roots {
-                if distance[n] == u32::MAX {
-                    distance[n] = 1;
+                if !seen[n] {
+                    seen[n] = true;
                     queue.push_back(n);
                 }
             }
             while let Some(node) = queue.pop_front() {
                 for e in self.edges(node) {
-                    if self.edge_kind[e] == EdgeKind::Weak {
-                        continue;
-                    }
                     let to = self.edge_to[e] as usize;
-                    if distance[to] == u32::MAX {
-                        distance[to] = distance[node] + 1;
+                    if self.edge_kind[e] != EdgeKind::Weak && !seen[to] {
+                        seen[to] = true;
+                        retainer[to] = Some((node as u32, e as u32));
                         queue.push_back(to);
                     }
                 }
             }
         }
-        distance
-    }
-
-    /// The edges retaining each node (indices into the edge arrays), as
-    /// offsets per node into one array.
-    fn retainers(&self) -> (Vec<u32>, Vec<u32>) {
-        let nodes = self.id.len();
-        let mut count = vec![0u32; nodes + 1];
-        for &to in &self.edge_to {
-            count[to as usize + 1] += 1;
-        }
-        for i in 0..nodes {
-            count[i + 1] += count[i];
-        }
-        let mut fill = count.clone();
-        let mut edges = vec![0u32; self.edge_to.len()];
-        for node in 0..nodes {
-            for e in self.edges(node) {
-                let to = self.edge_to[e] as usize;
-                edges[fill[to] as usize] = e as u32;
-                fill[to] += 1;
-            }
-        }
-        (count, edges)
-    }
-
-    /// The node an edge leaves from (edges are grouped by it).
-    fn owner(&self, edge: usize) -> usize {
-        self.first_edge.partition_point(|&first| first as usize <= edge) - 1
+        retainer
     }
 
     /// How a retaining step reads: `Class.name`, or `Class[]` for an
     /// element (V8 names hash table slots by number too).
-    fn step(&self, edge: usize) -> String {
-        let from = &self.classes[self.class[self.owner(edge)] as usize];
+    fn step(&self, from: usize, edge: usize) -> String {
+        let from = &self.classes[self.class[from] as usize];
         match self.edge_name[edge] {
             EdgeName::String(s) if !self.classes[s as usize].bytes().all(|b| b.is_ascii_digit()) => {
                 format!("{from}.{}", self.classes[s as usize])
@@ -304,43 +283,39 @@ impl HeapGraph {
         }
     }
 
-    /// The path from the root to `node` through the retainer nearest the
-    /// root at each step (as DevTools lists retainers), nearest-the-object
-    /// steps last; empty for an unreachable node.
-    fn retaining_path(&self, node: usize, distance: &[u32], retainers: &(Vec<u32>, Vec<u32>)) -> Vec<String> {
-        let (first, edges) = retainers;
+    /// The path that retains `node`, through each nearest retainer, the
+    /// steps nearest the object last; empty for an unreachable node.
+    fn retaining_path(&self, node: usize, retainers: &[Option<(u32, u32)>]) -> Vec<String> {
         let mut steps = Vec::new();
         let mut at = node;
-        // The root's own step (to a global object, to the GC roots) says nothing.
-        while distance[at] > 1 && distance[at] != u32::MAX && steps.len() < PATH_STEPS {
-            let nearest = edges[first[at] as usize..first[at + 1] as usize]
-                .iter()
-                .map(|&e| e as usize)
-                .filter(|&e| self.edge_kind[e] != EdgeKind::Weak)
-                .min_by_key(|&e| distance[self.owner(e)]);
-            let Some(e) = nearest else { break };
-            at = self.owner(e);
-            // The parts of a concatenated or sliced string are that string.
-            if self.classes[self.class[at] as usize] != "(string)" {
-                steps.push(self.step(e));
+        while let Some((from, edge)) = retainers[at] {
+            if steps.len() == PATH_STEPS {
+                break;
             }
+            // The parts of a concatenated or sliced string are that string.
+            if self.classes[self.class[from as usize] as usize] != "(string)" {
+                steps.push(self.step(from as usize, edge as usize));
+            }
+            at = from as usize;
         }
         steps.reverse();
         steps
     }
 }
 
-/// What a later snapshot is compared with: every object of the first by id.
+/// What a later snapshot is compared with: every object of the first by
+/// id, with its class and size.
 pub struct Baseline {
-    objects: HashMap<u64, (String, u64)>,
+    objects: HashMap<u64, (u32, u64)>,
+    classes: Vec<String>,
 }
 
 impl Baseline {
     pub fn of(g: &HeapGraph) -> Self {
-        let objects = (0..g.objects())
-            .map(|i| (g.id[i], (g.classes[g.class[i] as usize].clone(), g.size[i])))
-            .collect();
-        Self { objects }
+        let objects = (0..g.objects()).map(|i| (g.id[i], (g.class[i], g.size[i]))).collect();
+        // Class indices come first in the names table; edge names follow.
+        let classes = g.classes[..g.class.iter().map(|&c| c as usize + 1).max().unwrap_or(0)].to_vec();
+        Self { objects, classes }
     }
 }
 
@@ -370,21 +345,23 @@ pub fn compare(
         }
         let t = by_class.entry(&after.classes[after.class[node] as usize]).or_default();
         t.new_objects += 1;
-        t.new_bytes += after.size[node];
+        t.new_bytes = t.new_bytes.saturating_add(after.size[node]);
         t.new_nodes.push((after.size[node], node));
     }
     for (id, (class, size)) in &base.objects {
         if !alive.contains(id) {
-            let t = by_class.entry(class.as_str()).or_default();
+            let t = by_class.entry(base.classes[*class as usize].as_str()).or_default();
             t.deleted_objects += 1;
-            t.freed_bytes += size;
+            t.freed_bytes = t.freed_bytes.saturating_add(*size);
         }
     }
     let mut classes: Vec<(&str, Tally)> = by_class.into_iter().collect();
-    let delta = |t: &Tally| t.new_bytes as i64 - t.freed_bytes as i64;
+    let delta = |t: &Tally| {
+        (t.new_bytes as i128 - t.freed_bytes as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    };
     classes.sort_by_key(|(name, t)| (std::cmp::Reverse(delta(t)), name.to_string()));
     classes.truncate(CLASSES_SHOWN);
-    let (distance, retainers) = (after.distances(), after.retainers());
+    let retainers = after.nearest_retainers();
     let grew = classes
         .into_iter()
         .enumerate()
@@ -396,8 +373,7 @@ pub fn compare(
                 let sampled: Vec<(u64, usize)> = t.new_nodes.iter().step_by(stride).copied().collect();
                 let mut paths: HashMap<Vec<String>, u64> = HashMap::new();
                 for &(size, node) in &sampled {
-                    *paths.entry(after.retaining_path(node, &distance, &retainers)).or_default() +=
-                        size.max(1);
+                    *paths.entry(after.retaining_path(node, &retainers)).or_default() += size.max(1);
                 }
                 let total: u64 = paths.values().sum();
                 let (path, bytes) = paths

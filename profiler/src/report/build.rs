@@ -198,6 +198,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
             scratch_busy: kernel.scratch_busy,
             own_read_faults: kernel.own_read_faults,
             threadpool_requests_forgotten: collector.threadpool_forgotten,
+            handle_creators_forgotten: collector.stream_creators_forgotten,
             ledger: UnmatchedCounts::from(collector.ledger.counters),
             probes_skipped: inputs.probes_skipped.clone(),
             probes_attached: inputs.probes_attached.clone(),

@@ -494,6 +494,10 @@ pub struct Accuracy {
     /// many queued at once): what they opened keeps the threadpool thread's stack only.
     #[serde(default)]
     pub threadpool_requests_forgotten: u64,
+    /// libuv socket and pipe handles whose creator was forgotten before
+    /// they got their fd (too many pending at once): their fds keep their own stack only.
+    #[serde(default)]
+    pub handle_creators_forgotten: u64,
     #[serde(flatten)]
     pub ledger: UnmatchedCounts,
     /// Allocator entry points not probed, and why.
@@ -520,10 +524,16 @@ pub struct IncompleteStacks {
 /// JS frames named from V8's heap (`stacks/v8.rs`), over all processes.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct JsNaming {
-    /// JS functions named (each read once per process).
+    /// JS functions named (each read once per process, again after the
+    /// reader's bounded cache starts over).
     pub functions_named: u64,
-    /// JS functions whose V8 objects could not be read (`JS:[function not readable]`).
+    /// JS functions whose V8 objects could not be read (`JS:[function not
+    /// readable]`), moved ones whose new place was not known included.
     pub functions_unreadable: u64,
+    /// JS functions V8 had moved by the time they were read (followed to
+    /// their new place where V8 left it).
+    #[serde(default)]
+    pub functions_moved: u64,
     /// Time spent reading them from the targets' memory.
     pub read_ms: f64,
     /// Time spent reading V8's object layout from node's symbols (once per process).
@@ -534,6 +544,7 @@ impl std::ops::AddAssign for JsNaming {
     fn add_assign(&mut self, o: Self) {
         self.functions_named += o.functions_named;
         self.functions_unreadable += o.functions_unreadable;
+        self.functions_moved += o.functions_moved;
         self.read_ms += o.read_ms;
         self.layout_ms += o.layout_ms;
     }

@@ -398,7 +398,7 @@ pub fn render(report: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {} | threadpool requests forgotten {}",
+        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {} | threadpool requests forgotten {} | handle creators forgotten {}",
         a.inflight_map_full,
         a.inflight_syscall_map_full,
         a.nested_calls,
@@ -407,7 +407,8 @@ pub fn render(report: &Report, top: usize) -> String {
         a.missed_returns,
         a.scratch_busy,
         a.own_read_faults,
-        a.threadpool_requests_forgotten
+        a.threadpool_requests_forgotten,
+        a.handle_creators_forgotten
     );
     let l = &a.ledger;
     let _ = writeln!(
@@ -516,6 +517,10 @@ fn losses(report: &Report) -> Option<String> {
         (
             a.threadpool_requests_forgotten,
             "threadpool requests forgotten (their opens not joined to the requester)",
+        ),
+        (
+            a.handle_creators_forgotten,
+            "socket and pipe creators forgotten (their fds not joined to the JS that created them)",
         ),
     ];
     let parts: Vec<String> =

@@ -154,8 +154,9 @@ pub enum Location {
 /// Whether a frame word is a JS function recorded by the kernel walker
 /// rather than a code address.
 pub fn is_js_function(word: u64) -> bool {
-    // Marker frames have every high bit set; a V8 word only the top one.
-    word >> 47 == profiler_common::V8_FUNCTION >> 47
+    // Marker frames have their 52 high bits set; a V8 word's address bits
+    // 12-46 never all are (that is the top of the user stack).
+    word & profiler_common::V8_FUNCTION != 0 && word >> 12 != u64::MAX >> 12
 }
 
 /// Locates addresses of one process, caching answers and re-reading the
@@ -278,11 +279,12 @@ impl AddressSpace {
             return loc.clone();
         }
         if is_js_function(addr) {
-            let sfi = addr & !profiler_common::V8_FUNCTION;
-            let loc =
-                Location::JsFunction { function: self.v8_heap().and_then(|heap| heap.function(sfi)), sfi };
-            self.cache.insert(addr, loc.clone());
-            return loc;
+            // Cached (and bounded) by the V8 heap reader, not here.
+            let sfi = addr & profiler_common::V8_FUNCTION_ADDRESS;
+            return Location::JsFunction {
+                function: self.v8_heap().and_then(|heap| heap.function(addr)),
+                sfi,
+            };
         }
         self.refresh_if_outdated(addr);
         let loc = match self.maps.find(addr).cloned() {

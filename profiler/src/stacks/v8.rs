@@ -11,7 +11,11 @@
 
 use std::{collections::HashMap, fs::File, sync::Arc};
 
-use profiler_common::unwind::V8Frames;
+use profiler_common::{
+    is_v8_heap_object,
+    unwind::{v8_stamp, V8Frames},
+    V8_FUNCTION_ADDRESS, V8_STAMP_SHIFT,
+};
 
 use crate::report::model::JsNaming;
 
@@ -75,116 +79,108 @@ pub struct V8Layout {
     fixed_array_type: u16,
     scope_info_first_vars: u64,
     scope_info_context_locals: u64,
+    /// Offset of the `SharedFunctionInfo` fields stamped (see `V8Frames::shared_stamp`).
+    sfi_stamp: Option<u64>,
 }
 
-/// The symbols every field above comes from. A symbol in `.bss` (its
-/// value is 0) is still defined; a missing one means another layout.
-const REQUIRED: [&str; 33] = [
-    "v8dbg_off_fp_function",
-    "v8dbg_off_fp_context",
-    "v8dbg_class_JSFunction__shared__SharedFunctionInfo",
-    "v8dbg_class_Map__instance_type__uint16_t",
-    "v8dbg_class_SharedFunctionInfo__name_or_scope_info__Object",
-    "v8dbg_class_SharedFunctionInfo__script_or_debug_info__HeapObject",
-    "v8dbg_class_Script__name__Object",
-    "v8dbg_class_Script__source__Object",
-    "v8dbg_class_Script__line_ends__Object",
-    "v8dbg_class_String__length__int32_t",
-    "v8dbg_class_SeqOneByteString__chars__char",
-    "v8dbg_class_SeqTwoByteString__chars__char",
-    "v8dbg_class_ConsString__first__String",
-    "v8dbg_class_ConsString__second__String",
-    "v8dbg_class_ThinString__actual__String",
-    "v8dbg_class_SlicedString__parent__String",
-    "v8dbg_class_SlicedString__offset__SMI",
-    "v8dbg_class_FixedArrayBase__length__SMI",
-    "v8dbg_class_FixedArray__data__uintptr_t",
-    "v8dbg_FirstNonstringType",
-    "v8dbg_StringRepresentationMask",
-    "v8dbg_StringEncodingMask",
-    "v8dbg_SeqStringTag",
-    "v8dbg_ConsStringTag",
-    "v8dbg_SlicedStringTag",
-    "v8dbg_ThinStringTag",
-    "v8dbg_OneByteStringTag",
-    "v8dbg_type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE",
-    "v8dbg_type_ScopeInfo__SCOPE_INFO_TYPE",
-    "v8dbg_type_Script__SCRIPT_TYPE",
-    "v8dbg_type_FixedArray__FIXED_ARRAY_TYPE",
-    "v8dbg_scopeinfo_idx_first_vars",
-    "v8dbg_scopeinfo_idx_ncontextlocals",
-];
+/// V8's postmortem metadata: each `v8dbg_*` symbol of a module holds one
+/// 32-bit value (a symbol in `.bss` holds 0).
+struct Metadata(HashMap<String, i64>);
 
-impl V8Layout {
-    /// The layout of the V8 built into `module` (node, or a `libnode.so`);
-    /// `None` without V8's metadata, or for a build whose tagged values are
-    /// not 64-bit (pointer compression), which the kernel walker does not read.
-    pub fn of_module(module: &File) -> Option<Self> {
+impl Metadata {
+    fn read(module: &File) -> Option<Self> {
         use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
         let cache = object::ReadCache::new(module);
         let elf = object::File::parse(&cache).ok()?;
-        let mut values: HashMap<&str, i64> = HashMap::new();
+        let mut values = HashMap::new();
         for sym in elf.dynamic_symbols().filter(|s| s.is_definition()) {
             let Ok(name) = sym.name() else { continue };
-            if !name.starts_with("v8dbg_") {
+            let Some(name) = name.strip_prefix("v8dbg_") else { continue };
+            let Some(section) = sym.section_index().and_then(|i| elf.section_by_index(i).ok()) else {
                 continue;
+            };
+            let value = if section.kind() == SectionKind::UninitializedData {
+                Some(0)
+            } else {
+                (|| {
+                    let at = sym.address().checked_sub(section.address())? as usize;
+                    let bytes = section.data().ok()?.get(at..at.checked_add(4)?)?;
+                    Some(i32::from_le_bytes(bytes.try_into().ok()?) as i64)
+                })()
+            };
+            if let Some(value) = value {
+                values.insert(name.to_string(), value);
             }
-            let Some(wanted) = REQUIRED.iter().chain(["v8dbg_TaggedSize"].iter()).find(|w| **w == name)
-            else {
-                continue;
-            };
-            let section = sym.section_index().and_then(|i| elf.section_by_index(i).ok());
-            let value = match section {
-                Some(s) if s.kind() == SectionKind::UninitializedData => 0,
-                Some(s) => {
-                    let at = sym.address().checked_sub(s.address())? as usize;
-                    let data = s.data().ok()?;
-                    i32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as i64
-                }
-                None => continue,
-            };
-            values.insert(wanted, value);
         }
-        if values.get("v8dbg_TaggedSize") != Some(&8) || REQUIRED.iter().any(|r| !values.contains_key(r)) {
+        (!values.is_empty()).then_some(Self(values))
+    }
+
+    /// A constant (`FirstNonstringType`, `off_fp_function`, `type_Script__SCRIPT_TYPE`).
+    fn constant(&self, name: &str) -> Option<i64> {
+        self.0.get(name).copied()
+    }
+
+    /// A field's offset in a class, under the first of `fields` the build
+    /// has, whatever type it is declared with (V8 renames both across
+    /// versions: `script_or_debug_info__HeapObject` in node 20, `script__Tagged_HeapObject_` in 22).
+    fn field(&self, class: &str, fields: &[&str]) -> Option<u64> {
+        fields.iter().find_map(|field| {
+            let prefix = format!("class_{class}__{field}__");
+            self.0.iter().find(|(name, _)| name.starts_with(&prefix)).map(|(_, v)| *v as u64)
+        })
+    }
+}
+
+impl V8Layout {
+    /// The layout of the V8 built into `module` (node, or a `libnode.so`);
+    /// `None` without V8's metadata (or with a part of it this reader does
+    /// not know), or for a build whose tagged values are not 64-bit
+    /// (pointer compression), which the kernel walker does not read.
+    pub fn of_module(module: &File) -> Option<Self> {
+        let m = Metadata::read(module)?;
+        if m.constant("TaggedSize")? != 8 {
             return None;
         }
-        let v = |name: &str| values[name];
-        let u = |name: &str| values[name] as u64;
-        let t = |name: &str| values[name] as u16;
+        let c = |name: &str| m.constant(name);
+        let t = |name: &str| c(name).map(|v| v as u16);
         Some(Self {
-            fp_function: v("v8dbg_off_fp_function"),
-            fp_context: v("v8dbg_off_fp_context"),
-            function_shared: u("v8dbg_class_JSFunction__shared__SharedFunctionInfo"),
-            map_instance_type: u("v8dbg_class_Map__instance_type__uint16_t"),
-            sfi_name_or_scope_info: u("v8dbg_class_SharedFunctionInfo__name_or_scope_info__Object"),
-            sfi_script_or_debug_info: u("v8dbg_class_SharedFunctionInfo__script_or_debug_info__HeapObject"),
-            script_name: u("v8dbg_class_Script__name__Object"),
-            script_source: u("v8dbg_class_Script__source__Object"),
-            script_line_ends: u("v8dbg_class_Script__line_ends__Object"),
-            string_length: u("v8dbg_class_String__length__int32_t"),
-            seq_one_byte_chars: u("v8dbg_class_SeqOneByteString__chars__char"),
-            seq_two_byte_chars: u("v8dbg_class_SeqTwoByteString__chars__char"),
-            cons_first: u("v8dbg_class_ConsString__first__String"),
-            cons_second: u("v8dbg_class_ConsString__second__String"),
-            thin_actual: u("v8dbg_class_ThinString__actual__String"),
-            sliced_parent: u("v8dbg_class_SlicedString__parent__String"),
-            sliced_offset: u("v8dbg_class_SlicedString__offset__SMI"),
-            fixed_array_length: u("v8dbg_class_FixedArrayBase__length__SMI"),
-            fixed_array_data: u("v8dbg_class_FixedArray__data__uintptr_t"),
-            first_nonstring_type: t("v8dbg_FirstNonstringType"),
-            string_representation_mask: t("v8dbg_StringRepresentationMask"),
-            string_encoding_mask: t("v8dbg_StringEncodingMask"),
-            seq_string_tag: t("v8dbg_SeqStringTag"),
-            cons_string_tag: t("v8dbg_ConsStringTag"),
-            sliced_string_tag: t("v8dbg_SlicedStringTag"),
-            thin_string_tag: t("v8dbg_ThinStringTag"),
-            one_byte_string_tag: t("v8dbg_OneByteStringTag"),
-            sfi_type: t("v8dbg_type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE"),
-            scope_info_type: t("v8dbg_type_ScopeInfo__SCOPE_INFO_TYPE"),
-            script_type: t("v8dbg_type_Script__SCRIPT_TYPE"),
-            fixed_array_type: t("v8dbg_type_FixedArray__FIXED_ARRAY_TYPE"),
-            scope_info_first_vars: u("v8dbg_scopeinfo_idx_first_vars"),
-            scope_info_context_locals: u("v8dbg_scopeinfo_idx_ncontextlocals"),
+            fp_function: c("off_fp_function")?,
+            fp_context: c("off_fp_context")?,
+            function_shared: m.field("JSFunction", &["shared"])?,
+            map_instance_type: m.field("Map", &["instance_type"])?,
+            sfi_name_or_scope_info: m.field("SharedFunctionInfo", &["name_or_scope_info"])?,
+            sfi_script_or_debug_info: m.field("SharedFunctionInfo", &["script_or_debug_info", "script"])?,
+            script_name: m.field("Script", &["name"])?,
+            script_source: m.field("Script", &["source"])?,
+            script_line_ends: m.field("Script", &["line_ends"])?,
+            string_length: m.field("String", &["length"])?,
+            seq_one_byte_chars: m.field("SeqOneByteString", &["chars"])?,
+            seq_two_byte_chars: m.field("SeqTwoByteString", &["chars"])?,
+            cons_first: m.field("ConsString", &["first"])?,
+            cons_second: m.field("ConsString", &["second"])?,
+            thin_actual: m.field("ThinString", &["actual"])?,
+            sliced_parent: m.field("SlicedString", &["parent"])?,
+            sliced_offset: m.field("SlicedString", &["offset"])?,
+            fixed_array_length: m.field("FixedArrayBase", &["length"])?,
+            fixed_array_data: m.field("FixedArray", &["data"])?,
+            first_nonstring_type: t("FirstNonstringType")?,
+            string_representation_mask: t("StringRepresentationMask")?,
+            string_encoding_mask: t("StringEncodingMask")?,
+            seq_string_tag: t("SeqStringTag")?,
+            cons_string_tag: t("ConsStringTag")?,
+            sliced_string_tag: t("SlicedStringTag")?,
+            thin_string_tag: t("ThinStringTag")?,
+            one_byte_string_tag: t("OneByteStringTag")?,
+            sfi_type: t("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")?,
+            scope_info_type: t("type_ScopeInfo__SCOPE_INFO_TYPE")?,
+            script_type: t("type_Script__SCRIPT_TYPE")?,
+            fixed_array_type: t("type_FixedArray__FIXED_ARRAY_TYPE")?,
+            scope_info_first_vars: c("scopeinfo_idx_first_vars")? as u64,
+            scope_info_context_locals: c("scopeinfo_idx_ncontextlocals")? as u64,
+            sfi_stamp: m.field("SharedFunctionInfo", &["length"]).filter(|&length| {
+                m.field("SharedFunctionInfo", &["internal_formal_parameter_count"]) == Some(length + 2)
+                    && m.field("SharedFunctionInfo", &["raw_function_token_offset"]) == Some(length + 4)
+            }),
         })
     }
 
@@ -195,20 +191,14 @@ impl V8Layout {
         if self.fp_context != self.fp_function + 8 {
             return V8Frames::default();
         }
-        let (Ok(fp_context), Ok(fp_function), Ok(function_shared)) = (
-            i8::try_from(self.fp_context),
-            i8::try_from(self.fp_function),
-            u16::try_from(self.function_shared),
-        ) else {
+        let (Ok(fp_function), Ok(function_shared)) =
+            (i8::try_from(self.fp_function), u16::try_from(self.function_shared))
+        else {
             return V8Frames::default();
         };
-        V8Frames { fp_context, fp_function, function_shared }
+        let shared_stamp = self.sfi_stamp.and_then(|o| u16::try_from(o).ok()).unwrap_or(0);
+        V8Frames { fp_function, _pad: 0, function_shared, shared_stamp, _pad2: 0 }
     }
-}
-
-/// A heap object pointer carries 1 in its low bits; a small integer 0.
-fn is_heap_object(word: u64) -> bool {
-    word & 3 == 1
 }
 
 /// A small integer's value (64-bit tagged values keep it in the upper half).
@@ -223,6 +213,10 @@ const MAX_SOURCE: usize = 4 << 20;
 const MAX_STRING_DEPTH: u32 = 32;
 /// Functions named per process before the cache starts over.
 const MAX_FUNCTIONS: usize = 1 << 16;
+/// Lines of a script whose line ends are kept (1 MiB of them).
+const MAX_LINES: usize = 1 << 18;
+/// Scripts whose line ends are kept per process (each at most `MAX_LINES` of them).
+const MAX_SCRIPTS: usize = 1024;
 
 /// A script's URL and where its lines end.
 struct Script {
@@ -267,19 +261,19 @@ impl V8Heap {
 
     /// The object's address and instance type, if `tagged` points to one.
     fn object(&mut self, tagged: u64) -> Option<(u64, u16)> {
-        if !is_heap_object(tagged) {
+        if !is_v8_heap_object(tagged) {
             return None;
         }
         let addr = tagged - 1;
         let map = self.word(addr)?;
-        if !is_heap_object(map) {
+        if !is_v8_heap_object(map) {
             return None;
         }
         if let Some(t) = self.map_types.get(&map) {
             return Some((addr, *t));
         }
         let mut b = [0u8; 2];
-        if !self.read(map - 1 + self.layout.map_instance_type, &mut b) {
+        if !self.read((map - 1).wrapping_add(self.layout.map_instance_type), &mut b) {
             return None;
         }
         let t = u16::from_le_bytes(b);
@@ -287,34 +281,61 @@ impl V8Heap {
         Some((addr, t))
     }
 
-    /// The JS function whose `SharedFunctionInfo` is at `tagged`.
-    pub fn function(&mut self, tagged: u64) -> Option<Arc<JsFunction>> {
-        if let Some(known) = self.functions.get(&tagged) {
+    /// The JS function of a frame word the kernel walker recorded (its
+    /// `SharedFunctionInfo` and stamp).
+    pub fn function(&mut self, word: u64) -> Option<Arc<JsFunction>> {
+        if let Some(known) = self.functions.get(&word) {
             return known.clone();
         }
-        if self.functions.len() >= MAX_FUNCTIONS {
+        if self.functions.len() >= MAX_FUNCTIONS || self.scripts.len() >= MAX_SCRIPTS {
+            // Starts over: a fleet agent meets new code for days.
             self.functions.clear();
+            self.scripts.clear();
+            self.map_types.clear();
         }
         let started = std::time::Instant::now();
-        let named = self.read_function(tagged).map(Arc::new);
+        let named = self.read_function(word).map(Arc::new);
         self.stats.read_ms += started.elapsed().as_secs_f64() * 1e3;
         match named {
             Some(_) => self.stats.functions_named += 1,
             None => self.stats.functions_unreadable += 1,
         }
-        self.functions.insert(tagged, named.clone());
+        self.functions.insert(word, named.clone());
         named
     }
 
-    fn read_function(&mut self, tagged: u64) -> Option<JsFunction> {
-        let l = self.layout.clone();
-        let (sfi, t) = self.object(tagged)?;
-        if t != l.sfi_type {
-            return None;
+    /// Where the `SharedFunctionInfo` of frame word `word` is now: at its
+    /// recorded address if that still holds it (the type and the stamp
+    /// match), else where V8 moved it, if the old copy still says so (a
+    /// moved object's map word is its new address, until its page is reused).
+    fn locate_function(&mut self, word: u64) -> Option<u64> {
+        let stamp = (word >> V8_STAMP_SHIFT) & 0xffff;
+        let mut tagged = word & V8_FUNCTION_ADDRESS;
+        for _ in 0..2 {
+            let map_word = self.word(tagged.wrapping_sub(1))?;
+            if is_v8_heap_object(map_word) {
+                let (sfi, t) = self.object(tagged)?;
+                let stamped = match self.layout.sfi_stamp {
+                    Some(at) => v8_stamp(self.word(sfi.wrapping_add(at))?) == stamp,
+                    None => true,
+                };
+                return (t == self.layout.sfi_type && stamped).then_some(sfi);
+            }
+            if map_word == 0 || map_word & 7 != 0 {
+                return None;
+            }
+            self.stats.functions_moved += 1;
+            tagged = map_word + 1;
         }
+        None
+    }
+
+    fn read_function(&mut self, word: u64) -> Option<JsFunction> {
+        let l = self.layout.clone();
+        let sfi = self.locate_function(word)?;
         let mut function = JsFunction { name: String::new(), script: String::new(), line: 0, column: 0 };
         let mut start = None;
-        let name_or_scope = self.word(sfi + l.sfi_name_or_scope_info)?;
+        let name_or_scope = self.word(sfi.wrapping_add(l.sfi_name_or_scope_info))?;
         match self.object(name_or_scope) {
             Some((scope, t)) if t == l.scope_info_type => {
                 let (name, position) = self.scope_info(scope);
@@ -326,7 +347,7 @@ impl V8Heap {
             }
             _ => {}
         }
-        let script = self.word(sfi + l.sfi_script_or_debug_info)?;
+        let script = self.word(sfi.wrapping_add(l.sfi_script_or_debug_info))?;
         if let Some(script) = self.script(script) {
             function.script = script.url.clone();
             if let Some(start) = start {
@@ -344,7 +365,7 @@ impl V8Heap {
     fn scope_info(&mut self, scope: u64) -> (Option<String>, Option<u32>) {
         const SLOTS: usize = 16;
         let mut b = [0u8; SLOTS * 8];
-        if !self.read(scope + 8, &mut b) {
+        if !self.read(scope.wrapping_add(8), &mut b) {
             return (None, None);
         }
         let slot = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
@@ -353,7 +374,7 @@ impl V8Heap {
         let (mut name, mut previous) = (None, 1u64);
         for i in first..SLOTS {
             let word = slot(i);
-            if name.is_none() && is_heap_object(word) {
+            if name.is_none() && is_v8_heap_object(word) {
                 name = self.string(word, MAX_NAME);
             }
             if let (Some(start), Some(end)) = (smi(previous), smi(word)) {
@@ -375,16 +396,21 @@ impl V8Heap {
         if t != l.script_type {
             return None;
         }
-        let url =
-            self.word(script + l.script_name).and_then(|n| self.string(n, MAX_NAME)).unwrap_or_default();
+        let url = self
+            .word(script.wrapping_add(l.script_name))
+            .and_then(|n| self.string(n, MAX_NAME))
+            .unwrap_or_default();
         let line_ends = self
-            .word(script + l.script_line_ends)
+            .word(script.wrapping_add(l.script_line_ends))
             .and_then(|ends| self.line_ends(ends))
             .or_else(|| {
                 // Positions count UTF-16 units, as the source is read.
-                let source = self.string_units(self.word(script + l.script_source)?, MAX_SOURCE)?;
+                let source =
+                    self.string_units(self.word(script.wrapping_add(l.script_source))?, MAX_SOURCE)?;
                 Some((0..source.len()).filter(|&i| source[i] == u16::from(b'\n')).map(|i| i as u32).collect())
             })
+            // Past the bound the lines are not known (not guessed).
+            .filter(|ends: &Vec<u32>| ends.len() <= MAX_LINES)
             .unwrap_or_default();
         let script = Arc::new(Script { url, line_ends });
         self.scripts.insert(tagged, script.clone());
@@ -397,12 +423,12 @@ impl V8Heap {
         if t != self.layout.fixed_array_type {
             return None;
         }
-        let n = smi(self.word(array + self.layout.fixed_array_length)?)?;
+        let n = smi(self.word(array.wrapping_add(self.layout.fixed_array_length))?)?;
         if !(1..=(MAX_SOURCE as i64 / 8)).contains(&n) {
             return None;
         }
         let mut b = vec![0u8; n as usize * 8];
-        if !self.read(array + self.layout.fixed_array_data, &mut b) {
+        if !self.read(array.wrapping_add(self.layout.fixed_array_data), &mut b) {
             return None;
         }
         b.chunks_exact(8).map(|w| smi(u64::from_le_bytes(w.try_into().unwrap())).map(|v| v as u32)).collect()
@@ -427,7 +453,7 @@ impl V8Heap {
             return None;
         }
         let mut b = [0u8; 4];
-        self.read(s + self.layout.string_length, &mut b).then_some(())?;
+        self.read(s.wrapping_add(self.layout.string_length), &mut b).then_some(())?;
         Some((s, t, i32::from_le_bytes(b).max(0) as usize))
     }
 
@@ -455,17 +481,19 @@ impl V8Heap {
         if representation == l.seq_string_tag {
             if t & l.string_encoding_mask == l.one_byte_string_tag {
                 let mut chars = vec![0u8; end - from];
-                self.read(s + l.seq_one_byte_chars + from as u64, &mut chars).then_some(())?;
+                self.read(s.wrapping_add(l.seq_one_byte_chars).wrapping_add(from as u64), &mut chars)
+                    .then_some(())?;
                 out.extend(chars.iter().map(|&c| c as u16));
             } else {
                 let mut chars = vec![0u8; 2 * (end - from)];
-                self.read(s + l.seq_two_byte_chars + 2 * from as u64, &mut chars).then_some(())?;
+                self.read(s.wrapping_add(l.seq_two_byte_chars).wrapping_add(2 * from as u64), &mut chars)
+                    .then_some(())?;
                 out.extend(chars.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
             }
             Some(())
         } else if representation == l.cons_string_tag {
-            let first = self.word(s + l.cons_first)?;
-            let second = self.word(s + l.cons_second)?;
+            let first = self.word(s.wrapping_add(l.cons_first))?;
+            let second = self.word(s.wrapping_add(l.cons_second))?;
             let (_, _, first_length) = self.string_header(first)?;
             if from < first_length {
                 self.append_string(first, from, end.min(first_length) - from, max, out, depth + 1)?;
@@ -476,11 +504,11 @@ impl V8Heap {
             }
             Some(())
         } else if representation == l.sliced_string_tag {
-            let parent = self.word(s + l.sliced_parent)?;
-            let offset = smi(self.word(s + l.sliced_offset)?)?.max(0) as usize;
-            self.append_string(parent, offset + from, end - from, max, out, depth + 1)
+            let parent = self.word(s.wrapping_add(l.sliced_parent))?;
+            let offset = smi(self.word(s.wrapping_add(l.sliced_offset))?)?.max(0) as usize;
+            self.append_string(parent, offset.checked_add(from)?, end - from, max, out, depth + 1)
         } else if representation == l.thin_string_tag {
-            let actual = self.word(s + l.thin_actual)?;
+            let actual = self.word(s.wrapping_add(l.thin_actual))?;
             self.append_string(actual, from, end - from, max, out, depth + 1)
         } else {
             None
@@ -495,7 +523,7 @@ fn line_and_column(line_ends: &[u32], position: u32) -> (u32, u32) {
         return (0, 0);
     }
     let line = line_ends.partition_point(|&end| end < position);
-    let line_start = if line == 0 { 0 } else { line_ends[line - 1] + 1 };
+    let line_start = if line == 0 { 0 } else { line_ends[line - 1].saturating_add(1) };
     (line as u32 + 1, position.saturating_sub(line_start) + 1)
 }
 
@@ -528,17 +556,21 @@ mod tests {
     fn small_integers_and_heap_pointers_are_told_apart() {
         assert_eq!(smi(15u64 << 32), Some(15));
         assert_eq!(smi(0x7f00_0000_1001), None);
-        assert!(is_heap_object(0x7f00_0000_1001));
-        assert!(!is_heap_object(15u64 << 32));
+        assert!(is_v8_heap_object(0x7f00_0000_1001));
+        assert!(!is_v8_heap_object(15u64 << 32));
     }
 
     #[test]
-    fn the_layout_of_this_machines_node_is_read() {
-        let Ok(node) = File::open("/usr/bin/node") else { return };
-        let Some(layout) = V8Layout::of_module(&node) else { return };
-        let frames = layout.frames();
-        assert_eq!((frames.fp_context, frames.fp_function), (-8, -16), "V8's standard frame");
-        assert!(frames.function_shared > 0);
-        assert!(layout.sfi_type != 0 && layout.script_type != 0 && layout.first_nonstring_type != 0);
+    fn the_layouts_of_the_nodes_here_are_read() {
+        // This machine's node, and node 22 from the npm registry where `.ci/run` installed it.
+        let other = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/node-22/node_modules/node/bin/node");
+        for path in ["/usr/bin/node", other] {
+            let Ok(node) = File::open(path) else { continue };
+            let layout = V8Layout::of_module(&node).unwrap_or_else(|| panic!("{path}: no V8 layout"));
+            let frames = layout.frames();
+            assert_eq!(frames.fp_function, -16, "{path}: V8's standard frame");
+            assert!(frames.function_shared > 0 && frames.shared_stamp > 0, "{path}: {frames:?}");
+            assert!(layout.sfi_type != 0 && layout.script_type != 0 && layout.first_nonstring_type != 0);
+        }
     }
 }

@@ -163,7 +163,7 @@ impl KernelTables {
             list.sort_by_key(|m| m.start);
         }
         let mut process =
-            Process { count: list.len() as u32, v8, mappings: [Mapping::default(); MAX_MAPPINGS] };
+            Process { count: list.len() as u32, _pad: 0, v8, mappings: [Mapping::default(); MAX_MAPPINGS] };
         process.mappings[..list.len()].copy_from_slice(&list);
         let current = self.processes.get(&pid, 0).ok();
         if current.is_some_and(|c| c.count == process.count && c.v8 == v8 && c.mappings == process.mappings) {
