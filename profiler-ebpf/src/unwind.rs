@@ -271,9 +271,12 @@ extern "C" fn step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // the registers were taken, exact.
     let lookup = if n == 0 { w.pc } else { w.pc - 1 };
     let process = unsafe { &*w.process };
-    let r = match mapping_of(process, lookup) {
-        Some(m) => row_of(&m, lookup),
-        None => None,
+    // Code in a module without any call-frame table is native code built
+    // with frame pointers, never a JS frame (V8's code is in anonymous
+    // memory, or in its module's gaps between described functions).
+    let (r, native_module) = match mapping_of(process, lookup) {
+        Some(m) => (row_of(&m, lookup), m.rows == 0),
+        None => (None, false),
     };
     let r = r.unwrap_or(Row { pc: 0, cfa_offset: 0, rule: rule::NO_CFI, rbp_offset: 0 });
     let saved_bp = |cfa: u64| (r.rbp_offset != 0).then(|| cfa.wrapping_add((r.rbp_offset as i64 * 8) as u64));
@@ -297,7 +300,7 @@ extern "C" fn step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             if bp == 0 {
                 return end(w, StackStatus::Complete);
             }
-            if process.v8.fp_function != 0 {
+            if process.v8.fp_function != 0 && !native_module {
                 if let Some(word) = v8_function(process.v8, bp) {
                     unsafe { *w.frames.add(n & (MAX_FRAMES - 1)) = word };
                 }
