@@ -386,33 +386,12 @@ static INSPECTOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
     let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((mut node, lines)) = start_node("processed.js", &["60"], "ready") else { return };
-    let pid = node.id();
-    let ports_before = profiler::process::fds::loopback_listening_ports(pid);
-    let dir = common::fresh_dir("node-js-heap");
-    let out = Command::new(PROFILER)
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--lens",
-            "js-heap,handles",
-            "-d",
-            "6",
-            "--interval",
-            "1",
-        ])
-        .args(["-q", "-o"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ports_after = profiler::process::fds::loopback_listening_ports(pid);
-    let lags: Vec<String> = lines.try_iter().filter(|l| l.starts_with("lag p99")).collect();
-    let _ = node.kill();
-    let _ = node.wait();
-    assert_eq!(ports_after, ports_before, "the inspector's port is closed again");
-    let report = common::report_json(&dir);
+    let Some((report, dir, lines)) =
+        record_processed_js("node-js-heap", &["--lens", "js-heap,handles", "-d", "6", "--interval", "1"])
+    else {
+        return;
+    };
+    let lags: Vec<&String> = lines.iter().filter(|l| l.starts_with("lag p99")).collect();
     let js: Vec<&serde_json::Value> =
         report["stacks"].as_array().unwrap().iter().filter(|e| e["kind"] == "js-heap").collect();
     // Sampling started at attach: every live sample is growth since then.
@@ -439,6 +418,35 @@ fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
     let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
     assert!(text.contains("V8 heap: ok") && text.contains("js-heap"), "{text}");
     eprintln!("event-loop delay of the target while sampled: {lags:?}");
+}
+
+/// Records the Set fixture (`processed.js`, started without flags) by
+/// `--pid` with `args`, checks that the inspector the recording opened is
+/// closed again, and returns the report, its directory and what the
+/// fixture printed meanwhile. Hold [`INSPECTOR`].
+fn record_processed_js(
+    name: &str,
+    args: &[&str],
+) -> Option<(serde_json::Value, std::path::PathBuf, Vec<String>)> {
+    // Its lines are kept coming: a closed stdout would end it with EPIPE.
+    let (mut node, lines) = start_node("processed.js", &["60"], "ready")?;
+    let pid = node.id();
+    let ports_before = profiler::process::fds::loopback_listening_ports(pid);
+    let dir = common::fresh_dir(name);
+    let out = Command::new(PROFILER)
+        .args(["record", "--pid", &pid.to_string()])
+        .args(args)
+        .args(["-q", "-o"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ports_after = profiler::process::fds::loopback_listening_ports(pid);
+    let printed: Vec<String> = lines.try_iter().collect();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(ports_after, ports_before, "the inspector's port is closed again");
+    Some((common::report_json(&dir), dir, printed))
 }
 
 fn has_name(frame: &serde_json::Value, needle: &str) -> bool {
@@ -639,33 +647,11 @@ fn heap_snapshots_name_the_path_that_retains_what_grew() {
     assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("add --lens js-heap"));
     let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
-    // Its lines are kept coming: a closed stdout would end it with EPIPE.
-    let Some((mut node, _lines)) = start_node("processed.js", &["60"], "ready") else { return };
-    let pid = node.id();
-    let ports_before = profiler::process::fds::loopback_listening_ports(pid);
-    let dir = common::fresh_dir("node-heap-snapshot");
-    let out = Command::new(PROFILER)
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--lens",
-            "js-heap",
-            "--heap-snapshot",
-            "-d",
-            "5",
-            "-q",
-            "-o",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let ports_after = profiler::process::fds::loopback_listening_ports(pid);
-    let _ = node.kill();
-    let _ = node.wait();
-    assert_eq!(ports_after, ports_before, "the inspector's port is closed again");
-    let report = common::report_json(&dir);
+    let Some((report, dir, _)) =
+        record_processed_js("node-heap-snapshot", &["--lens", "js-heap", "--heap-snapshot", "-d", "5"])
+    else {
+        return;
+    };
     let snapshots = &report["v8_heap_snapshots"];
     let taken = snapshots["taken"].as_array().unwrap();
     let labels: Vec<&str> = taken.iter().map(|t| t["label"].as_str().unwrap()).collect();
