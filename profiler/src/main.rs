@@ -210,7 +210,7 @@ struct RecordArgs {
     /// With --lens js-heap: take V8 heap snapshots (at the start, at each --snapshot-at size, else
     /// at the end), written as .heapsnapshot files for DevTools, and report what grew between
     /// them with the paths that retain it. Each snapshot pauses node's JavaScript while V8 writes
-    /// it (about 0.1 s per 10 MB of snapshot here) and grows node's memory meanwhile.
+    /// it (about 0.25 s per 10 MB of snapshot here) and grows node's memory meanwhile.
     #[arg(long)]
     heap_snapshot: bool,
 

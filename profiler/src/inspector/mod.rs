@@ -37,7 +37,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The port node's inspector takes unless `--inspect-port` says otherwise.
 const DEFAULT_INSPECTOR_PORT: u16 = 9229;
-/// Longest a heap snapshot may take (V8 writes about 100 MB a second here).
+/// Longest a heap snapshot may take (V8 writes about 40 MB a second here).
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// SIGUSR1's bit in `/proc/PID/status`'s `SigCgt` mask.
 const SIGUSR1_BIT: u64 = 1 << (libc::SIGUSR1 - 1);
