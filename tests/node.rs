@@ -415,8 +415,14 @@ fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
     assert!(spaces.contains(&"old_space") && spaces.contains(&"new_space"), "{spaces:?}");
     // The inspector's connection was ours: opened and closed while recording, not the target's leak.
     assert_eq!(report["totals"]["sockets"]["count"], 0, "{}", report["totals"]);
+    // What the process held at attach, told apart by V8's own count.
+    assert!(heap["first"]["committed_bytes"].as_u64().unwrap() > 0, "{heap}");
     let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
     assert!(text.contains("V8 heap: ok") && text.contains("js-heap"), "{text}");
+    assert!(
+        text.contains("V8's own count") && text.contains("(smaps cannot tell its memory apart)"),
+        "{text}"
+    );
     eprintln!("event-loop delay of the target while sampled: {lags:?}");
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::{
-    report::model::{V8Heap, V8Space},
+    report::model::{V8Counts, V8Heap, V8Space},
     trend,
 };
 
@@ -126,6 +126,13 @@ impl Readings {
                 })
                 .collect(),
             readings: self.taken,
+            first: self.readings.first().map(|f| V8Counts {
+                at_s: f.at_s,
+                committed_bytes: f.heap.total_heap_size,
+                used_bytes: f.heap.used_heap_size,
+                external_bytes: f.external,
+                array_buffers_bytes: f.array_buffers,
+            }),
             longest_call_ms: 0.0,
             times,
             used,

@@ -280,6 +280,10 @@ pub struct V8Heap {
     pub spaces: Vec<V8Space>,
     /// Readings taken (the series below may be thinned).
     pub readings: u64,
+    /// V8's counts at the first reading, right after attaching: what the
+    /// process held then, by V8's own count (see `held_at_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<V8Counts>,
     /// The longest a reading took, ms (wall time, waiting for node's event loop included).
     #[serde(default)]
     pub longest_call_ms: f64,
@@ -351,6 +355,21 @@ pub struct ClassGrowth {
     pub retained_by: Vec<String>,
     /// How much of the sampled new objects' bytes that path holds.
     pub path_share: String,
+}
+
+/// V8's own counts at one reading.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct V8Counts {
+    /// Seconds since recording started.
+    pub at_s: f64,
+    /// `total_heap_size`: the V8 heap's committed pages.
+    pub committed_bytes: u64,
+    /// `used_heap_size`.
+    pub used_bytes: u64,
+    /// `process.memoryUsage().external` (ArrayBuffers included).
+    pub external_bytes: u64,
+    /// `process.memoryUsage().arrayBuffers`.
+    pub array_buffers_bytes: u64,
 }
 
 /// A V8 out-of-memory abort: node prints `FATAL ERROR: ... JavaScript heap
