@@ -221,6 +221,27 @@ fn control_server_after_warm_up_has_no_growing_stack() {
     assert!(growing.is_empty(), "stacks growing across snapshots in the control: {growing:#?}");
 }
 
+/// Attaches the profiler to `pid` with `args`, writing to `dir`, and
+/// returns once it says it is profiling (its stderr is drained after that).
+fn attach(pid: u32, args: &[&str], dir: &Path) -> std::process::Child {
+    let mut profiler = Command::new(PROFILER)
+        .args(["record", "--pid", &pid.to_string()])
+        .args(args)
+        .args(["-q", "-o"])
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.starts_with("profiling") {
+        said.clear();
+        assert!(stderr.read_line(&mut said).unwrap() > 0, "the profiler never attached");
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    profiler
+}
+
 /// Starts `node script ARGS` without the profiler (no flags) and waits for
 /// the line starting with `ready_prefix`; `None` without node. The lines it
 /// prints later arrive on the receiver (its stdout stays open).
@@ -286,23 +307,11 @@ fn leaks_made_before_attach_are_reported_as_held_with_peers_and_paths() {
     let Some((mut streams, _)) = start_node("streams.js", &["9"], "streams 9") else { return };
     for (node, name) in [(&agents, "agents"), (&streams, "streams")] {
         let dir = common::fresh_dir(&format!("node-held-{name}"));
-        let mut profiler = Command::new(PROFILER)
-            .args(["record", "--pid", &node.id().to_string(), "-d", "3", "-q", "-o"])
-            .arg(&dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
-        let mut said = String::new();
-        while !said.starts_with("profiling") {
-            said.clear();
-            assert!(stderr.read_line(&mut said).unwrap() > 0, "the profiler never attached");
-        }
+        let mut profiler = attach(node.id(), &["-d", "3"], &dir);
         if name == "agents" {
             assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
             assert!(agent_lines.iter().any(|l| l == "second wave 6"));
         }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         assert!(profiler.wait().unwrap().success());
         let report = common::report_json(&dir);
         let held = &report["held_at_start"];
@@ -585,29 +594,7 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
         let (mut node, lines) = start_node_binary(&node_binary, "retain.js", &[], "ready");
         let version = if node_binary == Path::new("node") { "node" } else { "node-22" };
         let dir = common::fresh_dir(&format!("node-flagless-{version}-{kind}"));
-        let mut profiler = Command::new(PROFILER)
-            .args([
-                "record",
-                "--pid",
-                &node.id().to_string(),
-                "--lens",
-                lens,
-                "--interval",
-                "0.5",
-                "-q",
-                "-o",
-            ])
-            .arg(&dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(profiler.stderr.take().unwrap());
-        let mut said = String::new();
-        while !said.starts_with("profiling") {
-            said.clear();
-            assert!(stderr.read_line(&mut said).unwrap() > 0, "the profiler never attached");
-        }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let mut profiler = attach(node.id(), &["--lens", lens, "--interval", "0.5"], &dir);
         assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
         let truth: u64 =
             lines.iter().find_map(|l| l.strip_prefix("retained ").map(|n| n.parse().unwrap())).unwrap();
