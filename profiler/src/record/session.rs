@@ -563,6 +563,14 @@ impl Session {
     }
 
     fn write_snapshot(&mut self, now: Option<&Result<Report>>, label: &str, reason: &str) {
+        // The oldest periodic snapshot goes first: the disk never holds more than the bound.
+        if label == "periodic" {
+            while !self.snapshots.periodic.is_empty()
+                && self.snapshots.periodic.len() >= self.opts.keep_snapshots
+            {
+                self.output.remove_subdir(&self.snapshots.periodic.pop_front().unwrap_or_default());
+            }
+        }
         self.snapshots.written += 1;
         let dir = format!("snapshot-{:03}-{label}", self.snapshots.written);
         let written = match now {
