@@ -794,13 +794,13 @@ impl Collector {
         }
         for regions in self.regions_at_start.values() {
             for r in regions {
-                match held.memory.iter_mut().find(|t| t.class == r.class) {
+                match held.memory.iter_mut().find(|t| t.class == r.class.label()) {
                     Some(t) => {
                         t.rss_bytes += r.rss_bytes;
                         t.mappings += r.mappings;
                     }
                     None => held.memory.push(RegionTotal {
-                        class: r.class.to_string(),
+                        class: r.class.label().to_string(),
                         rss_bytes: r.rss_bytes,
                         mappings: r.mappings,
                     }),

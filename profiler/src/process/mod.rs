@@ -19,6 +19,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::{report::model::TargetExit, stacks::procmaps::ProcessMaps};
 
+/// Reads `buf.len()` bytes at `addr` in process `pid`'s memory; whether all were read.
+pub fn read_memory(pid: u32, addr: u64, buf: &mut [u8]) -> bool {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: one local iovec over `buf`, which outlives the call.
+    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+    n == buf.len() as isize
+}
+
 /// Most descendants looked at (a fork bomb is not walked to its end).
 const MAX_DESCENDANTS: usize = 4096;
 

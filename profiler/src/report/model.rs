@@ -241,7 +241,7 @@ pub struct HeldHandle {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegionTotal {
-    /// `malloc heap (brk)`, `malloc arenas (threads)`, `thread stacks`, `file mappings`, ...
+    /// `malloc heap (brk)`, `V8 heap, old generation (...)`, `thread stacks`, `file mappings`, ...
     pub class: String,
     pub rss_bytes: u64,
     pub mappings: u64,

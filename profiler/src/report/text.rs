@@ -50,11 +50,11 @@ fn held_at_start(s: &mut String, report: &Report) {
         let regions: Vec<String> =
             held.memory.iter().map(|r| format!("{} {}", r.class, human_bytes(r.rss_bytes))).collect();
         let _ = writeln!(s, "  memory (resident, by region): {}", regions.join(", "));
-        // smaps cannot tell V8's pages from other anonymous memory; V8 can.
+        // What V8 counts in its pages, and the backing stores smaps cannot tell from other malloc blocks.
         if let Some(first) = report.v8_heap.as_ref().and_then(|h| h.first) {
             let _ = writeln!(
                 s,
-                "  V8's own count {:.1}s in (smaps cannot tell its memory apart): V8 heap {} committed ({} used), ArrayBuffers {}, other external {}",
+                "  V8's own count {:.1}s in: V8 heap {} committed ({} used), ArrayBuffers {}, other external {}",
                 first.at_s,
                 human_bytes(first.committed_bytes),
                 human_bytes(first.used_bytes),

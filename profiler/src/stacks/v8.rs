@@ -247,11 +247,7 @@ impl V8Heap {
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-        // SAFETY: one local iovec over `buf`, which outlives the call.
-        let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
-        n == buf.len() as isize
+        crate::process::read_memory(self.pid, addr, buf)
     }
 
     fn word(&self, addr: u64) -> Option<u64> {
