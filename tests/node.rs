@@ -655,30 +655,117 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
         let _ = node.kill();
         let _ = node.wait();
         let report = common::report_json(&dir);
-        let retaining: Vec<&serde_json::Value> = report["stacks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == kind && has_frame(e, "JS:retainBody "))
-            .collect();
-        let bytes: u64 = retaining.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-        assert!(
-            bytes as f64 >= 0.95 * truth as f64,
-            "{version} {lens}: {bytes} of {truth} bytes under retainBody"
-        );
-        let top = retaining.iter().max_by_key(|e| e["bytes"].as_u64().unwrap()).unwrap();
-        assert!(
-            top["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64,
-            "{version} {lens}: one stack whatever the tier: {retaining:#?}"
-        );
-        assert_eq!(top["trend"]["verdict"], "growing", "{version} {lens}: {}", top["trend"]);
-        let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
-        assert!(
-            frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17,
-            "{version}: {frame}"
-        );
+        assert_retained_under_retain_body(&report, kind, truth, &format!("{version} {lens}"));
         let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
         assert!(!text.contains("--perf-basic-prof"), "{version} {lens}: no hint to restart node: {text}");
+    }
+}
+
+/// retain.js's leak, `truth` bytes of `kind`: at least 95% under
+/// `JS:retainBody` (retain.js, line 17) in one growing stack.
+fn assert_retained_under_retain_body(report: &serde_json::Value, kind: &str, truth: u64, run: &str) {
+    let retaining: Vec<&serde_json::Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind && has_frame(e, "JS:retainBody "))
+        .collect();
+    let bytes: u64 = retaining.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+    assert!(bytes as f64 >= 0.95 * truth as f64, "{run}: {bytes} of {truth} bytes under retainBody");
+    let top = retaining.iter().max_by_key(|e| e["bytes"].as_u64().unwrap()).unwrap();
+    assert!(
+        top["bytes"].as_u64().unwrap() as f64 >= 0.95 * truth as f64,
+        "{run}: one stack whatever the tier: {retaining:#?}"
+    );
+    assert_eq!(top["trend"]["verdict"], "growing", "{run}: {}", top["trend"]);
+    let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
+    assert!(frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17, "{run}: {frame}");
+}
+
+/// JS names from V8's heap in the other target modes (node started with
+/// no flag): a container's node found running (`--cgroup`, default lens),
+/// one started in the container after recording began (alloc lens: held
+/// at exec, probed before its first allocation), and one a shell starts
+/// (`--follow`, launched).
+#[test]
+fn js_functions_are_named_in_cgroup_and_follow_modes() {
+    if !node_installed() {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/retain.js");
+    for mode in ["cgroup, running", "cgroup, started later", "follow"] {
+        let dir = common::fresh_dir(&format!("node-modes-{}", mode.replace([',', ' '], "")));
+        let cgroup = common::TestCgroup::new("node-modes");
+        let in_cgroup = format!("echo $$ > {}/cgroup.procs && exec node \"$0\"", cgroup.0.display());
+        let start_in_cgroup = || {
+            let mut node = Command::new("sh")
+                .args(["-c", &in_cgroup])
+                .arg(&script)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = BufReader::new(node.stdout.take().unwrap());
+            (node, out)
+        };
+        let record_cgroup = |lens: &str| {
+            let args =
+                ["--cgroup", &cgroup.0.to_string_lossy(), "--lens", lens, "--interval", "0.5", "-q", "-o"];
+            let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            args.push(dir.clone().into());
+            common::start_profiler(&args).0
+        };
+        let (kind, mut profiler, output, ready, node) = match mode {
+            "cgroup, running" => {
+                let (node, mut out) = start_in_cgroup();
+                let mut ready = String::new();
+                out.read_line(&mut ready).unwrap();
+                (
+                    "resident",
+                    record_cgroup("resident,handles"),
+                    out,
+                    Some(ready.trim().to_string()),
+                    Some(node),
+                )
+            }
+            "cgroup, started later" => {
+                let profiler = record_cgroup("alloc");
+                let (node, out) = start_in_cgroup();
+                ("heap", profiler, out, None, Some(node))
+            }
+            _ => {
+                let mut profiler = Command::new(PROFILER)
+                    .args(["record", "--follow", "--interval", "0.5", "-q", "-o"])
+                    .arg(&dir)
+                    .args(["--", "sh", "-c", "node \"$0\"; echo node ended"])
+                    .arg(&script)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let out = BufReader::new(profiler.stdout.take().unwrap());
+                ("resident", profiler, out, None, None)
+            }
+        };
+        let mut lines = output.lines().map_while(Result::ok);
+        let pid = ready
+            .into_iter()
+            .chain(&mut lines)
+            .find_map(|l| l.strip_prefix("ready ").map(|p| p.to_string()))
+            .unwrap_or_else(|| panic!("{mode}: retain.js never became ready"));
+        // The profiler has found the process once it has its JS names' layout: give it the attach window.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert!(Command::new("kill").args(["-USR2", &pid]).status().unwrap().success());
+        let truth: u64 = lines
+            .find_map(|l| l.strip_prefix("retained ").map(|n| n.parse().unwrap()))
+            .unwrap_or_else(|| panic!("{mode}: retain.js never said what it retained"));
+        assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+        assert!(profiler.wait().unwrap().success(), "{mode}");
+        let _ = Command::new("kill").arg(&pid).status();
+        if let Some(mut node) = node {
+            let _ = node.wait();
+        }
+        drop(cgroup);
+        assert_retained_under_retain_body(&common::report_json(&dir), kind, truth, mode);
     }
 }
 

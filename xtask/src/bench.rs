@@ -45,7 +45,10 @@ const HTTP_RUNS: usize = 5;
 
 /// Targets from the performance issue.
 const ALLOC_RATIO_TARGET: f64 = 0.55;
-const PRODUCTION_RPS_LOSS_TARGET: f64 = 0.03;
+const PRODUCTION_RPS_LOSS_TARGET: f64 = 0.02;
+/// Issue 17: the profiler's peak RSS attached to node with the default lens, and the report's delay.
+const PRODUCTION_PEAK_RSS_TARGET: f64 = 64.0 * 1048576.0;
+const TIME_TO_REPORT_TARGET_S: f64 = 1.0;
 const EVENTS_PER_S_TARGET: f64 = 1e6;
 const BYTES_PER_ALLOC_TARGET: f64 = 150.0;
 const REPORT_S_TARGET: f64 = 2.0;
@@ -621,9 +624,9 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         self.md.push_str(&format!(
             "wrk -t1 -c16 -d{WRK_SECS}s after a {WARMUP_SECS} s warm-up, median of {HTTP_RUNS} rounds in rotating order; unprobed: {base_rps:.0} requests/s, p99 {base_p99:.2} ms.\n\n"
         ));
-        self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s | profiler peak RSS MiB | report written s after the end |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        self.md.push_str("| lens | requests/s | vs unprobed | p99 ms | vs unprobed | profiler CPU s: before recording | while recording | profiler peak RSS MiB | report written s after the end |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let mut rows = Vec::new();
-        let mut production_loss = 0.0;
+        let mut production = (0.0, 0.0, 0.0);
         for (i, config) in configs.iter().enumerate() {
             let rps = median(probed[i].iter().map(|r| r.0).collect());
             let p99 = median(probed[i].iter().map(|r| r.1).collect());
@@ -635,29 +638,40 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                     })
                     .collect(),
             );
+            let before =
+                median(cost[i].iter().map(|c| c["cpu_before_recording_s"].as_f64().unwrap_or(0.0)).collect());
             let rss = median(cost[i].iter().map(|c| c["peak_rss_bytes"].as_f64().unwrap_or(0.0)).collect());
             let to_report =
                 median(cost[i].iter().map(|c| c["report_s"].as_f64().unwrap_or(f64::NAN)).collect());
             if config.args.is_empty() {
-                production_loss = 1.0 - rps / base_rps;
+                production = (1.0 - rps / base_rps, rss, to_report);
             }
             self.md.push_str(&format!(
-                "| {} | {rps:.0} | {:.3}x | {p99:.2} | {:.2}x | {cpu:.2} | {:.0} | {to_report:.2} |\n",
+                "| {} | {rps:.0} | {:.3}x | {p99:.2} | {:.2}x | {before:.2} | {:.2} | {:.0} | {to_report:.2} |\n",
                 config.name,
                 rps / base_rps,
                 p99 / base_p99,
+                cpu - before,
                 rss / 1048576.0
             ));
-            rows.push(json!({ "config": config.name, "rps": rps, "rps_ratio": rps / base_rps, "p99_ms": p99, "p99_ratio": p99 / base_p99, "profiler_cpu_s": cpu, "profiler_peak_rss_bytes": rss, "report_s": to_report }));
+            rows.push(json!({ "config": config.name, "rps": rps, "rps_ratio": rps / base_rps, "p99_ms": p99, "p99_ratio": p99 / base_p99, "profiler_cpu_s": cpu, "profiler_cpu_before_recording_s": before, "profiler_peak_rss_bytes": rss, "report_s": to_report }));
         }
+        let (loss, rss, to_report) = production;
+        let verdict = |met: bool| if met { "met" } else { "missed" };
         self.md.push_str(&format!(
-            "\nTarget: resident + handles < {:.0}% requests/s loss: **{:.1}% loss, {}**.\n\n",
+            "\nTargets for resident + handles (the default): < {:.0}% requests/s loss: **{:.1}% loss, {}**; \
+             peak RSS <= {:.0} MiB: **{:.0} MiB, {}**; report <= {TIME_TO_REPORT_TARGET_S:.0} s after the end: **{to_report:.2} s, {}**. \
+             CPU before recording is the kernel verifying the eBPF programs (system time) and the call-frame tables being read, once per attach.\n\n",
             PRODUCTION_RPS_LOSS_TARGET * 100.0,
-            production_loss * 100.0,
-            if production_loss < PRODUCTION_RPS_LOSS_TARGET { "met" } else { "missed" }
+            loss * 100.0,
+            verdict(loss < PRODUCTION_RPS_LOSS_TARGET),
+            PRODUCTION_PEAK_RSS_TARGET / 1048576.0,
+            rss / 1048576.0,
+            verdict(rss <= PRODUCTION_PEAK_RSS_TARGET),
+            verdict(to_report <= TIME_TO_REPORT_TARGET_S),
         ));
         Ok(
-            json!({ "unprobed_rps": base_rps, "unprobed_p99_ms": base_p99, "rows": rows, "production_rps_loss": production_loss }),
+            json!({ "unprobed_rps": base_rps, "unprobed_p99_ms": base_p99, "rows": rows, "production_rps_loss": loss, "production_peak_rss_bytes": rss, "production_report_s": to_report }),
         )
     }
 
@@ -1031,7 +1045,7 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
                 "leak_in_a": { "seen": seen_a, "made": leaked_a }, "leak_in_b": { "seen": seen_b, "made": leaked_b },
                 "rss_samples": rss, "rss_at_1min": rss_1min, "rss_end": rss_end, "peak_rss": peak, "exact": exact, "honest": honest, "flat": flat }));
         }
-        self.md.push_str("\n");
+        self.md.push('\n');
         Ok(json!({ "rows": rows }))
     }
 }

@@ -26,6 +26,7 @@ pub(super) struct ReportContext<'a> {
     pub(super) info: &'a ProcessInfo,
     pub(super) mode: &'a str,
     pub(super) started_at: u64,
+    pub(super) cost_at_start: ProfilerCost,
     pub(super) opts: &'a RecordOptions,
     pub(super) target: &'a Target,
     pub(super) mounts: &'a CgroupMounts,
@@ -123,7 +124,7 @@ impl ReportContext<'_> {
         inputs.inspector = self.inspector.map(|i| i.readout(self.opts.min_age));
         let mut report = build::build(inputs, collector, self.symbols);
         // Taken last: building the report is part of what profiling cost.
-        report.accuracy.profiler_cost = ProfilerCost::now();
+        report.accuracy.profiler_cost = ProfilerCost::now().having_started_at(self.cost_at_start);
         Ok(report)
     }
 }

@@ -38,7 +38,7 @@ use crate::{
     },
     report::{
         flame,
-        model::{Status, TargetExit},
+        model::{ProfilerCost, Status, TargetExit},
         text, Report,
     },
     serve::Publisher,
@@ -57,6 +57,7 @@ macro_rules! report_context {
             info: &$session.info,
             mode: $session.mode,
             started_at: $session.started_at,
+            cost_at_start: $session.cost_at_start,
             opts: &$session.opts,
             target: &$session.target,
             mounts: &$session.mounts,
@@ -86,6 +87,9 @@ pub(super) struct Session {
     follow: bool,
     started: Instant,
     started_at: u64,
+    /// The profiler's own cost up to the start of recording (loading and
+    /// verifying the eBPF programs, reading call-frame tables).
+    cost_at_start: ProfilerCost,
     live: Live,
     publisher: Option<Publisher>,
     snapshots: Snapshots,
@@ -300,6 +304,7 @@ impl Session {
             follow,
             started: Instant::now(),
             started_at: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            cost_at_start: ProfilerCost::default(),
             live,
             publisher: None,
             snapshots: Snapshots::default(),
@@ -332,6 +337,7 @@ impl Session {
             );
             session.publisher = Some(publisher);
         }
+        session.cost_at_start = ProfilerCost::now();
         eprintln!(
             "profiling pid {} ({}); {}",
             session.info.pid,

@@ -589,6 +589,11 @@ pub struct UnwindTables {
 pub struct ProfilerCost {
     pub cpu_user_s: f64,
     pub cpu_system_s: f64,
+    /// Of that CPU time (user and system), what was spent before recording
+    /// started: loading the eBPF programs (the kernel's verifier, counted
+    /// as system time) and reading the targets' call-frame tables.
+    #[serde(default)]
+    pub cpu_before_recording_s: f64,
     pub peak_rss_bytes: u64,
 }
 
@@ -604,8 +609,14 @@ impl ProfilerCost {
         Self {
             cpu_user_s: secs(usage.ru_utime),
             cpu_system_s: secs(usage.ru_stime),
+            cpu_before_recording_s: 0.0,
             peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
         }
+    }
+
+    /// This cost, with recording having started at `start`.
+    pub fn having_started_at(self, start: ProfilerCost) -> Self {
+        Self { cpu_before_recording_s: start.cpu_user_s + start.cpu_system_s, ..self }
     }
 }
 

@@ -384,11 +384,12 @@ pub fn render(report: &Report, top: usize) -> String {
         let c = &a.profiler_cost;
         let _ = writeln!(
             s,
-            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system, peak RSS {}",
+            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system ({:.2} s before recording: loading the eBPF programs, reading tables), peak RSS {}",
             a.lenses,
             a.page_faults,
             c.cpu_user_s,
             c.cpu_system_s,
+            c.cpu_before_recording_s,
             human_bytes(c.peak_rss_bytes)
         );
     }
