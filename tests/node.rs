@@ -495,6 +495,14 @@ fn record_processed_js(
     name: &str,
     args: &[&str],
 ) -> Option<(serde_json::Value, std::path::PathBuf, Vec<String>)> {
+    record_processed_js_with(name, |_| args.iter().map(|a| a.to_string()).collect())
+}
+
+/// [`record_processed_js`] with arguments made for the fixture's pid.
+fn record_processed_js_with(
+    name: &str,
+    args: impl FnOnce(u32) -> Vec<String>,
+) -> Option<(serde_json::Value, std::path::PathBuf, Vec<String>)> {
     // Its lines are kept coming: a closed stdout would end it with EPIPE.
     let (mut node, lines) = start_node("processed.js", &["60"], "ready")?;
     let pid = node.id();
@@ -502,7 +510,7 @@ fn record_processed_js(
     let dir = common::fresh_dir(name);
     let out = Command::new(PROFILER)
         .args(["record", "--pid", &pid.to_string()])
-        .args(args)
+        .args(args(pid))
         .args(["-q", "-o"])
         .arg(&dir)
         .output()
@@ -680,6 +688,56 @@ fn assert_retained_under_retain_body(report: &serde_json::Value, kind: &str, tru
     assert_eq!(top["trend"]["verdict"], "growing", "{run}: {}", top["trend"]);
     let frame = top["frames"].as_array().unwrap().iter().find(|f| has_name(f, "JS:retainBody ")).unwrap();
     assert!(frame["file"].as_str().unwrap().ends_with("/retain.js") && frame["line"] == 17, "{run}: {frame}");
+}
+
+/// `--heap-snapshot` with `--snapshot-at`: the heap snapshot is taken when
+/// the size is crossed (node's resident memory 64 MiB above what it was at
+/// attach: the start snapshot itself grows node by more, so the sample 3 s
+/// in sees it), labelled with it next to the report snapshot of that
+/// moment, and compared with the one from the start; none at the end.
+#[test]
+fn heap_snapshots_are_taken_at_snapshot_at_sizes() {
+    let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
+    let mut label = String::new();
+    let args = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let threshold_mib = rss_kib / 1024 + 64;
+        label = format!("{threshold_mib}.0MiB");
+        ["--lens", "js-heap", "--heap-snapshot", "--interval", "3", "-d", "5", "--snapshot-at"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([format!("{threshold_mib}M")])
+            .collect()
+    };
+    let Some((report, dir, _)) = record_processed_js_with("node-heap-snapshot-at", args) else { return };
+    let snapshots = &report["v8_heap_snapshots"];
+    let taken = snapshots["taken"].as_array().unwrap();
+    let labels: Vec<&str> = taken.iter().map(|t| t["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["start", label.as_str()], "{snapshots}");
+    for t in taken {
+        assert!(dir.join(t["file"].as_str().unwrap()).is_file(), "{t}");
+    }
+    assert!(taken[1]["at_s"].as_f64().unwrap() >= 2.5, "taken at the first sample: {}", taken[1]);
+    let report_snapshot = std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with("snapshot-") && name.ends_with(&format!("-{label}"))
+    });
+    assert!(report_snapshot, "the report's own snapshot of that moment");
+    let comparison = &snapshots["comparisons"][0];
+    assert_eq!(
+        (comparison["base"].as_str(), comparison["to"].as_str()),
+        (Some("start"), Some(label.as_str()))
+    );
+    let top = &comparison["grew"][0];
+    assert_eq!(top["class"], "(string)", "{comparison:#}");
+    let path: Vec<&str> =
+        top["retained_by"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(path.windows(2).any(|w| w == ["SyncService.processedRecords", "Set.table"]), "{path:?}");
 }
 
 /// JS names from V8's heap in the other target modes (node started with
