@@ -168,7 +168,9 @@ fn unconsumed_read_streams_leak_exactly_their_fds() {
 #[test]
 fn files_opened_on_the_threadpool_are_attributed_to_the_js_that_asked() {
     let Some((report, count)) = record_node("node-opens", "opens.js", &["12"], "opened ") else { return };
+    // In flight at once, among fs.stat work: each open under its request.
     assert_eq!(handles_where(&report, "files", "JS:openAuditLog "), count, "{:#?}", report["stacks"]);
+    assert_eq!(handles_where(&report, "files", "JS:openConfigSync "), 1, "{:#?}", report["stacks"]);
     let stack = report["stacks"]
         .as_array()
         .unwrap()

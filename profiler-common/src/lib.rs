@@ -78,13 +78,13 @@ pub enum EventKind {
     /// the JS heap ran out (its limit), 0 if another V8 allocation failed,
     /// `u64::MAX` if unreadable.
     V8OutOfMemory = 21,
-    /// libuv queued work item `addr` to its threadpool (`uv__work_submit`).
-    WorkSubmit = 22,
     /// A threadpool thread starts work item `addr` (`uv__fs_work`,
     /// `uv__getaddrinfo_work`, ...): what it opens is the request's doing.
+    /// (22, libuv queueing work, is no longer traced.)
     WorkStart = 23,
-    /// A request that opens an fd on the threadpool (`uv_fs_open`), with the
-    /// requesting stack; the same thread's next [`EventKind::WorkSubmit`] queues it.
+    /// A request `addr` (a `uv_fs_t`) that opens an fd on the threadpool
+    /// (`uv_fs_open` with a callback), with the requesting stack; its work
+    /// item, which [`EventKind::WorkStart`] names, lies inside it.
     WorkRequest = 24,
     /// libuv initialised stream handle `addr` (a TCP socket, a pipe, a tty:
     /// `uv__stream_init`), with the stack that asked for it, in JS the code
@@ -119,7 +119,6 @@ impl EventKind {
             19 => Self::Madvise,
             20 => Self::Exit,
             21 => Self::V8OutOfMemory,
-            22 => Self::WorkSubmit,
             23 => Self::WorkStart,
             24 => Self::WorkRequest,
             25 => Self::StreamInit,
@@ -434,8 +433,6 @@ pub mod names {
         pub const V8_OUT_OF_MEMORY: &str = "v8_out_of_memory";
         /// On libuv's `uv_fs_open` (in node).
         pub const THREADPOOL_REQUEST: &str = "threadpool_request";
-        /// On libuv's `uv__work_submit` (in node).
-        pub const THREADPOOL_SUBMIT: &str = "threadpool_submit";
         /// On libuv's threadpool work functions (in node).
         pub const THREADPOOL_WORK: &str = "threadpool_work";
         /// On libuv's `uv__stream_init` (in node).
@@ -450,12 +447,11 @@ pub mod names {
         pub const OOM_MARK_VICTIM: &str = "oom_mark_victim";
         /// Attached to both `exceptions:page_fault_user` and `exceptions:page_fault_kernel`.
         pub const PAGE_FAULT: &str = "page_fault";
-        pub const ALL: [&str; 15] = [
+        pub const ALL: [&str; 14] = [
             ALLOC_RETURN,
             MARKER,
             V8_OUT_OF_MEMORY,
             THREADPOOL_REQUEST,
-            THREADPOOL_SUBMIT,
             THREADPOOL_WORK,
             STREAM_INIT,
             STREAM_OPEN,

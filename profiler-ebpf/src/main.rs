@@ -667,12 +667,17 @@ fn note_with_stack(ctx: &ProbeContext, kind: EventKind, fill: impl FnOnce(&mut E
     0
 }
 
-/// A request whose work opens an fd on libuv's threadpool (`uv_fs_open`):
-/// the requesting stack, so what the threadpool thread opens for it is
-/// attributed to the code that asked. Only opens pay the stack walk.
+/// A request whose work opens an fd on libuv's threadpool,
+/// `uv_fs_open(loop, req, path, flags, mode, cb)`: the requesting stack, so
+/// what the threadpool thread opens for it is attributed to the code that
+/// asked. Only opens pay the stack walk; one without a callback opens on
+/// the calling thread, whose stack is already the requester's.
 #[uprobe]
 pub fn threadpool_request(ctx: ProbeContext) -> u32 {
-    note_with_stack(&ctx, EventKind::WorkRequest, |_| {})
+    if ctx.arg::<u64>(5).unwrap_or(0) == 0 {
+        return 0;
+    }
+    note_with_stack(&ctx, EventKind::WorkRequest, |ev| ev.header.addr = ctx.arg(1).unwrap_or(0))
 }
 
 /// libuv initialises stream handle `s`, `uv__stream_init(loop, s, type)`:
@@ -689,12 +694,6 @@ pub fn stream_open(ctx: ProbeContext) -> u32 {
         ev.header.addr = ctx.arg(0).unwrap_or(0);
         ev.header.size = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as u32 as u64;
     })
-}
-
-/// libuv queues work item `w` to its threadpool, `uv__work_submit(loop, w, ...)`.
-#[uprobe]
-pub fn threadpool_submit(ctx: ProbeContext) -> u32 {
-    note(EventKind::WorkSubmit, |ev| ev.header.addr = ctx.arg(1).unwrap_or(0))
 }
 
 /// A threadpool thread starts work item `w` (`uv__fs_work(w)`, ...).

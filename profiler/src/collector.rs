@@ -121,10 +121,9 @@ pub struct Collector {
     pub oom_killed: Vec<u32>,
     /// V8 out-of-memory aborts: (pid, monotonic ns, whether the JS heap hit its limit).
     pub v8_out_of_memory: Vec<(u32, u64, Option<bool>)>,
-    /// Per thread (tid), the stack of the open request its next work item queues.
-    threadpool_requested: HashMap<u32, StackId>,
-    /// libuv threadpool work queued and not started yet: (pid, work item) -> the requesting stack.
-    threadpool_queued: HashMap<(u32, u64), StackId>,
+    /// Open requests on libuv's threadpool not started yet: (pid, request
+    /// address) -> the requesting stack. A request's work item lies inside it.
+    threadpool_requested: std::collections::BTreeMap<(u32, u64), StackId>,
     /// Per threadpool thread (tid), the requesting stack of the work it runs now.
     threadpool_running: HashMap<u32, Option<StackId>>,
     /// The creating stack (with JS frames) of each libuv stream handle, by
@@ -132,7 +131,7 @@ pub struct Collector {
     stream_creators: HashMap<(u32, u64), StackId>,
     /// Handle creators dropped at the bound (their sockets keep their own stacks).
     pub stream_creators_forgotten: u64,
-    /// Queued work items forgotten (more than [`MAX_QUEUED_WORK`] at once):
+    /// Open requests forgotten (more than [`MAX_QUEUED_WORK`] at once):
     /// what they open keeps the threadpool thread's stack only.
     pub threadpool_forgotten: u64,
     /// `--sample-bytes` (0: every allocation is recorded).
@@ -698,33 +697,29 @@ impl Collector {
                 self.v8_out_of_memory.push((pid, ev.ts_ns, heap));
                 return;
             }
-            Event::WorkRequest => {
+            Event::WorkRequest { request } => {
                 let stack = self.intern(&ev, CapturedAt::Return);
                 if self.threadpool_requested.len() >= MAX_QUEUED_WORK {
-                    self.threadpool_requested.clear(); // threads that ended
+                    self.threadpool_forgotten += self.threadpool_requested.len() as u64;
+                    self.threadpool_requested.clear();
                 }
-                self.threadpool_requested.insert(ev.tid, stack);
-                return;
-            }
-            Event::WorkSubmit { work } => {
-                // Work that opens nothing was requested by nobody we follow.
-                let Some(stack) = self.threadpool_requested.remove(&ev.tid) else {
-                    self.threadpool_queued.remove(&(pid, work));
-                    return;
-                };
-                if self.threadpool_queued.len() >= MAX_QUEUED_WORK {
-                    self.threadpool_forgotten += self.threadpool_queued.len() as u64;
-                    self.threadpool_queued.clear();
-                }
-                self.threadpool_queued.insert((pid, work), stack);
+                self.threadpool_requested.insert((pid, request), stack);
                 return;
             }
             Event::WorkStart { work } => {
                 if self.threadpool_running.len() >= MAX_QUEUED_WORK {
                     self.threadpool_running.clear(); // threads that ended
                 }
-                let request = self.threadpool_queued.remove(&(pid, work));
-                self.threadpool_running.insert(ev.tid, request);
+                // The open request this work item lies in (`uv_fs_t.work_req`), if any:
+                // other work (stat, read, dns) was requested by nobody we follow.
+                let request = self
+                    .threadpool_requested
+                    .range((pid, 0)..=(pid, work))
+                    .next_back()
+                    .map(|(key, _)| *key)
+                    .filter(|(_, request)| work - request < MAX_REQUEST_BYTES);
+                let stack = request.and_then(|key| self.threadpool_requested.remove(&key));
+                self.threadpool_running.insert(ev.tid, stack);
                 return;
             }
             Event::StreamInit { stream } => {
@@ -946,8 +941,11 @@ pub struct Entries {
     pub index_of: HashMap<Site, usize>,
 }
 
-/// Threadpool work items (and threads) followed at once.
+/// Threadpool open requests (and threads) followed at once.
 const MAX_QUEUED_WORK: usize = 65536;
+/// Largest libuv request (`uv_fs_t` is 440 bytes on x86-64 Linux): a work
+/// item further past a request's start is not that request's.
+const MAX_REQUEST_BYTES: u64 = 1024;
 /// Stream handles created and not yet given an fd, kept (a bound: a handle
 /// closed before its fd existed is never removed).
 const MAX_STREAM_CREATORS: usize = 65536;

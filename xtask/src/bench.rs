@@ -456,8 +456,8 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
     }
 
     /// Node's fs calls, launched unprobed and under the default lenses (the
-    /// handles lens probes libuv's threadpool in node: `uv_fs_open`,
-    /// `uv__work_submit` and the work functions).
+    /// handles lens probes libuv's threadpool in node: `uv_fs_open` and
+    /// the work functions).
     fn fs(&mut self, root: &Path) -> Result<Value> {
         eprintln!("bench: node fs calls (libuv threadpool)");
         self.md.push_str("## Node.js fs calls (libuv's threadpool)\n\n");

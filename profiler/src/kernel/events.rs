@@ -105,11 +105,9 @@ pub enum Event {
     V8OutOfMemory {
         heap: Option<bool>,
     },
-    /// A request whose work opens an fd on the threadpool (the stack is the request's).
-    WorkRequest,
-    /// libuv queued `work` to its threadpool.
-    WorkSubmit {
-        work: u64,
+    /// Request `request`, whose work opens an fd on the threadpool (the stack is the request's).
+    WorkRequest {
+        request: u64,
     },
     /// A threadpool thread starts `work`.
     WorkStart {
@@ -247,8 +245,7 @@ impl<'a> Record<'a> {
             EventKind::Exit => (Event::Exit, Caller::Other),
             EventKind::OomKill => (Event::OomKill { victim: h.addr as u32 }, Caller::Other),
             EventKind::Marker => (Event::Marker, Caller::Other),
-            EventKind::WorkRequest => (Event::WorkRequest, Caller::Other),
-            EventKind::WorkSubmit => (Event::WorkSubmit { work: h.addr }, Caller::Other),
+            EventKind::WorkRequest => (Event::WorkRequest { request: h.addr }, Caller::Other),
             EventKind::WorkStart => (Event::WorkStart { work: h.addr }, Caller::Other),
             EventKind::StreamInit => (Event::StreamInit { stream: h.addr }, Caller::Other),
             EventKind::StreamOpen => (Event::StreamOpen { stream: h.addr, fd: h.size }, Caller::Other),

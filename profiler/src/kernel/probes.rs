@@ -40,8 +40,6 @@ pub struct NodeSymbols {
     pub oom_handler: Option<u64>,
     /// libuv's `uv_fs_open`, whose work opens a file on the threadpool.
     pub fs_open: Option<u64>,
-    /// libuv's `uv__work_submit`, which queues work to its threadpool.
-    pub work_submit: Option<u64>,
     /// libuv's threadpool work functions (`uv__fs_work`, `uv__getaddrinfo_work`, ...).
     pub work_functions: Vec<(&'static str, u64)>,
     /// libuv's `uv__stream_init`, which initialises a socket, pipe or tty handle.
@@ -69,8 +67,6 @@ pub fn node_symbols(exe: &std::fs::File) -> Option<NodeSymbols> {
         let Ok(name) = sym.name() else { continue };
         if found.oom_handler.is_none() && name.starts_with(OOM_HANDLER) {
             found.oom_handler = file_offset(sym.address());
-        } else if name == "uv__work_submit" {
-            found.work_submit = file_offset(sym.address());
         } else if name == "uv_fs_open" {
             found.fs_open = file_offset(sym.address());
         } else if name == "uv__stream_init" {
@@ -345,15 +341,14 @@ impl Probes {
                 "libuv streams: node's executable lacks uv__stream_init or uv__stream_open in its symbol table (stripped?): sockets keep the stack that opened their fd".into(),
             ),
         }
-        match (handles, symbols.fs_open, symbols.work_submit, symbols.work_functions.is_empty()) {
+        match (handles, symbols.fs_open, symbols.work_functions.is_empty()) {
             (false, ..) => {}
-            (true, Some(open), Some(submit), false) => {
+            (true, Some(open), false) => {
                 probes.push((programs::THREADPOOL_REQUEST, open, "uv_fs_open (threadpool open requests)"));
-                probes.push((programs::THREADPOOL_SUBMIT, submit, "uv__work_submit (threadpool work queued)"));
                 probes.extend(symbols.work_functions.iter().map(|(name, o)| (programs::THREADPOOL_WORK, *o, *name)));
             }
             (true, ..) => self.skipped.push(
-                "libuv threadpool: node's executable lacks uv_fs_open, uv__work_submit or the work functions in its symbol table (stripped?): files opened by fs calls keep the threadpool thread's stack".into(),
+                "libuv threadpool: node's executable lacks uv_fs_open or the work functions in its symbol table (stripped?): files opened by fs calls keep the threadpool thread's stack".into(),
             ),
         }
         for (program, offset, what) in probes {
