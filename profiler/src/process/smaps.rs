@@ -19,6 +19,8 @@ const ARENA_SIZE: u64 = 64 << 20;
 const V8_PAGE: u64 = 256 << 10;
 /// Most headers read per mapping (mappings the kernel merged from adjacent pages or blocks).
 const MAX_HEADERS_PER_MAPPING: usize = 4096;
+/// Most headers read per process (a process may have 65530 mappings).
+const MAX_HEADER_READS: usize = 1 << 16;
 /// Words of a region's first bytes looked at.
 const HEADER_WORDS: usize = 12;
 
@@ -84,7 +86,9 @@ pub fn resident_by_region(pid: u32) -> Option<Vec<RegionTotal>> {
         .read_to_end(&mut bytes)
         .ok()?;
     // A mapped file's name is the target's to choose: invalid UTF-8 is replaced, not fatal.
+    let mut budget = MAX_HEADER_READS;
     let mut read = |addr: u64| {
+        budget = budget.checked_sub(1)?;
         let mut buf = [0u8; HEADER_WORDS * 8];
         super::read_memory(pid, addr, &mut buf)
             .then(|| std::array::from_fn(|i| u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap())))
@@ -182,7 +186,10 @@ fn recognised_bytes(
             Some((_, total)) => *total += bytes,
             None => found.push((class, bytes)),
         }
-        at = at.saturating_add(len).next_multiple_of(align);
+        match at.checked_add(len).and_then(|next| next.checked_next_multiple_of(align)) {
+            Some(next) => at = next,
+            None => break,
+        }
     }
     found
 }
@@ -218,7 +225,7 @@ fn classify(mappings: &[Mapping], read: &mut dyn FnMut(u64) -> Option<Header>) -
             }
             _ if guard_below && m.end - m.start <= 16 << 20 => RegionClass::ThreadStacks,
             _ => {
-                let len = m.end - m.start;
+                let len = m.end.saturating_sub(m.start).max(1);
                 let mut recognised = Vec::new();
                 if m.start % V8_PAGE == 0 {
                     recognised = recognised_bytes(m.start, m.end, read, v8_page, V8_PAGE);
@@ -397,6 +404,29 @@ Rss:                 260 kB
             ],
             "the merged pages classed page by page; the half-V8 mapping split"
         );
+    }
+
+    /// The first bytes are the target's to choose: extreme values are not
+    /// pages, and nothing overflows.
+    #[test]
+    fn hostile_headers_are_not_regions() {
+        let smaps = "\
+7fffffffc0000-7ffffffffff00 rw-p 00000000 00:00 0 
+Rss:                 256 kB
+";
+        let start = 0x7_ffff_fffc_0000;
+        for words in [
+            [u64::MAX; HEADER_WORDS],
+            header(&[u64::MAX - 4095, 0, 0x5000, start + 0x1148, start + 0x40000]),
+            header(&[0x40000, 0, 0x5000, start + 0x1148, u64::MAX]),
+            header(&[0xfff, u64::MAX & !7 | 2]),
+        ] {
+            let totals = classify(&parse(smaps), &mut |_| Some(words));
+            assert_eq!(summary(&totals), [(RegionClass::OtherAnonymous, 256, 1)], "{words:x?}");
+        }
+        // A page claiming the rest of the address space ends the walk.
+        let huge = header(&[u64::MAX & !4095, 0, 0x5000, start + 0x1148, start + 0x40000]);
+        assert_eq!(v8_page(start, &huge), None);
     }
 
     #[test]
