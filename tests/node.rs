@@ -278,8 +278,25 @@ fn start_node_binary(
     args: &[&str],
     ready_prefix: &str,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    start_node_with_env(node, script, args, &[], ready_prefix)
+}
+
+/// [`start_node_binary`] with environment variables `env` set.
+fn start_node_with_env(
+    node: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready_prefix: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
-    let mut node = Command::new(node).arg(&script).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let mut node = Command::new(node)
+        .arg(&script)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = BufReader::new(node.stdout.take().unwrap());
     let (send, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -437,20 +454,24 @@ fn js_heap_lens_names_the_function_that_grows_a_set_and_closes_the_inspector() {
 
 /// Attached to a node at rest (no flag), on node 20 and node 22: V8's
 /// pages, recognised in smaps by their headers, agree with V8's own
-/// committed size (`v8.getHeapStatistics().total_physical_size`) within
-/// 10%, and the 40 Buffers of 512 KiB are in malloc's large blocks.
+/// committed size (`v8.getHeapStatistics().total_physical_size`, read right
+/// after the attach) within 10% (4% measured), and the 40 Buffers of 512
+/// KiB are in malloc's large blocks (glibc's mmap threshold pinned at its
+/// default, so a free cannot raise it above their size).
 #[test]
 fn v8_pages_and_large_buffers_held_at_attach_agree_with_v8s_count() {
     if !node_installed() {
         return;
     }
     for node in node_binaries() {
-        let (mut target, lines) = start_node_binary(&node, "heldheap.js", &[], "ready");
+        let threshold = [("MALLOC_MMAP_THRESHOLD_", "131072")];
+        let (mut target, lines) = start_node_with_env(&node, "heldheap.js", &[], &threshold, "ready");
+        let dir = common::fresh_dir("node-held-v8-pages");
+        let mut profiler = attach(target.id(), &["-d", "1"], &dir);
+        assert!(Command::new("kill").args(["-USR2", &target.id().to_string()]).status().unwrap().success());
         let heap_line = lines.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         let counts: Vec<u64> = heap_line.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect();
         let (committed, array_buffers) = (counts[0], counts[1]);
-        let dir = common::fresh_dir("node-held-v8-pages");
-        let mut profiler = attach(target.id(), &["-d", "1"], &dir);
         assert!(profiler.wait().unwrap().success());
         let _ = target.kill();
         let _ = target.wait();
@@ -693,10 +714,12 @@ fn assert_retained_under_retain_body(report: &serde_json::Value, kind: &str, tru
 }
 
 /// `--heap-snapshot` with `--snapshot-at`: the heap snapshot is taken when
-/// the size is crossed (node's resident memory 64 MiB above what it was at
-/// attach: the start snapshot itself grows node by more, so the sample 3 s
-/// in sees it), labelled with it next to the report snapshot of that
-/// moment, and compared with the one from the start; none at the end.
+/// the size is crossed (node's resident memory 32 MiB above what it was
+/// before attaching: the Set grows it by about 5 MiB/s, and the start
+/// snapshot by more while it is written, so a sample 2 to 8 s in sees it,
+/// not the first one at attach), labelled with it next to the report
+/// snapshot of that moment, and compared with the one from the start; none
+/// at the end.
 #[test]
 fn heap_snapshots_are_taken_at_snapshot_at_sizes() {
     let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
@@ -708,9 +731,9 @@ fn heap_snapshots_are_taken_at_snapshot_at_sizes() {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap();
-        let threshold_mib = rss_kib / 1024 + 64;
+        let threshold_mib = rss_kib / 1024 + 32;
         label = format!("{threshold_mib}.0MiB");
-        ["--lens", "js-heap", "--heap-snapshot", "--interval", "3", "-d", "5", "--snapshot-at"]
+        ["--lens", "js-heap", "--heap-snapshot", "--interval", "2", "-d", "8", "--snapshot-at"]
             .iter()
             .map(|a| a.to_string())
             .chain([format!("{threshold_mib}M")])
@@ -724,7 +747,7 @@ fn heap_snapshots_are_taken_at_snapshot_at_sizes() {
     for t in taken {
         assert!(dir.join(t["file"].as_str().unwrap()).is_file(), "{t}");
     }
-    assert!(taken[1]["at_s"].as_f64().unwrap() >= 2.5, "taken at the first sample: {}", taken[1]);
+    assert!(taken[1]["at_s"].as_f64().unwrap() >= 1.5, "taken at a later sample: {}", taken[1]);
     let report_snapshot = std::fs::read_dir(&dir).unwrap().flatten().any(|e| {
         let name = e.file_name().to_string_lossy().into_owned();
         name.starts_with("snapshot-") && name.ends_with(&format!("-{label}"))
@@ -812,8 +835,9 @@ fn js_functions_are_named_in_cgroup_and_follow_modes() {
             .chain(&mut lines)
             .find_map(|l| l.strip_prefix("ready ").map(|p| p.to_string()))
             .unwrap_or_else(|| panic!("{mode}: retain.js never became ready"));
-        // The profiler has found the process once it has its JS names' layout: give it the attach window.
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        // A process found after recording began is held at exec until its tables
+        // (V8's layout with them) are in place, so "ready" follows them: this is margin.
+        std::thread::sleep(std::time::Duration::from_secs(1));
         assert!(Command::new("kill").args(["-USR2", &pid]).status().unwrap().success());
         let truth: u64 = lines
             .find_map(|l| l.strip_prefix("retained ").map(|n| n.parse().unwrap()))

@@ -679,3 +679,16 @@ mod user {
     unsafe impl aya::Pod for super::unwind::RowPage {}
     unsafe impl aya::Pod for super::unwind::Process {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    /// Retired kinds stay unused: an old number must never mean a new event.
+    #[test]
+    fn retired_event_kinds_are_not_decoded() {
+        // 22: libuv queueing threadpool work (`uv__work_submit`), no longer traced.
+        assert_eq!(EventKind::from_u16(22), None);
+        assert_eq!(EventKind::from_u16(EventKind::WorkStart as u16), Some(EventKind::WorkStart));
+    }
+}

@@ -122,8 +122,8 @@ pub struct Collector {
     /// V8 out-of-memory aborts: (pid, monotonic ns, whether the JS heap hit its limit).
     pub v8_out_of_memory: Vec<(u32, u64, Option<bool>)>,
     /// Open requests on libuv's threadpool not started yet: (pid, request
-    /// address) -> the requesting stack. A request's work item lies inside it.
-    threadpool_requested: std::collections::BTreeMap<(u32, u64), StackId>,
+    /// address) -> the requesting stack.
+    threadpool_requested: HashMap<(u32, u64), StackId>,
     /// Per threadpool thread (tid), the requesting stack of the work it runs now.
     threadpool_running: HashMap<u32, Option<StackId>>,
     /// The creating stack (with JS frames) of each libuv stream handle, by
@@ -642,6 +642,7 @@ impl Collector {
             Event::CloseRange { first, last, cloexec_only } => Op::CloseRange { first, last, cloexec_only },
             Event::FdSetCloexec { fd, on } => Op::SetCloexec { fd, on },
             Event::Exec { held } => {
+                self.threadpool_requested.retain(|(requester, _), _| *requester != pid);
                 // A new program: new mappings, maybe a new C library.
                 if held {
                     self.held_at_exec.push(pid);
@@ -657,6 +658,7 @@ impl Collector {
                 Op::Exec
             }
             Event::Exit => {
+                self.threadpool_requested.retain(|(requester, _), _| *requester != pid);
                 // The profiled process itself keeps what it held at its exit:
                 // that is the leak report. Others (children, cgroup members) are gone.
                 if self.root == Some(pid) {
@@ -710,15 +712,10 @@ impl Collector {
                 if self.threadpool_running.len() >= MAX_QUEUED_WORK {
                     self.threadpool_running.clear(); // threads that ended
                 }
-                // The open request this work item lies in (`uv_fs_t.work_req`), if any:
-                // other work (stat, read, dns) was requested by nobody we follow.
-                let request = self
-                    .threadpool_requested
-                    .range((pid, 0)..=(pid, work))
-                    .next_back()
-                    .map(|(key, _)| *key)
-                    .filter(|(_, request)| work - request < MAX_REQUEST_BYTES);
-                let stack = request.and_then(|key| self.threadpool_requested.remove(&key));
+                // The open request whose work item this is, if any: other work
+                // (stat, read, dns) was requested by nobody we follow.
+                let request = work.wrapping_sub(UV_FS_WORK_REQ_OFFSET);
+                let stack = self.threadpool_requested.remove(&(pid, request));
                 self.threadpool_running.insert(ev.tid, stack);
                 return;
             }
@@ -943,9 +940,11 @@ pub struct Entries {
 
 /// Threadpool open requests (and threads) followed at once.
 const MAX_QUEUED_WORK: usize = 65536;
-/// Largest libuv request (`uv_fs_t` is 440 bytes on x86-64 Linux): a work
-/// item further past a request's start is not that request's.
-const MAX_REQUEST_BYTES: u64 = 1024;
+/// Where a request's work item lies in it: `offsetof(uv_fs_t, work_req)`
+/// on x86-64 Linux (request fields to 64, then `fs_type`, `loop`, `cb`,
+/// `result`, `ptr`, `path`, the 160-byte `statbuf`, and the private fields
+/// to `mtime`), unchanged across libuv 1.x, whose ABI is stable.
+const UV_FS_WORK_REQ_OFFSET: u64 = 336;
 /// Stream handles created and not yet given an fd, kept (a bound: a handle
 /// closed before its fd existed is never removed).
 const MAX_STREAM_CREATORS: usize = 65536;

@@ -33,6 +33,7 @@ pub enum RegionClass {
     Brk,
     Arenas,
     OtherAnonymous,
+    Unexamined,
     ThreadStacks,
     MainStack,
     FileMappings,
@@ -50,6 +51,7 @@ impl RegionClass {
             Self::Brk => "malloc heap (brk)",
             Self::Arenas => "64 MiB-aligned arenas (malloc's per-thread arenas)",
             Self::OtherAnonymous => "other anonymous",
+            Self::Unexamined => "anonymous, not examined (past the 65536 headers read per process)",
             Self::ThreadStacks => "thread stacks",
             Self::MainStack => "main thread stack",
             Self::FileMappings => "file mappings",
@@ -58,7 +60,8 @@ impl RegionClass {
     }
 }
 
-/// One region class's resident total.
+/// One region class's resident total; `mappings` counts the mappings with
+/// bytes in the class (a mapping shared between classes counts in each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionTotal {
     pub class: RegionClass,
@@ -85,15 +88,23 @@ pub fn resident_by_region(pid: u32) -> Option<Vec<RegionTotal>> {
         .take(MAX_SMAPS_BYTES)
         .read_to_end(&mut bytes)
         .ok()?;
-    // A mapped file's name is the target's to choose: invalid UTF-8 is replaced, not fatal.
-    let mut budget = MAX_HEADER_READS;
+    // Only a resident page is read: nothing is swapped in or faulted (a
+    // page a userfaultfd handler would have to provide is never asked for).
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap")).ok();
+    let resident = |addr: u64| {
+        let mut entry = [0u8; 8];
+        pagemap.as_ref().is_some_and(|f| {
+            std::os::unix::fs::FileExt::read_exact_at(f, &mut entry, addr / 4096 * 8).is_ok()
+                && u64::from_le_bytes(entry) & 1 << 63 != 0
+        })
+    };
     let mut read = |addr: u64| {
-        budget = budget.checked_sub(1)?;
         let mut buf = [0u8; HEADER_WORDS * 8];
-        super::read_memory(pid, addr, &mut buf)
+        (resident(addr) && super::read_memory(pid, addr, &mut buf))
             .then(|| std::array::from_fn(|i| u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap())))
     };
-    Some(classify(&parse(&String::from_utf8_lossy(&bytes)), &mut read))
+    // A mapped file's name is the target's to choose: invalid UTF-8 is replaced, not fatal.
+    Some(classify(&parse(&String::from_utf8_lossy(&bytes)), &mut read, MAX_HEADER_READS))
 }
 
 fn parse(text: &str) -> Vec<Mapping> {
@@ -137,11 +148,17 @@ fn v8_page(start: u64, w: &Header) -> Option<(u64, RegionClass)> {
         if !user_pointer(heap) || (start..area_end).contains(&heap) {
             continue;
         }
-        let Some(size) = w[..k - 1].iter().copied().find(|&size| {
-            size >= 4096
-                && size % 4096 == 0
-                && start.checked_add(size).is_some_and(|end| end >= area_end && end - area_end < 64 << 10)
-        }) else {
+        // The page's end is at or just past the area's: of the words that
+        // could be its size, the one ending nearest to it.
+        let Some(size) = w[..k - 1]
+            .iter()
+            .copied()
+            .filter(|&size| size >= 4096 && size.is_multiple_of(4096))
+            .filter_map(|size| Some((size, start.checked_add(size)?.checked_sub(area_end)?)))
+            .filter(|(_, past_area)| *past_area < 64 << 10)
+            .min_by_key(|(_, past_area)| *past_area)
+            .map(|(size, _)| size)
+        else {
             continue;
         };
         let mut rest = w[..k - 1].iter().filter(|&&v| v != size && v != start);
@@ -170,17 +187,17 @@ fn malloc_block(start: u64, w: &Header) -> Option<(u64, RegionClass)> {
 fn recognised_bytes(
     start: u64,
     end: u64,
-    read: &mut dyn FnMut(u64) -> Option<Header>,
+    read: &mut dyn FnMut(u64) -> Result<Option<Header>, ()>,
     recognise: fn(u64, &Header) -> Option<(u64, RegionClass)>,
     align: u64,
-) -> Vec<(RegionClass, u64)> {
+) -> Result<Vec<(RegionClass, u64)>, ()> {
     let mut found: Vec<(RegionClass, u64)> = Vec::new();
     let mut at = start;
     for _ in 0..MAX_HEADERS_PER_MAPPING {
         if at >= end {
             break;
         }
-        let Some((len, class)) = read(at).and_then(|w| recognise(at, &w)) else { break };
+        let Some((len, class)) = read(at)?.and_then(|w| recognise(at, &w)) else { break };
         let bytes = len.min(end - at);
         match found.iter_mut().find(|(c, _)| *c == class) {
             Some((_, total)) => *total += bytes,
@@ -191,10 +208,16 @@ fn recognised_bytes(
             None => break,
         }
     }
-    found
+    Ok(found)
 }
 
-fn classify(mappings: &[Mapping], read: &mut dyn FnMut(u64) -> Option<Header>) -> Vec<RegionTotal> {
+/// The resident totals by class of `mappings`, reading at most `max_reads`
+/// headers with `read` (the mappings past that are [`RegionClass::Unexamined`]).
+fn classify(
+    mappings: &[Mapping],
+    read: &mut dyn FnMut(u64) -> Option<Header>,
+    max_reads: usize,
+) -> Vec<RegionTotal> {
     let mut totals: Vec<RegionTotal> = Vec::new();
     let mut add = |class: RegionClass, rss_bytes: u64| match totals.iter_mut().find(|t| t.class == class) {
         Some(t) => {
@@ -203,11 +226,20 @@ fn classify(mappings: &[Mapping], read: &mut dyn FnMut(u64) -> Option<Header>) -
         }
         None => totals.push(RegionTotal { class, rss_bytes, mappings: 1 }),
     };
+    let mut reads = 0;
+    let mut read = |addr: u64| {
+        reads += 1;
+        if reads > max_reads {
+            return Err(());
+        }
+        Ok(read(addr))
+    };
     for (i, m) in mappings.iter().enumerate() {
         let guard_below = i > 0 && mappings[i - 1].end == m.start && mappings[i - 1].perms.starts_with("---");
         let reserve_above =
             mappings.get(i + 1).is_some_and(|n| n.start == m.end && n.perms.starts_with("---"));
         let class = match m.name.as_str() {
+            _ if m.rss == 0 => continue, // reserved, or never touched
             "[heap]" => RegionClass::Brk,
             "[stack]" => RegionClass::MainStack,
             "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => continue,
@@ -219,31 +251,34 @@ fn classify(mappings: &[Mapping], read: &mut dyn FnMut(u64) -> Option<Header>) -
                 RegionClass::SharedMemory
             }
             name if name.starts_with('/') => RegionClass::FileMappings,
-            _ if m.perms.starts_with("---") || m.rss == 0 => continue, // never resident
-            _ if m.start % ARENA_SIZE == 0 && (reserve_above || m.end - m.start == ARENA_SIZE) => {
-                RegionClass::Arenas
-            }
-            _ if guard_below && m.end - m.start <= 16 << 20 => RegionClass::ThreadStacks,
             _ => {
-                let len = m.end.saturating_sub(m.start).max(1);
-                let mut recognised = Vec::new();
-                if m.start % V8_PAGE == 0 {
-                    recognised = recognised_bytes(m.start, m.end, read, v8_page, V8_PAGE);
-                }
+                // What its first bytes say goes first: a V8 page may sit where an arena would.
+                let Ok(recognised) = recognise(m, &mut read) else {
+                    add(RegionClass::Unexamined, m.rss);
+                    continue;
+                };
                 if recognised.is_empty() {
-                    recognised = recognised_bytes(m.start, m.end, read, malloc_block, 4096);
+                    if m.start % ARENA_SIZE == 0 && (reserve_above || m.end - m.start == ARENA_SIZE) {
+                        RegionClass::Arenas
+                    } else if guard_below && m.end - m.start <= 16 << 20 {
+                        RegionClass::ThreadStacks
+                    } else {
+                        RegionClass::OtherAnonymous
+                    }
+                } else {
+                    // Resident pages are taken as spread evenly over the mapping.
+                    let len = m.end.saturating_sub(m.start).max(1);
+                    let mut rest = m.rss;
+                    for (class, bytes) in recognised {
+                        let part = ((m.rss as u128 * bytes as u128 / len as u128) as u64).min(rest);
+                        add(class, part);
+                        rest -= part;
+                    }
+                    if rest > 0 {
+                        add(RegionClass::OtherAnonymous, rest);
+                    }
+                    continue;
                 }
-                // Resident pages are taken as spread evenly over the mapping.
-                let mut rest = m.rss;
-                for (class, bytes) in recognised {
-                    let part = ((m.rss as u128 * bytes as u128 / len as u128) as u64).min(rest);
-                    add(class, part);
-                    rest -= part;
-                }
-                if rest > 0 {
-                    add(RegionClass::OtherAnonymous, rest);
-                }
-                continue;
             }
         };
         add(class, m.rss);
@@ -251,6 +286,22 @@ fn classify(mappings: &[Mapping], read: &mut dyn FnMut(u64) -> Option<Header>) -
     totals.retain(|t| t.rss_bytes > 0);
     totals.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.class.cmp(&b.class)));
     totals
+}
+
+/// The bytes of anonymous mapping `m` recognised by their headers (V8's
+/// pages, else malloc's blocks), by class; `Err` when the reads allowed are spent.
+fn recognise(
+    m: &Mapping,
+    read: &mut dyn FnMut(u64) -> Result<Option<Header>, ()>,
+) -> Result<Vec<(RegionClass, u64)>, ()> {
+    let mut recognised = Vec::new();
+    if m.start.is_multiple_of(V8_PAGE) {
+        recognised = recognised_bytes(m.start, m.end, read, v8_page, V8_PAGE)?;
+    }
+    if recognised.is_empty() {
+        recognised = recognised_bytes(m.start, m.end, read, malloc_block, 4096)?;
+    }
+    Ok(recognised)
 }
 
 #[cfg(test)]
@@ -292,7 +343,7 @@ Rss:                  24 kB
 
     #[test]
     fn regions_are_classed_by_what_the_mappings_tell() {
-        let totals = classify(&parse(SMAPS), &mut |_| None);
+        let totals = classify(&parse(SMAPS), &mut |_| None, MAX_HEADER_READS);
         assert_eq!(
             summary(&totals),
             [
@@ -393,7 +444,7 @@ Rss:                 260 kB
             0x3000_0000_0000 => Some(header(&[0, 0x41002])),
             _ => Some([0; HEADER_WORDS]),
         };
-        let totals = classify(&parse(smaps), &mut read);
+        let totals = classify(&parse(smaps), &mut read, MAX_HEADER_READS);
         assert_eq!(
             summary(&totals),
             [
@@ -419,14 +470,36 @@ Rss:                 256 kB
             [u64::MAX; HEADER_WORDS],
             header(&[u64::MAX - 4095, 0, 0x5000, start + 0x1148, start + 0x40000]),
             header(&[0x40000, 0, 0x5000, start + 0x1148, u64::MAX]),
-            header(&[0xfff, u64::MAX & !7 | 2]),
+            header(&[0xfff, !7 | 2]),
         ] {
-            let totals = classify(&parse(smaps), &mut |_| Some(words));
+            let totals = classify(&parse(smaps), &mut |_| Some(words), MAX_HEADER_READS);
             assert_eq!(summary(&totals), [(RegionClass::OtherAnonymous, 256, 1)], "{words:x?}");
         }
         // A page claiming the rest of the address space ends the walk.
-        let huge = header(&[u64::MAX & !4095, 0, 0x5000, start + 0x1148, start + 0x40000]);
+        let huge = header(&[!4095, 0, 0x5000, start + 0x1148, start + 0x40000]);
         assert_eq!(v8_page(start, &huge), None);
+    }
+
+    /// Headers are read before the mapping's shape decides: a V8 page where
+    /// an arena could be is V8's. Past the reads allowed, mappings are
+    /// reported as not examined, not guessed.
+    #[test]
+    fn headers_go_first_and_the_reads_are_bounded() {
+        let smaps = "\
+7f0004000000-7f0004040000 rw-p 00000000 00:00 0 
+Rss:                 256 kB
+7f0004040000-7f0008000000 ---p 00000000 00:00 0 
+Rss:                   0 kB
+7f0010000000-7f0010001000 rw-p 00000000 00:00 0 
+Rss:                   4 kB
+";
+        let page = |start: u64| header(&[0x40000, 0x4, 0x5000, start + 0x1148, start + 0x40000]);
+        let mut read =
+            |addr: u64| Some(if addr == 0x7f00_0400_0000 { page(addr) } else { [0; HEADER_WORDS] });
+        let totals = classify(&parse(smaps), &mut read, MAX_HEADER_READS);
+        assert_eq!(summary(&totals), [(RegionClass::V8Old, 256, 1), (RegionClass::OtherAnonymous, 4, 1)]);
+        let totals = classify(&parse(smaps), &mut read, 1);
+        assert_eq!(summary(&totals), [(RegionClass::V8Old, 256, 1), (RegionClass::Unexamined, 4, 1)]);
     }
 
     #[test]

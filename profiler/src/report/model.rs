@@ -590,8 +590,10 @@ pub struct ProfilerCost {
     pub cpu_user_s: f64,
     pub cpu_system_s: f64,
     /// Of that CPU time (user and system), what was spent before recording
-    /// started: loading the eBPF programs (the kernel's verifier, counted
-    /// as system time) and reading the targets' call-frame tables.
+    /// started: mostly loading the eBPF programs (the kernel's verifier,
+    /// counted as system time), then reading the call-frame tables of the
+    /// processes found at the start (those found later are read while
+    /// recording) and, with `--lens js-heap`, starting the inspector thread.
     #[serde(default)]
     pub cpu_before_recording_s: f64,
     pub peak_rss_bytes: u64,

@@ -384,7 +384,7 @@ pub fn render(report: &Report, top: usize) -> String {
         let c = &a.profiler_cost;
         let _ = writeln!(
             s,
-            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system ({:.2} s before recording: loading the eBPF programs, reading tables), peak RSS {}",
+            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system ({:.2} s before recording, mostly the kernel verifying the eBPF programs), peak RSS {}",
             a.lenses,
             a.page_faults,
             c.cpu_user_s,
