@@ -26,6 +26,7 @@ fn record_node(
         eprintln!("SKIPPED {name}: node is not installed");
         return None;
     }
+    let _one_alloc_lens = ALLOC_LENS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::fresh_dir(name);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node").join(script);
     let mut profiler = Command::new(PROFILER)
@@ -191,6 +192,7 @@ fn control_server_after_warm_up_has_no_growing_stack() {
         eprintln!("SKIPPED control_server_after_warm_up_has_no_growing_stack: node is not installed");
         return;
     }
+    let _one_alloc_lens = ALLOC_LENS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = common::fresh_dir("node-control");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/control.js");
     let mut profiler = Command::new(PROFILER)
@@ -407,6 +409,12 @@ fn a_leak_that_tiers_up_mid_run_stays_one_growing_stack() {
 /// Node opens its inspector on 127.0.0.1:9229: one js-heap recording at a time.
 static INSPECTOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Node under the alloc lens makes about 300k events a second: one such
+/// recording at a time, or on two cores the profilers fall behind and their
+/// ring buffers fill (the report then says INCOMPLETE, and exact counts fail).
+/// Never held together with [`INSPECTOR`].
+static ALLOC_LENS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The seeds' unbounded Set in a steady-state service, started without
 /// flags: `--lens js-heap` opens node's inspector from outside, and V8's
 /// sampling heap profiler names the JS function that grows it. The
@@ -492,7 +500,10 @@ fn v8_pages_and_large_buffers_held_at_attach_agree_with_v8s_count() {
             .map(|r| r["rss_bytes"].as_u64().unwrap())
             .sum();
         assert!(
-            large_blocks >= 40 * (512 << 10) && large_blocks <= array_buffers + (1 << 20),
+            // Resident pages are spread evenly over a mapping the kernel merged from
+            // blocks and something else: within 5%.
+            large_blocks as f64 >= 0.95 * (40 * (512 << 10)) as f64
+                && large_blocks <= array_buffers + (1 << 20),
             "{}: large malloc blocks {large_blocks}, ArrayBuffers {array_buffers}: {memory:#?}",
             node.display()
         );
@@ -661,6 +672,7 @@ fn js_functions_are_named_without_perf_maps_in_a_node_started_without_flags() {
     if !node_installed() {
         return;
     }
+    let _one_alloc_lens = ALLOC_LENS.lock().unwrap_or_else(|e| e.into_inner());
     let runs = node_binaries().into_iter().flat_map(|node| {
         [("resident,handles", "resident"), ("alloc", "heap")]
             .map(move |(lens, kind)| (node.clone(), lens, kind))
@@ -765,6 +777,7 @@ fn js_functions_are_named_in_cgroup_and_follow_modes() {
     if !node_installed() {
         return;
     }
+    let _one_alloc_lens = ALLOC_LENS.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/node/retain.js");
     for mode in ["cgroup, running", "cgroup, started later", "follow"] {
         let dir = common::fresh_dir(&format!("node-modes-{}", mode.replace([',', ' '], "")));
