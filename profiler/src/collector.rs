@@ -10,8 +10,9 @@ use crate::{
     kernel::events::{Caller, Event, Record},
     kind::Kind,
     ledger::{Ledger, Op, Site, StackId},
-    process::fds::FdDescriber,
+    process::{fds::FdDescriber, node_memory::NodeProcess},
     report::model::{Frame, HeldAtStart, HeldHandle, RegionTotal, StackEntry},
+    report::split::{NodeCounts, NodeCountsThen},
     stacks::procmaps::ProcessMaps,
     stacks::symbols::Symbols,
     stacks::{
@@ -109,6 +110,9 @@ pub struct Collector {
     commands: HashMap<u32, String>,
     /// Resident memory by region of each process when it was added (found running).
     regions_at_start: std::collections::BTreeMap<u32, Vec<crate::process::smaps::RegionTotal>>,
+    /// The node processes, with their own counts when recording started
+    /// (zero for those started while recording).
+    node_processes: std::collections::BTreeMap<u32, (NodeProcess, NodeCounts)>,
     /// Cgroup (v2 path) of every process seen, for labels per container.
     cgroups: HashMap<u32, String>,
     /// How many times each process exec'd: addresses of different images differ.
@@ -343,6 +347,7 @@ impl Collector {
         self.commands.remove(&pid);
         self.cgroups.remove(&pid);
         self.regions_at_start.remove(&pid);
+        self.node_processes.remove(&pid);
     }
 
     /// Records what is outstanding now as one sample of the time series.
@@ -379,6 +384,11 @@ impl Collector {
     /// The process the session is about (launched or attached): kept at its exit.
     pub fn set_root(&mut self, pid: u32) {
         self.root = Some(pid);
+    }
+
+    /// Process `pid` runs from its first instruction while recording (a launched command).
+    pub fn started_while_recording(&mut self, pid: u32) {
+        self.born_while_recording.insert(pid);
     }
 
     /// A scan found process `pid` running: counted as found late unless it
@@ -419,14 +429,23 @@ impl Collector {
         if let Some(brk) = initial_brk {
             self.ledger.set_initial_brk(pid, brk);
         }
+        let node = NodeProcess::of(pid, &maps);
+        // What it held before we looked; a process born while recording held nothing then.
+        if self.born_while_recording.contains(&pid) {
+            if let Some(node) = node {
+                self.node_processes
+                    .insert(pid, (node, NodeCounts { array_buffers_bytes: Some(0), ..Default::default() }));
+            }
+        } else if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
+            if let Some(mut node) = node {
+                if let Some(counts) = node.counts(&maps, &regions) {
+                    self.node_processes.insert(pid, (node, counts));
+                }
+            }
+            self.regions_at_start.insert(pid, regions);
+        }
         self.spaces.insert(pid, AddressSpace::new(pid, maps));
         self.note_process(pid);
-        // What it held before we looked; a process born while recording held nothing then.
-        if !self.born_while_recording.contains(&pid) {
-            if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
-                self.regions_at_start.insert(pid, regions);
-            }
-        }
         let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
         for entry in dir.flatten() {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
@@ -801,6 +820,42 @@ impl Collector {
         }
         held.memory.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.class.cmp(&b.class)));
         held
+    }
+
+    /// Node's own counts when recording started and now (read now), over
+    /// the node processes still running; `None` without one.
+    pub fn node_counts(&mut self) -> Option<NodeCountsThen> {
+        // Processes that exec'd node while recording held nothing before.
+        let started: Vec<u32> = self
+            .born_while_recording
+            .iter()
+            .filter(|pid| self.spaces.contains_key(pid) && !self.node_processes.contains_key(pid))
+            .copied()
+            .collect();
+        for pid in started {
+            let Some(node) = ProcessMaps::read(pid).ok().and_then(|maps| NodeProcess::of(pid, &maps)) else {
+                continue;
+            };
+            self.node_processes
+                .insert(pid, (node, NodeCounts { array_buffers_bytes: Some(0), ..Default::default() }));
+        }
+        let mut then = NodeCountsThen::default();
+        let mut array_buffers = Some((0, 0));
+        for (&pid, (node, at_start)) in &mut self.node_processes {
+            let Ok(maps) = ProcessMaps::read(pid) else { continue };
+            let Some(regions) = crate::process::smaps::resident_by_region(pid) else { continue };
+            let Some(now) = node.counts(&maps, &regions) else { continue };
+            then.processes += 1;
+            then.at_start.v8_heap_used_bytes += at_start.v8_heap_used_bytes;
+            then.now.v8_heap_used_bytes += now.v8_heap_used_bytes;
+            array_buffers = match (array_buffers, at_start.array_buffers_bytes, now.array_buffers_bytes) {
+                (Some((a, b)), Some(start), Some(now)) => Some((a + start, b + now)),
+                _ => None,
+            };
+        }
+        then.at_start.array_buffers_bytes = array_buffers.map(|(start, _)| start);
+        then.now.array_buffers_bytes = array_buffers.map(|(_, now)| now);
+        (then.processes > 0).then_some(then)
     }
 
     /// The report's per-site entries, named, in interning order (ranked by `report::build`).

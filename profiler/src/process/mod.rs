@@ -2,12 +2,13 @@
 //! exec (see [`launch`]), a cgroup or container (see [`cgroup`]), finding a
 //! process's C library, and noticing its exit. What a process already
 //! holds: its fds described as `lsof` would ([`fds`]), its resident memory
-//! by region ([`smaps`]).
+//! by region ([`smaps`]), and what node counts of its own ([`node_memory`]).
 
 pub mod cgroup;
 pub mod fds;
 pub mod held;
 pub mod launch;
+pub mod node_memory;
 pub mod smaps;
 
 use std::{

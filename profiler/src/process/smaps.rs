@@ -6,7 +6,8 @@
 //! mappings are told apart by the first bytes of what they hold:
 //! V8's heap pages (each begins with its page header) and malloc's large
 //! blocks (each its own mapping, beginning with its chunk header); the
-//! rest is other anonymous memory.
+//! rest is other anonymous memory. V8's page headers also give the bytes V8
+//! counts as in use (its `heapUsed`), summed in [`RegionTotal::in_use_bytes`].
 
 use std::io::Read;
 
@@ -67,6 +68,28 @@ pub struct RegionTotal {
     pub class: RegionClass,
     pub rss_bytes: u64,
     pub mappings: u64,
+    /// V8's pages: the bytes V8 counts as in use in them (objects and
+    /// garbage not yet collected, as `heapUsed`; the young generation's
+    /// semispaces count none, see `v8_page`); 0 for other classes.
+    pub in_use_bytes: u64,
+}
+
+/// The bytes V8 counts as in use in its heap (`process.memoryUsage().heapUsed`
+/// less the young generation's semispaces), from the page headers found.
+pub fn v8_heap_in_use(totals: &[RegionTotal]) -> u64 {
+    totals
+        .iter()
+        .filter(|t| matches!(t.class, RegionClass::V8Young | RegionClass::V8Old))
+        .map(|t| t.in_use_bytes)
+        .sum()
+}
+
+/// A region recognised by its first bytes: its length, class and the bytes in use in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    len: u64,
+    class: RegionClass,
+    in_use: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -137,7 +160,15 @@ type Header = [u64; HEADER_WORDS];
 /// end. The flags word is the header's remaining small word; its
 /// `FROM_PAGE`/`TO_PAGE` bits (3 and 4, stable since V8 7) mark the young
 /// generation. Checked on node 20 (V8 11.3) and node 22 (V8 12.4).
-fn v8_page(start: u64, w: &Header) -> Option<(u64, RegionClass)> {
+///
+/// The bytes in use are the page's `allocated_bytes`, the word after the
+/// area's end in both: on an old-generation page (old objects, code) V8's
+/// `SizeOfObjects` plus the unused part of the current allocation buffer,
+/// on a large object's page the object. The young generation's semispace
+/// pages count their whole area whatever they hold (nor is their
+/// high-water mark reset by a full GC), so their use is not known here
+/// and they count none: a young object that lives is soon promoted.
+fn v8_page(start: u64, w: &Header) -> Option<Region> {
     const YOUNG: u64 = 1 << 3 | 1 << 4;
     let user_pointer = |v: u64| v != 0 && v.is_multiple_of(8) && v < 1 << 47;
     for k in 2..HEADER_WORDS - 1 {
@@ -162,48 +193,56 @@ fn v8_page(start: u64, w: &Header) -> Option<(u64, RegionClass)> {
             continue;
         };
         let mut rest = w[..k - 1].iter().filter(|&&v| v != size && v != start);
-        let young = match (rest.next(), rest.next()) {
-            (Some(flags), None) => flags & YOUNG != 0,
+        let flags = match (rest.next(), rest.next()) {
+            (Some(&flags), None) => flags,
             _ => continue,
         };
-        return Some((size, if young { RegionClass::V8Young } else { RegionClass::V8Old }));
+        let young = flags & YOUNG != 0;
+        let allocated = w.get(k + 2).copied().filter(|&a| a <= area_end - area_start).unwrap_or(0);
+        let in_use = if young && size == V8_PAGE { 0 } else { allocated };
+        let class = if young { RegionClass::V8Young } else { RegionClass::V8Old };
+        return Some(Region { len: size, class, in_use });
     }
     None
 }
 
 /// A block malloc mapped on its own (`IS_MMAPPED`): `prev_size` holds the
 /// block's offset in the mapping, `size` (page-rounded) the rest of it.
-fn malloc_block(start: u64, w: &Header) -> Option<(u64, RegionClass)> {
+fn malloc_block(start: u64, w: &Header) -> Option<Region> {
     const IS_MMAPPED: u64 = 2;
     const FLAGS: u64 = 7;
     let (offset, size) = (w[0], w[1] & !FLAGS);
     let end = start.checked_add(offset)?.checked_add(size)?;
     (w[1] & FLAGS == IS_MMAPPED && offset < 4096 && size >= 4096 && end.is_multiple_of(4096))
-        .then_some((offset + size, RegionClass::LargeMallocBlocks))
+        .then_some(Region { len: offset + size, class: RegionClass::LargeMallocBlocks, in_use: 0 })
 }
 
-/// The bytes from `start` (up to `end`) that are regions recognised by
-/// `recognise`, region after region, by class; empty if the first is not one.
+/// The regions from `start` (up to `end`) recognised by `recognise`,
+/// region after region, summed by class (`len` the bytes in the mapping);
+/// empty if the first is not one.
 fn recognised_bytes(
     start: u64,
     end: u64,
     read: &mut dyn FnMut(u64) -> Result<Option<Header>, ()>,
-    recognise: fn(u64, &Header) -> Option<(u64, RegionClass)>,
+    recognise: fn(u64, &Header) -> Option<Region>,
     align: u64,
-) -> Result<Vec<(RegionClass, u64)>, ()> {
-    let mut found: Vec<(RegionClass, u64)> = Vec::new();
+) -> Result<Vec<Region>, ()> {
+    let mut found: Vec<Region> = Vec::new();
     let mut at = start;
     for _ in 0..MAX_HEADERS_PER_MAPPING {
         if at >= end {
             break;
         }
-        let Some((len, class)) = read(at)?.and_then(|w| recognise(at, &w)) else { break };
-        let bytes = len.min(end - at);
-        match found.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, total)) => *total += bytes,
-            None => found.push((class, bytes)),
+        let Some(region) = read(at)?.and_then(|w| recognise(at, &w)) else { break };
+        let len = region.len.min(end - at);
+        match found.iter_mut().find(|r| r.class == region.class) {
+            Some(total) => {
+                total.len += len;
+                total.in_use += region.in_use;
+            }
+            None => found.push(Region { len, ..region }),
         }
-        match at.checked_add(len).and_then(|next| next.checked_next_multiple_of(align)) {
+        match at.checked_add(region.len).and_then(|next| next.checked_next_multiple_of(align)) {
             Some(next) => at = next,
             None => break,
         }
@@ -219,12 +258,16 @@ fn classify(
     max_reads: usize,
 ) -> Vec<RegionTotal> {
     let mut totals: Vec<RegionTotal> = Vec::new();
-    let mut add = |class: RegionClass, rss_bytes: u64| match totals.iter_mut().find(|t| t.class == class) {
+    let mut add = |class: RegionClass, rss_bytes: u64, in_use_bytes: u64| match totals
+        .iter_mut()
+        .find(|t| t.class == class)
+    {
         Some(t) => {
             t.rss_bytes += rss_bytes;
             t.mappings += 1;
+            t.in_use_bytes += in_use_bytes;
         }
-        None => totals.push(RegionTotal { class, rss_bytes, mappings: 1 }),
+        None => totals.push(RegionTotal { class, rss_bytes, mappings: 1, in_use_bytes }),
     };
     let mut reads = 0;
     let mut read = |addr: u64| {
@@ -254,7 +297,7 @@ fn classify(
             _ => {
                 // What its first bytes say goes first: a V8 page may sit where an arena would.
                 let Ok(recognised) = recognise(m, &mut read) else {
-                    add(RegionClass::Unexamined, m.rss);
+                    add(RegionClass::Unexamined, m.rss, 0);
                     continue;
                 };
                 if recognised.is_empty() {
@@ -269,19 +312,19 @@ fn classify(
                     // Resident pages are taken as spread evenly over the mapping.
                     let len = m.end.saturating_sub(m.start).max(1);
                     let mut rest = m.rss;
-                    for (class, bytes) in recognised {
-                        let part = ((m.rss as u128 * bytes as u128 / len as u128) as u64).min(rest);
-                        add(class, part);
+                    for region in recognised {
+                        let part = ((m.rss as u128 * region.len as u128 / len as u128) as u64).min(rest);
+                        add(region.class, part, region.in_use);
                         rest -= part;
                     }
                     if rest > 0 {
-                        add(RegionClass::OtherAnonymous, rest);
+                        add(RegionClass::OtherAnonymous, rest, 0);
                     }
                     continue;
                 }
             }
         };
-        add(class, m.rss);
+        add(class, m.rss, 0);
     }
     totals.retain(|t| t.rss_bytes > 0);
     totals.sort_by(|a, b| b.rss_bytes.cmp(&a.rss_bytes).then(a.class.cmp(&b.class)));
@@ -293,7 +336,7 @@ fn classify(
 fn recognise(
     m: &Mapping,
     read: &mut dyn FnMut(u64) -> Result<Option<Header>, ()>,
-) -> Result<Vec<(RegionClass, u64)>, ()> {
+) -> Result<Vec<Region>, ()> {
     let mut recognised = Vec::new();
     if m.start.is_multiple_of(V8_PAGE) {
         recognised = recognised_bytes(m.start, m.end, read, v8_page, V8_PAGE)?;
@@ -358,29 +401,44 @@ Rss:                  24 kB
     }
 
     /// Page headers as node 20 (V8 11.3) and node 22 (V8 12.4) lay them
-    /// out, read from running processes: a new-space page (flags 0x12), an
-    /// old-space page (flags 0x4), node 20's read-only page (405 KiB, its
-    /// area ending before the page does).
+    /// out, read from running processes: new-space pages (to-space 0x12 or
+    /// 0x8012, from-space 0xa), old-space pages (0x4, 0x204), node 20's
+    /// large-object pages (0x84, its area ending before the page does; 0x92
+    /// young). The bytes in use summed per space matched
+    /// `v8.getHeapSpaceStatistics()` there, to the byte after a GC.
     #[test]
     fn v8_pages_are_recognised_by_their_headers_in_both_layouts() {
-        let node20 = |start: u64, size: u64, flags: u64, area_end: u64| {
-            header(&[
-                size,
-                flags,
-                0x3d69_c040,
-                start + 0x1148,
-                start + area_end,
-                0x3eeb8,
-                0,
-                0x1148,
-                0x3d66_f1c8,
-            ])
-        };
+        let node20 =
+            |start: u64, size: u64, flags: u64, area_end: u64, allocated: u64, high_water_mark: u64| {
+                header(&[
+                    size,
+                    flags,
+                    0x3d69_c040,
+                    start + 0x1148,
+                    start + area_end,
+                    allocated,
+                    0,
+                    high_water_mark,
+                    0x3d66_f1c8,
+                ])
+            };
+        let page = |len: u64, class: RegionClass, in_use: u64| Some(Region { len, class, in_use });
         let p = 0x11ce_9fc0_0000;
-        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x12, 0x40000)), Some((0x40000, RegionClass::V8Young)));
-        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x4, 0x40000)), Some((0x40000, RegionClass::V8Old)));
-        assert_eq!(v8_page(p, &node20(p, 0x65000, 0x84, 0x64690)), Some((0x65000, RegionClass::V8Old)));
-        let node22 = |start: u64, flags: u64| {
+        let young = RegionClass::V8Young;
+        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x12, 0x40000, 0x3eeb8, 0x20000)), page(0x40000, young, 0));
+        assert_eq!(v8_page(p, &node20(p, 0x40000, 0xa, 0x40000, 0x3eeb8, 0x3fff8)), page(0x40000, young, 0));
+        let old = RegionClass::V8Old;
+        assert_eq!(
+            v8_page(p, &node20(p, 0x40000, 0x4, 0x40000, 0x3d000, 0x3fff8)),
+            page(0x40000, old, 0x3d000)
+        );
+        assert_eq!(
+            v8_page(p, &node20(p, 0x65000, 0x84, 0x64690, 0x63548, 0x1148)),
+            page(0x65000, old, 0x63548)
+        );
+        // Counts past the area are not believed.
+        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x4, 0x40000, 0x50000, 0x3fff8)), page(0x40000, old, 0));
+        let node22 = |start: u64, flags: u64, allocated: u64, high_water_mark: u64| {
             header(&[
                 flags,
                 start,
@@ -388,33 +446,39 @@ Rss:                  24 kB
                 0x2493_0ea0,
                 start + 0x1140,
                 start + 0x40000,
-                0x3eec0,
+                allocated,
                 0,
-                0x1140,
+                high_water_mark,
                 0x2487_7818,
             ])
         };
         let p = 0x004f_70f0_0000;
-        assert_eq!(v8_page(p, &node22(p, 0x800a)), Some((0x40000, RegionClass::V8Young)));
-        assert_eq!(v8_page(p, &node22(p, 0x204)), Some((0x40000, RegionClass::V8Old)));
+        assert_eq!(v8_page(p, &node22(p, 0x8012, 0x3eec0, 0x40000)), page(0x40000, young, 0));
+        // A young large object (new large-object space, node 20) is counted.
+        assert_eq!(
+            v8_page(p, &node20(p, 0x2f4000, 0x92, 0x2f4000, 0x2f2eb8, 0)),
+            page(0x2f4000, young, 0x2f2eb8)
+        );
+        assert_eq!(v8_page(p, &node22(p, 0x800a, 0x3eec0, 0x40000)), page(0x40000, young, 0));
+        assert_eq!(v8_page(p, &node22(p, 0x204, 0x3e000, 0x3fff8)), page(0x40000, old, 0x3e000));
         // Not a page: JS objects (tagged pointers), malloc's chunk header, zeros.
         let objects = header(&[0x1e31_f063_dff1, 0x1e31_f063_e019, 0x1e31_f063_e041, 0x1e31_f063_e069]);
         assert_eq!(v8_page(p, &objects), None);
         assert_eq!(v8_page(p, &header(&[0, 0x41002])), None);
         assert_eq!(v8_page(p, &[0; HEADER_WORDS]), None);
         // The area's end past the page's: not a page.
-        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x4, 0x50000)), None);
+        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x4, 0x50000, 0, 0)), None);
     }
 
     #[test]
     fn malloc_blocks_mapped_on_their_own_are_recognised() {
         assert_eq!(
             malloc_block(0x7f00_0000_0000, &header(&[0, 0x41002])),
-            Some((0x41000, RegionClass::LargeMallocBlocks))
+            Some(Region { len: 0x41000, class: RegionClass::LargeMallocBlocks, in_use: 0 })
         );
         assert_eq!(
             malloc_block(0x7f00_0000_0000, &header(&[0x10, 0x40ff2])),
-            Some((0x41000, RegionClass::LargeMallocBlocks))
+            Some(Region { len: 0x41000, class: RegionClass::LargeMallocBlocks, in_use: 0 })
         );
         // In an arena (NON_MAIN_ARENA), not mapped, or not page-rounded.
         assert_eq!(malloc_block(0x7f00_0000_0000, &header(&[0, 0x41006])), None);
@@ -435,8 +499,9 @@ Rss:                 512 kB
 300000000000-300000041000 rw-p 00000000 00:00 0 
 Rss:                 260 kB
 ";
-        let page =
-            |start: u64, flags: u64| header(&[0x40000, flags, 0x5000, start + 0x1148, start + 0x40000]);
+        let page = |start: u64, flags: u64| {
+            header(&[0x40000, flags, 0x5000, start + 0x1148, start + 0x40000, 0x3eeb8, 0, 0x2148])
+        };
         let mut read = |addr: u64| match addr {
             0x1000_0000_0000 => Some(page(addr, 0x12)),
             0x1000_0004_0000 => Some(page(addr, 0x4)),
@@ -455,6 +520,7 @@ Rss:                 260 kB
             ],
             "the merged pages classed page by page; the half-V8 mapping split"
         );
+        assert_eq!(v8_heap_in_use(&totals), 2 * 0x3eeb8, "two old pages; the semispace page counts none");
     }
 
     /// The first bytes are the target's to choose: extreme values are not

@@ -274,6 +274,9 @@ impl Session {
             Target::Cgroup(cgroup) => probed.follow_cgroup(&mut probes, &mut collector, cgroup),
             _ => {
                 collector.set_root(info.pid);
+                if matches!(target, Target::Launched(_)) {
+                    collector.started_while_recording(info.pid);
+                }
                 collector.add_process(info.pid, info.maps.clone(), initial_brk)
             }
         }

@@ -96,7 +96,7 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
             })
         })
         .collect();
-    let memory_split = split::split(&stacks, &pages);
+    let memory_split = split::split(&stacks, &pages, collector.node_counts());
     if let Some(readout) = &inputs.inspector {
         stacks.extend(readout.entries.iter().cloned());
     }

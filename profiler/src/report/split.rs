@@ -17,6 +17,13 @@
 //!
 //! The JS objects V8's sampling profiler saw lie in the V8 heap's mappings
 //! and are never added.
+//!
+//! Where node's own counts were read at both ends (V8's heap in use and
+//! its ArrayBuffer bytes, see `process::node_memory`), the V8 heap and
+//! external figures are their growth, what `process.memoryUsage()`'s
+//! `heapUsed` and `arrayBuffers` would show; the bytes measured for them
+//! beyond that (V8's committed pages not in use, pages malloc keeps after
+//! backing stores are freed) are `held_unused_bytes`.
 
 use crate::kind::Kind;
 use serde::{Deserialize, Serialize};
@@ -74,15 +81,45 @@ pub fn through_allocator(entry: &StackEntry) -> bool {
 /// Totals per class, each byte once.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemorySplit {
+    /// V8's heap: its growth in use by node's count when read (`node_counts`), else as measured.
     pub v8_heap_bytes: u64,
+    /// ArrayBuffer backing stores: their growth by node's count when read, else as measured.
     pub external_bytes: u64,
     pub native_bytes: u64,
+    /// Measured for V8's heap and backing stores beyond what node counts as
+    /// in use: V8's committed pages not in use, pages malloc keeps after
+    /// backing stores are freed. 0 unless node's counts were read.
+    #[serde(default)]
+    pub held_unused_bytes: u64,
     /// external / V8 heap; the incident reports call > 2 a buffer leak.
     pub external_to_heap: Option<f64>,
     /// What the bytes are: `heap blocks and mappings` (alloc lens),
     /// `resident pages` (resident lens) or `mappings` (reserved address space).
     #[serde(default)]
     pub measured_on: String,
+    /// Node's own counts when recording started and now, read from its memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_counts: Option<NodeCountsThen>,
+}
+
+/// What node counts of its memory, summed over its processes, at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeCounts {
+    /// V8's heap in use (`process.memoryUsage().heapUsed`), from its page headers.
+    pub v8_heap_used_bytes: u64,
+    /// ArrayBuffer backing stores (`process.memoryUsage().arrayBuffers`), from
+    /// node's allocator; absent when it was not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_buffers_bytes: Option<u64>,
+}
+
+/// Node's counts when recording started (zero for a process started while
+/// recording) and when the report was made, over the node processes alive at both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NodeCountsThen {
+    pub processes: u64,
+    pub at_start: NodeCounts,
+    pub now: NodeCounts,
 }
 
 /// Resident bytes first touched by the stack of entry `touched_by`, lying in
@@ -101,7 +138,7 @@ fn class_of(e: &StackEntry) -> Option<&str> {
 }
 
 /// The split of `stacks` (classified), measured as the module doc says.
-pub fn split(stacks: &[StackEntry], pages: &[Pages]) -> MemorySplit {
+pub fn split(stacks: &[StackEntry], pages: &[Pages], node_counts: Option<NodeCountsThen>) -> MemorySplit {
     let mut s = MemorySplit::default();
     let mut add = |class: Option<&str>, bytes: u64| match class {
         Some(V8_HEAP) => s.v8_heap_bytes += bytes,
@@ -136,6 +173,18 @@ pub fn split(stacks: &[StackEntry], pages: &[Pages]) -> MemorySplit {
         "mappings"
     };
     s.measured_on = measured_on.to_string();
+    if let Some(node) = node_counts {
+        let measured = s.v8_heap_bytes + s.external_bytes;
+        // No V8 page recognised now: the heap's layout is not one this reader knows.
+        if node.now.v8_heap_used_bytes > 0 {
+            s.v8_heap_bytes = node.now.v8_heap_used_bytes.saturating_sub(node.at_start.v8_heap_used_bytes);
+        }
+        if let (Some(now), Some(then)) = (node.now.array_buffers_bytes, node.at_start.array_buffers_bytes) {
+            s.external_bytes = now.saturating_sub(then);
+        }
+        s.held_unused_bytes = measured.saturating_sub(s.v8_heap_bytes + s.external_bytes);
+        s.node_counts = Some(node);
+    }
     s.external_to_heap = (s.v8_heap_bytes > 0).then(|| s.external_bytes as f64 / s.v8_heap_bytes as f64);
     s
 }
@@ -157,10 +206,10 @@ mod tests {
         let mut own = arena.clone();
         own.frames = vec![Frame::named("__mmap64"), Frame::named("map_buffer")];
         report.stacks.extend([arena, brk, own]);
-        let with_heap = split(&report.stacks, &[]);
+        let with_heap = split(&report.stacks, &[], None);
         assert_eq!(with_heap.native_bytes, 300 + (1 << 20), "heap blocks + the program's own mapping");
         report.stacks.retain(|e| e.kind != Kind::Heap);
-        let without_heap = split(&report.stacks, &[]);
+        let without_heap = split(&report.stacks, &[], None);
         assert_eq!(without_heap.native_bytes, 3 << 20, "no blocks recorded: the containers are the memory");
         assert_eq!(without_heap.measured_on, "mappings");
     }
@@ -189,21 +238,44 @@ mod tests {
             entry(Kind::Resident, &["memset", "parse_config"]),
         ];
         let pages = |touched_by, lies_in, kib: u64| Pages { touched_by, lies_in, bytes: kib << 10 };
-        let split = split(
-            &stacks,
-            &[
-                pages(3, Some(0), 400), // the GC in V8's pages
-                pages(4, Some(1), 256), // a Buffer filled in its own mapping
-                pages(5, Some(2), 8),   // a small backing store carved from the break
-                pages(6, Some(2), 12),  // other malloc memory
-                pages(3, None, 40),     // V8's pages mapped before recording
-            ],
-        );
-        assert_eq!(split.v8_heap_bytes, 440 << 10);
-        assert_eq!(split.external_bytes, 264 << 10);
-        assert_eq!(split.native_bytes, 12 << 10);
-        assert_eq!(split.measured_on, "resident pages");
+        let pages = [
+            pages(3, Some(0), 400), // the GC in V8's pages
+            pages(4, Some(1), 256), // a Buffer filled in its own mapping
+            pages(5, Some(2), 8),   // a small backing store carved from the break
+            pages(6, Some(2), 12),  // other malloc memory
+            pages(3, None, 40),     // V8's pages mapped before recording
+        ];
+        let measured = split(&stacks, &pages, None);
+        assert_eq!(measured.v8_heap_bytes, 440 << 10);
+        assert_eq!(measured.external_bytes, 264 << 10);
+        assert_eq!(measured.native_bytes, 12 << 10);
+        assert_eq!(measured.held_unused_bytes, 0);
+        assert_eq!(measured.measured_on, "resident pages");
         let mapped: u64 = stacks.iter().filter(|e| e.kind != Kind::Resident).map(|e| e.bytes).sum();
         assert!(mapped > 0, "the mappings' own bytes are not added");
+
+        // Node's own counts, read at both ends, give the V8 heap and external
+        // growth; what was measured beyond them is held unused.
+        let counts = |v8_kib: u64, array_buffers_kib: u64| NodeCounts {
+            v8_heap_used_bytes: v8_kib << 10,
+            array_buffers_bytes: Some(array_buffers_kib << 10),
+        };
+        let node = NodeCountsThen { processes: 1, at_start: counts(1000, 100), now: counts(1300, 340) };
+        let counted = split(&stacks, &pages, Some(node));
+        assert_eq!(counted.v8_heap_bytes, 300 << 10);
+        assert_eq!(counted.external_bytes, 240 << 10);
+        assert_eq!(counted.native_bytes, 12 << 10);
+        assert_eq!(counted.held_unused_bytes, (440 - 300 + 264 - 240) << 10);
+        // A count that fell is no growth; an allocator not found leaves the measured external.
+        let node = NodeCountsThen {
+            processes: 1,
+            at_start: counts(2000, 100),
+            now: NodeCounts { v8_heap_used_bytes: 1500 << 10, array_buffers_bytes: None },
+        };
+        let fell = split(&stacks, &pages, Some(node));
+        assert_eq!(
+            (fell.v8_heap_bytes, fell.external_bytes, fell.held_unused_bytes),
+            (0, 264 << 10, 440 << 10)
+        );
     }
 }

@@ -198,14 +198,37 @@ pub fn render(report: &Report, top: usize) -> String {
     if split.v8_heap_bytes > 0 || split.external_bytes > 0 {
         let ratio =
             split.external_to_heap.map_or(String::new(), |r| format!(", External/Heap {:.0}%", r * 100.0));
+        let measured_on =
+            if split.measured_on.is_empty() { "outstanding" } else { split.measured_on.as_str() };
+        let counted =
+            if split.node_counts.is_some() { "; V8 heap and external by node's own count" } else { "" };
+        let unused = if split.held_unused_bytes > 0 {
+            format!(", held unused {}", human_bytes(split.held_unused_bytes))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "Memory split ({}): V8 heap {}, external (ArrayBuffers) {}, other native {}{ratio} (each byte counted once)",
-            if split.measured_on.is_empty() { "outstanding" } else { split.measured_on.as_str() },
+            "Memory split ({measured_on}{counted}): V8 heap {}, external (ArrayBuffers) {}, other native {}{unused}{ratio} (each byte counted once)",
             human_bytes(split.v8_heap_bytes),
             human_bytes(split.external_bytes),
             human_bytes(split.native_bytes)
         );
+        if let Some(node) = &split.node_counts {
+            let array_buffers = |c: &crate::report::split::NodeCounts| {
+                c.array_buffers_bytes.map_or("not found".to_string(), human_bytes)
+            };
+            let _ = writeln!(
+                s,
+                "  node's own count, read from its memory ({} process{}): heapUsed {} -> {}, arrayBuffers {} -> {}; held unused: V8 pages committed but not in use, and pages malloc keeps after buffers are freed",
+                node.processes,
+                if node.processes == 1 { "" } else { "es" },
+                human_bytes(node.at_start.v8_heap_used_bytes),
+                human_bytes(node.now.v8_heap_used_bytes),
+                array_buffers(&node.at_start),
+                array_buffers(&node.now),
+            );
+        }
     }
     if let Some(st) = &report.status {
         let limit = match (st.limit_bytes, &st.limit_source, st.time_to_limit_s) {
