@@ -101,7 +101,9 @@ fn retained_response_bodies_are_attributed_to_the_js_function_that_keeps_them() 
     );
     let txt = std::fs::read_to_string(common::tmp().join("node-responses/report.txt")).unwrap();
     assert!(
-        txt.contains("Memory split (heap blocks and mappings; V8 heap and external by node's own count): V8 heap"),
+        txt.contains(
+            "Memory split (heap blocks and mappings; V8 heap and external by node's own count): V8 heap"
+        ),
         "{txt}"
     );
 }

@@ -38,11 +38,19 @@ impl OwnCost {
     }
 }
 
-/// A family registered under `name`, filled by the caller.
+/// A family registered under `name`, filled by the caller. (The library
+/// ends each help text with a period.)
 fn gauge(registry: &mut Registry, name: &str, help: &str) -> GaugeFamily {
     let family = GaugeFamily::default();
     registry.register(name, help, family.clone());
     family
+}
+
+/// A gauge without labels registered under `name`.
+fn plain_gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge<f64, AtomicU64> {
+    let gauge = Gauge::<f64, AtomicU64>::default();
+    registry.register(name, help, gauge.clone());
+    gauge
 }
 
 fn set(family: &GaugeFamily, labels: Labels, value: f64) {
@@ -67,7 +75,7 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let cgroup_of: BTreeMap<u32, &str> =
         report.processes.iter().filter_map(|p| Some((p.pid, p.cgroup.as_deref()?))).collect();
 
-    let info = gauge(&mut registry, "leakprof_target_info", "The profiled target (value 1).");
+    let info = gauge(&mut registry, "leakprof_target_info", "The profiled target (value 1)");
     let mut labels: Labels = vec![
         ("mode", report.target.mode.clone()),
         ("pid", report.target.pid.to_string()),
@@ -81,14 +89,11 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let bytes = gauge(
         &mut registry,
         "leakprof_outstanding_bytes",
-        "Outstanding bytes per memory kind (per cgroup in cgroup mode).",
+        "Outstanding bytes per memory kind (per cgroup in cgroup mode)",
     );
-    let blocks = gauge(
-        &mut registry,
-        "leakprof_outstanding_blocks",
-        "Outstanding blocks or mappings per memory kind.",
-    );
-    let handles = gauge(&mut registry, "leakprof_outstanding_handles", "Open handles (fds) per handle kind.");
+    let blocks =
+        gauge(&mut registry, "leakprof_outstanding_blocks", "Outstanding blocks or mappings per memory kind");
+    let handles = gauge(&mut registry, "leakprof_outstanding_handles", "Open handles (fds) per handle kind");
     let with_cgroup = |kind: Kind, cgroup: Option<&str>| -> Labels {
         let mut l = vec![("kind", kind.to_string())];
         if let Some(cg) = cgroup {
@@ -121,12 +126,12 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let growth_bytes = gauge(
         &mut registry,
         "leakprof_growth_bytes_per_second",
-        "Growth rate of the outstanding bytes per memory kind (robust slope over the last samples).",
+        "Growth rate of the outstanding bytes per memory kind (robust slope over the last samples)",
     );
     let growth_handles = gauge(
         &mut registry,
         "leakprof_growth_handles_per_second",
-        "Growth rate of the open handles per handle kind.",
+        "Growth rate of the open handles per handle kind",
     );
     if let Some(series) = &report.series {
         for (&kind, values) in &series.totals {
@@ -136,23 +141,23 @@ pub fn render(report: &Report, own: OwnCost) -> String {
         }
     }
 
-    let level = gauge(&mut registry, "leakprof_leak_level", "Overall growth level: 0 normal, 1 slow leak, 2 active leak, 3 critical (absent until enough samples).");
+    let level = gauge(&mut registry, "leakprof_leak_level", "Overall growth level: 0 normal, 1 slow leak, 2 active leak, 3 critical (absent until enough samples)");
     let memory = gauge(
         &mut registry,
         "leakprof_memory_bytes",
-        "The memory the level is judged on (RSS, cgroup usage or outstanding).",
+        "The memory the level is judged on (RSS, cgroup usage or outstanding)",
     );
     let memory_growth =
-        gauge(&mut registry, "leakprof_memory_growth_bytes_per_second", "Growth rate of that memory.");
+        gauge(&mut registry, "leakprof_memory_growth_bytes_per_second", "Growth rate of that memory");
     let limit = gauge(
         &mut registry,
         "leakprof_memory_limit_bytes",
-        "The memory limit (--limit or the cgroup's), when there is one.",
+        "The memory limit (--limit or the cgroup's), when there is one",
     );
     let to_limit = gauge(
         &mut registry,
         "leakprof_seconds_to_limit",
-        "Seconds until the limit at the measured rate (absent when not growing).",
+        "Seconds until the limit at the measured rate (absent when not growing)",
     );
     if let Some(status) = &report.status {
         let on = vec![("measured_on", status.measured_on.clone())];
@@ -177,12 +182,12 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let stack_bytes = gauge(
         &mut registry,
         "leakprof_stack_outstanding_bytes",
-        "Outstanding bytes of the top stacks per memory kind.",
+        "Outstanding bytes of the top stacks per memory kind",
     );
     let stack_handles = gauge(
         &mut registry,
         "leakprof_stack_outstanding_handles",
-        "Open handles of the top stacks per handle kind.",
+        "Open handles of the top stacks per handle kind",
     );
     for &kind in report.totals.keys() {
         let handle = kind.is_handle();
@@ -207,7 +212,7 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let accuracy = Family::<Labels, Counter<f64, AtomicU64>>::default();
     registry.register(
         "leakprof_accuracy_events",
-        "Events, calls and stacks lost or degraded, per counter of the report's accuracy section.",
+        "Events, calls and stacks lost or degraded, per counter of the report's accuracy section",
         accuracy.clone(),
     );
     for (name, value) in accuracy_counters(report) {
@@ -216,56 +221,73 @@ pub fn render(report: &Report, own: OwnCost) -> String {
     let unprobed = gauge(
         &mut registry,
         "leakprof_unprobed_allocator_entries",
-        "Allocator entry points that could not be probed.",
+        "Allocator entry points that could not be probed",
     );
     set(&unprobed, vec![], report.accuracy.probes_skipped.len() as f64);
 
     let cpu = Counter::<f64, AtomicU64>::default();
     cpu.inc_by(own.cpu_seconds);
-    registry.register("process_cpu_seconds", "The profiler's own CPU time.", cpu);
+    registry.register("process_cpu_seconds", "The profiler's own CPU time", cpu);
     let rss = Gauge::<f64, AtomicU64>::default();
     rss.set(own.resident_bytes as f64);
-    registry.register("process_resident_memory_bytes", "The profiler's own resident memory.", rss);
+    registry.register("process_resident_memory_bytes", "The profiler's own resident memory", rss);
 
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String does not fail");
     out
 }
 
-/// V8's own numbers (`--lens js-heap`) and its out-of-memory aborts.
+/// Node's own counts (read from its memory, any lens), V8's own numbers
+/// (`--lens js-heap`) and its out-of-memory aborts.
 fn v8_heap(registry: &mut Registry, report: &Report) {
     let aborts = Counter::<f64, AtomicU64>::default();
     aborts.inc_by(report.v8_out_of_memory.len() as f64);
     registry.register(
         "leakprof_v8_out_of_memory",
-        "V8 out-of-memory aborts seen (node's OOMErrorHandler).",
+        "V8 out-of-memory aborts seen (node's OOMErrorHandler)",
         aborts,
     );
+    if let Some(node) = &report.memory_split.node_counts {
+        let used = plain_gauge(
+            registry,
+            "leakprof_node_heap_used_bytes",
+            "V8 heap in use (heapUsed, young generation aside) of the node processes, read from their memory",
+        );
+        used.set(node.now.v8_heap_used_bytes as f64);
+        if let Some(bytes) = node.now.array_buffers_bytes {
+            let array_buffers = plain_gauge(
+                registry,
+                "leakprof_node_array_buffers_bytes",
+                "ArrayBuffer backing stores (arrayBuffers) of the node processes, read from node's allocator",
+            );
+            array_buffers.set(bytes as f64);
+        }
+    }
     let Some(h) = &report.v8_heap else { return };
     let pid = || vec![("pid", h.pid.to_string())];
-    let used = gauge(registry, "leakprof_v8_heap_used_bytes", "V8 heap used per space (--lens js-heap).");
+    let used = gauge(registry, "leakprof_v8_heap_used_bytes", "V8 heap used per space (--lens js-heap)");
     for space in &h.spaces {
         set(&used, vec![("pid", h.pid.to_string()), ("space", space.name.clone())], space.used_bytes as f64);
     }
-    let limit = gauge(registry, "leakprof_v8_heap_limit_bytes", "V8's heap limit (heap_size_limit).");
+    let limit = gauge(registry, "leakprof_v8_heap_limit_bytes", "V8's heap limit (heap_size_limit)");
     set(&limit, pid(), h.limit_bytes as f64);
     let utilisation = gauge(
         registry,
         "leakprof_v8_heap_utilisation_ratio",
-        "V8 heap used / its limit (0.8 warning, 0.9 critical).",
+        "V8 heap used / its limit (0.8 warning, 0.9 critical)",
     );
     set(&utilisation, pid(), h.utilisation_pct / 100.0);
     let external = gauge(
         registry,
         "leakprof_v8_external_bytes",
-        "process.memoryUsage().external (ArrayBuffers included).",
+        "process.memoryUsage().external (ArrayBuffers included)",
     );
     set(&external, pid(), h.external_bytes as f64);
     if let Some(s) = h.time_to_limit_s {
         let to_limit = gauge(
             registry,
             "leakprof_v8_seconds_to_heap_limit",
-            "Seconds until the V8 heap limit at its growth rate (absent when not growing).",
+            "Seconds until the V8 heap limit at its growth rate (absent when not growing)",
         );
         set(&to_limit, pid(), s);
     }
@@ -318,6 +340,8 @@ mod tests {
     fn renders_totals_stacks_accuracy_and_own_cost() {
         let report = crate::report::sample::report();
         let text = render(&report, OwnCost { cpu_seconds: 1.5, resident_bytes: 4096 });
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert!(help.iter().all(|l| !l.ends_with("..")), "one period ends each help: {help:#?}");
         for line in [
             "leakprof_outstanding_bytes{kind=\"heap\"} 300.0",
             "leakprof_outstanding_blocks{kind=\"heap\"} 3.0",
@@ -364,6 +388,19 @@ mod tests {
         ] {
             assert_line(&text, line);
         }
+        assert!(!text.contains("leakprof_node_"), "node's counts only when read");
+        let counts = |v8_heap_used_bytes, array_buffers_bytes| crate::report::split::NodeCounts {
+            v8_heap_used_bytes,
+            array_buffers_bytes,
+        };
+        report.memory_split.node_counts = Some(crate::report::split::NodeCountsThen {
+            processes: 1,
+            at_start: counts(100, Some(10)),
+            now: counts(900, Some(90)),
+        });
+        let text = render(&report, OwnCost { cpu_seconds: 0.0, resident_bytes: 0 });
+        assert_line(&text, "leakprof_node_heap_used_bytes 900.0");
+        assert_line(&text, "leakprof_node_array_buffers_bytes 90.0");
     }
 
     #[test]
