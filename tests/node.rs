@@ -959,3 +959,49 @@ fn the_memory_split_under_the_default_lens_matches_node_memory_usage() {
         assert!(text.contains("V8 heap and external by node's own count"), "{text}");
     }
 }
+
+/// A file stream's fd under the JS that created the stream (issue 16):
+/// node opens the file a tick after `fs.createReadStream` returned, from
+/// its own JS. With `--lens js-heap` (node started with no flag, attached
+/// by `--pid`), the inspector keeps the creating stack: each fd's stack
+/// continues, after a stream marker, with `openReport` and the line of its
+/// call, and the fd's path. `process.nextTick` is node's own again after.
+#[test]
+fn file_streams_fds_are_attributed_to_the_js_that_created_them() {
+    let _one_inspector = INSPECTOR.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((mut node, lines)) = start_node("streams.js", &["10"], "streams ") else { return };
+    let dir = common::fresh_dir("node-stream-creators");
+    let mut profiler = attach(node.id(), &["--lens", "resident,handles,js-heap", "--interval", "1"], &dir);
+    assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
+    let opened = lines.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(opened, "streams 20");
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    assert!(profiler.wait().unwrap().success());
+    assert!(Command::new("kill").args(["-WINCH", &node.id().to_string()]).status().unwrap().success());
+    let wrapped = lines.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(wrapped, "wrapped false", "process.nextTick is node's own again");
+    let report = common::report_json(&dir);
+    let marker = "[fs stream: opened a tick after it was created at]";
+    assert_eq!(handles_where(&report, "files", marker), 10, "{:#?}", report["stacks"]);
+    let creators: Vec<&serde_json::Value> = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "files" && has_frame(e, marker))
+        .collect();
+    for stack in creators {
+        let names: Vec<&str> =
+            stack["frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap()).collect();
+        let after = &names[names.iter().position(|n| *n == marker).unwrap() + 1..];
+        assert!(
+            after.iter().any(|n| n.starts_with("JS:createReadStream node:fs"))
+                && after.iter().any(|n| n.starts_with("JS:openReport ") && n.contains("/streams.js:13:")),
+            "{names:#?}"
+        );
+        for fd in stack["fds"].as_array().unwrap() {
+            assert!(fd.as_str().unwrap().ends_with("/streams.js"), "{}", stack["fds"]);
+        }
+    }
+}

@@ -2,11 +2,12 @@
 //! repairs and interns stacks (locating their frames while the process is
 //! alive), and at the end assembles the report's per-site entries.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use profiler_common::{syscalls, AllocApi, StackStatus};
 
 use crate::{
+    inspector::streams::StreamCreator,
     kernel::events::{Caller, Event, Record},
     kind::Kind,
     ledger::{Ledger, Op, Site, StackId},
@@ -16,8 +17,8 @@ use crate::{
     stacks::procmaps::ProcessMaps,
     stacks::symbols::Symbols,
     stacks::{
-        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, AddressSpace, Handoff, Location,
-        StackTable,
+        repair_fault_stack, repair_syscall_stack, truncate_at_invalid_frame, v8::JsFunction, AddressSpace,
+        Handoff, Location, StackTable,
     },
 };
 
@@ -135,6 +136,8 @@ pub struct Collector {
     stream_creators: HashMap<(u32, u64), StackId>,
     /// Handle creators dropped at the bound (their sockets keep their own stacks).
     pub stream_creators_forgotten: u64,
+    /// JS functions named outside the kernel's walk, by the index in their frame word.
+    named_js: HashMap<JsFunction, usize>,
     /// Open requests forgotten (more than [`MAX_QUEUED_WORK`] at once):
     /// what they open keeps the threadpool thread's stack only.
     pub threadpool_forgotten: u64,
@@ -560,22 +563,73 @@ impl Collector {
     /// Stack `own`, then a [`Handoff`] frame, then the frames of `other`
     /// past its first (the probed libuv function itself).
     fn joined(&mut self, pid: u32, own: StackId, handoff: Handoff, other: StackId) -> StackId {
+        let words: Vec<u64> = self.stacks.get(other).1.iter().skip(1).copied().collect();
+        let locations: Vec<Location> = self.locations[other as usize].iter().skip(1).cloned().collect();
+        self.extended(pid, (own, usize::MAX), handoff, &words, locations)
+    }
+
+    /// The first `kept` frames of stack `own`, then the `handoff` marker,
+    /// then frames `words` at `locations`.
+    fn extended(
+        &mut self,
+        pid: u32,
+        (own, kept): (StackId, usize),
+        handoff: Handoff,
+        words: &[u64],
+        locations: Vec<Location>,
+    ) -> StackId {
         let image = self.images.get(&pid).copied().unwrap_or(0);
-        let frames: Vec<u64> = (self.stacks.get(own).1.iter().copied())
+        let frames: Vec<u64> = (self.stacks.get(own).1.iter().take(kept).copied())
             .chain([handoff.marker()])
-            .chain(self.stacks.get(other).1.iter().skip(1).copied())
+            .chain(words.iter().copied())
             .collect();
         let (id, new) = self.stacks.intern(pid, image, &frames);
         if new {
-            let locations = (self.locations[own as usize].iter().cloned())
+            let locations = (self.locations[own as usize].iter().take(kept).cloned())
                 .chain([Location::Handoff(handoff)])
-                .chain(self.locations[other as usize].iter().skip(1).cloned())
+                .chain(locations)
                 .collect();
             self.locations.push(locations);
             let api = self.api[own as usize].clone();
             self.api.push(api);
         }
         id
+    }
+
+    /// Attributes each file stream's fd, still open, to the JS that created
+    /// the stream (read by the inspector): the fd's own stack, a
+    /// [`Handoff::Stream`] marker, the creator's frames. An fd opened after
+    /// node reported the stream open is another file's (its number reused).
+    pub fn attribute_stream_creators(&mut self, pid: u32, creators: &[StreamCreator]) {
+        for creator in creators {
+            let Some((own, opened_ns)) = self.ledger.counted_handle(pid, creator.fd) else { continue };
+            if opened_ns > creator.opened_by_ns || self.stacks.get(own).1.contains(&Handoff::Stream.marker())
+            {
+                continue;
+            }
+            let mut words = Vec::with_capacity(creator.frames.len());
+            let mut locations = Vec::with_capacity(creator.frames.len());
+            for function in &creator.frames {
+                let index = match self.named_js.get(function) {
+                    Some(&index) => index,
+                    None => {
+                        let index = self.named_js.len();
+                        self.named_js.insert(function.clone(), index);
+                        index
+                    }
+                };
+                let Some(word) = crate::stacks::named_js_marker(index) else { break };
+                words.push(word);
+                locations.push(Location::JsFunction { function: Some(Arc::new(function.clone())), sfi: 0 });
+            }
+            // Below the tick's last JS frame: the event loop's, not the stream's.
+            let kept = self.locations[own as usize]
+                .iter()
+                .rposition(|l| matches!(l, Location::JsFunction { .. } | Location::Jit { .. }))
+                .map_or(usize::MAX, |last| last + 1);
+            let stack = self.extended(pid, (own, kept), Handoff::Stream, &words, locations);
+            self.ledger.apply(pid, opened_ns, Op::AttributeHandle { fd: creator.fd, stack });
+        }
     }
 
     /// Counts a stack cut short (a failed capture is counted as such).

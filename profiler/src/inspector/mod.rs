@@ -3,8 +3,9 @@
 //! inspector on 127.0.0.1 when sent SIGUSR1 (as `node inspect -p PID`
 //! does); a thread of ours, in the target's network namespace, connects to
 //! it, starts V8's sampling heap profiler ([`sampling`]), reads V8's heap
-//! statistics at every interval ([`heap`]), and at the end stops the
-//! profiler and closes the inspector it opened (checked: the port is gone).
+//! statistics at every interval ([`heap`]) and the creators of file streams
+//! ([`streams`]), and at the end stops the profiler, puts back what it
+//! wrapped and closes the inspector it opened (checked: the port is gone).
 //!
 //! Only a process whose executable is node and which catches SIGUSR1 is
 //! signalled: to any other process SIGUSR1 is fatal.
@@ -13,6 +14,7 @@ pub mod cdp;
 pub mod heap;
 pub mod sampling;
 pub mod snapshot;
+pub mod streams;
 
 use std::{
     sync::{mpsc, Arc, Mutex},
@@ -55,12 +57,24 @@ pub struct Observed {
     pub longest_call_ms: f64,
     /// With `--heap-snapshot`: those taken and their comparisons.
     pub snapshots: Option<HeapSnapshots>,
+    /// The creators of file streams, by fd (the latest stream on each).
+    pub stream_creators: std::collections::BTreeMap<u64, streams::StreamCreator>,
+    /// Stream creators the target could not hold between two readings.
+    pub stream_creators_dropped: u64,
 }
 
 impl Observed {
     /// What a report of process `pid` takes from these readings.
     pub fn readout(&self, pid: u32, command: &str, min_age: Duration) -> Readout {
         let (bytes, count) = self.sampled.total();
+        let mut notes = self.notes.clone();
+        if self.stream_creators_dropped > 0 {
+            notes.push(format!(
+                "js-heap: {} file streams' creators were not kept (more than {} between two readings): their fds keep node's stack",
+                self.stream_creators_dropped,
+                streams::MAX_HELD
+            ));
+        }
         Readout {
             entries: self.sampled.entries(pid, command, min_age.as_secs_f64()),
             total: Total { bytes, count },
@@ -68,8 +82,9 @@ impl Observed {
                 .heap
                 .report(pid, &self.inspector)
                 .map(|h| V8Heap { longest_call_ms: self.longest_call_ms, ..h }),
-            notes: self.notes.clone(),
+            notes,
             snapshots: self.snapshots.clone(),
+            stream_creators: self.stream_creators.values().cloned().collect(),
         }
     }
 }
@@ -83,6 +98,8 @@ pub struct Readout {
     pub heap: Option<V8Heap>,
     pub notes: Vec<String>,
     pub snapshots: Option<HeapSnapshots>,
+    /// File streams' fds and the JS that created them.
+    pub stream_creators: Vec<streams::StreamCreator>,
 }
 
 /// Refuses, before anything is attached, a target the lens cannot read:
@@ -220,6 +237,9 @@ fn lock(observed: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
     observed.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Most file streams' creators kept (one per fd number).
+const MAX_STREAM_CREATORS: usize = 65536;
+
 /// Readings that may fail in a row (a blocked event loop) before the lens gives up.
 const MAX_MISSED_READINGS: u32 = 3;
 
@@ -251,10 +271,19 @@ fn run(
         let profile = session.call("HeapProfiler.getSamplingProfile", json!({}))?;
         let took_ms = call.elapsed().as_secs_f64() * 1e3;
         let stacks = sampling::stacks_of(profile)?;
+        let (creators, dropped) = streams::parse(session.evaluate(streams::TAKE)?)?;
         let mut o = lock(observed);
         o.heap.push(reading);
         o.sampled.push(at_s, stacks);
         o.longest_call_ms = o.longest_call_ms.max(took_ms);
+        o.stream_creators_dropped += dropped;
+        for creator in creators {
+            if o.stream_creators.len() < MAX_STREAM_CREATORS || o.stream_creators.contains_key(&creator.fd) {
+                o.stream_creators.insert(creator.fd, creator);
+            } else {
+                o.stream_creators_dropped += 1;
+            }
+        }
         Ok(())
     };
     let mut snapshots = heap_snapshots.map(|dir| Snapshots { dir, first: None, asked: 0 });
@@ -272,6 +301,11 @@ fn run(
             "HeapProfiler.startSampling",
             json!({ "samplingInterval": sampling::SAMPLING_INTERVAL_BYTES }),
         )?;
+        if let Err(e) = session.evaluate(&streams::install_expression()) {
+            let note =
+                format!("js-heap: file streams keep node's stack: wrapping process.nextTick failed: {e:#}");
+            lock(observed).notes.push(printable(&note));
+        }
         snapshot(&mut session, "start");
         let mut missed = 0;
         loop {
@@ -323,13 +357,14 @@ fn run(
     }
     // Whatever happened, what was started is stopped and what was opened is closed.
     let closed = (|| -> Result<()> {
+        let unwrapped = session.evaluate(streams::UNINSTALL).context("putting process.nextTick back");
         session.call("HeapProfiler.stopSampling", json!({}))?;
         session.call("HeapProfiler.disable", json!({}))?;
         if opened {
             // Closes the inspector's server and this connection.
             session.notify("Runtime.evaluate", json!({ "expression": "process._debugEnd()" }))?;
         }
-        Ok(())
+        unwrapped.map(drop)
     })();
     session.close();
     if opened {

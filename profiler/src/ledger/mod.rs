@@ -396,6 +396,11 @@ impl Ledger {
 
     /// The stack that opened `fd` of process `tgid`, if it is open and
     /// counted (not held before recording, nor excluded as warm-up).
+    /// The stack and opening time (ns) of an fd counted as outstanding.
+    pub fn counted_handle(&self, tgid: u32, fd: u64) -> Option<(StackId, u64)> {
+        self.processes.get(&tgid)?.handles.get(&fd).filter(|h| h.counted).map(|h| (h.site.stack, h.ts))
+    }
+
     pub fn handle_stack(&self, tgid: u32, fd: u64) -> Option<StackId> {
         self.processes.get(&tgid)?.handles.get(&fd).filter(|h| h.counted).map(|h| h.site.stack)
     }

@@ -78,6 +78,9 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
     let min_age = settings.min_age.as_nanos() as u64;
     // One describer for the stacks' fds and those held at the start: each process's socket tables are read once.
     let mut describer = if inputs.describe_fds { FdDescriber::default() } else { FdDescriber::off() };
+    if let Some(readout) = &inputs.inspector {
+        collector.attribute_stream_creators(inputs.target.pid, &readout.stream_creators);
+    }
     let crate::collector::Entries { mut stacks, index_of } =
         collector.entries(symbols, inputs.now_ns, min_age, &mut describer);
     for e in &mut stacks {

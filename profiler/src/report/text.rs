@@ -4,6 +4,7 @@ use crate::kind::Kind;
 use std::fmt::Write;
 
 use super::{flame::human_bytes, Report};
+use crate::stacks::Handoff;
 
 /// Frames shown per stack in the text summary.
 const FRAMES_SHOWN: usize = 16;
@@ -375,7 +376,18 @@ pub fn render(report: &Report, top: usize) -> String {
             if e.frames.is_empty() {
                 let _ = writeln!(s, "      [stack unavailable]");
             }
-            for f in e.frames.iter().take(FRAMES_SHOWN) {
+            // The first frames, and as many from the last handoff on (the code the stack acted for).
+            let handoff =
+                e.frames.iter().rposition(|f| Handoff::is_marker_name(&f.function)).unwrap_or(usize::MAX);
+            let mut shown = 0;
+            for (i, f) in e.frames.iter().enumerate() {
+                if i >= FRAMES_SHOWN && !(handoff..handoff.saturating_add(FRAMES_SHOWN)).contains(&i) {
+                    continue;
+                }
+                if i > shown {
+                    let _ = writeln!(s, "      ... {} frames", i - shown);
+                }
+                shown = i + 1;
                 let place = match (&f.file, f.line) {
                     // A JS frame's name has its place (`JS:f /srv/app.js:12:5`).
                     _ if f.module == crate::inspector::sampling::JS_MODULE => String::new(),
@@ -385,8 +397,8 @@ pub fn render(report: &Report, top: usize) -> String {
                 let inl = if f.inlined { " (inlined)" } else { "" };
                 let _ = writeln!(s, "      {}{place}{inl}", f.function);
             }
-            if e.frames.len() > FRAMES_SHOWN {
-                let _ = writeln!(s, "      ... {} more frames", e.frames.len() - FRAMES_SHOWN);
+            if e.frames.len() > shown {
+                let _ = writeln!(s, "      ... {} more frames", e.frames.len() - shown);
             }
         }
         if !runtime.is_empty() {
@@ -562,4 +574,35 @@ fn losses(report: &Report) -> Option<String> {
     let parts: Vec<String> =
         counted.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
     (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::model::Frame;
+
+    /// A stack continued past a handoff deep down (a stream's fd, then the
+    /// JS that created the stream): the first frames, then the handoff's.
+    #[test]
+    fn frames_from_a_deep_handoff_are_shown() {
+        let mut report = crate::report::sample::report();
+        let entry = &mut report.stacks[0];
+        entry.frames = (0..30).map(|i| Frame::named(&format!("own_{i}"))).collect();
+        entry.frames.push(Frame::named(Handoff::Stream.name()));
+        entry.frames.extend((0..20).map(|i| Frame::named(&format!("creator_{i}"))));
+        let text = render(&report, 10);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let at = |needle: &str| {
+            let module = format!("{needle} [");
+            lines
+                .iter()
+                .position(|l| *l == needle || l.starts_with(&module))
+                .unwrap_or_else(|| panic!("{needle}: {text}"))
+        };
+        assert_eq!(at("... 14 frames"), at("own_15") + 1);
+        assert_eq!(at(Handoff::Stream.name()), at("... 14 frames") + 1);
+        assert_eq!(at("creator_14"), at(Handoff::Stream.name()) + 15);
+        assert_eq!(at("... 5 more frames"), at("creator_14") + 1);
+        assert!(!text.contains("own_16 ") && !text.contains("creator_15 "), "{text}");
+    }
 }

@@ -67,6 +67,10 @@ pub enum Handoff {
     /// after the marker created, maybe a tick earlier (`net.connect` defers
     /// the connect to `process.nextTick`).
     Handle = 1,
+    /// The fd was opened by a file stream a tick after the code after the
+    /// marker created it (read by the inspector: its frames give the lines
+    /// of the calls, not of the functions' starts).
+    Stream = 2,
 }
 
 impl Handoff {
@@ -78,6 +82,7 @@ impl Handoff {
         match word {
             w if w == Self::Threadpool.marker() => Some(Self::Threadpool),
             w if w == Self::Handle.marker() => Some(Self::Handle),
+            w if w == Self::Stream.marker() => Some(Self::Stream),
             _ => None,
         }
     }
@@ -87,8 +92,29 @@ impl Handoff {
         match self {
             Self::Threadpool => "[libuv threadpool: the work was queued by]",
             Self::Handle => "[libuv handle: the fd's socket or pipe was created by]",
+            Self::Stream => "[fs stream: opened a tick after it was created at]",
         }
     }
+
+    /// Whether a frame named `function` is a handoff's marker.
+    pub fn is_marker_name(function: &str) -> bool {
+        [Self::Threadpool, Self::Handle, Self::Stream].iter().any(|h| h.name() == function)
+    }
+
+    /// The module the marker frame is shown in.
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::Threadpool | Self::Handle => "[libuv]",
+            Self::Stream => "[node]",
+        }
+    }
+}
+
+/// The frame word of the `index`th JS function named outside the kernel's
+/// walk (by the inspector): a marker word, below the [`HANDOFF_MARKER`]s.
+pub fn named_js_marker(index: usize) -> Option<u64> {
+    const NAMED_JS_MARKER: u64 = 0xffff_ffff_ffff_f000;
+    (index < 0xe00).then_some(NAMED_JS_MARKER | index as u64)
 }
 
 /// The lookup key of a stack: process, program image, frames.

@@ -79,7 +79,7 @@ fn fallback(loc: &Location) -> Frame {
         Location::Jit { addr, .. } => ("[jit]".to_string(), *addr),
         Location::Unmapped { addr } => ("[unknown]".to_string(), *addr),
         Location::Cut(reason) => return frame(&crate::stacks::cut_name(*reason), "[unwind]", 0, None, false),
-        Location::Handoff(handoff) => return frame(handoff.name(), "[libuv]", 0, None, false),
+        Location::Handoff(handoff) => return frame(handoff.name(), handoff.module(), 0, None, false),
         Location::JsFunction { function, sfi } => return js_frame(function.as_deref(), *sfi),
     };
     frame(&format!("{module}+{offset:#x}"), &module, offset, None, false)
