@@ -115,6 +115,8 @@ pub enum Section {
     Fs,
     /// Stacks through JS frames under the alloc lens: JS named from V8's heap or a perf map.
     Js,
+    /// What `--lens js-heap` adds to node's ticks (`process.nextTick` wrapped, file streams).
+    Ticks,
     Pipeline,
     Exit,
     Soak,
@@ -150,6 +152,9 @@ pub fn bench(
     }
     if wanted(Section::Js) {
         out.insert("js".into(), b.js(root)?);
+    }
+    if wanted(Section::Ticks) {
+        out.insert("ticks".into(), b.ticks(root)?);
     }
     if wanted(Section::Pipeline) {
         out.insert("pipeline".into(), b.pipeline(root)?);
@@ -219,6 +224,27 @@ fn run(c: &mut Command) -> Result<f64> {
         bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     ns_per_pair(&out.stdout)
+}
+
+/// Runs `c` and parses its "N ns per `operation` pair" line.
+fn run_for(c: &mut Command, operation: &str) -> Result<Vec<(String, f64)>> {
+    settle();
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let timings: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (n, rest) = l.split_once(" ns per ")?;
+            Some((rest.strip_suffix(" pair")?.to_string(), n.trim().parse().ok()?))
+        })
+        .collect();
+    if !timings.iter().any(|(op, _)| op == operation) {
+        bail!("no timing of {operation} in: {text}");
+    }
+    Ok(timings)
 }
 
 /// Parses the churn fixture's "N ns per <operation> pair".
@@ -526,6 +552,52 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
             "unprobed_ns": plain_ns, "v8_heap_ns": v8_ns, "v8_heap_ratio": v8_ns / plain_ns,
             "unprobed_perf_map_node_ns": mapped_ns, "perf_map_ns": perf_map_ns, "perf_map_ratio": perf_map_ns / mapped_ns,
             "layout_ms": layout_ms, "functions_named": named, "read_ms": read_ms,
+        }))
+    }
+
+    fn ticks(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: node's ticks under --lens js-heap");
+        self.md.push_str(
+            "## Node.js: what `--lens js-heap` adds to node's ticks
+
+",
+        );
+        if crate::find_in_path("node").is_none() {
+            self.md.push_str(
+                "Skipped: node is not installed.
+
+",
+            );
+            return Ok(json!({ "skipped": "node missing" }));
+        }
+        let script = root.join("tests/fixtures/node/tick-bench.js").into_os_string();
+        const OPERATIONS: [&str; 2] = ["process.nextTick", "createReadStream+destroy"];
+        let mut ns: [[Vec<f64>; 2]; 2] = Default::default();
+        for _ in 0..RUNS {
+            let plain = run_for(Command::new("node").arg(&script).arg("plain"), OPERATIONS[0])?;
+            let target = ["node".into(), script.clone(), "wrapped".into()];
+            let lensed = run_for(&mut self.record("ticks", &["--lens", "js-heap"], &target), OPERATIONS[0])?;
+            for (run, timings) in [plain, lensed].iter().enumerate() {
+                for (op, operation) in OPERATIONS.iter().enumerate() {
+                    if let Some((_, t)) = timings.iter().find(|(name, _)| name == operation) {
+                        ns[op][run].push(*t);
+                    }
+                }
+            }
+        }
+        let [[tick_plain, tick_lens], [stream_plain, stream_lens]] = ns.map(|per_run| per_run.map(median));
+        self.md.push_str(&format!(
+            "| per | unprobed | `--lens js-heap` | ratio |\n| --- | ---: | ---: | ---: |\n\
+             | `process.nextTick` (queued and run; wrapped while recording) | {tick_plain:.0} ns | {tick_lens:.0} ns | {:.2}x |\n\
+             | file stream created, opened and destroyed (its creator's stack kept) | {:.1} us | {:.1} us | {:.2}x |\n\n",
+            tick_lens / tick_plain,
+            stream_plain / 1e3,
+            stream_lens / 1e3,
+            stream_lens / stream_plain
+        ));
+        Ok(json!({
+            "next_tick_unprobed_ns": tick_plain, "next_tick_js_heap_ns": tick_lens, "next_tick_ratio": tick_lens / tick_plain,
+            "stream_unprobed_ns": stream_plain, "stream_js_heap_ns": stream_lens, "stream_ratio": stream_lens / stream_plain,
         }))
     }
 

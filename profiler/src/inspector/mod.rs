@@ -301,10 +301,16 @@ fn run(
             "HeapProfiler.startSampling",
             json!({ "samplingInterval": sampling::SAMPLING_INTERVAL_BYTES }),
         )?;
-        if let Err(e) = session.evaluate(&streams::install_expression()) {
-            let note =
-                format!("js-heap: file streams keep node's stack: wrapping process.nextTick failed: {e:#}");
-            lock(observed).notes.push(printable(&note));
+        let wrapped = match session.evaluate(&streams::install_expression()) {
+            Ok(serde_json::Value::Bool(true)) => Ok(()),
+            Ok(_) => {
+                session.evaluate(streams::UNINSTALL)?;
+                Err("node did not defer a stream's construction as node 20 and 22 do".to_string())
+            }
+            Err(e) => Err(format!("wrapping process.nextTick failed: {e:#}")),
+        };
+        if let Err(why) = wrapped {
+            lock(observed).notes.push(printable(&format!("js-heap: file streams keep node's stack: {why}")));
         }
         snapshot(&mut session, "start");
         let mut missed = 0;

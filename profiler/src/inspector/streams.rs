@@ -7,7 +7,7 @@
 //! defers a stream's construction, the wrapper keeps the creating JS stack
 //! (V8's, as `Error.captureStackTrace` gives it) until the stream's `open`
 //! event gives its fd, then holds `(fd, when, path, stack)` for the next
-//! reading. Every other `nextTick` pays one name comparison. The original
+//! reading. Every other `nextTick` pays one comparison. The original
 //! `process.nextTick` is put back at the end.
 
 use anyhow::{Context, Result};
@@ -18,37 +18,50 @@ use crate::stacks::v8::JsFunction;
 /// Most creators held in the target between two readings (the rest are counted).
 pub const MAX_HELD: usize = 4096;
 
-/// Installs the wrapper (once); evaluates to `true`.
+/// Installs the wrapper (once); evaluates to `true`. Node's `constructNT`
+/// is learnt from a stream made for it, so that every other tick pays one
+/// identity comparison.
 pub const INSTALL: &str = r#"(() => {
   'use strict';
   const key = Symbol.for('leakprof.stream-creators');
   if (globalThis[key]) return true;
   const { resolve } = require('path');
+  const { Readable } = require('stream');
   const original = process.nextTick;
   const state = { original, wrapper: null, fresh: [], dropped: 0 };
-  function nextTick(callback) {
-    if (typeof callback === 'function' && callback.name === 'constructNT') {
-      const stream = arguments[1];
-      if (stream && typeof stream.once === 'function' && typeof stream.path === 'string') {
-        const limit = Error.stackTraceLimit;
-        Error.stackTraceLimit = 32;
-        const holder = {};
-        Error.captureStackTrace(holder, nextTick);
-        Error.stackTraceLimit = limit;
-        const stack = String(holder.stack);
-        const path = resolve(stream.path);
-        stream.once('open', (fd) => {
-          if (state.fresh.length >= MAX_HELD) { state.dropped++; return; }
-          state.fresh.push({ fd, at: String(process.hrtime.bigint()), path, stack });
-        });
-      }
+  let constructNT = null;
+  let learning = true;
+  function keepCreator(stream) {
+    if (!stream || typeof stream.once !== 'function' || typeof stream.path !== 'string') return;
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 32;
+    const holder = {};
+    Error.captureStackTrace(holder, nextTick);
+    Error.stackTraceLimit = limit;
+    const stack = String(holder.stack);
+    const path = resolve(stream.path);
+    stream.once('open', (fd) => {
+      if (state.fresh.length >= MAX_HELD) { state.dropped++; return; }
+      state.fresh.push({ fd, at: String(process.hrtime.bigint()), path, stack });
+    });
+  }
+  function nextTick(callback, a, b, c) {
+    if (callback === constructNT) keepCreator(a);
+    else if (learning && typeof callback === 'function' && callback.name === 'constructNT') constructNT = callback;
+    switch (arguments.length) {
+      case 1: return original(callback);
+      case 2: return original(callback, a);
+      case 3: return original(callback, a, b);
+      case 4: return original(callback, a, b, c);
+      default: return Reflect.apply(original, this, arguments);
     }
-    return Reflect.apply(original, this, arguments);
   }
   state.wrapper = nextTick;
   process.nextTick = nextTick;
+  new Readable({ construct(done) { done(); }, read() {} });
+  learning = false;
   Object.defineProperty(globalThis, key, { value: state, configurable: true, enumerable: false });
-  return true;
+  return constructNT !== null;
 })()"#;
 
 /// Takes what the wrapper holds: `{ creators: [...], dropped }`.
