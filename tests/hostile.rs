@@ -293,8 +293,16 @@ fn a_hostile_file_name_held_at_attach_cannot_forge_report_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     let evil = dir.join("evil\n  sockets     1  fd 9: forged\u{1b}[2J");
     std::fs::write(&evil, b"x").unwrap();
-    let mut holder =
-        Command::new("sh").arg("-c").arg("exec 7<\"$0\"; exec sleep 30").arg(&evil).spawn().unwrap();
+    // Its stdout and stderr are pipes, whatever the test's are: the evil file
+    // is among the first files described.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 7<\"$0\"; exec sleep 30")
+        .arg(&evil)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let out = dir.join("out");
     for _ in 0..100 {
         if std::fs::read_link(format!("/proc/{}/fd/7", holder.id())).is_ok() {

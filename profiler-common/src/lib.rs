@@ -93,6 +93,11 @@ pub enum EventKind {
     StreamInit = 25,
     /// libuv gave stream handle `addr` its fd `size` (`uv__stream_open`).
     StreamOpen = 26,
+    /// A first touch of page `addr` by the same thread and call (the same
+    /// stack signature) as the one before it, which touched the page just
+    /// below: no stack (it is the [`EventKind::PageFault`]'s at `arg`, the
+    /// run's first page).
+    PageFaultRun = 27,
 }
 
 impl EventKind {
@@ -123,6 +128,7 @@ impl EventKind {
             24 => Self::WorkRequest,
             25 => Self::StreamInit,
             26 => Self::StreamOpen,
+            27 => Self::PageFaultRun,
             _ => return None,
         })
     }

@@ -132,6 +132,50 @@ static SYSCALL_ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536
 #[map]
 static SAMPLED: HashMap<[u64; 2], u8> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
+/// A thread's run of first touches: the next page it would touch, the
+/// signature of the code that touched the last one ([`stack_signature`]),
+/// and the run's first page (whose record has the stack).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct FaultRun {
+    next_page: u64,
+    signature: u64,
+    first_page: u64,
+}
+
+/// Frames of the frame-pointer chain a [`stack_signature`] hashes.
+const SIGNATURE_FRAMES: usize = 6;
+
+/// What tells one call from another at a fault, cheaply: the user
+/// instruction and stack pointer, and the return addresses of the first
+/// frames of the frame-pointer chain (JS frames keep one; where native code
+/// uses the register for data, its value is hashed instead). One memset
+/// filling a buffer has one signature; another call filling the buffer
+/// next to it has another unless it is the same code at the same depth.
+#[inline(always)]
+fn stack_signature(regs: &unwind::UserRegs) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = (regs.ip ^ regs.sp.rotate_left(29) ^ regs.bp.rotate_left(47)).wrapping_mul(PRIME);
+    let mut fp = regs.bp;
+    for _ in 0..SIGNATURE_FRAMES {
+        let (Ok(next), Ok(ret)) =
+            (unsafe { bpf_probe_read_user(fp as *const u64) }, unsafe { bpf_probe_read_user((fp + 8) as *const u64) })
+        else {
+            break;
+        };
+        hash = (hash ^ ret).wrapping_mul(PRIME);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    hash
+}
+
+/// Per thread: its current [`FaultRun`].
+#[map]
+static FAULT_RUNS: LruHashMap<u32, FaultRun> = LruHashMap::with_max_entries(16384, 0);
+
 /// The outermost probed allocator call a thread is in. Calls are told apart
 /// by the stack pointer at the probe, which entry probes see unchanged from
 /// the function's first instruction (placement never moves past a push): a
@@ -828,17 +872,15 @@ fn hijacked_return() -> Hijacked {
 /// frame-pointer stack then carries the words at the user stack pointer,
 /// from which userspace finds that function's caller.
 #[inline(always)]
-fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
+fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) -> bool {
     let Some(regs) = user_regs() else {
         ev.header.stack_status = StackStatus::CaptureFailed as u8;
         count(counters::STACK_FAILED);
-        submit(ev);
-        return;
+        return submit(ev);
     };
     let sp = regs.sp;
     if walk_stack(ev, regs, hijacked_return()) {
-        submit(ev);
-        return;
+        return submit(ev);
     }
     capture_frame_pointers(ctx, ev, MAX_SYSCALL_FRAMES);
     let n = ev.header.frames as usize;
@@ -853,7 +895,7 @@ fn submit_with_stack<C: EbpfContext>(ctx: &C, ev: &mut Event) {
             ev.header.hints = STACK_HINT_WORDS as u8;
         }
     }
-    submit(ev);
+    submit(ev)
 }
 
 /// Whether a successful fd-creating call asked for close-on-exec.
@@ -1020,11 +1062,35 @@ pub fn page_fault(ctx: TracePointContext) -> u32 {
         return 0;
     }
     count(counters::PAGE_FAULTS);
+    // A buffer filled page after page faults page after page, from one
+    // call: the pages after the first are recorded without a stack.
+    let page = address & !4095;
+    let signature = user_regs().map_or(0, |regs| stack_signature(&regs));
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(run) = FAULT_RUNS.get_ptr_mut(&tid) {
+        // SAFETY: this thread's entry; only this thread writes it.
+        let run = unsafe { &mut *run };
+        if run.next_page == page && run.signature == signature && signature != 0 {
+            run.next_page = page + 4096;
+            let first_page = run.first_page;
+            let Some(mut ev) = scratch(EventKind::PageFaultRun, 0) else { return 0 };
+            ev.header.addr = page;
+            ev.header.size = 4096;
+            ev.header.arg = first_page;
+            submit(&ev);
+            return 0;
+        }
+    }
     let Some(mut ev) = scratch(EventKind::PageFault, 0) else { return 0 };
-    ev.header.addr = address & !4095;
+    ev.header.addr = page;
     ev.header.size = 4096;
     ev.header.arg = error;
-    submit_with_stack(ctx, &mut ev);
+    if submit_with_stack(ctx, &mut ev) {
+        let run = FaultRun { next_page: page + 4096, signature, first_page: page };
+        let _ = FAULT_RUNS.insert(&tid, &run, 0);
+    } else {
+        let _ = FAULT_RUNS.remove(&tid);
+    }
     0
 }
 

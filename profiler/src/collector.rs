@@ -136,6 +136,12 @@ pub struct Collector {
     stream_creators: HashMap<(u32, u64), StackId>,
     /// Handle creators dropped at the bound (their sockets keep their own stacks).
     pub stream_creators_forgotten: u64,
+    /// Per thread: the first page of its run of first touches, and the stack that touched it.
+    fault_runs: HashMap<u32, (u64, StackId)>,
+    /// Pages touched in a run whose first page's record was lost: not counted.
+    pub fault_runs_unmatched: u64,
+    /// Pages recorded without a stack, continuing their thread's run.
+    pub fault_run_pages: u64,
     /// JS functions named outside the kernel's walk, by the index in their frame word.
     named_js: HashMap<JsFunction, usize>,
     /// Open requests forgotten (more than [`MAX_QUEUED_WORK`] at once):
@@ -686,7 +692,24 @@ impl Collector {
             }
             Event::Munmap { addr, len } => Op::Unmap { addr, len },
             Event::Madvise { addr, len } => Op::Discard { addr, len },
-            Event::PageFault { page } => Op::Fault { page, stack: self.intern(&ev, CapturedAt::Fault) },
+            Event::PageFault { page } => {
+                let stack = self.intern(&ev, CapturedAt::Fault);
+                if self.fault_runs.len() >= MAX_FAULT_RUNS {
+                    self.fault_runs.clear();
+                }
+                self.fault_runs.insert(ev.tid, (page, stack));
+                Op::Fault { page, stack }
+            }
+            Event::PageFaultRun { page, first_page } => match self.fault_runs.get(&ev.tid) {
+                Some(&(first, stack)) if first == first_page => {
+                    self.fault_run_pages += 1;
+                    Op::Fault { page, stack }
+                }
+                _ => {
+                    self.fault_runs_unmatched += 1;
+                    return;
+                }
+            },
             Event::Mremap { old, old_len, addr, len } => {
                 let stack = self.intern(&ev, CapturedAt::Syscall);
                 Op::Remap { old, old_len, addr, len, stack }
@@ -1057,6 +1080,8 @@ const UV_FS_WORK_REQ_OFFSET: u64 = 336;
 /// Stream handles created and not yet given an fd, kept (a bound: a handle
 /// closed before its fd existed is never removed).
 const MAX_STREAM_CREATORS: usize = 65536;
+/// Most threads whose run of first touches is kept.
+const MAX_FAULT_RUNS: usize = 65536;
 
 /// Open fds described per entry (`fds`).
 const FDS_DESCRIBED: usize = 16;

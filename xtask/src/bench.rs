@@ -117,6 +117,8 @@ pub enum Section {
     Js,
     /// What `--lens js-heap` adds to node's ticks (`process.nextTick` wrapped, file streams).
     Ticks,
+    /// First touches in a flood (node mapping and filling large-object pages) under the default lens.
+    Faults,
     Pipeline,
     Exit,
     Soak,
@@ -155,6 +157,9 @@ pub fn bench(
     }
     if wanted(Section::Ticks) {
         out.insert("ticks".into(), b.ticks(root)?);
+    }
+    if wanted(Section::Faults) {
+        out.insert("faults".into(), b.faults(root)?);
     }
     if wanted(Section::Pipeline) {
         out.insert("pipeline".into(), b.pipeline(root)?);
@@ -598,6 +603,49 @@ Target: complete unwinding <= {UNWIND_RATIO_TARGET}x the frame-pointer walk (all
         Ok(json!({
             "next_tick_unprobed_ns": tick_plain, "next_tick_js_heap_ns": tick_lens, "next_tick_ratio": tick_lens / tick_plain,
             "stream_unprobed_ns": stream_plain, "stream_js_heap_ns": stream_lens, "stream_ratio": stream_lens / stream_plain,
+        }))
+    }
+
+    fn faults(&mut self, root: &Path) -> Result<Value> {
+        eprintln!("bench: a flood of first touches under the default lens");
+        self.md.push_str(
+            "## Node.js: a flood of first touches under the default lens
+
+",
+        );
+        if crate::find_in_path("node").is_none() {
+            self.md.push_str(
+                "Skipped: node is not installed.
+
+",
+            );
+            return Ok(json!({ "skipped": "node missing" }));
+        }
+        let target = ["node".into(), root.join("tests/fixtures/node/fault-bench.js").into_os_string()];
+        let (mut plain, mut lensed) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            plain.push(run(Command::new(&target[0]).arg(&target[1]))?);
+            lensed.push(run(&mut self.record("faults", &["--lens", "resident,handles"], &target))?);
+        }
+        let (plain_ns, lensed_ns) = (median(plain), median(lensed));
+        let accuracy = &self.report("faults")?["accuracy"];
+        let counter = |name: &str| accuracy[name].as_u64().unwrap_or(0);
+        let (faults, in_runs, drops) =
+            (counter("page_faults"), counter("fault_run_pages"), counter("ringbuf_drops"));
+        let duration_s = self.report("faults")?["duration_s"].as_f64().unwrap_or(0.0);
+        self.md.push_str(&format!(
+            "Per large array (160 KB, on its own large-object page: mapped, filled page after page, unmapped), \
+             default lens (resident, handles):\n\n\
+             | unprobed | probed | ratio | first touches | of them continuing a run (no stack) | events lost |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {plain_ns:.0} ns | {lensed_ns:.0} ns | {:.2}x | {faults} ({:.0}k/s) | {in_runs} ({:.0}%) | {drops} |\n\n",
+            lensed_ns / plain_ns,
+            faults as f64 / duration_s.max(1e-9) / 1e3,
+            in_runs as f64 * 100.0 / faults.max(1) as f64,
+        ));
+        Ok(json!({
+            "unprobed_ns": plain_ns, "probed_ns": lensed_ns, "ratio": lensed_ns / plain_ns,
+            "page_faults": faults, "fault_run_pages": in_runs, "ringbuf_drops": drops, "duration_s": duration_s,
         }))
     }
 

@@ -59,6 +59,12 @@ pub enum Event {
     PageFault {
         page: u64,
     },
+    /// First touch of page `page`, continuing the thread's run of touches
+    /// from `first_page` (whose [`Event::PageFault`] has the stack).
+    PageFaultRun {
+        page: u64,
+        first_page: u64,
+    },
     /// Syscall `syscall` opened `fd` (and `pair` for pipes and socketpairs).
     /// `detail`: a socket's `domain << 32 | type`; accept's listening fd.
     FdOpen {
@@ -214,6 +220,9 @@ impl<'a> Record<'a> {
             EventKind::Brk => (Event::Brk { brk: h.addr }, syscall),
             EventKind::Madvise => (Event::Madvise { addr: h.addr, len: h.size }, syscall),
             EventKind::PageFault => (Event::PageFault { page: h.addr }, Caller::PageFault),
+            EventKind::PageFaultRun => {
+                (Event::PageFaultRun { page: h.addr, first_page: h.arg }, Caller::PageFault)
+            }
             EventKind::FdOpen => {
                 let kind = HandleKind::from_u64(h.arg).ok_or(Undecodable::UnknownHandleKind(h.arg))?;
                 let event = Event::FdOpen {

@@ -236,7 +236,6 @@ impl Session {
             // The tables first (node's take a second or two): recording
             // starts with complete stacks, not frame-pointer ones meanwhile.
             track_stacks(&mut probes, info.pid);
-            probes.add_target(info.pid)?;
             if let Err(e) = probes.attach_node(info.pid, opts.lenses.handles) {
                 probes.skipped.push(format!("node's probes: {e:#}"));
             }
@@ -244,6 +243,10 @@ impl Session {
             if let Some(function) = &opts.warmup.function {
                 probes.attach_marker(Path::new(&format!("/proc/{}/exe", info.pid)), function, info.pid)?;
             }
+            // Events flow from here: last, so that none piles up in the ring
+            // while programs are loaded (a process touching 100k pages a second
+            // fills it in a fraction of a second).
+            probes.add_target(info.pid)?;
             Ok(probes)
         };
         let mut probes = match attach() {

@@ -202,6 +202,8 @@ pub fn build(inputs: Inputs, collector: &mut Collector, symbols: &Symbols) -> Re
             own_read_faults: kernel.own_read_faults,
             threadpool_requests_forgotten: collector.threadpool_forgotten,
             handle_creators_forgotten: collector.stream_creators_forgotten,
+            fault_runs_unmatched: collector.fault_runs_unmatched,
+            fault_run_pages: collector.fault_run_pages,
             ledger: UnmatchedCounts::from(collector.ledger.counters),
             probes_skipped: inputs.probes_skipped.clone(),
             probes_attached: inputs.probes_attached.clone(),

@@ -517,6 +517,14 @@ pub struct Accuracy {
     /// they got their fd (too many pending at once): their fds keep their own stack only.
     #[serde(default)]
     pub handle_creators_forgotten: u64,
+    /// Pages first touched after their run's first page, whose record (with
+    /// the stack) was lost: not counted as resident.
+    #[serde(default)]
+    pub fault_runs_unmatched: u64,
+    /// Pages first touched right after the page before, by the same thread
+    /// and call: recorded without a stack (the run's first page's).
+    #[serde(default)]
+    pub fault_run_pages: u64,
     #[serde(flatten)]
     pub ledger: UnmatchedCounts,
     /// Allocator entry points not probed, and why.

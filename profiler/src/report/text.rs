@@ -419,9 +419,10 @@ pub fn render(report: &Report, top: usize) -> String {
         let c = &a.profiler_cost;
         let _ = writeln!(
             s,
-            "  lenses: {} | first-touch page faults {} | profiler CPU {:.2} s user {:.2} s system ({:.2} s before recording, mostly the kernel verifying the eBPF programs), peak RSS {}",
+            "  lenses: {} | first-touch page faults {} ({} continuing a run, recorded without a stack) | profiler CPU {:.2} s user {:.2} s system ({:.2} s before recording, mostly the kernel verifying the eBPF programs), peak RSS {}",
             a.lenses,
             a.page_faults,
+            a.fault_run_pages,
             c.cpu_user_s,
             c.cpu_system_s,
             c.cpu_before_recording_s,
@@ -446,7 +447,7 @@ pub fn render(report: &Report, top: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {} | threadpool requests forgotten {} | handle creators forgotten {}",
+        "  in-flight map full: allocator {} syscall {} | nested allocator calls {} | failed allocations {} | unmatched returns {} | missed returns {} | scratch records busy {} | own-read page faults {} | threadpool requests forgotten {} | handle creators forgotten {} | pages after a lost first touch {}",
         a.inflight_map_full,
         a.inflight_syscall_map_full,
         a.nested_calls,
@@ -456,7 +457,8 @@ pub fn render(report: &Report, top: usize) -> String {
         a.scratch_busy,
         a.own_read_faults,
         a.threadpool_requests_forgotten,
-        a.handle_creators_forgotten
+        a.handle_creators_forgotten,
+        a.fault_runs_unmatched
     );
     let l = &a.ledger;
     let _ = writeln!(
@@ -570,6 +572,7 @@ fn losses(report: &Report) -> Option<String> {
             a.handle_creators_forgotten,
             "socket and pipe creators forgotten (their fds not joined to the JS that created them)",
         ),
+        (a.fault_runs_unmatched, "pages touched after a lost first touch (not counted as resident)"),
     ];
     let parts: Vec<String> =
         counted.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
