@@ -988,6 +988,8 @@ fn the_memory_split_under_the_default_lens_matches_node_memory_usage() {
             array_buffers > 20e6 && close(&split["external_bytes"], external),
             "{name}: {split} vs external +{external}"
         );
+        // Node's own ArrayBuffer count, read when both ends were quiet: to the byte.
+        assert_eq!(split["external_bytes"].as_f64().unwrap(), array_buffers, "{name}: {split}");
         assert!(close(&split["node_counts"]["at_start"]["array_buffers_bytes"], usage[2]), "{name}: {split}");
         let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
         assert!(text.contains("V8 heap and external by node's own count"), "{text}");
@@ -1096,5 +1098,32 @@ fn a_worker_busy_at_attach_and_the_main_thread_leak_under_their_own_js() {
         assert!(kind != "resident" || in_runs * 2 > faults, "{run}: {accuracy}");
         let text = std::fs::read_to_string(dir.join("report.txt")).unwrap();
         assert_eq!(drops > 0, text.contains("events lost to a full ring buffer"), "{run}");
+    }
+}
+
+/// First touches recorded as runs (no stack) never carry one call's pages
+/// into another's stack: two interpreted functions, called alternately by
+/// the same caller, fill Buffers that malloc lays next to each other; each
+/// holds its own bytes under the default lens.
+#[test]
+fn adjacent_buffers_filled_by_two_functions_stay_under_their_own() {
+    let Some((mut node, lines)) = start_node("adjacent.js", &[], "ready") else { return };
+    let dir = common::fresh_dir("node-adjacent");
+    let mut profiler = attach(node.id(), &["--interval", "1"], &dir);
+    assert!(Command::new("kill").args(["-USR2", &node.id().to_string()]).status().unwrap().success());
+    let kept = lines.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let each: u64 = kept.strip_prefix("kept ").unwrap().parse().unwrap();
+    assert!(Command::new("kill").args(["-INT", &profiler.id().to_string()]).status().unwrap().success());
+    assert!(profiler.wait().unwrap().success());
+    let _ = node.kill();
+    let _ = node.wait();
+    let report = common::report_json(&dir);
+    assert!(report["accuracy"]["fault_run_pages"].as_u64().unwrap() > 0, "{}", report["accuracy"]);
+    for function in ["JS:fillFirst ", "JS:fillSecond "] {
+        let bytes = bytes_where(&report, |e| e["kind"] == "resident" && has_frame(e, function));
+        assert!(
+            (bytes as f64 - each as f64).abs() <= 0.05 * each as f64,
+            "{bytes} bytes under {function}, {each} kept by each"
+        );
     }
 }

@@ -147,15 +147,21 @@ struct FaultRun {
 const SIGNATURE_FRAMES: usize = 6;
 
 /// What tells one call from another at a fault, cheaply: the user
-/// instruction and stack pointer, and the return addresses of the first
-/// frames of the frame-pointer chain (JS frames keep one; where native code
-/// uses the register for data, its value is hashed instead). One memset
-/// filling a buffer has one signature; another call filling the buffer
-/// next to it has another unless it is the same code at the same depth.
+/// instruction and stack pointer, the word at the stack pointer (a
+/// frameless leaf's return address: memset's caller), and for the first
+/// frames of the frame-pointer chain the return address and the word two
+/// below the frame pointer (a JS frame's function: interpreted frames all
+/// return into the same interpreter code). Where native code uses the
+/// register for data, its value is hashed instead. One memset filling a
+/// buffer has one signature; another call filling the buffer next to it
+/// has another unless it is the same code, called from the same functions
+/// at the same depths.
 #[inline(always)]
 fn stack_signature(regs: &unwind::UserRegs) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let word = |addr: u64| unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0);
     let mut hash = (regs.ip ^ regs.sp.rotate_left(29) ^ regs.bp.rotate_left(47)).wrapping_mul(PRIME);
+    hash = (hash ^ word(regs.sp)).wrapping_mul(PRIME);
     let mut fp = regs.bp;
     for _ in 0..SIGNATURE_FRAMES {
         let (Ok(next), Ok(ret)) =
@@ -164,6 +170,7 @@ fn stack_signature(regs: &unwind::UserRegs) -> u64 {
             break;
         };
         hash = (hash ^ ret).wrapping_mul(PRIME);
+        hash = (hash ^ word(fp.wrapping_sub(16))).wrapping_mul(PRIME);
         if next <= fp {
             break;
         }

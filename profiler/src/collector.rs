@@ -442,8 +442,7 @@ impl Collector {
         // What it held before we looked; a process born while recording held nothing then.
         if self.born_while_recording.contains(&pid) {
             if let Some(node) = node {
-                self.node_processes
-                    .insert(pid, (node, NodeCounts { array_buffers_bytes: Some(0), ..Default::default() }));
+                self.node_processes.insert(pid, (node, NodeCounts::NOTHING));
             }
         } else if let Some(regions) = crate::process::smaps::resident_by_region(pid) {
             if let Some(mut node) = node {
@@ -613,25 +612,28 @@ impl Collector {
             {
                 continue;
             }
+            // The time alone could be fooled (a time namespace): the fd is the stream's file.
+            let link = std::fs::read_link(format!("/proc/{pid}/fd/{}", creator.fd));
+            if link.ok().as_deref() != Some(std::path::Path::new(&creator.path)) {
+                continue;
+            }
             let mut words = Vec::with_capacity(creator.frames.len());
             let mut locations = Vec::with_capacity(creator.frames.len());
             for function in &creator.frames {
-                let index = match self.named_js.get(function) {
-                    Some(&index) => index,
-                    None => {
-                        let index = self.named_js.len();
-                        self.named_js.insert(function.clone(), index);
-                        index
-                    }
-                };
+                let next = self.named_js.len();
+                let index = *self.named_js.entry(function.clone()).or_insert(next);
                 let Some(word) = crate::stacks::named_js_marker(index) else { break };
                 words.push(word);
                 locations.push(Location::JsFunction { function: Some(Arc::new(function.clone())), sfi: 0 });
             }
+            if words.len() < creator.frames.len() {
+                self.stream_creators_forgotten += 1; // Too many functions named outside the walk.
+                continue;
+            }
             // Below the tick's last JS frame: the event loop's, not the stream's.
             let kept = self.locations[own as usize]
                 .iter()
-                .rposition(|l| matches!(l, Location::JsFunction { .. } | Location::Jit { .. }))
+                .rposition(Location::is_js)
                 .map_or(usize::MAX, |last| last + 1);
             let stack = self.extended(pid, (own, kept), Handoff::Stream, &words, locations);
             self.ledger.apply(pid, opened_ns, Op::AttributeHandle { fd: creator.fd, stack });
@@ -739,6 +741,8 @@ impl Collector {
             Event::FdSetCloexec { fd, on } => Op::SetCloexec { fd, on },
             Event::Exec { held } => {
                 self.threadpool_requested.retain(|(requester, _), _| *requester != pid);
+                // A new image: node's counts start again from nothing (see `node_counts`).
+                self.node_processes.remove(&pid);
                 // A new program: new mappings, maybe a new C library.
                 if held {
                     self.held_at_exec.push(pid);
@@ -819,11 +823,7 @@ impl Collector {
                 // Only a creator with JS frames says more than the fd's own
                 // stack (JS named from V8's heap or from a perf map).
                 let stack = self.intern(&ev, CapturedAt::Return);
-                let from_js = self.locations[stack as usize].iter().any(|l| match l {
-                    Location::JsFunction { .. } | Location::Jit { .. } => true,
-                    Location::Anonymous { name, .. } => &**name == "[jit]",
-                    _ => false,
-                });
+                let from_js = self.locations[stack as usize].iter().any(Location::is_js);
                 if self.stream_creators.len() >= MAX_STREAM_CREATORS {
                     self.stream_creators_forgotten += self.stream_creators.len() as u64;
                     self.stream_creators.clear();
@@ -913,25 +913,26 @@ impl Collector {
             let Some(node) = ProcessMaps::read(pid).ok().and_then(|maps| NodeProcess::of(pid, &maps)) else {
                 continue;
             };
-            self.node_processes
-                .insert(pid, (node, NodeCounts { array_buffers_bytes: Some(0), ..Default::default() }));
+            self.node_processes.insert(pid, (node, NodeCounts::NOTHING));
         }
+        // A count missing in one process (or at one end) leaves the sum unknown.
+        let add = |sum: Option<(u64, u64)>, start: Option<u64>, now: Option<u64>| {
+            Some((sum?.0 + start?, sum?.1 + now?))
+        };
         let mut then = NodeCountsThen::default();
-        let mut array_buffers = Some((0, 0));
+        let (mut v8_heap, mut array_buffers) = (Some((0, 0)), Some((0, 0)));
         for (&pid, (node, at_start)) in &mut self.node_processes {
             let Ok(maps) = ProcessMaps::read(pid) else { continue };
             let Some(regions) = crate::process::smaps::resident_by_region(pid) else { continue };
             let Some(now) = node.counts(&maps, &regions) else { continue };
             then.processes += 1;
-            then.at_start.v8_heap_used_bytes += at_start.v8_heap_used_bytes;
-            then.now.v8_heap_used_bytes += now.v8_heap_used_bytes;
-            array_buffers = match (array_buffers, at_start.array_buffers_bytes, now.array_buffers_bytes) {
-                (Some((a, b)), Some(start), Some(now)) => Some((a + start, b + now)),
-                _ => None,
-            };
+            v8_heap = add(v8_heap, at_start.v8_heap_used_bytes, now.v8_heap_used_bytes);
+            array_buffers = add(array_buffers, at_start.array_buffers_bytes, now.array_buffers_bytes);
         }
-        then.at_start.array_buffers_bytes = array_buffers.map(|(start, _)| start);
-        then.now.array_buffers_bytes = array_buffers.map(|(_, now)| now);
+        (then.at_start.v8_heap_used_bytes, then.now.v8_heap_used_bytes) =
+            (v8_heap.map(|s| s.0), v8_heap.map(|s| s.1));
+        (then.at_start.array_buffers_bytes, then.now.array_buffers_bytes) =
+            (array_buffers.map(|s| s.0), array_buffers.map(|s| s.1));
         (then.processes > 0).then_some(then)
     }
 

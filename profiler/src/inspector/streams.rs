@@ -7,8 +7,9 @@
 //! defers a stream's construction, the wrapper keeps the creating JS stack
 //! (V8's, as `Error.captureStackTrace` gives it) until the stream's `open`
 //! event gives its fd, then holds `(fd, when, path, stack)` for the next
-//! reading. Every other `nextTick` pays one comparison. The original
-//! `process.nextTick` is put back at the end.
+//! reading (fds whose path is the stream's). Every other `nextTick` pays
+//! one comparison. The wrapper is turned off and node's `process.nextTick`
+//! put back at the end.
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -20,7 +21,11 @@ pub const MAX_HELD: usize = 4096;
 
 /// Installs the wrapper (once); evaluates to `true`. Node's `constructNT`
 /// is learnt from a stream made for it, so that every other tick pays one
-/// identity comparison.
+/// identity comparison. Nothing the wrapper does for itself can fail the
+/// program's call: it is guarded, the program's `Error.prepareStackTrace`
+/// is set aside while the stack is taken, and once `active` is false
+/// (uninstalled, even under another wrapper the program added since) it
+/// only passes calls on.
 pub const INSTALL: &str = r#"(() => {
   'use strict';
   const key = Symbol.for('leakprof.stream-creators');
@@ -28,26 +33,40 @@ pub const INSTALL: &str = r#"(() => {
   const { resolve } = require('path');
   const { Readable } = require('stream');
   const original = process.nextTick;
-  const state = { original, wrapper: null, fresh: [], dropped: 0 };
+  const state = { original, wrapper: null, active: true, fresh: [], dropped: 0 };
   let constructNT = null;
   let learning = true;
   function keepCreator(stream) {
     if (!stream || typeof stream.once !== 'function' || typeof stream.path !== 'string') return;
     const limit = Error.stackTraceLimit;
-    Error.stackTraceLimit = 32;
-    const holder = {};
-    Error.captureStackTrace(holder, nextTick);
-    Error.stackTraceLimit = limit;
-    const stack = String(holder.stack);
+    const prepare = Error.prepareStackTrace;
+    let stack;
+    try {
+      Error.stackTraceLimit = 32;
+      Error.prepareStackTrace = undefined;
+      const holder = {};
+      Error.captureStackTrace(holder, nextTick);
+      stack = String(holder.stack);
+    } finally {
+      Error.stackTraceLimit = limit;
+      Error.prepareStackTrace = prepare;
+    }
     const path = resolve(stream.path);
     stream.once('open', (fd) => {
+      if (!state.active) return;
       if (state.fresh.length >= MAX_HELD) { state.dropped++; return; }
       state.fresh.push({ fd, at: String(process.hrtime.bigint()), path, stack });
     });
   }
   function nextTick(callback, a, b, c) {
-    if (callback === constructNT) keepCreator(a);
-    else if (learning && typeof callback === 'function' && callback.name === 'constructNT') constructNT = callback;
+    if (state.active) {
+      try {
+        if (callback === constructNT) keepCreator(a);
+        else if (learning && typeof callback === 'function' && callback.name === 'constructNT') constructNT = callback;
+      } catch {
+        state.dropped++;
+      }
+    }
     switch (arguments.length) {
       case 1: return original(callback);
       case 2: return original(callback, a);
@@ -57,10 +76,17 @@ pub const INSTALL: &str = r#"(() => {
     }
   }
   state.wrapper = nextTick;
-  process.nextTick = nextTick;
-  new Readable({ construct(done) { done(); }, read() {} });
-  learning = false;
   Object.defineProperty(globalThis, key, { value: state, configurable: true, enumerable: false });
+  try {
+    process.nextTick = nextTick;
+    new Readable({ construct(done) { done(); }, read() {} });
+  } catch (error) {
+    state.active = false;
+    if (process.nextTick === nextTick) process.nextTick = original;
+    delete globalThis[key];
+    throw error;
+  }
+  learning = false;
   return constructNT !== null;
 })()"#;
 
@@ -74,11 +100,15 @@ pub const TAKE: &str = r#"(() => {
   return taken;
 })()"#;
 
-/// Puts node's `process.nextTick` back (unless the program replaced it since).
+/// Turns the wrapper off and puts node's `process.nextTick` back (unless
+/// the program replaced it since: then the wrapper stays in its chain,
+/// passing calls on).
 pub const UNINSTALL: &str = r#"(() => {
   const key = Symbol.for('leakprof.stream-creators');
   const state = globalThis[key];
   if (!state) return false;
+  state.active = false;
+  state.fresh = [];
   if (process.nextTick === state.wrapper) process.nextTick = state.original;
   delete globalThis[key];
   return true;
@@ -115,22 +145,22 @@ struct RawCreator {
     stack: String,
 }
 
-/// Parses [`TAKE`]'s value: the creators and how many were not held.
+/// Parses [`TAKE`]'s value: the creators, and how many were not kept
+/// (not held by the target, or with no time or no frame read).
 pub fn parse(value: serde_json::Value) -> Result<(Vec<StreamCreator>, u64)> {
     let taken: Taken = serde_json::from_value(value).context("stream creators")?;
-    let creators = taken
+    let read = taken.creators.len();
+    let creators: Vec<StreamCreator> = taken
         .creators
         .into_iter()
         .filter_map(|c| {
-            Some(StreamCreator {
-                fd: c.fd,
-                opened_by_ns: c.at.parse().ok()?,
-                path: c.path,
-                frames: c.stack.lines().filter_map(frame).collect(),
-            })
+            let frames: Vec<JsFunction> = c.stack.lines().filter_map(frame).collect();
+            (!frames.is_empty()).then_some(())?;
+            Some(StreamCreator { fd: c.fd, opened_by_ns: c.at.parse().ok()?, path: c.path, frames })
         })
         .collect();
-    Ok((creators, taken.dropped))
+    let unreadable = (read - creators.len()) as u64;
+    Ok((creators, taken.dropped + unreadable))
 }
 
 /// One line of a V8 stack trace (`    at name (url:line:column)`, `    at
@@ -194,7 +224,7 @@ mod tests {
             "dropped": 3,
         });
         let (creators, dropped) = parse(value).unwrap();
-        assert_eq!(dropped, 3);
+        assert_eq!(dropped, 3 + 1, "the one without a time or a frame counts too");
         assert_eq!(
             creators,
             [StreamCreator {

@@ -394,15 +394,15 @@ impl Ledger {
         }
     }
 
-    /// The stack that opened `fd` of process `tgid`, if it is open and
-    /// counted (not held before recording, nor excluded as warm-up).
-    /// The stack and opening time (ns) of an fd counted as outstanding.
+    /// The stack that opened `fd` of process `tgid` and when (ns), if it is
+    /// open and counted (not held before recording, nor excluded as warm-up).
     pub fn counted_handle(&self, tgid: u32, fd: u64) -> Option<(StackId, u64)> {
         self.processes.get(&tgid)?.handles.get(&fd).filter(|h| h.counted).map(|h| (h.site.stack, h.ts))
     }
 
+    /// [`Ledger::counted_handle`]'s stack.
     pub fn handle_stack(&self, tgid: u32, fd: u64) -> Option<StackId> {
-        self.processes.get(&tgid)?.handles.get(&fd).filter(|h| h.counted).map(|h| h.site.stack)
+        self.counted_handle(tgid, fd).map(|(stack, _)| stack)
     }
 
     fn open_handle(&mut self, tgid: u32, fd: u64, h: Handle, fresh_number: bool) {

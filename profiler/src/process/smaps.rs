@@ -75,13 +75,19 @@ pub struct RegionTotal {
 }
 
 /// The bytes V8 counts as in use in its heap (`process.memoryUsage().heapUsed`
-/// less the young generation's semispaces), from the page headers found.
-pub fn v8_heap_in_use(totals: &[RegionTotal]) -> u64 {
-    totals
-        .iter()
-        .filter(|t| matches!(t.class, RegionClass::V8Young | RegionClass::V8Old))
-        .map(|t| t.in_use_bytes)
-        .sum()
+/// less the young generation's semispaces; every isolate's), from the page
+/// headers found; `None` when part of the anonymous memory was not examined.
+pub fn v8_heap_in_use(totals: &[RegionTotal]) -> Option<u64> {
+    if totals.iter().any(|t| t.class == RegionClass::Unexamined) {
+        return None;
+    }
+    Some(
+        totals
+            .iter()
+            .filter(|t| matches!(t.class, RegionClass::V8Young | RegionClass::V8Old))
+            .map(|t| t.in_use_bytes)
+            .sum(),
+    )
 }
 
 /// A region recognised by its first bytes: its length, class and the bytes in use in it.
@@ -170,6 +176,7 @@ type Header = [u64; HEADER_WORDS];
 /// and they count none: a young object that lives is soon promoted.
 fn v8_page(start: u64, w: &Header) -> Option<Region> {
     const YOUNG: u64 = 1 << 3 | 1 << 4;
+    const LARGE_PAGE: u64 = 1 << 7;
     let user_pointer = |v: u64| v != 0 && v.is_multiple_of(8) && v < 1 << 47;
     for k in 2..HEADER_WORDS - 1 {
         let (heap, area_start, area_end) = (w[k - 1], w[k], w[k + 1]);
@@ -199,7 +206,9 @@ fn v8_page(start: u64, w: &Header) -> Option<Region> {
         };
         let young = flags & YOUNG != 0;
         let allocated = w.get(k + 2).copied().filter(|&a| a <= area_end - area_start).unwrap_or(0);
-        let in_use = if young && size == V8_PAGE { 0 } else { allocated };
+        // A young large object's page is V8's size or more (flag 0x80 on node 20 and 22).
+        let semispace = young && size == V8_PAGE && flags & LARGE_PAGE == 0;
+        let in_use = if semispace { 0 } else { allocated };
         let class = if young { RegionClass::V8Young } else { RegionClass::V8Old };
         return Some(Region { len: size, class, in_use });
     }
@@ -454,11 +463,12 @@ Rss:                  24 kB
         };
         let p = 0x004f_70f0_0000;
         assert_eq!(v8_page(p, &node22(p, 0x8012, 0x3eec0, 0x40000)), page(0x40000, young, 0));
-        // A young large object (new large-object space, node 20) is counted.
+        // A young large object (new large-object space, node 20) is counted, of V8's page size too.
         assert_eq!(
             v8_page(p, &node20(p, 0x2f4000, 0x92, 0x2f4000, 0x2f2eb8, 0)),
             page(0x2f4000, young, 0x2f2eb8)
         );
+        assert_eq!(v8_page(p, &node20(p, 0x40000, 0x92, 0x40000, 0x3e000, 0)), page(0x40000, young, 0x3e000));
         assert_eq!(v8_page(p, &node22(p, 0x800a, 0x3eec0, 0x40000)), page(0x40000, young, 0));
         assert_eq!(v8_page(p, &node22(p, 0x204, 0x3e000, 0x3fff8)), page(0x40000, old, 0x3e000));
         // Not a page: JS objects (tagged pointers), malloc's chunk header, zeros.
@@ -520,7 +530,11 @@ Rss:                 260 kB
             ],
             "the merged pages classed page by page; the half-V8 mapping split"
         );
-        assert_eq!(v8_heap_in_use(&totals), 2 * 0x3eeb8, "two old pages; the semispace page counts none");
+        assert_eq!(
+            v8_heap_in_use(&totals),
+            Some(2 * 0x3eeb8),
+            "two old pages; the semispace page counts none"
+        );
     }
 
     /// The first bytes are the target's to choose: extreme values are not
@@ -566,6 +580,7 @@ Rss:                   4 kB
         assert_eq!(summary(&totals), [(RegionClass::V8Old, 256, 1), (RegionClass::OtherAnonymous, 4, 1)]);
         let totals = classify(&parse(smaps), &mut read, 1);
         assert_eq!(summary(&totals), [(RegionClass::V8Old, 256, 1), (RegionClass::Unexamined, 4, 1)]);
+        assert_eq!(v8_heap_in_use(&totals), None, "part of the memory not examined: V8's use unknown");
     }
 
     #[test]

@@ -188,7 +188,7 @@ impl Session {
         output: OutputDir,
         listener: Option<std::net::TcpListener>,
     ) -> Result<Self> {
-        let (info, mut target) = find_target(&opts)?;
+        let (mut info, mut target) = find_target(&opts)?;
         if opts.lenses.js_heap {
             if let Err(e) = crate::inspector::check_target(&info, matches!(target, Target::Cgroup(_))) {
                 if let Target::Launched(l) = &mut target {
@@ -265,6 +265,12 @@ impl Session {
             }
         };
         let ring = watch(probes.take_ringbuf()?)?;
+        if let Target::Attached { .. } = &target {
+            // Mappings made and the break moved while the programs were loaded (seconds for node).
+            if let Ok(maps) = crate::stacks::procmaps::ProcessMaps::read(info.pid) {
+                info.maps = maps;
+            }
+        }
         let mut collector = Collector::default();
         collector.sample_bytes = opts.sample_bytes;
         collector.follows_children = follow || cgroup_mode;

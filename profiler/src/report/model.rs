@@ -514,7 +514,9 @@ pub struct Accuracy {
     #[serde(default)]
     pub threadpool_requests_forgotten: u64,
     /// libuv socket and pipe handles whose creator was forgotten before
-    /// they got their fd (too many pending at once): their fds keep their own stack only.
+    /// they got their fd (too many pending at once), and file streams whose
+    /// creator could not be named (too many JS functions named outside the
+    /// walk): their fds keep their own stack only.
     #[serde(default)]
     pub handle_creators_forgotten: u64,
     /// Pages first touched after their run's first page, whose record (with

@@ -102,11 +102,19 @@ pub struct MemorySplit {
     pub node_counts: Option<NodeCountsThen>,
 }
 
+impl NodeCounts {
+    /// A process started while recording: it held nothing before.
+    pub const NOTHING: Self = Self { v8_heap_used_bytes: Some(0), array_buffers_bytes: Some(0) };
+}
+
 /// What node counts of its memory, summed over its processes, at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeCounts {
-    /// V8's heap in use (`process.memoryUsage().heapUsed`), from its page headers.
-    pub v8_heap_used_bytes: u64,
+    /// V8's heap in use, from its page headers: `process.memoryUsage().heapUsed`
+    /// less the young generation's semispaces, every isolate's (workers
+    /// too); absent when not all of the process's memory was examined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v8_heap_used_bytes: Option<u64>,
     /// ArrayBuffer backing stores (`process.memoryUsage().arrayBuffers`), from
     /// node's allocator; absent when it was not found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,13 +184,18 @@ pub fn split(stacks: &[StackEntry], pages: &[Pages], node_counts: Option<NodeCou
     if let Some(node) = node_counts {
         let measured = s.v8_heap_bytes + s.external_bytes;
         // No V8 page recognised now: the heap's layout is not one this reader knows.
-        if node.now.v8_heap_used_bytes > 0 {
-            s.v8_heap_bytes = node.now.v8_heap_used_bytes.saturating_sub(node.at_start.v8_heap_used_bytes);
+        if let (Some(now), Some(then)) = (node.now.v8_heap_used_bytes, node.at_start.v8_heap_used_bytes) {
+            if now > 0 {
+                s.v8_heap_bytes = now.saturating_sub(then);
+            }
         }
         if let (Some(now), Some(then)) = (node.now.array_buffers_bytes, node.at_start.array_buffers_bytes) {
             s.external_bytes = now.saturating_sub(then);
         }
-        s.held_unused_bytes = measured.saturating_sub(s.v8_heap_bytes + s.external_bytes);
+        // Resident pages are memory; mappings (and the alloc lens's V8 mappings) are address space.
+        if s.measured_on == "resident pages" {
+            s.held_unused_bytes = measured.saturating_sub(s.v8_heap_bytes + s.external_bytes);
+        }
         s.node_counts = Some(node);
     }
     s.external_to_heap = (s.v8_heap_bytes > 0).then(|| s.external_bytes as f64 / s.v8_heap_bytes as f64);
@@ -257,7 +270,7 @@ mod tests {
         // Node's own counts, read at both ends, give the V8 heap and external
         // growth; what was measured beyond them is held unused.
         let counts = |v8_kib: u64, array_buffers_kib: u64| NodeCounts {
-            v8_heap_used_bytes: v8_kib << 10,
+            v8_heap_used_bytes: Some(v8_kib << 10),
             array_buffers_bytes: Some(array_buffers_kib << 10),
         };
         let node = NodeCountsThen { processes: 1, at_start: counts(1000, 100), now: counts(1300, 340) };
@@ -270,7 +283,7 @@ mod tests {
         let node = NodeCountsThen {
             processes: 1,
             at_start: counts(2000, 100),
-            now: NodeCounts { v8_heap_used_bytes: 1500 << 10, array_buffers_bytes: None },
+            now: NodeCounts { v8_heap_used_bytes: Some(1500 << 10), array_buffers_bytes: None },
         };
         let fell = split(&stacks, &pages, Some(node));
         assert_eq!(

@@ -208,26 +208,31 @@ pub fn render(report: &Report, top: usize) -> String {
         } else {
             String::new()
         };
+        let once =
+            if split.node_counts.is_some() { "other native as measured" } else { "each byte counted once" };
         let _ = writeln!(
             s,
-            "Memory split ({measured_on}{counted}): V8 heap {}, external (ArrayBuffers) {}, other native {}{unused}{ratio} (each byte counted once)",
+            "Memory split ({measured_on}{counted}): V8 heap {}, external (ArrayBuffers) {}, other native {}{unused}{ratio} ({once})",
             human_bytes(split.v8_heap_bytes),
             human_bytes(split.external_bytes),
             human_bytes(split.native_bytes)
         );
         if let Some(node) = &split.node_counts {
-            let array_buffers = |c: &crate::report::split::NodeCounts| {
-                c.array_buffers_bytes.map_or("not found".to_string(), human_bytes)
-            };
+            let count = |bytes: Option<u64>| bytes.map_or("unknown".to_string(), human_bytes);
             let _ = writeln!(
                 s,
-                "  node's own count, read from its memory ({} process{}): heapUsed {} -> {}, arrayBuffers {} -> {}; held unused: V8 pages committed but not in use, and pages malloc keeps after buffers are freed",
+                "  node's own count, read from its memory ({} process{}): V8 heap in use (heapUsed less the young generation, every isolate) {} -> {}, arrayBuffers {} -> {}{}",
                 node.processes,
                 if node.processes == 1 { "" } else { "es" },
-                human_bytes(node.at_start.v8_heap_used_bytes),
-                human_bytes(node.now.v8_heap_used_bytes),
-                array_buffers(&node.at_start),
-                array_buffers(&node.now),
+                count(node.at_start.v8_heap_used_bytes),
+                count(node.now.v8_heap_used_bytes),
+                count(node.at_start.array_buffers_bytes),
+                count(node.now.array_buffers_bytes),
+                if split.held_unused_bytes > 0 {
+                    "; held unused: V8 pages committed but not in use, and pages malloc keeps after buffers are freed"
+                } else {
+                    ""
+                },
             );
         }
     }
@@ -570,7 +575,7 @@ fn losses(report: &Report) -> Option<String> {
         ),
         (
             a.handle_creators_forgotten,
-            "socket and pipe creators forgotten (their fds not joined to the JS that created them)",
+            "socket, pipe and file-stream creators forgotten (their fds not joined to the JS that created them)",
         ),
         (a.fault_runs_unmatched, "pages touched after a lost first touch (not counted as resident)"),
     ];

@@ -248,19 +248,22 @@ fn v8_heap(registry: &mut Registry, report: &Report) {
         aborts,
     );
     if let Some(node) = &report.memory_split.node_counts {
-        let used = plain_gauge(
-            registry,
-            "leakprof_node_heap_used_bytes",
-            "V8 heap in use (heapUsed, young generation aside) of the node processes, read from their memory",
-        );
-        used.set(node.now.v8_heap_used_bytes as f64);
-        if let Some(bytes) = node.now.array_buffers_bytes {
-            let array_buffers = plain_gauge(
-                registry,
+        let figures = [
+            (
+                node.now.v8_heap_used_bytes,
+                "leakprof_node_heap_used_bytes",
+                "V8 heap in use (heapUsed less the young generation, every isolate) of the node processes, read from their memory",
+            ),
+            (
+                node.now.array_buffers_bytes,
                 "leakprof_node_array_buffers_bytes",
                 "ArrayBuffer backing stores (arrayBuffers) of the node processes, read from node's allocator",
-            );
-            array_buffers.set(bytes as f64);
+            ),
+        ];
+        for (bytes, name, help) in figures {
+            if let Some(bytes) = bytes {
+                plain_gauge(registry, name, help).set(bytes as f64);
+            }
         }
     }
     let Some(h) = &report.v8_heap else { return };
@@ -313,8 +316,8 @@ fn emit_total(
 /// The report's accuracy counters by name: every whole-number field of the
 /// accuracy section (the ledger's included), and incomplete stacks per reason.
 fn accuracy_counters(report: &Report) -> Vec<(String, u64)> {
-    /// Settings, not counters.
-    const NOT_COUNTERS: [&str; 1] = ["sample_bytes"];
+    /// A setting, and a figure that is not a loss.
+    const NOT_COUNTERS: [&str; 2] = ["sample_bytes", "fault_run_pages"];
     let mut out = Vec::new();
     if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&report.accuracy) {
         for (name, value) in fields {
@@ -390,7 +393,7 @@ mod tests {
         }
         assert!(!text.contains("leakprof_node_"), "node's counts only when read");
         let counts = |v8_heap_used_bytes, array_buffers_bytes| crate::report::split::NodeCounts {
-            v8_heap_used_bytes,
+            v8_heap_used_bytes: Some(v8_heap_used_bytes),
             array_buffers_bytes,
         };
         report.memory_split.node_counts = Some(crate::report::split::NodeCountsThen {

@@ -177,6 +177,18 @@ pub enum Location {
     JsFunction { function: Option<Arc<v8::JsFunction>>, sfi: u64 },
 }
 
+impl Location {
+    /// Whether the frame is JS: a function read from V8's heap, JIT code a
+    /// perf map names, or unnamed JIT code.
+    pub fn is_js(&self) -> bool {
+        match self {
+            Self::JsFunction { .. } | Self::Jit { .. } => true,
+            Self::Anonymous { name, .. } => &**name == "[jit]",
+            _ => false,
+        }
+    }
+}
+
 /// Whether a frame word is a JS function recorded by the kernel walker
 /// rather than a code address.
 pub fn is_js_function(word: u64) -> bool {
