@@ -1160,6 +1160,33 @@ mod tests {
         assert!(series.totals.values().all(|v| v.len() == series.times.len()));
     }
 
+    /// A page continuing its thread's run of first touches takes the stack
+    /// of the run's first page; one whose first page is not the thread's
+    /// last (its record lost) is counted, not guessed.
+    #[test]
+    fn fault_runs_take_their_first_pages_stack() {
+        use crate::kernel::events::{encode, header};
+        use profiler_common::{EventHeader, EventKind};
+        let pid = std::process::id();
+        let mut collector = Collector::default();
+        collector.add_process(pid, ProcessMaps::read(pid).unwrap(), None);
+        let fault = |tid: u32, kind: EventKind, page: u64, arg: u64, frames: &[u64]| {
+            let h = EventHeader { tid, addr: page, size: 4096, arg, ..header(kind, pid, 1) };
+            encode(h, frames, &[])
+        };
+        let here = fault_runs_take_their_first_pages_stack as usize as u64;
+        collector.ingest(&fault(pid, EventKind::PageFault, 0x10_0000, 0, &[here, here + 1]));
+        collector.ingest(&fault(pid, EventKind::PageFaultRun, 0x10_1000, 0x10_0000, &[]));
+        collector.ingest(&fault(pid, EventKind::PageFaultRun, 0x10_2000, 0x10_0000, &[]));
+        // Another run (its first page lost), and another thread's.
+        collector.ingest(&fault(pid, EventKind::PageFaultRun, 0x20_1000, 0x20_0000, &[]));
+        collector.ingest(&fault(pid + 1, EventKind::PageFaultRun, 0x10_3000, 0x10_0000, &[]));
+        assert_eq!(collector.ledger.total(Kind::Resident).bytes, 3 * 4096);
+        let sites: Vec<_> = collector.ledger.sites().filter(|(s, _)| s.kind == Kind::Resident).collect();
+        assert_eq!(sites.len(), 1, "one stack: {sites:?}");
+        assert_eq!((collector.fault_run_pages, collector.fault_runs_unmatched), (2, 2));
+    }
+
     #[test]
     fn stdout_offsets_map_to_their_write() {
         let c = Collector { stdout_writes: vec![(10, 100), (25, 200)], ..Default::default() };
