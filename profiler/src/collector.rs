@@ -1174,7 +1174,7 @@ mod tests {
             let h = EventHeader { tid, addr: page, size: 4096, arg, ..header(kind, pid, 1) };
             encode(h, frames, &[])
         };
-        let here = fault_runs_take_their_first_pages_stack as usize as u64;
+        let here = fault_runs_take_their_first_pages_stack as *const () as u64;
         collector.ingest(&fault(pid, EventKind::PageFault, 0x10_0000, 0, &[here, here + 1]));
         collector.ingest(&fault(pid, EventKind::PageFaultRun, 0x10_1000, 0x10_0000, &[]));
         collector.ingest(&fault(pid, EventKind::PageFaultRun, 0x10_2000, 0x10_0000, &[]));
